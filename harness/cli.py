@@ -1,0 +1,134 @@
+"""hotplug-harness: build, boot and drive an arm64 kernel through memory hot-remove.
+
+Exit codes: 0 pass, 1 the kernel misbehaved, 2 the harness or the machine failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import build as build_mod
+from . import kconfig
+from .errors import HarnessError
+
+EPILOG = """\
+examples:
+  hotplug-harness build                          # Debian's 6.12 + patches/series, 4k-48
+  hotplug-harness build --config 64k-42 --json   # 2-level tables (64K pages, 42-bit VA)
+  hotplug-harness build --kernel-src ~/linux --patch my-fix.patch
+  hotplug-harness cache list
+
+The kernel is cached by the content of its inputs (source, patches, merged
+config fragments, toolchain): the same inputs again run no make at all, and a
+changed patch rebuilds incrementally in a reused O= tree. The cache lives in
+$HOTPLUG_HARNESS_CACHE (default ~/.cache/hotplug-harness).
+
+exit codes: 0 pass, 1 the kernel misbehaved (including a kernel that does not
+compile), 2 the harness, its input or the machine failed.
+"""
+
+
+def add_kernel_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("kernel")
+    g.add_argument("--kernel-src", default="debian", metavar="debian|DIR|TARBALL",
+                   help="kernel source: 'debian' (linux-source-6.12, the default), "
+                        "a kernel tree (never modified), or a tarball")
+    g.add_argument("--config", action="append", default=[], metavar="NAME|FILE",
+                   help="add a config fragment (repeatable); names: "
+                        + ", ".join(kconfig.available_fragments())
+                        + ". A geometry fragment (e.g. 64k-42) replaces the "
+                          "default 4k-48")
+    g.add_argument("--patch", action="append", default=[], metavar="FILE",
+                   help="apply this patch after patches/series (repeatable)")
+    g.add_argument("--no-series", action="store_true",
+                   help="do not apply patches/series")
+    g.add_argument("--llvm", action="store_true", help="build with LLVM=1 (clang)")
+    g.add_argument("-j", "--jobs", type=int, default=0,
+                   help="make -j (default: number of CPUs)")
+
+
+def build_request(args) -> build_mod.BuildRequest:
+    return build_mod.BuildRequest(kernel_src=args.kernel_src,
+                                  configs=tuple(args.config),
+                                  patches=tuple(args.patch), llvm=args.llvm,
+                                  series=not args.no_series, jobs=args.jobs)
+
+
+def cmd_build(args) -> int:
+    art = build_mod.build(build_request(args))
+    if args.json:
+        print(json.dumps(art.to_dict(), indent=1))
+        return 0
+    verb = "built" if art.rebuilt else "cached"
+    print(f"{verb} {art.kernel_release} in {art.seconds:.1f}s  (key {art.cache_key[:16]})")
+    for name in ("image", "vmlinux", "system_map", "config", "build_log"):
+        print(f"  {name:10s} {getattr(art, name)}")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    if args.action == "clean":
+        for path in build_mod.clean_cache(everything=args.all):
+            print(f"removed {path}")
+        return 0
+    arts = build_mod.list_cache()
+    if args.json:
+        print(json.dumps([a.to_dict() for a in arts], indent=1))
+        return 0
+    if not arts:
+        print("no cached kernels")
+    for a in arts:
+        size = sum(Path(p).stat().st_size for p in (a.image, a.vmlinux)
+                   if Path(p).exists()) >> 20
+        patches = ", ".join(n for n, _ in a.patches) or "no patches"
+        print(f"{a.cache_key[:16]}  {a.kernel_release:20s} {size:4d} MiB  "
+              f"{'+'.join(a.fragments)}  [{patches}]")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hotplug-harness", description=__doc__,
+                                epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    b = sub.add_parser("build", help="build (or fetch from cache) the patched kernel",
+                       description="Build the patched arm64 kernel; print its artifacts.")
+    add_kernel_options(b)
+    b.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    b.set_defaults(func=cmd_build)
+    c = sub.add_parser("cache", help="list or free cached kernels")
+    c.add_argument("action", choices=["list", "clean"])
+    c.add_argument("--all", action="store_true",
+                   help="with clean: also unpacked sources, work trees, O= trees, ccache")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_cache)
+    _add_later_commands(sub)
+    return p
+
+
+def _add_later_commands(sub) -> None:
+    """Subcommands of the later stages register themselves here."""
+    try:
+        from . import cli_run
+    except ImportError:
+        return
+    cli_run.register(sub, add_kernel_options, build_request)
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HarnessError as e:
+        print(f"hotplug-harness: error ({e.blame}): {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("hotplug-harness: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""One error hierarchy for the whole harness.
+
+Every failure says whom it blames, so the CLI can map it to an exit code:
+
+* ``kernel``  - the kernel under test misbehaved (exit 1)
+* ``infra``   - the host or the machine failed: missing tool, QEMU died (exit 2)
+* ``harness`` - bad input or a bug in the harness itself (exit 2)
+"""
+from __future__ import annotations
+
+KERNEL = "kernel"
+INFRA = "infra"
+HARNESS = "harness"
+
+
+class HarnessError(Exception):
+    """Base error. ``step`` names the stage; ``evidence`` is text worth keeping."""
+
+    blame = HARNESS
+
+    def __init__(self, message: str, *, step: str = "", evidence: str = "",
+                 blame: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.step = step
+        self.evidence = evidence
+        if blame is not None:
+            self.blame = blame
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.blame == KERNEL else 2
+
+    def __str__(self) -> str:
+        head = f"[{self.step}] {self.message}" if self.step else self.message
+        if self.evidence:
+            return f"{head}\n{self.evidence.rstrip()}"
+        return head
+
+
+class ToolMissing(HarnessError):
+    """A host program is not installed; names the Debian package providing it."""
+
+    blame = INFRA
+
+    def __init__(self, tool: str, package: str):
+        super().__init__(f"'{tool}' not found: install the Debian package "
+                         f"'{package}' (or run 'make deps')", step="host")
+        self.tool = tool
+        self.package = package
+
+
+class PatchError(HarnessError):
+    """A patch does not apply: names the patch file and the failing file/hunk."""
+
+
+class ConfigError(HarnessError):
+    """Requested kernel config options were dropped by olddefconfig."""
+
+    def __init__(self, message: str, dropped=(), **kw):
+        super().__init__(message, **kw)
+        self.dropped = list(dropped)
+
+
+class BuildError(HarnessError):
+    """The kernel did not compile (blamed on the input, not the machine)."""
+
+
+class MachineError(HarnessError):
+    """QEMU failed to start, died, or the guest never became ready."""
+
+    blame = INFRA
+
+
+class GuestCrash(HarnessError):
+    """The kernel crashed or warned (panic, oops, BUG, WARNING, KASAN...)."""
+
+    blame = KERNEL
+
+
+class CommandError(HarnessError):
+    """A command in the guest failed where success was required."""

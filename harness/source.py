@@ -1,0 +1,374 @@
+"""Kernel source + patch series -> a prepared tree.
+
+The source is never modified in place. A tarball (Debian's linux-source-6.12
+by default) is unpacked once into the cache as the *pristine* copy; a directory
+given by the user is the pristine copy. Builds happen in a *work tree* per
+source identity, whose files are hard links to the pristine copy (tarballs) or
+a copy (directories).
+
+Patches are applied in a scratch folder holding copies of only the files they
+touch. Only when the whole series applies are the work tree's files updated,
+and only those whose content changes: files the patches do not touch keep
+their mtimes, so make rebuilds just what the patches changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from .errors import HarnessError, PatchError
+from .host import (DEBIAN_SOURCE_PACKAGE, DEBIAN_SOURCE_TARBALL, cache_root,
+                   require_file, require_tool, run)
+
+PATCH_DIR = Path(__file__).resolve().parent.parent / "patches"
+SERIES_FILE = PATCH_DIR / "series"
+
+
+# ---------------------------------------------------------------- source ----
+
+@dataclass(frozen=True)
+class Source:
+    kind: str        # "tarball" | "dir"
+    path: Path
+    identity: str    # sha256 hex of what decides the content
+
+    @property
+    def short(self) -> str:
+        return self.identity[:16]
+
+    def describe(self) -> str:
+        return f"{self.kind}:{self.path}@{self.short}"
+
+
+def resolve_source(spec: str = "debian") -> Source:
+    """``debian``, a directory, or a tarball path -> Source with its identity."""
+    if spec == "debian":
+        path = require_file(DEBIAN_SOURCE_TARBALL, DEBIAN_SOURCE_PACKAGE,
+                            "Debian kernel source tarball")
+        return Source("tarball", path, _file_identity(path))
+    path = Path(spec).expanduser().resolve()
+    if path.is_dir():
+        if not (path / "Makefile").is_file() or not (path / "arch" / "arm64").is_dir():
+            raise HarnessError(f"{path} does not look like a kernel source tree "
+                               "(no Makefile or arch/arm64)", step="source")
+        return Source("dir", path, _dir_identity(path))
+    if path.is_file():
+        return Source("tarball", path, _file_identity(path))
+    raise HarnessError(f"--kernel-src {spec}: no such file or directory "
+                       "(use 'debian', a kernel tree, or a tarball)", step="source")
+
+
+def _file_identity(path: Path) -> str:
+    """sha256 of a file, memoised by (path, size, mtime) in the cache."""
+    st = path.stat()
+    memo_file = cache_root() / "file-hashes.json"
+    memo = _read_json(memo_file, {})
+    stamp = f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    if stamp in memo:
+        return memo[stamp]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    memo[stamp] = h.hexdigest()
+    _write_json(memo_file, memo)
+    return memo[stamp]
+
+
+def _dir_identity(path: Path) -> str:
+    """A git tree: HEAD + its uncommitted changes; otherwise every file's stat."""
+    h = hashlib.sha256(str(path).encode())
+    if (path / ".git").exists() and shutil.which("git"):
+        git = ["git", "-C", str(path)]
+        head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True)
+        if head.returncode == 0:
+            h.update(head.stdout)
+            h.update(subprocess.run(git + ["diff", "HEAD", "--binary"],
+                                    capture_output=True).stdout)
+            untracked = subprocess.run(
+                git + ["ls-files", "-o", "--exclude-standard", "-z"],
+                capture_output=True).stdout
+            for name in sorted(filter(None, untracked.split(b"\0"))):
+                h.update(name + _hash_file(path / name.decode()).encode())
+            return h.hexdigest()
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if d != ".git")
+        for name in sorted(files):
+            st = os.lstat(os.path.join(root, name))
+            h.update(f"{os.path.relpath(os.path.join(root, name), path)}:"
+                     f"{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _hash_file(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "-"
+
+
+def pristine_tree(source: Source) -> Path:
+    """The unmodified source tree (a tarball is unpacked once into the cache)."""
+    if source.kind == "dir":
+        return source.path
+    dest = cache_root() / "src" / source.short
+    if (dest / ".complete").exists():
+        return _single_subdir(dest)
+    require_tool("tar")
+    require_tool("xz")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{source.short}.", dir=dest.parent))
+    print(f"[source] unpacking {source.path} into the cache (once)", file=sys.stderr)
+    try:
+        run(["tar", "-C", tmp, "-xf", source.path])
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    (tmp / ".complete").write_text(str(source.path) + "\n")
+    try:
+        os.rename(tmp, dest)
+    except OSError:  # another run unpacked it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _single_subdir(dest)
+
+
+def _single_subdir(folder: Path) -> Path:
+    subdirs = [p for p in folder.iterdir() if p.is_dir()]
+    if len(subdirs) == 1 and not (folder / "Makefile").exists():
+        return subdirs[0]
+    return folder
+
+
+# ---------------------------------------------------------------- patches ---
+
+@dataclass(frozen=True)
+class Patch:
+    path: Path
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def read_series(series_file: Path = SERIES_FILE) -> list:
+    """Patch paths listed in a quilt-style series file, in order."""
+    if not series_file.exists():
+        return []
+    paths = []
+    for number, raw in enumerate(series_file.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name = line.split()[0]  # quilt allows options such as -p1 after the name
+        path = series_file.parent / name
+        if not path.is_file():
+            raise HarnessError(f"{series_file}:{number}: patch '{name}' not found",
+                               step="patch")
+        paths.append(path)
+    return paths
+
+
+def load_patches(paths: Iterable) -> list:
+    patches = []
+    for p in paths:
+        path = Path(p).expanduser().resolve()
+        if not path.is_file():
+            raise HarnessError(f"--patch {p}: no such file", step="patch")
+        patches.append(Patch(path, hashlib.sha256(path.read_bytes()).hexdigest()))
+    return patches
+
+
+def touched_files(patch_text: str) -> list:
+    """Files a -p1 patch reads or writes, in order of appearance."""
+    files = []
+    for line in patch_text.splitlines():
+        m = re.match(r"^(?:---|\+\+\+) (\S+)", line)
+        m2 = re.match(r"^(?:rename|copy) (?:from|to) (\S+)", line)
+        if m and m.group(1) != "/dev/null":
+            name = m.group(1).split("/", 1)[1] if "/" in m.group(1) else m.group(1)
+        elif m2:
+            name = m2.group(1)
+        else:
+            continue
+        if name not in files:
+            files.append(name)
+    return files
+
+
+def hunk_text(patch_text: str, file: str, number: int) -> str:
+    """The text of hunk ``number`` (1-based) of ``file`` in a patch."""
+    current, count, out = None, 0, []
+    for line in patch_text.splitlines():
+        m = re.match(r"^\+\+\+ (?:b/)?(\S+)", line)
+        if m:
+            current, count = m.group(1), 0
+            continue
+        if line.startswith("@@"):
+            count += 1
+            if out:
+                break
+        if current == file and count == number and not line.startswith("diff "):
+            out.append(line)
+    return "\n".join(out[:40])
+
+
+def explain_patch_failure(patch: Patch, output: str) -> PatchError:
+    """Turn GNU patch's output into an error naming patch, file and hunk."""
+    text = patch.path.read_text(errors="replace")
+    current, failures = None, []
+    for line in output.splitlines():
+        m = re.match(r"^(?:patching|checking) file '?([^']+?)'?$", line)
+        if m:
+            current = m.group(1)
+        m = re.match(r"^Hunk #(\d+) FAILED at (\d+)", line)
+        if m:
+            failures.append((current, int(m.group(1)), int(m.group(2))))
+        if "can't find file to patch" in line or "No file to patch" in line:
+            failures.append((current, 0, 0))
+    if not failures:
+        return PatchError(f"patch {patch.path} does not apply", step="patch",
+                          evidence=output)
+    first = failures[0]
+    where = ", ".join(f"{f} hunk #{n} (at line {at})" if n else f"{f} (missing)"
+                      for f, n, at in failures)
+    evidence = output.rstrip()
+    if first[1]:
+        evidence += f"\n\nfirst failing hunk ({first[0]} #{first[1]}):\n" \
+                    + hunk_text(text, first[0], first[1])
+    return PatchError(f"patch {patch.path} does not apply: {where}",
+                      step="patch", evidence=evidence)
+
+
+def apply_in_scratch(pristine: Path, patches: list, scratch: Path) -> dict:
+    """Apply the series to copies of the touched files in ``scratch``.
+
+    Returns {relpath: bytes or None (deleted)} for every touched file.
+    Raises PatchError naming the first patch that fails; nothing else changes.
+    """
+    require_tool("patch")
+    touched: list = []
+    for patch in patches:
+        for name in touched_files(patch.path.read_text(errors="replace")):
+            if name not in touched:
+                touched.append(name)
+                src = pristine / name
+                if src.is_file():
+                    (scratch / name).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src, scratch / name)
+    for patch in patches:
+        proc = subprocess.run(
+            ["patch", "-p1", "--batch", "--forward", "--fuzz=0", "-r", "-",
+             "--no-backup-if-mismatch", "-d", str(scratch), "-i", str(patch.path)],
+            capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise explain_patch_failure(patch, proc.stdout + proc.stderr)
+    return {name: ((scratch / name).read_bytes() if (scratch / name).is_file() else None)
+            for name in touched}
+
+
+# ------------------------------------------------------------- work tree ----
+
+@dataclass(frozen=True)
+class PreparedTree:
+    source: Source
+    path: Path
+    patches: tuple
+    changed: tuple = field(default=())   # files whose content changed this time
+
+
+def work_tree(source: Source) -> Path:
+    """The per-source work tree, created on first use."""
+    base = cache_root() / "trees" / source.short
+    tree = base / "linux"
+    if (base / ".complete").exists():
+        return tree
+    pristine = pristine_tree(source)
+    if base.exists():
+        shutil.rmtree(base)
+    base.mkdir(parents=True)
+    if source.kind == "tarball":  # our own unpacked copy: hard links are safe
+        run(["cp", "-al", pristine, tree])
+    else:
+        tree.mkdir()
+        tar = subprocess.Popen(["tar", "-C", str(pristine), "--exclude=.git", "-cf",
+                                "-", "."], stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-C", str(tree), "-xf", "-"], stdin=tar.stdout,
+                       check=True)
+        tar.wait()
+    _write_json(base / "state.json", {"files": {}})
+    (base / ".complete").write_text("")
+    return tree
+
+
+def prepare(source: Source, patches: list) -> PreparedTree:
+    """Bring the work tree to pristine + ``patches``, touching only what changes.
+
+    The caller holds the source's lock.
+    """
+    tree = work_tree(source)
+    pristine = pristine_tree(source)
+    state_file = tree.parent / "state.json"
+    applied = _read_json(state_file, {"files": {}})["files"]
+    with tempfile.TemporaryDirectory(prefix="patch-", dir=tree.parent) as scratch:
+        wanted = apply_in_scratch(pristine, patches, Path(scratch))
+    for name in applied:
+        if name not in wanted:
+            src = pristine / name
+            wanted[name] = src.read_bytes() if src.is_file() else None
+    # Record every file we may touch before touching any: an interrupted run
+    # is then repaired by the next one.
+    _write_json(state_file, {"files": {n: None for n in set(applied) | set(wanted)}})
+    changed = [name for name, content in sorted(wanted.items())
+               if _set_content(tree / name, content, pristine / name)]
+    _write_json(state_file, {"files": {n: _digest(c) for n, c in wanted.items()
+                                       if c != _pristine_bytes(pristine / n)}})
+    return PreparedTree(source, tree, tuple(patches), tuple(changed))
+
+
+def _pristine_bytes(path: Path):
+    return path.read_bytes() if path.is_file() else None
+
+
+def _set_content(path: Path, content, pristine: Path) -> bool:
+    """Make ``path`` hold ``content`` (None: absent). True if it changed."""
+    current = path.read_bytes() if path.is_file() else None
+    if current == content:
+        return False
+    if content is None:
+        path.unlink()
+        return True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".harness-tmp")
+    tmp.write_bytes(content)
+    if pristine.is_file():
+        os.chmod(tmp, pristine.stat().st_mode & 0o777)
+    os.replace(tmp, path)  # breaks any hard link to the pristine copy
+    return True
+
+
+def _digest(content) -> str | None:
+    return None if content is None else hashlib.sha256(content).hexdigest()
+
+
+def _read_json(path: Path, default):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
