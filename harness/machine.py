@@ -1,0 +1,431 @@
+"""The QEMU machine: VmSpec -> argv (pure), and Machine, a context manager.
+
+Machine owns everything a run creates: a private run folder (mode 0700, on
+/dev/shm) holding the QMP and console sockets and the guest-RAM files, the
+QEMU process, the QMP connection and the console tap. Leaving the ``with``
+block, normally or by exception, SIGINT or SIGTERM, shuts QEMU down (QMP
+``quit``, then SIGKILL) and removes the folder. QEMU also gets
+PR_SET_PDEATHSIG, so it cannot outlive a harness that is killed outright.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pexpect
+from pexpect.spawnbase import SpawnBase
+
+from .errors import HarnessError, MachineError
+from .host import (FIRMWARE, FIRMWARE_PACKAGE, Deadline, require_file,
+                   require_tool)
+
+RAM_BASE = 0x40000000          # guest physical address of RAM on QEMU virt
+SHM = Path("/dev/shm")
+CONSOLE_KEEP = 1 << 20         # bytes of console kept for the serial transport
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """Everything that decides the QEMU command line."""
+    kernel: str
+    initrd: str
+    run_dir: str
+    mode: str = "acpi"                 # "acpi" (edk2 + ACPI) or "dt"
+    mem_mb: int = 1024
+    slots: int = 4
+    maxmem_mb: int = 8192
+    smp: int = 2
+    ssh_port: int = 0                  # 0: no network
+    cmdline: tuple = ()                # extra kernel parameters
+    devices: tuple = ()                # extra argv pairs, e.g. ("-device", "...")
+    firmware: str = str(FIRMWARE)
+    qemu: str = "qemu-system-aarch64"
+
+    @property
+    def ram_path(self) -> str:
+        return str(Path(self.run_dir) / "ram0")
+
+    @property
+    def qmp_path(self) -> str:
+        return str(Path(self.run_dir) / "qmp.sock")
+
+    @property
+    def console_path(self) -> str:
+        return str(Path(self.run_dir) / "console.sock")
+
+    def kernel_cmdline(self) -> str:
+        base = ["console=ttyAMA0", "panic=-1", "nokaslr", "rdinit=/init"]
+        return " ".join(base + list(self.cmdline))
+
+
+def qemu_argv(spec: VmSpec) -> list:
+    """The QEMU command line for a spec. Pure: no I/O, no randomness."""
+    if spec.mode not in ("acpi", "dt"):
+        raise HarnessError(f"unknown boot mode {spec.mode!r} (acpi or dt)", step="boot")
+    argv = [spec.qemu, "-M", "virt,gic-version=3,memory-backend=ram0",
+            "-cpu", "max", "-accel", "tcg", "-smp", str(spec.smp),
+            "-m", f"{spec.mem_mb}M,slots={spec.slots},maxmem={spec.maxmem_mb}M",
+            "-object", f"memory-backend-file,id=ram0,size={spec.mem_mb}M,"
+                       f"mem-path={spec.ram_path},share=on",
+            "-nodefaults", "-display", "none", "-no-reboot",
+            "-chardev", f"socket,id=qmp0,path={spec.qmp_path}",
+            "-mon", "chardev=qmp0,mode=control",
+            "-chardev", f"socket,id=ser0,path={spec.console_path}",
+            "-serial", "chardev:ser0",
+            "-kernel", spec.kernel, "-initrd", spec.initrd,
+            "-append", spec.kernel_cmdline()]
+    if spec.mode == "acpi":
+        # edk2 loads the kernel and hides the DT: Linux boots with ACPI, and
+        # QEMU only creates the GED device that pc-dimm hotplug needs when
+        # firmware is loaded.
+        argv += ["-bios", spec.firmware]
+    if spec.ssh_port:
+        # romfile= : no iPXE ROM needed (Debian ships none without ipxe-qemu).
+        argv += ["-netdev", f"user,id=n0,restrict=on,"
+                            f"hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
+                 "-device", "virtio-net-pci,netdev=n0,romfile="]
+    return argv + list(spec.devices)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_run_dir(prefix: str = "hotplug-harness-") -> Path:
+    """A private folder on /dev/shm (falls back to $TMPDIR), mode 0700."""
+    base = SHM if SHM.is_dir() and os.access(SHM, os.W_OK) else None
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    os.chmod(path, 0o700)
+    return path
+
+
+# ------------------------------------------------------------ console -------
+
+class ConsoleTap:
+    """Reads the serial socket in a thread: tees bytes to console.log, feeds
+    whole lines to listeners (the crash watcher), and keeps a bounded buffer
+    for the serial transport's pexpect spawn."""
+
+    def __init__(self, sock: socket.socket, log_path: Path):
+        self.sock = sock
+        self.log = open(log_path, "ab", buffering=0)
+        self.cond = threading.Condition()
+        self.buffer = bytearray()
+        self.eof = False
+        self.listeners = []
+        self.lines_seen = 0
+        self._partial = b""
+        self.thread = threading.Thread(target=self._pump, daemon=True,
+                                       name="console-tap")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _pump(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            self.log.write(data)
+            with self.cond:
+                self.buffer += data
+                del self.buffer[:-CONSOLE_KEEP]
+                self.cond.notify_all()
+            self._lines(data)
+        with self.cond:
+            self.eof = True
+            self.cond.notify_all()
+
+    def _lines(self, data: bytes) -> None:
+        chunks = (self._partial + data).split(b"\n")
+        self._partial = chunks.pop()
+        for raw in chunks:
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            self.lines_seen += 1
+            for listener in list(self.listeners):
+                listener(line)
+
+    def read(self, size: int, timeout: float) -> bytes:
+        """Up to ``size`` buffered bytes; b"" on timeout; raises EOFError at EOF."""
+        with self.cond:
+            if not self.buffer and not self.eof:
+                self.cond.wait(timeout)
+            if self.buffer:
+                out = bytes(self.buffer[:size])
+                del self.buffer[:size]
+                return out
+            if self.eof:
+                raise EOFError
+            return b""
+
+    def discard(self) -> None:
+        with self.cond:
+            self.buffer.clear()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(timeout=2)
+        self.log.close()
+
+
+class TapSpawn(SpawnBase):
+    """A pexpect spawn over a ConsoleTap (what fdspawn is for a descriptor)."""
+
+    def __init__(self, tap: ConsoleTap, timeout: float = 30, logfile=None):
+        super().__init__(timeout=timeout, maxread=65536, encoding="utf-8",
+                         codec_errors="replace", logfile=logfile)
+        self.tap = tap
+        self.name = "<serial console>"
+        self.child_fd = -1
+        self.closed = False
+
+    def read_nonblocking(self, size=1, timeout=-1):
+        if timeout == -1:
+            timeout = self.timeout
+        try:
+            data = self.tap.read(size, timeout if timeout is not None else 3600)
+        except EOFError:
+            self.flag_eof = True
+            raise pexpect.EOF("console closed (QEMU exited)")
+        if not data:
+            raise pexpect.TIMEOUT("timeout reading the console")
+        text = self._decoder.decode(data, final=False)
+        self._log(text, "read")
+        return text
+
+    def send(self, s):
+        s = self._coerce_send_string(s)
+        self._log(s, "send")
+        b = self._encoder.encode(s, final=False)
+        self.tap.send(b)
+        return len(b)
+
+    def sendline(self, s=""):
+        return self.send(s + "\n")
+
+    def isalive(self):
+        return not self.tap.eof
+
+    def close(self):
+        self.closed = True
+
+
+# ------------------------------------------------------------ machine -------
+
+def _pdeathsig() -> None:  # runs in the child, before exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class MachineTimes:
+    launched: float = 0.0
+    ready: float = 0.0
+    ssh: float = 0.0
+    shutdown_s: float = 0.0
+
+
+class Machine:
+    """A running QEMU guest. Use as a context manager."""
+
+    def __init__(self, spec: VmSpec, out_dir: Path, boot_timeout: float = 60.0):
+        self.spec = spec
+        self.out_dir = Path(out_dir)
+        self.boot_timeout = boot_timeout
+        self.proc: subprocess.Popen | None = None
+        self.qmp = None
+        self.tap: ConsoleTap | None = None
+        self.times = MachineTimes()
+        self.argv = qemu_argv(spec)
+        self.stderr_path = self.out_dir / "qemu.stderr"
+        self.console_log = self.out_dir / "console.log"
+        self._closed = False
+
+    # -- launch ------------------------------------------------------------
+    def __enter__(self) -> "Machine":
+        try:
+            self.launch()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def launch(self) -> None:
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+        require_tool(self.spec.qemu)
+        if self.spec.mode == "acpi":
+            require_file(Path(self.spec.firmware), FIRMWARE_PACKAGE, "UEFI firmware")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "qemu.cmdline").write_text(
+            " ".join(shlex.quote(a) for a in self.argv) + "\n")
+        self.qmp = QEMUMonitorProtocol(self.spec.qmp_path, server=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.spec.console_path)
+        listener.listen(1)
+        try:
+            self._spawn()
+            self._accept(listener)
+        finally:
+            listener.close()
+
+    def _spawn(self) -> None:
+        self.times.launched = time.monotonic()
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                         stdout=err, stderr=err,
+                                         start_new_session=True,
+                                         preexec_fn=_pdeathsig)
+
+    def _accept(self, listener: socket.socket) -> None:
+        listener.settimeout(0.1)
+        deadline = Deadline(15)
+        while True:
+            try:
+                conn, _ = listener.accept()
+                break
+            except socket.timeout:
+                self._check_alive("connecting to the console")
+                if deadline.expired():
+                    raise MachineError("QEMU did not connect to the console socket",
+                                       step="boot", evidence=self._stderr_tail())
+        conn.settimeout(None)
+        self.tap = ConsoleTap(conn, self.console_log)
+        self.tap.start()
+        try:
+            self.qmp.accept(timeout=max(deadline.remaining(), 1.0))
+        except Exception as e:  # qemu.qmp raises several kinds
+            self._check_alive("connecting QMP")
+            raise MachineError(f"QMP connection failed: {e}", step="boot",
+                               evidence=self._stderr_tail()) from e
+
+    # -- state ---------------------------------------------------------------
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _check_alive(self, doing: str) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise MachineError(
+                f"QEMU exited with code {self.proc.returncode} while {doing}",
+                step="boot", evidence=self._stderr_tail() + "\n--- console tail ---\n"
+                + self.console_tail())
+
+    def _stderr_tail(self) -> str:
+        try:
+            text = self.stderr_path.read_text(errors="replace")
+        except OSError:
+            text = ""
+        return ("$ " + " ".join(shlex.quote(a) for a in self.argv) + "\n"
+                + "\n".join(text.splitlines()[-20:]))
+
+    def console_tail(self, lines: int = 50) -> str:
+        try:
+            text = self.console_log.read_bytes().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(l.rstrip("\r") for l in text.splitlines()[-lines:])
+
+    def spawn(self, timeout: float = 30) -> TapSpawn:
+        """A pexpect spawn over the serial console."""
+        return TapSpawn(self.tap, timeout=timeout)
+
+    # -- QMP -------------------------------------------------------------------
+    def qmp_cmd(self, name: str, **args):
+        from qemu.qmp import ExecuteError
+        self._check_alive(f"sending QMP {name}")
+        try:
+            return self.qmp.cmd(name, **args)
+        except ExecuteError as e:
+            raise HarnessError(f"QMP {name} failed: {e}", step="qmp",
+                               evidence=f"sent: {e.sent}\nreceived: {e.received}") from e
+
+    def wait_event(self, name: str, match: dict | None = None,
+                   deadline: Deadline | float = 10.0) -> dict:
+        """Wait for a QMP event whose data contains ``match`` (partial dict)."""
+        if not isinstance(deadline, Deadline):
+            deadline = Deadline(deadline)
+        while not deadline.expired():
+            self._check_alive(f"waiting for {name}")
+            try:
+                event = self.qmp.pull_event(wait=float(min(deadline.remaining(), 0.5)))
+            except Exception:  # asyncio.TimeoutError: nothing yet
+                continue
+            if event and event.get("event") == name and _partial_match(
+                    match or {}, event.get("data", {})):
+                return event
+        raise MachineError(f"no QMP event {name} {match or ''} within "
+                           f"{deadline.seconds:.0f}s", step="qmp",
+                           evidence=self.console_tail(20))
+
+    # -- shutdown --------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        start = time.monotonic()
+        try:
+            self._stop_qemu()
+        finally:
+            if self.tap is not None:
+                self.tap.close()
+            if self.qmp is not None:
+                try:
+                    self.qmp.close()
+                except Exception:
+                    pass
+            shutil.rmtree(self.spec.run_dir, ignore_errors=True)
+            self.times.shutdown_s = time.monotonic() - start
+
+    def _stop_qemu(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            if self.qmp is not None:
+                self.qmp.settimeout(2.0)
+                self.qmp.cmd("quit")
+        except Exception:
+            pass
+        try:
+            self.proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _partial_match(want: dict, got: dict) -> bool:
+    for key, value in want.items():
+        if key not in got:
+            return False
+        if isinstance(value, dict):
+            if not isinstance(got[key], dict) or not _partial_match(value, got[key]):
+                return False
+        elif got[key] != value:
+            return False
+    return True

@@ -1,0 +1,130 @@
+"""SSH transport (paramiko) to the guest's dropbear, through QEMU's loopback forward.
+
+Keys are per run: an ed25519 key pair is generated in the run's private folder
+and its public half goes into the guest image's key overlay. The guest's host
+key is created by dropbear at boot, so it is accepted on first sight within a
+run (the forward is bound to 127.0.0.1 and lives as long as the run).
+"""
+from __future__ import annotations
+
+import io
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .errors import MachineError
+from .host import Deadline
+from .transport import CommandResult, Transport
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_path: Path
+    public_text: str
+
+
+def generate_key(folder: Path) -> KeyPair:
+    """A fresh ed25519 key pair, private half mode 0600 in ``folder``."""
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH)
+    path = Path(folder) / "id_ed25519"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private)
+    return KeyPair(path, public.decode() + " hotplug-harness\n")
+
+
+class SshTransport(Transport):
+    name = "ssh"
+
+    def __init__(self, port: int, key: KeyPair, host: str = "127.0.0.1",
+                 crash_check=None):
+        self.port, self.key, self.host = port, key, host
+        self.crash_check = crash_check   # callable raising GuestCrash, or None
+        self.client: paramiko.SSHClient | None = None
+
+    def connect(self, deadline: Deadline, alive=lambda: None) -> float:
+        """Retry until dropbear answers or the deadline passes; returns seconds."""
+        start = time.monotonic()
+        pkey = paramiko.Ed25519Key.from_private_key(
+            io.StringIO(self.key.private_path.read_text()))
+        last = None
+        while not deadline.expired():
+            alive()
+            client = paramiko.SSHClient()
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            try:
+                client.connect(self.host, port=self.port, username="root", pkey=pkey,
+                               timeout=max(0.5, min(3.0, deadline.remaining())),
+                               banner_timeout=3, auth_timeout=3,
+                               allow_agent=False, look_for_keys=False)
+                self.client = client
+                return time.monotonic() - start
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                last = e
+                client.close()
+                time.sleep(0.1)
+        raise MachineError(f"no SSH answer on 127.0.0.1:{self.port} within "
+                           f"{deadline.seconds:.0f}s: {last}", step="boot")
+
+    def run(self, command: str, deadline=30.0) -> CommandResult:
+        if not isinstance(deadline, Deadline):
+            deadline = Deadline(deadline)
+        start = time.monotonic()
+        chan = self.client.get_transport().open_session()
+        chan.settimeout(0.2)
+        chan.exec_command(command)
+        out, err = bytearray(), bytearray()
+        while not chan.exit_status_ready() or chan.recv_ready() or chan.recv_stderr_ready():
+            self._drain(chan, out, err)
+            if self.crash_check:
+                self.crash_check()
+            if deadline.expired():
+                chan.close()
+                raise MachineError(f"command timed out after {deadline.seconds:.0f}s "
+                                   f"over ssh: {command}", step="ssh",
+                                   evidence=out.decode(errors="replace")[-2000:])
+        self._drain(chan, out, err)
+        code = chan.recv_exit_status()
+        chan.close()
+        if self.crash_check:
+            self.crash_check()
+        return CommandResult(command=command, stdout=out.decode(errors="replace"),
+                             stderr=err.decode(errors="replace"), exit_code=code,
+                             seconds=time.monotonic() - start, transport=self.name)
+
+    @staticmethod
+    def _drain(chan, out: bytearray, err: bytearray) -> None:
+        try:
+            while chan.recv_ready():
+                out += chan.recv(65536)
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+            if not chan.exit_status_ready():
+                data = chan.recv(65536)
+                out += data
+        except socket.timeout:
+            pass
+
+    def put(self, local: Path, remote: str) -> None:
+        with self.client.open_sftp() as sftp:
+            sftp.put(str(local), remote)
+
+    def get(self, remote: str, local: Path) -> None:
+        with self.client.open_sftp() as sftp:
+            sftp.get(remote, str(local))
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None

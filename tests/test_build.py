@@ -1,0 +1,58 @@
+"""Cache keys and the cache lookup, without running make."""
+import json
+from pathlib import Path
+
+from harness import build, kconfig
+from harness import source as src
+
+
+def inputs(tmp_path, patch_text="a", config=None, toolchain="gcc 12", llvm=False):
+    p = tmp_path / "x.patch"
+    p.write_text(patch_text)
+    source = src.Source("dir", tmp_path, "0" * 64)
+    frags = tuple(kconfig.resolve_fragments(config or []))
+    return build.Inputs(source, tuple(src.load_patches([p])), frags,
+                        kconfig.merge(frags), toolchain, llvm)
+
+
+def test_cache_key_is_stable_and_covers_every_input(tmp_path):
+    base = inputs(tmp_path).cache_key
+    assert inputs(tmp_path).cache_key == base
+    assert inputs(tmp_path, patch_text="b").cache_key != base
+    assert inputs(tmp_path, config=["debug-vm"]).cache_key != base
+    assert inputs(tmp_path, toolchain="gcc 13").cache_key != base
+    assert inputs(tmp_path, llvm=True).cache_key != base
+
+
+def test_outdir_is_shared_across_patch_changes(tmp_path):
+    a, b = inputs(tmp_path, patch_text="a"), inputs(tmp_path, patch_text="b")
+    assert a.outdir_key == b.outdir_key
+    assert inputs(tmp_path, config=["64k-42"]).outdir_key != a.outdir_key
+
+
+def test_lookup_roundtrip(private_cache, tmp_path):
+    key = "ab" * 32
+    d = build.artifacts_dir(key)
+    d.mkdir(parents=True)
+    for name in ("Image", "vmlinux", ".config"):
+        (d / name).write_text("x")
+    art = build.KernelArtifacts(
+        image=str(d / "Image"), vmlinux=str(d / "vmlinux"), system_map="",
+        config=str(d / ".config"), build_log="", cache_key=key, source="s",
+        patches=(("p", "h"),), fragments=("base",), config_digest="c",
+        kernel_release="6.12", toolchain="t")
+    (d / "meta.json").write_text(json.dumps(art.to_dict()))
+    assert build.lookup(key) == art
+    assert build.lookup("cd" * 32) is None
+    assert [a.cache_key for a in build.list_cache()] == [key]
+    (d / "Image").unlink()
+    assert build.lookup(key) is None
+
+
+def test_make_argv_uses_cross_compiler_and_ccache(tmp_path):
+    (tmp_path / "o").mkdir()
+    maker = build.Make(tmp_path, tmp_path / "o", build.BuildRequest(jobs=3), False)
+    argv = maker.argv(["Image"])
+    assert argv[:4] == ["make", "-C", str(tmp_path), f"O={tmp_path / 'o'}"]
+    assert "ARCH=arm64" in argv and "-j3" in argv and argv[-1] == "Image"
+    assert "CROSS_COMPILE=aarch64-linux-gnu-" in argv
