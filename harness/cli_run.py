@@ -1,0 +1,148 @@
+"""Subcommands that boot a guest: boot (and later run/report)."""
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import shutil
+import sys
+import termios
+import time
+import tty
+from pathlib import Path
+
+from . import build as build_mod
+from .session import BootOptions, boot
+
+BOOT_EPILOG = """\
+examples:
+  hotplug-harness boot                       # ACPI boot, interactive shell over SSH
+  hotplug-harness boot --mode dt --transport serial
+  hotplug-harness boot --check --json        # boot, one command per transport, timings
+
+--check prints boot_to_ready_s (QEMU start to the guest's HARNESS-READY line),
+boot_to_ssh_s (to the first SSH answer) and shutdown_s.
+"""
+
+
+def add_boot_options(p) -> None:
+    g = p.add_argument_group("machine")
+    g.add_argument("--mode", choices=["acpi", "dt"], default="acpi",
+                   help="acpi: edk2 firmware + ACPI (pc-dimm hotplug works); "
+                        "dt: direct kernel boot with a device tree (probe flow)")
+    g.add_argument("--transport", choices=["ssh", "serial"], default="ssh",
+                   help="how commands reach the guest (the console is watched "
+                        "for crashes either way)")
+    g.add_argument("--mem", type=int, default=1024, metavar="MIB",
+                   help="boot memory in MiB (default 1024)")
+    g.add_argument("--slots", type=int, default=4, help="DIMM slots (default 4)")
+    g.add_argument("--maxmem", type=int, default=8192, metavar="MIB",
+                   help="maximum memory in MiB (default 8192)")
+    g.add_argument("--append", action="append", default=[], metavar="PARAM",
+                   help="extra kernel parameter (repeatable)")
+    g.add_argument("--boot-timeout", type=float, default=60.0, metavar="S")
+    g.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="where console.log, qemu.cmdline and qemu.stderr go "
+                        "(default: a new folder under ./runs)")
+
+
+def boot_options(args, **overrides) -> BootOptions:
+    opts = dict(mode=args.mode, transport=args.transport, mem_mb=args.mem,
+                slots=args.slots, maxmem_mb=args.maxmem, cmdline=tuple(args.append),
+                boot_timeout=args.boot_timeout)
+    opts.update(overrides)
+    return BootOptions(**opts)
+
+
+def out_dir(args, name: str) -> Path:
+    if args.out:
+        path = Path(args.out)
+    else:
+        path = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def cmd_boot(args, build_request) -> int:
+    art = build_mod.build(build_request(args))
+    out = out_dir(args, "boot")
+    opts = boot_options(args)
+    start = time.monotonic()
+    with boot(art, opts, out) as guest:
+        if not args.check:
+            return _interactive(guest)
+        results = {"kernel_release": art.kernel_release, "mode": opts.mode}
+        results.update({k: round(v, 3) for k, v in guest.times.items()})
+        serial = guest.console.run("uname -r", 20).check("boot-check")
+        results["serial_uname"] = serial.stdout.strip()
+        if guest.ssh:
+            ssh = guest.ssh.run("uname -r", 20).check("boot-check")
+            results["ssh_uname"] = ssh.stdout.strip()
+    results["shutdown_s"] = round(guest.machine.times.shutdown_s, 3)
+    results["total_s"] = round(time.monotonic() - start, 3)
+    results["console_log"] = str(out / "console.log")
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for k, v in results.items():
+            print(f"{k:16s} {v}")
+    return 0
+
+
+def _interactive(guest) -> int:
+    if guest.ssh and guest.transport is guest.ssh and shutil.which("ssh"):
+        port = guest.machine.spec.ssh_port
+        key = Path(guest.machine.spec.run_dir) / "id_ed25519"
+        argv = ["ssh", "-i", str(key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+                "root@127.0.0.1"]
+        print("$ " + " ".join(argv) + "   (exit the shell to stop the guest)",
+              file=sys.stderr)
+        subprocess.call(argv)
+        return 0
+    print("serial console: Ctrl-] stops the guest", file=sys.stderr)
+    _serial_shell(guest.machine.tap)
+    return 0
+
+
+def _serial_shell(tap) -> None:
+    """Raw terminal <-> console until Ctrl-]."""
+    fd = sys.stdin.fileno()
+    old = termios.tcgetattr(fd) if os.isatty(fd) else None
+    tap.discard()
+    tap.send(b"\n")
+    try:
+        if old:
+            tty.setraw(fd)
+        while not tap.eof:
+            data = tap.read(65536, 0.05)
+            if data:
+                os.write(sys.stdout.fileno(), data)
+            if select.select([fd], [], [], 0)[0]:
+                key = os.read(fd, 1024)
+                if b"\x1d" in key or not key:
+                    break
+                tap.send(key)
+    except EOFError:
+        pass
+    finally:
+        if old:
+            termios.tcsetattr(fd, termios.TCSADRAIN, old)
+
+
+def register(sub, add_kernel_options, build_request) -> None:
+    import argparse
+    b = sub.add_parser("boot", help="boot the kernel under QEMU; shell or --check",
+                       description="Boot the (built or cached) kernel with "
+                                   "hotpluggable memory and open a shell.",
+                       epilog=BOOT_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_kernel_options(b)
+    add_boot_options(b)
+    b.add_argument("--check", action="store_true",
+                   help="boot, run a command over each transport, shut down, "
+                        "print timings")
+    b.add_argument("--json", action="store_true", help="with --check: JSON output")
+    b.set_defaults(func=lambda a: cmd_boot(a, build_request))

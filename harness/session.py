@@ -1,0 +1,155 @@
+"""The only module that wires the stages together: artifacts -> booted guest.
+
+``boot(art, opts)`` is a context manager yielding a ``Guest``: the Machine, the
+serial console, the SSH transport (unless disabled) and the console's crash
+watcher, which sees every console line whichever transport runs the steps.
+"""
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from . import guest_image
+from .build import KernelArtifacts
+from .console import SerialConsole
+from .crashwatch import CrashWatcher, KernelCrash
+from .errors import HarnessError, MachineError
+from .host import Deadline
+from .machine import Machine, VmSpec, free_port, make_run_dir
+from .ssh import SshTransport, generate_key
+from .transport import CommandResult, Transport
+
+SETTLE_S = 1.5   # after a crash signature, let the report finish before raising
+
+
+@dataclass(frozen=True)
+class BootOptions:
+    mode: str = "acpi"                 # acpi | dt
+    transport: str = "ssh"             # ssh | serial: what scenario steps use
+    mem_mb: int = 1024
+    slots: int = 4
+    maxmem_mb: int = 8192
+    smp: int = 2
+    cmdline: tuple = ()
+    devices: tuple = ()
+    boot_timeout: float = 60.0
+    ssh: bool = True                   # bring up SSH at all
+
+
+@dataclass
+class Guest:
+    machine: Machine
+    console: SerialConsole
+    ssh: Optional[SshTransport]
+    watcher: CrashWatcher
+    transport: Transport
+    out_dir: Path
+    times: dict = field(default_factory=dict)
+    step: str = "boot"
+
+    def run(self, command: str, deadline=30.0, via: Optional[Transport] = None
+            ) -> CommandResult:
+        """Run a command over the scenario transport (or ``via``)."""
+        return (via or self.transport).run(command, deadline)
+
+    def check(self, command: str, deadline=30.0, step: str = "") -> str:
+        return self.run(command, deadline).check(step or self.step).stdout
+
+    def crashes(self) -> tuple:
+        return self.watcher.reports
+
+    def close(self) -> None:
+        if self.ssh is not None:
+            self.ssh.close()
+        self.console.close()
+
+    def mark(self, step: str) -> None:
+        """Name the current step, and write a marker line into the kernel log."""
+        self.step = step
+        self.run(f"echo 'harness: step {step}' > /dev/kmsg", 10)
+
+
+def _crash_check(watcher: CrashWatcher, guest_ref: list):
+    """For SSH: raise KernelCrash as soon as the console shows a new report."""
+    seen = [0]
+
+    def check() -> None:
+        reports = watcher.reports
+        if len(reports) > seen[0]:
+            time.sleep(SETTLE_S)  # let the trace arrive
+            reports = watcher.reports
+            new = reports[seen[0]:]
+            seen[0] = len(reports)
+            step = guest_ref[0].step if guest_ref else "boot"
+            raise KernelCrash(new, step=step)
+    return check
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM unwinds like Ctrl-C, so every ``with`` block cleans up."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        return None
+
+
+@contextmanager
+def boot(art: KernelArtifacts, opts: BootOptions, out_dir: Path, progress=True):
+    """Boot ``art`` and yield a ready Guest; everything is torn down on exit."""
+    previous = _sigterm_as_interrupt()
+    run_dir = make_run_dir()
+    try:
+        key = generate_key(run_dir)
+        initrd = guest_image.prepare_initrd(key.public_text, run_dir / "initrd.gz")
+        port = free_port() if opts.ssh else 0
+        spec = VmSpec(kernel=art.image, initrd=str(initrd.path), run_dir=str(run_dir),
+                      mode=opts.mode, mem_mb=opts.mem_mb, slots=opts.slots,
+                      maxmem_mb=opts.maxmem_mb, smp=opts.smp, ssh_port=port,
+                      cmdline=("printk.time=1",) + tuple(opts.cmdline),
+                      devices=tuple(opts.devices))
+        machine = Machine(spec, out_dir, boot_timeout=opts.boot_timeout)
+        if progress:
+            print("$ " + " ".join(machine.argv), file=sys.stderr)
+        with machine:
+            guest = _bring_up(machine, key, opts, out_dir)
+            try:
+                yield guest
+            finally:
+                guest.close()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _bring_up(machine: Machine, key, opts: BootOptions, out_dir: Path) -> Guest:
+    deadline = Deadline(opts.boot_timeout)
+    watcher = CrashWatcher()
+    machine.tap.listeners.append(watcher.feed)
+    console = SerialConsole(machine.spawn(), settle=SETTLE_S)
+    times = {}
+    try:
+        console.wait_ready(deadline)
+    except MachineError as e:
+        raise MachineError("the guest never became ready: " + e.message,
+                           step="boot", evidence=machine.console_tail()) from e
+    times["boot_to_ready_s"] = time.monotonic() - machine.times.launched
+    guest_ref: list = []
+    ssh = None
+    if opts.ssh:
+        ssh = SshTransport(machine.spec.ssh_port, key,
+                           crash_check=_crash_check(watcher, guest_ref))
+        ssh.connect(deadline, alive=lambda: machine._check_alive("connecting SSH"))
+        times["boot_to_ssh_s"] = time.monotonic() - machine.times.launched
+    transport = ssh if (opts.transport == "ssh" and ssh) else console
+    guest = Guest(machine, console, ssh, watcher, transport, out_dir, times)
+    guest_ref.append(guest)
+    return guest
