@@ -1,0 +1,109 @@
+"""acpi-dimm: pc-dimm hot-add and hot-remove over ACPI (edk2 boot).
+
+Plugs ``dimms`` DIMMs (default 2, adjacent: they share upper-level tables),
+onlines them, puts data in them, then removes the first while its neighbour
+stays online, then the other; repeats for ``cycles``. Removal follows the
+issue's flow: offline through sysfs, ``device_del`` and wait for
+``DEVICE_DELETED`` (the guest's ACPI eject removes the memory), ``object-del``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..inspect import sysfs
+from ..session import BootOptions
+from .common import (Recorder, blocks_in, set_state, try_bootmem_offline,
+                     wait_for)
+
+NAME = "acpi-dimm"
+MODE = "acpi"
+
+
+@dataclass(frozen=True)
+class Options:
+    dimms: int = 2
+    dimm_mb: int = 512
+    cycles: int = 1
+    online_type: str = "online_movable"
+    fill_mb: int = 128           # data written into the hot-added memory
+
+
+def boot_options(base: BootOptions) -> BootOptions:
+    return base
+
+
+def drive(rec: Recorder, opts: Options) -> None:
+    before = rec.phase("before")
+    rec.backings.insert(0, (0x40000000, rec.guest.machine.spec.ram_path))
+    for cycle in range(1, opts.cycles + 1):
+        suffix = "" if cycle == 1 else f"@{cycle}"
+        dimms = [plug(rec, i, opts, suffix) for i in range(1, opts.dimms + 1)]
+        rec.phase("added" + suffix)
+        for name, addr, size in dimms:
+            blocks = blocks_in(rec, addr, addr + size)
+            rec.step(f"online {name}", lambda b=blocks: set_state(rec, b, opts.online_type))
+        rec.phase("online" + suffix)
+        rec.step("use memory", lambda: fill(rec, opts.fill_mb))
+        for n, (name, addr, size) in enumerate(dimms, 1):
+            unplug(rec, name, addr, size)
+            last = n == len(dimms)
+            phase = f"removed-{n}{suffix}"
+            rec.phase(phase)
+            rec.removed(phase, addr, addr + size, baseline="before" if last else "")
+        rec.step("free memory", lambda: rec.sh("rm -f /tmp/harness-fill"))
+        if opts.cycles > 1:
+            rec.phase(f"cycle-{cycle}")
+    rec.bootmem = rec.step("offline boot memory (must fail)",
+                           lambda: try_bootmem_offline(rec, before))
+
+
+def plug(rec: Recorder, index: int, opts: Options, suffix: str):
+    """object-add + device_add; wait until the guest shows the new blocks."""
+    machine = rec.guest.machine
+    name, mem = f"dimm{index}", f"mem{index}"
+    size = opts.dimm_mb << 20
+    path = str(Path(machine.spec.run_dir) / f"{mem}{suffix.replace('@', '-')}")
+
+    def add():
+        machine.qmp_cmd("object-add", **{"qom-type": "memory-backend-file", "id": mem,
+                                         "size": size, "mem-path": path, "share": True})
+        machine.qmp_cmd("device_add", driver="pc-dimm", id=name, memdev=mem)
+        addr = dimm_address(machine, name)
+        bs = sysfs.parse_memory_blocks(rec.sh(sysfs.MEMORY_BLOCKS_CMD)).block_size
+        want = size // bs
+        wait_for(lambda: len(blocks_in(rec, addr, addr + size)) == want, 20,
+                 f"{want} memory blocks of {name} at {addr:#x} in the guest")
+        return addr
+    addr = rec.step(f"add {name}", add, transport="qmp")
+    rec.backings.append((addr, path))
+    return name, addr, size
+
+
+def dimm_address(machine, dimm_id: str) -> int:
+    for dev in machine.qmp_cmd("query-memory-devices"):
+        data = dev.get("data", {})
+        if data.get("id") == dimm_id:
+            return int(data["addr"])
+    raise LookupError(f"{dimm_id} not in query-memory-devices")
+
+
+def fill(rec: Recorder, mb: int) -> str:
+    """Write data that lands in movable (hot-added) memory; offline migrates it."""
+    return rec.sh(f"dd if=/dev/zero of=/tmp/harness-fill bs=1M count={mb} 2>&1 "
+                  "&& sync && grep -E 'MemFree|Shmem:' /proc/meminfo", 120)
+
+
+def unplug(rec: Recorder, name: str, addr: int, size: int) -> None:
+    machine = rec.guest.machine
+    blocks = blocks_in(rec, addr, addr + size)
+    rec.step(f"offline {name}", lambda: set_state(rec, blocks, "offline"))
+
+    def delete():
+        machine.qmp_cmd("device_del", id=name)
+        machine.wait_event("DEVICE_DELETED", {"device": name}, 30.0)
+        machine.qmp_cmd("object-del", id=name.replace("dimm", "mem"))
+        wait_for(lambda: not blocks_in(rec, addr, addr + size), 10,
+                 f"the blocks of {name} to disappear")
+    rec.step(f"remove {name}", delete, transport="qmp")
+    rec.backings[:] = [b for b in rec.backings if b[0] != addr]

@@ -1,0 +1,210 @@
+"""What every hotplug method shares: capturing a Phase, timing steps, the
+host-side table walk, and turning a method's course into a MethodRun."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..build import KernelArtifacts
+from ..errors import HarnessError
+from ..inspect import ptdump, sysfs
+from ..inspect import walker as walk_mod
+from ..records import Phase, Removal, Step, WalkSummary
+from ..session import Guest
+
+PTDUMP = "/sys/kernel/debug/kernel_page_tables"
+MEMROOT = "/sys/devices/system/memory"
+REGIONS = ("Linear Mapping", "vmemmap")
+STRUCT_PAGE_SIZE = 64
+
+
+@dataclass
+class Recorder:
+    """Collects steps and phases while a method runs (mutable on purpose:
+    whatever was recorded survives a failure, for the report)."""
+    guest: Guest
+    art: KernelArtifacts
+    walk: bool = True
+    steps: list = field(default_factory=list)
+    phases: list = field(default_factory=list)
+    removals: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    geometry: dict = field(default_factory=dict)
+    backings: list = field(default_factory=list)   # (guest_pa, path) for the walker
+    _walk_geo: Optional[walk_mod.Geometry] = None
+    _root_pa: Optional[int] = None
+
+    # -- steps ---------------------------------------------------------------
+    def step(self, name: str, action: Callable, transport: Optional[str] = None):
+        """Run ``action()`` as a named step; record its duration either way."""
+        self.guest.step = name
+        try:
+            self.guest.run(f"echo 'harness: step {name}' > /dev/kmsg", 10)
+        except HarnessError:
+            raise
+        start = time.monotonic()
+        ok, detail = False, ""
+        try:
+            result = action()
+            ok = True
+            detail = _detail(result)
+            return result
+        except HarnessError as e:
+            if not e.step:
+                e.step = name
+            detail = e.message
+            raise
+        finally:
+            self.steps.append(Step(name, round(time.monotonic() - start, 3),
+                                   transport or self.guest.transport.name, ok, detail))
+
+    def sh(self, command: str, deadline: float = 30.0) -> str:
+        """A guest command that must succeed; returns stdout."""
+        return self.guest.check(command, deadline)
+
+    # -- phases --------------------------------------------------------------
+    def phase(self, name: str, note: str = "") -> Phase:
+        start = time.monotonic()
+        text = self.sh(sysfs.MEMORY_BLOCKS_CMD)
+        blocks = sysfs.parse_memory_blocks(text)
+        meminfo = sysfs.parse_meminfo(self.sh("cat /proc/meminfo"))
+        iomem = self.sh("cat /proc/iomem")
+        ram = tuple(tuple(r) for r in sysfs.system_ram(iomem))
+        dump_text = self.sh(f"cat {PTDUMP}", 60)
+        snap = ptdump.parse(dump_text)
+        self._save(f"ptdump-{name}.txt", dump_text)
+        self._learn_geometry(snap, iomem)
+        walks = self._walk(snap) if self.walk else ()
+        phase = Phase(name, blocks, meminfo, ram, snap, walks, note)
+        self.phases.append(phase)
+        self.steps.append(Step(f"inspect {name}", round(time.monotonic() - start, 3),
+                               self.guest.transport.name))
+        return phase
+
+    def removed(self, phase: str, pa_start: int, pa_end: int, baseline: str = "") -> None:
+        self.removals.append(Removal(phase, pa_start, pa_end, baseline))
+
+    def _save(self, name: str, text: str) -> None:
+        folder = self.guest.out_dir
+        (folder / name).write_text(text)
+
+    # -- geometry and the host-side walk ---------------------------------------
+    def _learn_geometry(self, snap: ptdump.Snapshot, iomem: str) -> None:
+        if self.geometry:
+            return
+        cfg = self.art.kconfig
+        geo = walk_mod.Geometry.from_kconfig(cfg)
+        self._walk_geo = geo
+        linear = _region_span(snap, "Linear Mapping")
+        vmemmap = _region_span(snap, "vmemmap")
+        self.geometry = {"granule": geo.granule, "va_bits": geo.va_bits,
+                         "levels": geo.levels,
+                         "page_offset": linear[0] if linear else None,
+                         "linear_end": linear[1] if linear else None,
+                         "vmemmap_start": vmemmap[0] if vmemmap else None,
+                         "vmemmap_end": vmemmap[1] if vmemmap else None,
+                         "struct_page_size": STRUCT_PAGE_SIZE,
+                         "linear_offset": None, "memstart": None}
+        try:
+            syms = walk_mod.symbol_addresses(self.art.vmlinux, ["swapper_pg_dir", "_text"])
+            code = sysfs.kernel_code(iomem)
+            self._root_pa = walk_mod.kimage_pa(syms["swapper_pg_dir"], syms["_text"],
+                                               code[0])
+        except HarnessError as e:
+            self.notes.append(f"host-side walker disabled: {e.message}")
+            self.walk = False
+
+    def _walk(self, snap: ptdump.Snapshot) -> tuple:
+        """Pause the guest, walk each region from the shared RAM files, resume."""
+        machine = self.guest.machine
+        summaries = []
+        machine.qmp_cmd("stop")
+        try:
+            with walk_mod.FileBackedPhysMem(self.backings) as mem:
+                for region in REGIONS:
+                    span = _region_span(snap, region)
+                    if span is None:
+                        continue
+                    start = time.monotonic()
+                    result = walk_mod.walk(mem, self._walk_geo, self._root_pa, *span)
+                    summaries.append(_summarise(region, result,
+                                                time.monotonic() - start))
+        finally:
+            machine.qmp_cmd("cont")
+        self._learn_linear_offset(summaries)
+        return tuple(summaries)
+
+    def _learn_linear_offset(self, summaries) -> None:
+        if self.geometry.get("linear_offset") is not None:
+            return
+        for s in summaries:
+            if s.region == "Linear Mapping" and s.leaves:
+                va, _, pa, _ = s.leaves[0]
+                self.geometry["linear_offset"] = va - pa
+                if self.geometry.get("page_offset") is not None:
+                    self.geometry["memstart"] = self.geometry["page_offset"] - (va - pa)
+                return
+
+
+def _region_span(snap: ptdump.Snapshot, name: str):
+    region = snap.regions.get(name)
+    if region is None or not region.entries:
+        return None
+    return region.entries[0].start, region.entries[-1].end
+
+
+def _summarise(region: str, result, seconds: float) -> WalkSummary:
+    leaves = tuple((l.va_start, l.va_end, l.pa, l.level) for l in result.leaves)
+    tables = {level: len(pages) for level, pages in result.tables.items()}
+    empty = sum(len(p) for p in result.empty_tables.values())
+    return WalkSummary(region, result.va_start, result.va_end, leaves, tables, empty,
+                       round(seconds, 4))
+
+
+def _detail(result) -> str:
+    if result is None:
+        return ""
+    if hasattr(result, "command"):
+        return f"$ {result.command}"
+    return str(result)[:200]
+
+
+def wait_for(predicate: Callable[[], bool], deadline: float, what: str,
+             interval: float = 0.2):
+    """Poll ``predicate`` until true; HarnessError (infra) naming ``what``."""
+    end = time.monotonic() + deadline
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= end:
+            raise HarnessError(f"timed out after {deadline:.0f}s waiting for {what}",
+                               step="wait", blame="infra")
+        time.sleep(interval)
+
+
+def block_size(rec: Recorder) -> int:
+    return int(rec.sh(f"cat {MEMROOT}/block_size_bytes").strip(), 16)
+
+
+def blocks_in(rec: Recorder, pa_start: int, pa_end: int):
+    table = sysfs.parse_memory_blocks(rec.sh(sysfs.MEMORY_BLOCKS_CMD))
+    return table.in_range(pa_start, pa_end)
+
+
+def set_state(rec: Recorder, blocks, state: str) -> None:
+    """Write ``state`` to each block's state file (all must succeed)."""
+    for b in blocks:
+        rec.sh(f"echo {state} > {MEMROOT}/memory{b.index}/state")
+
+
+def try_bootmem_offline(rec: Recorder, boot_phase: Phase) -> dict:
+    """Try to offline the last boot block: arm64 must refuse."""
+    online = [b for b in boot_phase.blocks.blocks if b.state == "online"]
+    block = online[-1]
+    res = rec.guest.run(f"echo offline > {MEMROOT}/memory{block.index}/state", 60)
+    after = rec.sh(f"cat {MEMROOT}/memory{block.index}/state").strip()
+    return {"block": block.index, "exit_code": res.exit_code,
+            "output": (res.stdout + res.stderr).strip()[-500:], "state_after": after}
