@@ -215,6 +215,7 @@ def store(inputs: Inputs, outdir: Path, log: Path, seconds: float) -> KernelArti
     """Copy the products into the content-addressed cache (meta.json last)."""
     key = inputs.cache_key
     dest = artifacts_dir(key)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="art-", dir=dest.parent))
     for name, rel in PRODUCTS.items():
         shutil.copy2(outdir / rel, tmp / Path(rel).name)

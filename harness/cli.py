@@ -128,6 +128,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("hotplug-harness: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug in the harness: say so, exit 2
+        import traceback
+        traceback.print_exc()
+        print("hotplug-harness: internal error (harness): the traceback above is "
+              "a harness bug", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

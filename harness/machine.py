@@ -94,7 +94,7 @@ def qemu_argv(spec: VmSpec) -> list:
         argv += ["-netdev", f"user,id=n0,restrict=on,"
                             f"hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
                  "-device", "virtio-net-pci,netdev=n0,romfile="]
-    return argv + list(spec.devices)
+    return argv + [a.replace("{run_dir}", spec.run_dir) for a in spec.devices]
 
 
 def free_port() -> int:

@@ -52,6 +52,11 @@ class Guest:
     out_dir: Path
     times: dict = field(default_factory=dict)
     step: str = "boot"
+    line_offset: int = 0   # console lines read before the watcher was attached
+
+    def console_line(self) -> int:
+        """The crash watcher's current line number (CrashReport.first_line_no)."""
+        return self.machine.tap.lines_seen - self.line_offset
 
     def run(self, command: str, deadline=30.0, via: Optional[Transport] = None
             ) -> CommandResult:
@@ -63,6 +68,15 @@ class Guest:
 
     def crashes(self) -> tuple:
         return self.watcher.reports
+
+    def put_text(self, path: str, text: str) -> None:
+        """Write a text file in the guest (SSH, else a here-document on serial)."""
+        if self.ssh is not None:
+            self.ssh.put_text(path, text)
+            return
+        marker = "HARNESS_EOF_7f3a"
+        self.console.run(f"cat > '{path}' <<'{marker}'\n{text}\n{marker}", 120
+                         ).check(self.step)
 
     def close(self) -> None:
         if self.ssh is not None:
@@ -133,6 +147,7 @@ def boot(art: KernelArtifacts, opts: BootOptions, out_dir: Path, progress=True):
 def _bring_up(machine: Machine, key, opts: BootOptions, out_dir: Path) -> Guest:
     deadline = Deadline(opts.boot_timeout)
     watcher = CrashWatcher()
+    offset = machine.tap.lines_seen
     machine.tap.listeners.append(watcher.feed)
     console = SerialConsole(machine.spawn(), settle=SETTLE_S)
     times = {}
@@ -150,6 +165,7 @@ def _bring_up(machine: Machine, key, opts: BootOptions, out_dir: Path) -> Guest:
         ssh.connect(deadline, alive=lambda: machine._check_alive("connecting SSH"))
         times["boot_to_ssh_s"] = time.monotonic() - machine.times.launched
     transport = ssh if (opts.transport == "ssh" and ssh) else console
-    guest = Guest(machine, console, ssh, watcher, transport, out_dir, times)
+    guest = Guest(machine, console, ssh, watcher, transport, out_dir, times,
+                  line_offset=offset)
     guest_ref.append(guest)
     return guest

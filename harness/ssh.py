@@ -116,6 +116,19 @@ class SshTransport(Transport):
         except socket.timeout:
             pass
 
+    def put_text(self, remote: str, text: str, deadline: float = 30.0) -> None:
+        """Write ``text`` to ``remote`` through ``cat`` on an exec channel."""
+        chan = self.client.get_transport().open_session()
+        chan.settimeout(deadline)
+        chan.exec_command(f"cat > '{remote}'")
+        chan.sendall(text.encode())
+        chan.shutdown_write()
+        code = chan.recv_exit_status()
+        chan.close()
+        if code != 0:
+            raise MachineError(f"writing {remote} over ssh failed (exit {code})",
+                               step="ssh")
+
     def put(self, local: Path, remote: str) -> None:
         with self.client.open_sftp() as sftp:
             sftp.put(str(local), remote)

@@ -33,6 +33,9 @@ class Recorder:
     notes: list = field(default_factory=list)
     geometry: dict = field(default_factory=dict)
     backings: list = field(default_factory=list)   # (guest_pa, path) for the walker
+    bootmem: Optional[dict] = None
+    step_lines: list = field(default_factory=list)  # (console line no, step)
+    kselftest: Optional[dict] = None
     _walk_geo: Optional[walk_mod.Geometry] = None
     _root_pa: Optional[int] = None
 
@@ -40,10 +43,8 @@ class Recorder:
     def step(self, name: str, action: Callable, transport: Optional[str] = None):
         """Run ``action()`` as a named step; record its duration either way."""
         self.guest.step = name
-        try:
-            self.guest.run(f"echo 'harness: step {name}' > /dev/kmsg", 10)
-        except HarnessError:
-            raise
+        self.step_lines.append((self.guest.console_line(), name))
+        self.guest.run(f"echo 'harness: step {name}' > /dev/kmsg", 10)
         start = time.monotonic()
         ok, detail = False, ""
         try:

@@ -1,0 +1,712 @@
+"""Verdict rules over a :class:`records.MethodRun`: pure functions, no I/O.
+
+Each rule returns one :class:`records.Check` whose evidence is short, concrete
+text a reviewer can paste into a mail (hex addresses, ptdump lines, phase
+names). ``Check.step`` names the phase (or, for crashes, the step) the evidence
+points at. ``judge(run)`` runs every applicable rule in a stable order; a rule
+that raises becomes an ERROR check instead of stopping the others.
+
+Phase names (set by the scenarios): ``before``, ``added`` (optional),
+``online``, one phase per removal (``Removal.phase``), ``cycle-N``.
+
+Geometry keys used (any may be missing or None; rules that need one SKIP and
+say which): ``granule``, ``linear_offset`` (va = pa + linear_offset),
+``vmemmap_start``, ``memstart``, ``struct_page_size``.
+
+``Phase.system_ram`` is read as inclusive ends (``/proc/iomem``) when the end
+is odd and as half-open when it is even (``sysfs.system_ram``): RAM is
+page-granular, so the two never collide.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Callable, Iterable, Mapping, NamedTuple, Optional
+
+from .errors import KERNEL, HarnessError
+from .inspect import ptdump
+from .records import ERROR, FAIL, PASS, SKIP, Check, MethodRun, Phase, Removal
+
+LINEAR, VMEMMAP = "Linear Mapping", "vmemmap"
+REGIONS = (LINEAR, VMEMMAP)
+MEMFREE_DRIFT_KB = 1024          # tolerated MemFree loss per add/remove cycle
+MAX_LINES = 12                   # evidence lines listed before "... and N more"
+_RANK = {FAIL: 0, ERROR: 1, PASS: 2, SKIP: 3}
+
+
+class _Skip(Exception):
+    """Raised inside a rule when a needed input is missing: the part SKIPs."""
+
+
+class Part(NamedTuple):
+    """One judged piece of a check (a phase, a removal, a region)."""
+    verdict: str
+    text: str
+    step: str = ""
+
+
+# ---------------------------------------------------------------- helpers
+
+def _hex(n: int) -> str:
+    return f"0x{n:x}"
+
+
+def _span(start: int, end: int) -> str:
+    return f"{_hex(start)}-{_hex(end)}"
+
+
+def _spans(ranges: Iterable[tuple[int, int]]) -> str:
+    return ", ".join(_span(a, b) for a, b in ranges)
+
+
+def _limit(lines: list[str], limit: int = MAX_LINES) -> list[str]:
+    if len(lines) <= limit:
+        return lines
+    return lines[:limit] + [f"... and {len(lines) - limit} more"]
+
+
+def _indent(lines: Iterable[str]) -> str:
+    return "\n".join("    " + line for line in lines)
+
+
+def coalesce(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, merged ``[start, end)`` ranges (adjacent ones joined)."""
+    out: list[list[int]] = []
+    for start, end in sorted(r for r in ranges if r[0] < r[1]):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(a, b) for a, b in out]
+
+
+def subtract(want: Iterable[tuple[int, int]],
+             have: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``want`` not covered by ``have``."""
+    have = coalesce(have)
+    out = []
+    for start, end in coalesce(want):
+        for h_start, h_end in have:
+            if h_end <= start or h_start >= end:
+                continue
+            if h_start > start:
+                out.append((start, h_start))
+            start = max(start, h_end)
+        if start < end:
+            out.append((start, end))
+    return out
+
+
+def clip(ranges: Iterable[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
+    return coalesce((max(a, lo), min(b, hi)) for a, b in ranges)
+
+
+def _geo(run: MethodRun, *keys: str):
+    values = [run.geometry.get(k) for k in keys]
+    missing = [k for k, v in zip(keys, values) if v is None]
+    if missing:
+        raise _Skip(f"geometry lacks {', '.join(missing)}")
+    return values[0] if len(values) == 1 else values
+
+
+def page_shift(granule: int) -> int:
+    return granule.bit_length() - 1
+
+
+def struct_page_range(run: MethodRun, pa_start: int, pa_end: int) -> tuple[int, int]:
+    """VA range of the struct pages describing physical ``[pa_start, pa_end)``."""
+    base, memstart, size, granule = _geo(run, "vmemmap_start", "memstart",
+                                         "struct_page_size", "granule")
+    shift = page_shift(granule)
+    first_pfn = memstart >> shift
+    last_pfn = -(-pa_end >> shift)                 # round a partial page up
+    return (base + ((pa_start >> shift) - first_pfn) * size,
+            base + (last_pfn - first_pfn) * size)
+
+
+def ram_ranges(phase: Phase) -> list[tuple[int, int]]:
+    """``Phase.system_ram`` as half-open ranges (see the module docstring)."""
+    return coalesce((s, e + 1 if e % 2 else e) for s, e in phase.system_ram)
+
+
+def _walks(phase: Phase, region: str) -> list:
+    return [w for w in phase.walks if w.region == region]
+
+
+def _leaf_maps_pa(leaf: tuple, pa_start: int, pa_end: int) -> bool:
+    va_start, va_end, pa = leaf[:3]
+    return pa < pa_end and pa_start < pa + va_end - va_start
+
+
+def _leaf_text(leaf: tuple) -> str:
+    va_start, va_end, pa, level = leaf[:4]
+    return (f"walker {level} leaf VA {_span(va_start, va_end)} -> "
+            f"PA {_span(pa, pa + va_end - va_start)}")
+
+
+def _block_names(indices: Iterable[int]) -> str:
+    """memory16-memory19, memory22"""
+    groups: list[list[int]] = []
+    for i in sorted(set(indices)):
+        if groups and i == groups[-1][1] + 1:
+            groups[-1][1] = i
+        else:
+            groups.append([i, i])
+    return ", ".join(f"memory{a}" if a == b else f"memory{a}-memory{b}"
+                     for a, b in groups) or "none"
+
+
+def combine(name: str, parts: list[Part], empty: str) -> Check:
+    """One Check from parts: the worst verdict, its evidence first."""
+    if not parts:
+        return Check(name, SKIP, empty)
+    ordered = sorted(parts, key=lambda p: _RANK[p.verdict])
+    verdict = ordered[0].verdict
+    step = next((p.step for p in ordered if p.step), "")
+    return Check(name, verdict, "\n".join(p.text for p in ordered), step)
+
+
+def _guard(phase_name: str, body: Callable[[], Part]) -> Part:
+    """Run one part; a missing input SKIPs it, unusable input (a ptdump without
+    the region) makes it ERROR."""
+    try:
+        return body()
+    except _Skip as skip:
+        return Part(SKIP, f"{phase_name}: {skip}", phase_name)
+    except HarnessError as exc:
+        return Part(ERROR, f"{phase_name}: {exc.message}", phase_name)
+
+
+def _removal_phase(run: MethodRun, removal: Removal) -> Phase:
+    phase = run.phase(removal.phase)
+    if phase is None:
+        raise _Skip(f"phase {removal.phase!r} was not recorded")
+    return phase
+
+
+# ---------------------------------------------------------------- blocks-lifecycle
+
+def _block_size(run: MethodRun) -> Optional[int]:
+    return next((p.blocks.block_size for p in run.phases if p.blocks.block_size), None)
+
+
+def _expected_indices(removal: Removal, size: int) -> list[int]:
+    return list(range(removal.pa_start // size, -(-removal.pa_end // size)))
+
+
+def _lifecycle_problems(run: MethodRun, removal: Removal, size: int) -> list[str]:
+    want = _expected_indices(removal, size)
+    rules = (("before", False, None), ("added", True, "offline"),
+             ("online", True, "online"), (removal.phase, False, None))
+    problems = []
+    for phase_name, present, state in rules:
+        phase = run.phase(phase_name)
+        if phase is None:
+            if phase_name != "added":
+                problems.append(f"phase {phase_name!r} not recorded")
+            continue
+        problems += _phase_blocks(phase, want, present, state, size)
+    return problems
+
+
+def _phase_blocks(phase: Phase, want: list[int], present: bool,
+                  state: Optional[str], size: int) -> list[str]:
+    have = {b.phys_index: b for b in phase.blocks.blocks}
+    if not present:
+        extra = [have[i].index for i in want if i in have]
+        return [f"{phase.name}: {_block_names(extra)} present"] if extra else []
+    out = []
+    missing = [i for i in want if i not in have]
+    if missing:
+        out.append(f"{phase.name}: {_block_names(missing)} absent")
+    out += [f"{phase.name}: memory{have[i].index} is {have[i].state}, expected {state}"
+            for i in want if i in have and have[i].state != state]
+    return out
+
+
+def _lifecycle_part(run: MethodRun, removal: Removal, size: int) -> Part:
+    want = _expected_indices(removal, size)
+    what = f"{_block_names(want)} ({_span(removal.pa_start, removal.pa_end)})"
+    problems = _lifecycle_problems(run, removal, size)
+    if problems:
+        return Part(FAIL, f"{what}:\n" + _indent(_limit(problems)), removal.phase)
+    added = "offline after add, " if run.phase("added") else ""
+    return Part(PASS, f"{what}: absent before, {added}online after onlining, "
+                      f"gone after {removal.phase}", removal.phase)
+
+
+def _boot_blocks_part(run: MethodRun) -> Part:
+    before = run.phase("before")
+    if before is None:
+        return Part(SKIP, "boot blocks: phase 'before' not recorded")
+    later = list(run.phases)[list(run.phases).index(before) + 1:]
+    problems = [(p.name, line) for p in later for line in _changed_blocks(before, p)]
+    if problems:
+        lines = [f"{name}: {line}" for name, line in problems]
+        return Part(FAIL, "blocks present before the add changed:\n"
+                    + _indent(_limit(lines)), problems[0][0])
+    return Part(PASS, f"{len(before.blocks.blocks)} blocks present before the add "
+                      f"unchanged in {len(later)} later phase(s)")
+
+
+def _changed_blocks(before: Phase, phase: Phase) -> list[str]:
+    have = phase.blocks.by_index
+    out = []
+    for block in before.blocks.blocks:
+        now = have.get(block.index)
+        if now is None or now.state != block.state:
+            out.append(f"memory{block.index} {block.state} -> "
+                       f"{now.state if now else 'absent'}")
+    return out
+
+
+def check_blocks_lifecycle(run: MethodRun) -> Check:
+    name = "blocks-lifecycle"
+    size = _block_size(run)
+    if size is None:
+        return Check(name, SKIP, "no phase recorded block_size_bytes")
+    parts = [_lifecycle_part(run, r, size) for r in run.removals]
+    if run.phases:
+        parts.append(_boot_blocks_part(run))
+    return combine(name, parts, "no phases recorded")
+
+
+# ---------------------------------------------------------------- stale mappings
+
+def _stale_ptdump(snapshot, region: str, va_start: int, va_end: int) -> list[str]:
+    return [f"ptdump: {ptdump.format_entry(e)}"
+            for e in ptdump.covering(snapshot, region, va_start, va_end)]
+
+
+def _stale_linear_part(run: MethodRun, removal: Removal) -> Part:
+    phase = _removal_phase(run, removal)
+    if phase.ptdump is None and not phase.walks:
+        raise _Skip("no ptdump and no walker output")
+    pa = (removal.pa_start, removal.pa_end)
+    found, said = [], []
+    if phase.ptdump is not None:
+        off = _geo(run, "linear_offset")
+        found += _stale_ptdump(phase.ptdump, LINEAR, pa[0] + off, pa[1] + off)
+        said.append(f"ptdump VA {_span(pa[0] + off, pa[1] + off)}")
+    for walk in _walks(phase, LINEAR):
+        found += [_leaf_text(x) for x in walk.leaves if _leaf_maps_pa(x, *pa)]
+        said.append(f"walker VA {_span(walk.va_start, walk.va_end)}")
+    return _stale_part(phase.name, f"removed PA {_span(*pa)}", found, said)
+
+
+def _stale_part(phase: str, what: str, found: list[str], said: list[str]) -> Part:
+    head = f"{phase}: {what}"
+    if found:
+        return Part(FAIL, f"{head} still mapped:\n" + _indent(_limit(found)), phase)
+    return Part(PASS, f"{head}: no valid mapping ({'; '.join(said)})", phase)
+
+
+def check_no_stale_linear_map(run: MethodRun) -> Check:
+    parts = [_guard(r.phase, lambda r=r: _stale_linear_part(run, r)) for r in run.removals]
+    return combine("no-stale-linear-map", parts, "no removals recorded")
+
+
+def _stale_vmemmap_part(run: MethodRun, removal: Removal) -> Part:
+    phase = _removal_phase(run, removal)
+    if phase.ptdump is None and not phase.walks:
+        raise _Skip("no ptdump and no walker output")
+    va = struct_page_range(run, removal.pa_start, removal.pa_end)
+    found, said = [], []
+    if phase.ptdump is not None:
+        found += _stale_ptdump(phase.ptdump, VMEMMAP, *va)
+        said.append("ptdump")
+    for walk in _walks(phase, VMEMMAP):
+        found += [_leaf_text(x) for x in walk.leaves if x[0] < va[1] and va[0] < x[1]]
+        said.append(f"walker VA {_span(walk.va_start, walk.va_end)}")
+    what = (f"struct pages VA {_span(*va)} of removed PA "
+            f"{_span(removal.pa_start, removal.pa_end)}")
+    return _stale_part(phase.name, what, found, said)
+
+
+def check_no_stale_vmemmap(run: MethodRun) -> Check:
+    parts = [_guard(r.phase, lambda r=r: _stale_vmemmap_part(run, r)) for r in run.removals]
+    return combine("no-stale-vmemmap", parts, "no removals recorded")
+
+
+# ---------------------------------------------------------------- tables-freed
+
+def _hole_notes(before, after, region: str, baseline: str) -> list[str]:
+    """Holes whose level changed: a table kept alive (deeper) or freed (shallower)."""
+    old = set(before.region(region).entries) if region in before.regions else set()
+    notes = []
+    for hole in (e for e in after.region(region).entries if e.is_hole and e not in old):
+        was = ptdump.entry_at(before, hole.start)
+        if was is None or not was.is_hole or was.level == hole.level:
+            continue
+        deeper = ptdump.LEVELS.index(hole.level) > ptdump.LEVELS.index(was.level)
+        why = (f"a {hole.level} table was kept alive (not freed)" if deeper
+               else f"a {was.level} table present in {baseline} is gone")
+        notes.append(f"hole at VA {_span(hole.start, hole.end)} is at {hole.level} level, "
+                     f"{was.level} in {baseline}: {why}")
+    return notes
+
+
+def _ptdump_tables_lines(base: Phase, after: Phase, baseline: str) -> list[str]:
+    lines = []
+    for region in REGIONS:
+        if region not in base.ptdump.regions and region not in after.ptdump.regions:
+            raise _Skip(f"neither ptdump has a {region!r} region")
+        changed = ptdump.diff(base.ptdump, after.ptdump, region)
+        if changed:
+            lines.append(f"{region} differs from {baseline}:")
+            lines += _limit(_hole_notes(base.ptdump, after.ptdump, region, baseline))
+            lines += _limit(changed, 2 * MAX_LINES)
+    return lines
+
+
+def _walk_table_lines(base: Phase, after: Phase) -> tuple[list[str], int]:
+    lines, compared = [], 0
+    for region in REGIONS:
+        old, new = _walks(base, region), _walks(after, region)
+        if len(old) != 1 or len(new) != 1:
+            continue
+        compared += 1
+        lines += [f"walker {region} {line}" for line in _count_diff(old[0], new[0])]
+    return lines, compared
+
+
+def _count_diff(old, new) -> list[str]:
+    out = []
+    if (old.va_start, old.va_end) != (new.va_start, new.va_end):
+        out.append(f"walked VA {_span(old.va_start, old.va_end)} then "
+                   f"{_span(new.va_start, new.va_end)}: counts not comparable")
+        return out
+    for level in sorted(set(old.tables) | set(new.tables), key=_level_key):
+        a, b = old.tables.get(level, 0), new.tables.get(level, 0)
+        if a != b:
+            out.append(f"{level} tables: {a} -> {b}")
+    if new.empty_tables > old.empty_tables:
+        out.append(f"empty tables: {old.empty_tables} -> {new.empty_tables}")
+    return out
+
+
+def _level_key(level: str) -> int:
+    return ptdump.LEVELS.index(level) if level in ptdump.LEVELS else len(ptdump.LEVELS)
+
+
+def _tables_part(run: MethodRun, removal: Removal) -> Part:
+    if not removal.baseline:
+        raise _Skip("no baseline to compare with (a neighbour stays online)")
+    after, base = _removal_phase(run, removal), run.phase(removal.baseline)
+    if base is None:
+        raise _Skip(f"baseline phase {removal.baseline!r} was not recorded")
+    lines, said = [], []
+    if base.ptdump is not None and after.ptdump is not None:
+        lines += _ptdump_tables_lines(base, after, removal.baseline)
+        said.append("ptdump Linear Mapping and vmemmap identical")
+    walk_lines, compared = _walk_table_lines(base, after)
+    lines += walk_lines
+    said += ["walker table counts equal"] if compared else []
+    if not said:
+        raise _Skip(f"no ptdump or walk in both {removal.baseline} and {after.name}")
+    if lines:
+        return Part(FAIL, f"{after.name} vs {removal.baseline}:\n" + _indent(lines),
+                    after.name)
+    return Part(PASS, f"{after.name} vs {removal.baseline}: {', '.join(said)}",
+                after.name)
+
+
+def check_tables_freed(run: MethodRun) -> Check:
+    parts = [_guard(r.phase, lambda r=r: _tables_part(run, r)) for r in run.removals]
+    return combine("tables-freed", parts, "no removals recorded")
+
+
+# ---------------------------------------------------------------- online-memory-mapped
+
+def _online_ranges(phase: Phase, size: int) -> list[tuple[int, int]]:
+    blocks = [(b.phys_start(size), b.phys_end(size))
+              for b in phase.blocks.with_state("online")]
+    if not phase.system_ram:
+        return coalesce(blocks)
+    ram = ram_ranges(phase)
+    return coalesce((max(a, c), min(b, d)) for a, b in blocks for c, d in ram
+                    if a < d and c < b)
+
+
+def _uncovered(phase: Phase, want: list, off: int) -> list[str]:
+    out = []
+    if phase.ptdump is not None:
+        have = [(e.start - off, e.end - off) for e in ptdump.mapped(phase.ptdump, LINEAR)
+                if e.is_valid]
+        out += [f"ptdump: PA {_span(a, b)} (VA {_span(a + off, b + off)}) not mapped"
+                for a, b in subtract(want, have)]
+    for walk in _walks(phase, LINEAR):
+        inside = clip(want, walk.va_start - off, walk.va_end - off)
+        have = [(x[2], x[2] + x[1] - x[0]) for x in walk.leaves]
+        out += [f"walker: PA {_span(a, b)} (VA {_span(a + off, b + off)}) not mapped"
+                for a, b in subtract(inside, have)]
+    return out
+
+
+def _online_part(run: MethodRun, phase: Phase, size: int) -> Part:
+    if phase.ptdump is None and not phase.walks:
+        raise _Skip("no ptdump and no walker output")
+    off = _geo(run, "linear_offset")
+    want = _online_ranges(phase, size)
+    problems = _uncovered(phase, want, off)
+    count = len(phase.blocks.with_state("online"))
+    if problems:
+        return Part(FAIL, f"{phase.name}: online memory not in the linear map:\n"
+                    + _indent(_limit(problems)), phase.name)
+    ram = "" if phase.system_ram else " (no System RAM list: whole blocks)"
+    return Part(PASS, f"{phase.name}: {count} online blocks mapped{ram}", phase.name)
+
+
+def check_online_memory_mapped(run: MethodRun) -> Check:
+    name = "online-memory-mapped"
+    size = _block_size(run)
+    if size is None:
+        return Check(name, SKIP, "no phase recorded block_size_bytes")
+    parts = [_guard(p.name, lambda p=p: _online_part(run, p, size)) for p in run.phases]
+    return combine(name, parts, "no phases recorded")
+
+
+# ---------------------------------------------------------------- bootmem, crashes
+
+def check_bootmem_not_removable(run: MethodRun) -> Check:
+    name, attempt = "bootmem-not-removable", run.bootmem_offline
+    if attempt is None:
+        return Check(name, SKIP, "no boot-memory offline attempt recorded")
+    block, code = attempt.get("block"), attempt.get("exit_code")
+    state, step = attempt.get("state_after"), f"offline memory{attempt.get('block')}"
+    head = (f"echo offline > memory{block}/state: exit code {code}, "
+            f"state after: {state}")
+    output = (attempt.get("output") or "").strip()
+    tail = f"\n    output: {output}" if output else ""
+    if code is None or state is None:
+        return Check(name, ERROR, f"incomplete record: {head}{tail}", step)
+    if code != 0 and state == "online":
+        return Check(name, PASS, f"{head} (refused, as arm64 must){tail}", step)
+    return Check(name, FAIL, f"boot memory was offlined or changed state: {head}; "
+                             f"arm64 must refuse (prevent_bootmem_remove_notifier){tail}",
+                 step)
+
+
+def crash_line(crash: Mapping) -> str:
+    pc = f" (pc {crash['pc_symbol']})" if crash.get("pc_symbol") else ""
+    step = f", step {crash['step']}" if crash.get("step") else ""
+    line = f", console line {crash['first_line_no']}" if crash.get("first_line_no") else ""
+    return f"{crash.get('kind', '?')}: {crash.get('title', '')}{pc}{step}{line}"
+
+
+def check_no_kernel_splat(run: MethodRun) -> Check:
+    name = "no-kernel-splat"
+    if not run.crashes:
+        return Check(name, PASS, "no oops, panic, BUG, WARNING or KASAN report on the console")
+    lines = []
+    for crash in run.crashes:
+        lines.append(crash_line(crash))
+        lines += ["    " + t for t in list(crash.get("call_trace", ()))[:8]]
+    step = next((c.get("step") for c in run.crashes if c.get("step")), "")
+    return Check(name, FAIL, f"{len(run.crashes)} kernel report(s):\n" + "\n".join(lines),
+                 step)
+
+
+# ---------------------------------------------------------------- cycles
+
+def _cycles(run: MethodRun) -> list[tuple[int, Phase]]:
+    found = [(int(m[1]), p) for p in run.phases
+             if (m := re.fullmatch(r"cycle-(\d+)", p.name)) and int(m[1]) >= 1]
+    return sorted(found, key=lambda c: c[0])
+
+
+def _memtotal_part(run: MethodRun, cycles: list) -> Part:
+    before = run.phase("before")
+    if before is None or "MemTotal" not in before.meminfo:
+        return Part(SKIP, "MemTotal: no 'before' phase with /proc/meminfo")
+    want = before.meminfo["MemTotal"]
+    bad = [p for _, p in cycles if p.meminfo.get("MemTotal") != want]
+    if bad:
+        lines = [f"{p.name}: MemTotal {p.meminfo.get('MemTotal')} kB, before {want} kB"
+                 for p in bad]
+        return Part(FAIL, "MemTotal differs from before:\n" + _indent(lines), bad[0].name)
+    return Part(PASS, f"MemTotal {want} kB in all {len(cycles)} cycles, as before")
+
+
+def _cycle_tables_part(cycles: list) -> Part:
+    walked = [(p, {w.region: w for w in p.walks}) for _, p in cycles if p.walks]
+    if len(walked) < 2:
+        return Part(SKIP, "table counts: fewer than 2 cycles with walker output")
+    first, first_walks = walked[0]
+    lines, step = [], ""
+    for phase, walks in walked[1:]:
+        for region in (r for r in walks if r in first_walks):
+            found = _count_diff(first_walks[region], walks[region])
+            lines += [f"{phase.name} vs {first.name}, {region} {d}" for d in found]
+            step = step or (phase.name if found else "")
+    if lines:
+        return Part(FAIL, "walker table counts change across cycles:\n"
+                    + _indent(_limit(lines)), step)
+    return Part(PASS, f"walker table counts equal in {len(walked)} cycles")
+
+
+def _memfree_part(cycles: list) -> Part:
+    (n0, p0), (n1, p1) = cycles[0], cycles[-1]
+    if "MemFree" not in p0.meminfo or "MemFree" not in p1.meminfo:
+        return Part(SKIP, "MemFree: not recorded in the cycle phases")
+    loss = (p0.meminfo["MemFree"] - p1.meminfo["MemFree"]) / (n1 - n0)
+    text = (f"MemFree {p0.meminfo['MemFree']} kB at {p0.name} -> "
+            f"{p1.meminfo['MemFree']} kB at {p1.name}: {loss:+.0f} kB lost per cycle "
+            f"on average (tolerance {MEMFREE_DRIFT_KB} kB per cycle)")
+    return Part(FAIL if loss > MEMFREE_DRIFT_KB else PASS, text,
+                p1.name if loss > MEMFREE_DRIFT_KB else "")
+
+
+def check_no_leak_across_cycles(run: MethodRun) -> Check:
+    name, cycles = "no-leak-across-cycles", _cycles(run)
+    if len(cycles) < 2:
+        return Check(name, SKIP, f"{len(cycles)} cycle phase(s) recorded; need 2")
+    parts = [_memtotal_part(run, cycles), _cycle_tables_part(cycles), _memfree_part(cycles)]
+    return combine(name, parts, "")
+
+
+# ---------------------------------------------------------------- walker vs ptdump
+
+def _agree_part(phase: Phase, walk) -> Part:
+    lo, hi = walk.va_start, walk.va_end
+    dump = clip([(e.start, e.end) for e in phase.ptdump.entries() if e.is_valid], lo, hi)
+    leaves = clip([(x[0], x[1]) for x in walk.leaves], lo, hi)
+    where = f"{phase.name} {walk.region} VA {_span(lo, hi)}"
+    if dump == leaves:
+        return Part(PASS, f"{where}: {len(dump)} mapped range(s) agree", phase.name)
+    lines = [f"only in ptdump: {_span(a, b)}" for a, b in subtract(dump, leaves)]
+    lines += [f"only in walker: {_span(a, b)}" for a, b in subtract(leaves, dump)]
+    return Part(FAIL, f"{where}: walker and ptdump disagree:\n" + _indent(_limit(lines)),
+                phase.name)
+
+
+def check_walker_agrees_with_ptdump(run: MethodRun) -> Check:
+    parts = [_agree_part(p, w) for p in run.phases if p.ptdump is not None
+             for w in p.walks if w.region in REGIONS]
+    return combine("walker-agrees-with-ptdump", parts,
+                   "no phase has both a ptdump and a walk")
+
+
+# ---------------------------------------------------------------- kselftest
+
+_KS_STEP = re.compile(r"(offline->online|online->offline) memory(\d+)"
+                      r"(?:\s*-> (Success|Failure))?")
+_KS_RESULT = re.compile(r"-> (Success|Failure)\b")
+_KS_UNEXPECTED = re.compile(r"(\w+_expect_\w+) (\d+): unexpected (\w+)")
+
+
+class SelftestLog(NamedTuple):
+    """What mem-on-off-test.sh did to each block."""
+    touched: frozenset
+    offlined: frozenset         # "online->offline memoryN" then "-> Success"
+    offline_failed: frozenset   # ... then "-> Failure"
+    unexpected: dict            # block -> ["online_memory_expect_success: unexpected fail"]
+
+
+def parse_mem_on_off(output: str) -> SelftestLog:
+    """Parse mem-on-off-test.sh output; ``-> Success`` may share the line or follow it."""
+    touched, results, unexpected = set(), {}, defaultdict(list)
+    pending = None
+    for line in output.splitlines():
+        if m := _KS_STEP.search(line):
+            touched.add(int(m[2]))
+            pending = int(m[2]) if m[1] == "online->offline" and not m[3] else None
+            if m[3]:
+                results[int(m[2])] = m[3]
+        elif (m := _KS_RESULT.search(line)) and pending is not None:
+            results[pending], pending = m[1], None
+        elif m := _KS_UNEXPECTED.search(line):
+            unexpected[int(m[2])].append(f"{m[1]}: unexpected {m[3]}")
+    return SelftestLog(frozenset(touched),
+                       frozenset(b for b, r in results.items() if r == "Success"),
+                       frozenset(b for b, r in results.items() if r == "Failure"),
+                       dict(unexpected))
+
+
+def _selftest_problems(log: SelftestLog, hot: set) -> list[str]:
+    out = [f"hot-plugged memory{b}: online->offline -> Failure"
+           for b in sorted(log.offline_failed & hot)]
+    out += [f"boot-memory memory{b} was offlined: arm64 must refuse"
+            for b in sorted(log.offlined - hot)]
+    out += [f"memory{b}: {why}" for b, whys in sorted(log.unexpected.items()) for why in whys]
+    return out
+
+
+def check_kselftest(run: MethodRun) -> Check:
+    name, ks = "kselftest", run.kselftest
+    output, code = ks.get("output") or "", ks.get("exit_code")
+    log, hot = parse_mem_on_off(output), set(ks.get("hotplugged_blocks") or ())
+    exercised = log.touched & hot
+    if not exercised:
+        tail = output.strip().splitlines()[-5:]
+        return Check(name, ERROR, f"mem-on-off-test.sh exercised no hot-plugged block "
+                     f"(hot-plugged: {_block_names(hot)}; exit code {code}):\n"
+                     + _indent(tail), "kselftest")
+    problems = _selftest_problems(log, hot)
+    boot_refused = len(log.offline_failed - hot)
+    note = (f"{boot_refused} boot-memory block(s) failed to offline, expected on arm64 "
+            f"(boot memory cannot be offlined); script exit code {code} not used: "
+            "the script counts those as failures")
+    if problems:
+        return Check(name, FAIL, "mem-on-off-test.sh failures:\n"
+                     + _indent(_limit(problems)) + "\n" + note, "kselftest")
+    return Check(name, PASS, f"hot-plugged {_block_names(exercised)} exercised, all "
+                 f"succeeded ({_block_names(log.offlined & hot)} offlined and back); "
+                 + note, "kselftest")
+
+
+# ---------------------------------------------------------------- verdicts
+
+RULES: tuple = (
+    ("blocks-lifecycle", check_blocks_lifecycle),
+    ("no-stale-linear-map", check_no_stale_linear_map),
+    ("no-stale-vmemmap", check_no_stale_vmemmap),
+    ("tables-freed", check_tables_freed),
+    ("online-memory-mapped", check_online_memory_mapped),
+    ("bootmem-not-removable", check_bootmem_not_removable),
+    ("no-kernel-splat", check_no_kernel_splat),
+    ("no-leak-across-cycles", check_no_leak_across_cycles),
+    ("walker-agrees-with-ptdump", check_walker_agrees_with_ptdump),
+    ("kselftest", check_kselftest),
+)
+
+
+def _applicable(name: str, run: MethodRun) -> bool:
+    return name != "kselftest" or run.kselftest is not None
+
+
+def judge(run: MethodRun) -> list[Check]:
+    """Every applicable rule, in the order of RULES. A rule that raises gives ERROR."""
+    out = []
+    for name, rule in RULES:
+        if not _applicable(name, run):
+            continue
+        try:
+            out.append(rule(run))
+        except Exception as exc:   # a broken rule must not hide the other verdicts
+            out.append(Check(name, ERROR, f"check raised {type(exc).__name__}: {exc}"))
+    return out
+
+
+def method_verdict(run: MethodRun, checks: Iterable[Check]) -> str:
+    """FAIL: a check failed, a crash, or a kernel-blamed error; ERROR: a harness or
+    infrastructure error, or a check ERROR; else PASS."""
+    verdicts = {c.verdict for c in checks}
+    blame = (run.error or {}).get("blame")
+    if FAIL in verdicts or run.crashes or (run.error and blame == KERNEL):
+        return FAIL
+    if run.error or ERROR in verdicts:
+        return ERROR
+    return PASS
+
+
+def overall_verdict(method_verdicts) -> tuple[str, int]:
+    """Any FAIL -> ("FAIL", 1); any ERROR, or no method at all -> ("ERROR", 2);
+    else ("PASS", 0). Takes verdict strings or a {method: verdict} mapping."""
+    verdicts = list(method_verdicts.values() if isinstance(method_verdicts, Mapping)
+                    else method_verdicts)
+    if FAIL in verdicts:
+        return FAIL, 1
+    if ERROR in verdicts or not verdicts:
+        return ERROR, 2
+    return PASS, 0

@@ -1,0 +1,60 @@
+"""kselftest: the kernel's own memory-hotplug selftest, from the same tree.
+
+``tools/testing/selftests/memory-hotplug/mem-on-off-test.sh`` picks every
+block whose ``removable`` is 1; on arm64 that includes boot memory, which can
+never be offlined. So a DIMM is hot-added first (and onlined), the script runs
+with ``-r 100`` (offline every candidate), and the verdict reads its per-block
+lines: hot-added blocks must pass, boot blocks failing is expected.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import source as src
+from ..session import BootOptions
+from . import acpi_dimm
+from .common import Recorder, blocks_in, set_state
+
+NAME = "kselftest"
+MODE = "acpi"
+SCRIPT = "tools/testing/selftests/memory-hotplug/mem-on-off-test.sh"
+GUEST_PATH = "/tmp/mem-on-off-test.sh"
+
+
+@dataclass(frozen=True)
+class Options:
+    dimm_mb: int = 512
+    kernel_src: str = "debian"
+    ratio: int = 100
+
+
+def boot_options(base: BootOptions) -> BootOptions:
+    return base
+
+
+def script_text(kernel_src: str) -> str:
+    tree = src.pristine_tree(src.resolve_source(kernel_src))
+    return (tree / SCRIPT).read_text()
+
+
+def drive(rec: Recorder, opts: Options) -> None:
+    rec.backings.insert(0, (0x40000000, rec.guest.machine.spec.ram_path))
+    rec.phase("before")
+    name, addr, size = acpi_dimm.plug(rec, 1, acpi_dimm.Options(dimm_mb=opts.dimm_mb), "")
+    blocks = blocks_in(rec, addr, addr + size)
+    rec.step("online dimm1", lambda: set_state(rec, blocks, "online_movable"))
+    rec.phase("online")
+    text = script_text(opts.kernel_src)
+    rec.step("copy mem-on-off-test.sh", lambda: rec.guest.put_text(GUEST_PATH, text))
+    result = rec.step("run mem-on-off-test.sh",
+                      lambda: rec.guest.run(f"sh {GUEST_PATH} -r {opts.ratio} 2>&1", 600))
+    rec.kselftest = {"exit_code": result.exit_code, "output": result.stdout,
+                     "hotplugged_blocks": [b.index for b in blocks]}
+    # the script may leave blocks offline; put ours back online, then remove
+    for b in blocks:
+        rec.guest.run(f"echo online_movable > /sys/devices/system/memory/"
+                      f"memory{b.index}/state", 60)
+    rec.phase("after-selftest")
+    acpi_dimm.unplug(rec, name, addr, size)
+    rec.phase("removed-1")
+    rec.removed("removed-1", addr, addr + size, baseline="before")

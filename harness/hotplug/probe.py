@@ -1,0 +1,73 @@
+"""probe: the 2017 series' flow, on a device-tree boot.
+
+RAM above ``mem=`` is hidden from the kernel at boot; the harness adds it block
+by block through ``/sys/devices/system/memory/probe``, onlines, offlines and
+removes it through ``/sys/devices/system/memory/remove`` (patches/0002).
+Two adjacent blocks are probed; the first is removed while the second is still
+online, then the second.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..session import BootOptions
+from .common import (MEMROOT, Recorder, block_size, blocks_in, set_state,
+                     try_bootmem_offline)
+
+NAME = "probe"
+MODE = "dt"
+VISIBLE_MB = 1024       # what mem= leaves to the kernel at boot
+HIDDEN_MB = 512         # RAM beyond it, probed at run time
+RAM_BASE = 0x40000000
+
+
+@dataclass(frozen=True)
+class Options:
+    blocks: int = 2
+    cycles: int = 1
+    online_type: str = "online_movable"
+
+
+def boot_options(base: BootOptions) -> BootOptions:
+    from dataclasses import replace
+    return replace(base, mode=MODE, mem_mb=VISIBLE_MB + HIDDEN_MB,
+                   cmdline=base.cmdline + (f"mem={VISIBLE_MB}M",))
+
+
+def drive(rec: Recorder, opts: Options) -> None:
+    rec.backings.insert(0, (RAM_BASE, rec.guest.machine.spec.ram_path))
+    have = rec.guest.run(f"test -e {MEMROOT}/probe && test -e {MEMROOT}/remove", 10)
+    if not have.ok:
+        raise_missing(rec)
+    before = rec.phase("before")
+    bs = block_size(rec)
+    base = RAM_BASE + (VISIBLE_MB << 20)
+    addrs = [base + i * bs for i in range(opts.blocks)]
+    for cycle in range(1, opts.cycles + 1):
+        suffix = "" if cycle == 1 else f"@{cycle}"
+        for a in addrs:
+            rec.step(f"probe {a:#x}", lambda a=a: rec.sh(f"echo {a:#x} > {MEMROOT}/probe"))
+        rec.phase("added" + suffix)
+        for a in addrs:
+            rec.step(f"online {a:#x}", lambda a=a: set_state(
+                rec, blocks_in(rec, a, a + bs), opts.online_type))
+        rec.phase("online" + suffix)
+        for n, a in enumerate(addrs, 1):
+            rec.step(f"offline {a:#x}", lambda a=a: set_state(
+                rec, blocks_in(rec, a, a + bs), "offline"))
+            rec.step(f"remove {a:#x}", lambda a=a: rec.sh(f"echo {a:#x} > {MEMROOT}/remove"))
+            phase = f"removed-{n}{suffix}"
+            rec.phase(phase)
+            rec.removed(phase, a, a + bs, baseline="before" if n == len(addrs) else "")
+        if opts.cycles > 1:
+            rec.phase(f"cycle-{cycle}")
+    rec.bootmem = rec.step("offline boot memory (must fail)",
+                           lambda: try_bootmem_offline(rec, before))
+
+
+def raise_missing(rec: Recorder) -> None:
+    from ..errors import HarnessError
+    raise HarnessError(
+        f"{MEMROOT}/probe or remove is missing: this kernel lacks "
+        "patches/0001 (ARCH_MEMORY_PROBE) or 0002 (memory/remove)",
+        step="probe", evidence=rec.guest.run(f"ls {MEMROOT}", 10).stdout)

@@ -1,0 +1,70 @@
+"""virtio-mem: a virtio-mem-pci device grown and shrunk through QMP.
+
+The guest's virtio-mem driver plugs (and onlines) blocks when
+``requested-size`` grows and unplugs them when it shrinks. Device-tree boot:
+verified with QEMU 7.2 (FACTS.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..session import BootOptions
+from .common import Recorder, wait_for
+
+NAME = "virtio-mem"
+MODE = "dt"
+DEVICE = "vm0"
+REGION_MB = 1024
+
+
+@dataclass(frozen=True)
+class Options:
+    size_mb: int = 512
+    cycles: int = 1
+
+
+def boot_options(base: BootOptions) -> BootOptions:
+    path = "{run_dir}/vmem0"
+    devices = ("-object", f"memory-backend-file,id=vmem0,size={REGION_MB}M,"
+                          f"mem-path={path},share=on",
+               "-device", f"virtio-mem-pci,id={DEVICE},memdev=vmem0,node=0,"
+                          "requested-size=0")
+    return replace(base, mode=MODE, devices=base.devices + devices)
+
+
+def drive(rec: Recorder, opts: Options) -> None:
+    machine = rec.guest.machine
+    rec.backings.insert(0, (0x40000000, machine.spec.ram_path))
+    rec.phase("before")
+    addr = device_address(machine)
+    rec.backings.append((addr, str(Path(machine.spec.run_dir) / "vmem0")))
+    size = opts.size_mb << 20
+    for cycle in range(1, opts.cycles + 1):
+        suffix = "" if cycle == 1 else f"@{cycle}"
+        rec.step(f"grow to {opts.size_mb} MiB", lambda: resize(rec, size), "qmp")
+        rec.phase("online" + suffix)
+        rec.step("shrink to 0", lambda: resize(rec, 0), "qmp")
+        phase = f"removed-1{suffix}"
+        rec.phase(phase)
+        rec.removed(phase, addr, addr + size, baseline="before")
+        if opts.cycles > 1:
+            rec.phase(f"cycle-{cycle}")
+    rec.notes.append("virtio-mem: blocks are plugged and onlined by the guest "
+                     "driver, so there is no separate 'added' (offline) phase")
+
+
+def device_address(machine) -> int:
+    for dev in machine.qmp_cmd("query-memory-devices"):
+        data = dev.get("data", {})
+        if data.get("id") == DEVICE:
+            return int(data["memaddr"])
+    raise LookupError(f"{DEVICE} not in query-memory-devices")
+
+
+def resize(rec: Recorder, size: int) -> int:
+    machine = rec.guest.machine
+    machine.qmp_cmd("qom-set", path=DEVICE, property="requested-size", value=size)
+    wait_for(lambda: machine.qmp_cmd("qom-get", path=DEVICE, property="size") == size,
+             60, f"virtio-mem {DEVICE} to reach {size >> 20} MiB")
+    return size

@@ -1,0 +1,131 @@
+"""Run hotplug methods against a built kernel: one fresh guest per method."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+from .build import KernelArtifacts
+from .crashwatch import KernelCrash
+from .errors import HarnessError
+from .hotplug import acpi_dimm, kselftest, probe, virtio_mem
+from .hotplug.common import Recorder
+from .records import MethodRun
+from .session import BootOptions, boot
+
+METHODS = {m.NAME: m for m in (acpi_dimm, probe, virtio_mem, kselftest)}
+ORDER = ("acpi-dimm", "probe", "virtio-mem", "kselftest")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    methods: tuple = ORDER
+    boot: BootOptions = BootOptions()
+    cycles: int = 1
+    online_type: str = "online_movable"
+    dimms: int = 2
+    dimm_mb: int = 0                  # 0: the method's default
+    kernel_src: str = "debian"
+    walk: bool = True
+
+
+def resolve_methods(spec: str) -> tuple:
+    if spec == "all":
+        return ORDER
+    names = tuple(s.strip() for s in spec.split(",") if s.strip())
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise HarnessError(f"unknown method(s) {', '.join(unknown)}; choose from "
+                           f"{', '.join(ORDER)} or all", step="run")
+    return names
+
+
+def method_options(module, ropts: RunOptions):
+    wanted = {"cycles": ropts.cycles, "online_type": ropts.online_type,
+              "dimms": ropts.dimms, "dimm_mb": ropts.dimm_mb or None,
+              "kernel_src": ropts.kernel_src}
+    names = {f.name for f in dataclasses.fields(module.Options)}
+    return module.Options(**{k: v for k, v in wanted.items()
+                             if k in names and v is not None})
+
+
+def run_method(name: str, art: KernelArtifacts, ropts: RunOptions,
+               out: Path) -> MethodRun:
+    module = METHODS[name]
+    out.mkdir(parents=True, exist_ok=True)
+    bopts = module.boot_options(replace(ropts.boot, mode=module.MODE))
+    state = {"rec": None, "error": None, "crashes": (), "offset": 0}
+    _progress(f"[{name}] booting ({bopts.mode})")
+    try:
+        with boot(art, bopts, out, progress=False) as guest:
+            rec = Recorder(guest, art, walk=ropts.walk)
+            state["rec"] = rec
+            try:
+                module.drive(rec, method_options(module, ropts))
+            except HarnessError as e:
+                state["error"] = e
+            finally:
+                _settle(guest)
+                state["crashes"] = guest.watcher.reports
+    except HarnessError as e:
+        state["error"] = state["error"] or e
+        if isinstance(e, KernelCrash) and not state["crashes"]:
+            state["crashes"] = e.reports
+    return _method_run(name, state, out)
+
+
+def _settle(guest) -> None:
+    """Give late kernel messages (a WARN after a step) a moment to arrive."""
+    try:
+        guest.console.drain(2.0, quiet=0.3)
+    except Exception:
+        pass
+
+
+def _method_run(name: str, state: dict, out: Path) -> MethodRun:
+    rec: Optional[Recorder] = state["rec"]
+    err = state["error"]
+    error = None
+    if err is not None:
+        error = {"message": err.message, "step": err.step, "blame": err.blame,
+                 "evidence": err.evidence[-4000:]}
+    crashes = tuple(_crash_dict(c, rec) for c in state["crashes"])
+    if rec is None:
+        return MethodRun(method=name, geometry={}, crashes=crashes, error=error)
+    return MethodRun(method=name, geometry=rec.geometry, steps=tuple(rec.steps),
+                     phases=tuple(rec.phases), removals=tuple(rec.removals),
+                     crashes=crashes, bootmem_offline=rec.bootmem,
+                     kselftest=rec.kselftest, error=error, notes=tuple(rec.notes))
+
+
+def _crash_dict(report, rec: Optional[Recorder]) -> dict:
+    d = report.to_dict()
+    d["step"] = _step_at(rec, report.first_line_no) if rec else "boot"
+    return d
+
+
+def _step_at(rec: Recorder, line_no: int) -> str:
+    """The step whose kmsg marker precedes a console line."""
+    step = "boot"
+    for number, name in rec.step_lines:
+        if number <= line_no:
+            step = name
+    return step
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_all(art: KernelArtifacts, ropts: RunOptions, out: Path) -> list:
+    runs = []
+    for name in ropts.methods:
+        start = time.monotonic()
+        run = run_method(name, art, ropts, out / name)
+        verdict = "error" if run.error else "done"
+        _progress(f"[{name}] {verdict} in {time.monotonic() - start:.1f}s")
+        runs.append(run)
+    return runs
