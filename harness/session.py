@@ -63,8 +63,9 @@ class Guest:
         """Run a command over the scenario transport (or ``via``)."""
         return (via or self.transport).run(command, deadline)
 
-    def check(self, command: str, deadline=30.0, step: str = "") -> str:
-        return self.run(command, deadline).check(step or self.step).stdout
+    def check(self, command: str, deadline=30.0, step: str = "",
+              blame: Optional[str] = None) -> str:
+        return self.run(command, deadline).check(step or self.step, blame=blame).stdout
 
     def crashes(self) -> tuple:
         return self.watcher.reports

@@ -35,7 +35,6 @@ def boot_options(base: BootOptions) -> BootOptions:
 
 def drive(rec: Recorder, opts: Options) -> None:
     before = rec.phase("before")
-    rec.backings.insert(0, (0x40000000, rec.guest.machine.spec.ram_path))
     for cycle in range(1, opts.cycles + 1):
         suffix = "" if cycle == 1 else f"@{cycle}"
         dimms = [plug(rec, i, opts, suffix) for i in range(1, opts.dimms + 1)]

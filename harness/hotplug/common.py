@@ -18,6 +18,7 @@ PTDUMP = "/sys/kernel/debug/kernel_page_tables"
 MEMROOT = "/sys/devices/system/memory"
 REGIONS = ("Linear Mapping", "vmemmap")
 STRUCT_PAGE_SIZE = 64
+RAM_BASE = 0x40000000   # QEMU virt
 
 
 @dataclass
@@ -38,6 +39,10 @@ class Recorder:
     kselftest: Optional[dict] = None
     _walk_geo: Optional[walk_mod.Geometry] = None
     _root_pa: Optional[int] = None
+
+    def __post_init__(self):
+        spec = self.guest.machine.spec
+        self.backings.append((RAM_BASE, spec.ram_path))
 
     # -- steps ---------------------------------------------------------------
     def step(self, name: str, action: Callable, transport: Optional[str] = None):
@@ -61,9 +66,10 @@ class Recorder:
             self.steps.append(Step(name, round(time.monotonic() - start, 3),
                                    transport or self.guest.transport.name, ok, detail))
 
-    def sh(self, command: str, deadline: float = 30.0) -> str:
-        """A guest command that must succeed; returns stdout."""
-        return self.guest.check(command, deadline)
+    def sh(self, command: str, deadline: float = 30.0, blame=None) -> str:
+        """A guest command that must succeed; returns stdout. ``blame="kernel"``
+        for hotplug operations the kernel must carry out."""
+        return self.guest.check(command, deadline, blame=blame)
 
     # -- phases --------------------------------------------------------------
     def phase(self, name: str, note: str = "") -> Phase:
@@ -198,7 +204,7 @@ def blocks_in(rec: Recorder, pa_start: int, pa_end: int):
 def set_state(rec: Recorder, blocks, state: str) -> None:
     """Write ``state`` to each block's state file (all must succeed)."""
     for b in blocks:
-        rec.sh(f"echo {state} > {MEMROOT}/memory{b.index}/state")
+        rec.sh(f"echo {state} > {MEMROOT}/memory{b.index}/state", 120, blame="kernel")
 
 
 def try_bootmem_offline(rec: Recorder, boot_phase: Phase) -> dict:

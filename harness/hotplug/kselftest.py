@@ -29,7 +29,11 @@ class Options:
 
 
 def boot_options(base: BootOptions) -> BootOptions:
-    return base
+    # The script onlines with plain "online": let the kernel pick ZONE_MOVABLE
+    # (as online_movable would), or the block can never be offlined again.
+    from dataclasses import replace
+    return replace(base, cmdline=base.cmdline
+                   + ("memory_hotplug.online_policy=auto-movable",))
 
 
 def script_text(kernel_src: str) -> str:
@@ -38,7 +42,6 @@ def script_text(kernel_src: str) -> str:
 
 
 def drive(rec: Recorder, opts: Options) -> None:
-    rec.backings.insert(0, (0x40000000, rec.guest.machine.spec.ram_path))
     rec.phase("before")
     name, addr, size = acpi_dimm.plug(rec, 1, acpi_dimm.Options(dimm_mb=opts.dimm_mb), "")
     blocks = blocks_in(rec, addr, addr + size)

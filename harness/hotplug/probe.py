@@ -35,7 +35,6 @@ def boot_options(base: BootOptions) -> BootOptions:
 
 
 def drive(rec: Recorder, opts: Options) -> None:
-    rec.backings.insert(0, (RAM_BASE, rec.guest.machine.spec.ram_path))
     have = rec.guest.run(f"test -e {MEMROOT}/probe && test -e {MEMROOT}/remove", 10)
     if not have.ok:
         raise_missing(rec)
@@ -46,7 +45,8 @@ def drive(rec: Recorder, opts: Options) -> None:
     for cycle in range(1, opts.cycles + 1):
         suffix = "" if cycle == 1 else f"@{cycle}"
         for a in addrs:
-            rec.step(f"probe {a:#x}", lambda a=a: rec.sh(f"echo {a:#x} > {MEMROOT}/probe"))
+            rec.step(f"probe {a:#x}", lambda a=a: rec.sh(f"echo {a:#x} > {MEMROOT}/probe",
+                                                        blame="kernel"))
         rec.phase("added" + suffix)
         for a in addrs:
             rec.step(f"online {a:#x}", lambda a=a: set_state(
@@ -55,7 +55,8 @@ def drive(rec: Recorder, opts: Options) -> None:
         for n, a in enumerate(addrs, 1):
             rec.step(f"offline {a:#x}", lambda a=a: set_state(
                 rec, blocks_in(rec, a, a + bs), "offline"))
-            rec.step(f"remove {a:#x}", lambda a=a: rec.sh(f"echo {a:#x} > {MEMROOT}/remove"))
+            rec.step(f"remove {a:#x}", lambda a=a: rec.sh(f"echo {a:#x} > {MEMROOT}/remove",
+                                                         blame="kernel"))
             phase = f"removed-{n}{suffix}"
             rec.phase(phase)
             rec.removed(phase, a, a + bs, baseline="before" if n == len(addrs) else "")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..session import BootOptions
-from .common import Recorder, wait_for
+from .common import MEMROOT, Recorder, block_size, blocks_in, wait_for
 
 NAME = "virtio-mem"
 MODE = "dt"
@@ -22,6 +22,7 @@ REGION_MB = 1024
 class Options:
     size_mb: int = 512
     cycles: int = 1
+    online_type: str = "online_movable"
 
 
 def boot_options(base: BootOptions) -> BootOptions:
@@ -35,14 +36,16 @@ def boot_options(base: BootOptions) -> BootOptions:
 
 def drive(rec: Recorder, opts: Options) -> None:
     machine = rec.guest.machine
-    rec.backings.insert(0, (0x40000000, machine.spec.ram_path))
     rec.phase("before")
     addr = device_address(machine)
     rec.backings.append((addr, str(Path(machine.spec.run_dir) / "vmem0")))
     size = opts.size_mb << 20
+    rec.step(f"auto-online {opts.online_type}", lambda: rec.sh(
+        f"echo {opts.online_type} > {MEMROOT}/auto_online_blocks"))
     for cycle in range(1, opts.cycles + 1):
         suffix = "" if cycle == 1 else f"@{cycle}"
         rec.step(f"grow to {opts.size_mb} MiB", lambda: resize(rec, size), "qmp")
+        rec.step("wait for blocks online", lambda: wait_online(rec, addr, size))
         rec.phase("online" + suffix)
         rec.step("shrink to 0", lambda: resize(rec, 0), "qmp")
         phase = f"removed-1{suffix}"
@@ -68,3 +71,11 @@ def resize(rec: Recorder, size: int) -> int:
     wait_for(lambda: machine.qmp_cmd("qom-get", path=DEVICE, property="size") == size,
              60, f"virtio-mem {DEVICE} to reach {size >> 20} MiB")
     return size
+
+
+def wait_online(rec: Recorder, addr: int, size: int) -> int:
+    want = size // block_size(rec)
+    wait_for(lambda: len([b for b in blocks_in(rec, addr, addr + size)
+                          if b.state == "online"]) == want,
+             30, f"{want} online blocks of virtio-mem at {addr:#x}")
+    return want

@@ -1,0 +1,248 @@
+"""Write a run's results: ``report.json``, ``junit.xml``, per-method artefacts,
+and a terminal summary.
+
+Layout of a report directory::
+
+    DIR/report.json             verdict, exit_code, kernel, methods[], extra keys
+    DIR/junit.xml               one testsuite per method, one testcase per check
+    DIR/METHOD/steps.txt        each step: seconds, transport, ok, detail
+    DIR/METHOD/ptdump-P.txt     the page-table dump of phase P
+    DIR/METHOD/ptdump-A-to-B.diff   Linear Mapping and vmemmap changes A -> B
+
+``report.json`` keeps every ``MethodRun`` whole, so :func:`rejudge` can apply
+changed rules to a saved run without booting anything.
+"""
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+from . import checks as rules
+from .errors import HarnessError
+from .inspect import ptdump
+from .records import ERROR, FAIL, SKIP, Check, MethodRun
+
+REPORT_JSON, JUNIT_XML = "report.json", "junit.xml"
+RESERVED = ("verdict", "exit_code", "kernel", "methods")
+_XML_BAD = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+# ---------------------------------------------------------------- report dict
+
+def method_entry(run: MethodRun, checks: Iterable[Check]) -> dict:
+    checks = list(checks)
+    return {"method": run.method, "verdict": rules.method_verdict(run, checks),
+            "steps": [{"name": s.name, "seconds": s.seconds, "transport": s.transport}
+                      for s in run.steps],
+            "checks": [c.to_dict() for c in checks], "run": run.to_dict()}
+
+
+def build_report(kernel: dict, runs: Iterable[MethodRun],
+                 checks: Optional[Mapping[str, list]] = None,
+                 extra: Optional[dict] = None) -> dict:
+    """The report.json content; a method missing from ``checks`` is judged here."""
+    checks = checks or {}
+    methods = [method_entry(r, checks[r.method] if r.method in checks else rules.judge(r))
+               for r in runs]
+    verdict, code = rules.overall_verdict([m["verdict"] for m in methods])
+    clash = sorted(set(extra or {}) & set(RESERVED))
+    if clash:
+        raise HarnessError(f"extra report keys clash with {', '.join(clash)}",
+                           step="report")
+    return {"verdict": verdict, "exit_code": code, "kernel": kernel,
+            "methods": methods, **(extra or {})}
+
+
+def write_report(dir: Path, kernel: dict, runs: list[MethodRun],
+                 checks: Optional[Mapping[str, list]] = None,
+                 extra: Optional[dict] = None) -> Path:
+    """Write everything under ``dir`` (created); returns the report.json path."""
+    out = Path(dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = build_report(kernel, runs, checks, extra)
+    for run in runs:
+        write_method_files(out / safe_name(run.method), run)
+    return _write_main(out, report)
+
+
+def _write_main(out: Path, report: dict) -> Path:
+    (out / JUNIT_XML).write_text(junit_xml(report))
+    path = out / REPORT_JSON
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    return path
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
+
+
+# ---------------------------------------------------------------- method files
+
+def write_method_files(folder: Path, run: MethodRun) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "steps.txt").write_text(steps_text(run))
+    dumped = [p for p in run.phases if p.ptdump is not None]
+    for phase in dumped:
+        (folder / f"ptdump-{safe_name(phase.name)}.txt").write_text(
+            ptdump.format_snapshot(phase.ptdump))
+    for a, b in zip(dumped, dumped[1:]):
+        name = f"ptdump-{safe_name(a.name)}-to-{safe_name(b.name)}.diff"
+        (folder / name).write_text(ptdump_diff_text(a, b))
+
+
+def ptdump_diff_text(a, b) -> str:
+    """Unified-style diff of the Linear Mapping and vmemmap regions of two phases."""
+    lines = [f"--- ptdump-{a.name}.txt", f"+++ ptdump-{b.name}.txt"]
+    for region in rules.REGIONS:
+        if region not in a.ptdump.regions and region not in b.ptdump.regions:
+            lines.append(f"@@ {region} @@ (in neither dump)")
+            continue
+        changed = ptdump.diff(a.ptdump, b.ptdump, region)
+        lines.append(f"@@ {region} @@" + ("" if changed else " (identical)"))
+        lines += changed
+    return "\n".join(lines) + "\n"
+
+
+def steps_text(run: MethodRun) -> str:
+    lines = [f"# method {run.method}: {len(run.steps)} steps, "
+             f"{sum(s.seconds for s in run.steps):.1f}s"]
+    for s in run.steps:
+        lines.append(f"{s.seconds:8.2f}s  {s.transport:6s}  {'ok  ' if s.ok else 'FAIL'}"
+                     f"  {s.name}")
+        lines += ["            " + d for d in s.detail.splitlines()]
+    if run.error:
+        lines.append(f"# error ({run.error.get('blame')}) in step "
+                     f"{run.error.get('step')}: {run.error.get('message')}")
+    lines += [f"# note: {n}" for n in run.notes]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- junit
+
+def _xml_text(text: str) -> str:
+    return _XML_BAD.sub("\ufffd", text or "")
+
+
+def _first_line(text: str) -> str:
+    return (text or "").strip().split("\n", 1)[0]
+
+
+def _testcase(suite: ET.Element, method: str, check: dict) -> None:
+    case = ET.SubElement(suite, "testcase", classname=method, name=check["name"])
+    tag = {FAIL: "failure", ERROR: "error", SKIP: "skipped"}.get(check["verdict"])
+    if tag:
+        node = ET.SubElement(case, tag, message=_xml_text(_first_line(check["evidence"])))
+        node.text = _xml_text(check["evidence"])
+
+
+def _run_error_case(suite: ET.Element, method: str, error: dict) -> None:
+    case = ET.SubElement(suite, "testcase", classname=method, name="run")
+    tag = "failure" if error.get("blame") == "kernel" else "error"
+    node = ET.SubElement(case, tag, message=_xml_text(str(error.get("message", ""))),
+                         type=str(error.get("blame", "")))
+    node.text = _xml_text(f"step {error.get('step')}: {error.get('message')}\n"
+                          f"{error.get('evidence') or ''}".rstrip())
+
+
+def _suite(root: ET.Element, method: dict) -> None:
+    cases = list(method["checks"])
+    error = method["run"].get("error")
+    counts = {v: sum(c["verdict"] == v for c in cases) for v in (FAIL, ERROR, SKIP)}
+    if error:
+        counts[FAIL if error.get("blame") == "kernel" else ERROR] += 1
+    suite = ET.SubElement(
+        root, "testsuite", name=method["method"], tests=str(len(cases) + bool(error)),
+        failures=str(counts[FAIL]), errors=str(counts[ERROR]), skipped=str(counts[SKIP]),
+        time=f"{sum(s['seconds'] for s in method['steps']):.3f}")
+    for check in cases:
+        _testcase(suite, method["method"], check)
+    if error:
+        _run_error_case(suite, method["method"], error)
+
+
+def junit_xml(report: dict) -> str:
+    root = ET.Element("testsuites", name="hotplug-harness")
+    for method in report["methods"]:
+        _suite(root, method)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+# ---------------------------------------------------------------- summary
+
+def _method_lines(method: dict) -> list[str]:
+    seconds = sum(s["seconds"] for s in method["steps"])
+    lines = [f"{method['method']:<24} {method['verdict']:<6} {seconds:8.1f}s"]
+    for c in method["checks"]:
+        first = _first_line(c["evidence"])
+        first = first if len(first) <= 100 else first[:97] + "..."
+        lines.append(f"  {c['verdict']:<6} {c['name']:<26} {first}")
+    error = method["run"].get("error")
+    if error:
+        lines.append(f"  {'ERROR' if error.get('blame') != 'kernel' else 'FAIL':<6} "
+                     f"{'run':<26} {_first_line(str(error.get('message', '')))}")
+    return lines
+
+
+def _detail_blocks(method: dict) -> list[str]:
+    """Full evidence of FAIL and ERROR checks, ready to paste into a mail."""
+    out = []
+    for c in method["checks"]:
+        if c["verdict"] in (FAIL, ERROR):
+            step = f", step {c['step']}" if c["step"] else ""
+            out.append(f"{c['verdict']}: method {method['method']}{step}, "
+                       f"check {c['name']}:\n" + _indent_all(c["evidence"]))
+    error = method["run"].get("error")
+    if error:
+        out.append(f"ERROR: method {method['method']}, step {error.get('step')}, run "
+                   f"stopped ({error.get('blame')}): {error.get('message')}"
+                   + ("\n" + _indent_all(error["evidence"]) if error.get("evidence") else ""))
+    return out
+
+
+def _indent_all(text: str) -> str:
+    return "\n".join("    " + line for line in str(text).rstrip().splitlines())
+
+
+def _kernel_line(kernel: dict) -> str:
+    parts = [f"{k} {kernel[k]}" for k in ("release", "source", "cache_key")
+             if kernel.get(k)]
+    return "kernel: " + (", ".join(parts) or "(unknown)")
+
+
+def summary(report: dict, path: Optional[Path] = None) -> str:
+    """A terminal table: methods and checks, then FAIL/ERROR evidence in full,
+    then the overall verdict and (when given) where the report is."""
+    lines = [_kernel_line(report.get("kernel") or {}), ""]
+    for method in report["methods"]:
+        lines += _method_lines(method)
+    details = [b for m in report["methods"] for b in _detail_blocks(m)]
+    if details:
+        lines += ["", *"\n\n".join(details).splitlines()]
+    where = f"  report: {path}" if path else ""
+    lines += ["", f"verdict: {report['verdict']} (exit {report['exit_code']}){where}"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- rejudge
+
+def load_report(dir: Path) -> dict:
+    path = Path(dir) / REPORT_JSON
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"cannot read {path}: {exc}", step="report") from None
+
+
+def rejudge(dir: Path) -> tuple[dict, int]:
+    """Judge the saved runs again with the current rules; rewrite report.json
+    and junit.xml (the method folders do not depend on the rules)."""
+    old = load_report(dir)
+    runs = [MethodRun.from_dict(m["run"]) for m in old["methods"]]
+    extra = {k: v for k, v in old.items() if k not in RESERVED}
+    report = build_report(old.get("kernel") or {}, runs, None, extra)
+    _write_main(Path(dir), report)
+    return report, report["exit_code"]
