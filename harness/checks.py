@@ -55,14 +55,15 @@ def _span(start: int, end: int) -> str:
     return f"{_hex(start)}-{_hex(end)}"
 
 
-def _spans(ranges: Iterable[tuple[int, int]]) -> str:
-    return ", ".join(_span(a, b) for a, b in ranges)
-
-
 def _limit(lines: list[str], limit: int = MAX_LINES) -> list[str]:
     if len(lines) <= limit:
         return lines
     return lines[:limit] + [f"... and {len(lines) - limit} more"]
+
+
+def _more(lines: list[str]) -> str:
+    """Further problems after the headline, one per indented line."""
+    return "\n" + _indent(_limit(lines)) if lines else ""
 
 
 def _indent(lines: Iterable[str]) -> str:
@@ -156,14 +157,27 @@ def _block_names(indices: Iterable[int]) -> str:
                      for a, b in groups) or "none"
 
 
-def combine(name: str, parts: list[Part], empty: str) -> Check:
-    """One Check from parts: the worst verdict, its evidence first."""
+def phase_step(run: MethodRun, phase: str) -> str:
+    """The step that led to ``phase``: the last step before ``inspect PHASE`` that
+    is not itself an inspection (``remove dimm1`` for ``removed-1``). Falls back
+    to ``inspect PHASE``, then to the phase name (no such step recorded)."""
+    names = [s.name for s in run.steps]
+    if f"inspect {phase}" not in names:
+        return phase
+    before = names[:names.index(f"inspect {phase}")]
+    acting = [n for n in before if not n.startswith("inspect ")]
+    return acting[-1] if acting else f"inspect {phase}"
+
+
+def combine(run: MethodRun, name: str, parts: list[Part], empty: str) -> Check:
+    """One Check from parts: the worst verdict, its evidence first; the step is
+    the one that led to the phase of the first part naming one."""
     if not parts:
         return Check(name, SKIP, empty)
     ordered = sorted(parts, key=lambda p: _RANK[p.verdict])
-    verdict = ordered[0].verdict
-    step = next((p.step for p in ordered if p.step), "")
-    return Check(name, verdict, "\n".join(p.text for p in ordered), step)
+    phase = next((p.step for p in ordered if p.step), "")
+    return Check(name, ordered[0].verdict, "\n".join(p.text for p in ordered),
+                 phase_step(run, phase) if phase else "")
 
 
 def _guard(phase_name: str, body: Callable[[], Part]) -> Part:
@@ -194,23 +208,24 @@ def _expected_indices(removal: Removal, size: int) -> list[int]:
     return list(range(removal.pa_start // size, -(-removal.pa_end // size)))
 
 
-def _lifecycle_problems(run: MethodRun, removal: Removal, size: int) -> list[str]:
+def _lifecycle_problems(run: MethodRun, removal: Removal,
+                        size: int) -> tuple[list[str], list[str]]:
+    """(problems in the recorded phases, required phases not recorded)."""
     want = _expected_indices(removal, size)
     rules = (("before", False, None), ("added", True, "offline"),
              ("online", True, "online"), (removal.phase, False, None))
-    problems = []
+    problems, missing = [], []
     for phase_name, present, state in rules:
         phase = run.phase(phase_name)
-        if phase is None:
-            if phase_name != "added":
-                problems.append(f"phase {phase_name!r} not recorded")
-            continue
-        problems += _phase_blocks(phase, want, present, state, size)
-    return problems
+        if phase is not None:
+            problems += _phase_blocks(phase, want, present, state)
+        elif phase_name != "added":
+            missing.append(phase_name)
+    return problems, missing
 
 
 def _phase_blocks(phase: Phase, want: list[int], present: bool,
-                  state: Optional[str], size: int) -> list[str]:
+                  state: Optional[str]) -> list[str]:
     have = {b.phys_index: b for b in phase.blocks.blocks}
     if not present:
         extra = [have[i].index for i in want if i in have]
@@ -227,9 +242,12 @@ def _phase_blocks(phase: Phase, want: list[int], present: bool,
 def _lifecycle_part(run: MethodRun, removal: Removal, size: int) -> Part:
     want = _expected_indices(removal, size)
     what = f"{_block_names(want)} ({_span(removal.pa_start, removal.pa_end)})"
-    problems = _lifecycle_problems(run, removal, size)
+    problems, missing = _lifecycle_problems(run, removal, size)
     if problems:
-        return Part(FAIL, f"{what}:\n" + _indent(_limit(problems)), removal.phase)
+        return Part(FAIL, f"{what}: {problems[0]}" + _more(problems[1:]), removal.phase)
+    if missing:
+        return Part(SKIP, f"{what}: phase(s) {', '.join(missing)} not recorded; the "
+                          "recorded ones agree", removal.phase)
     added = "offline after add, " if run.phase("added") else ""
     return Part(PASS, f"{what}: absent before, {added}online after onlining, "
                       f"gone after {removal.phase}", removal.phase)
@@ -240,11 +258,13 @@ def _boot_blocks_part(run: MethodRun) -> Part:
     if before is None:
         return Part(SKIP, "boot blocks: phase 'before' not recorded")
     later = list(run.phases)[list(run.phases).index(before) + 1:]
+    if not later:
+        return Part(SKIP, "blocks present before the add: no later phase recorded")
     problems = [(p.name, line) for p in later for line in _changed_blocks(before, p)]
     if problems:
         lines = [f"{name}: {line}" for name, line in problems]
-        return Part(FAIL, "blocks present before the add changed:\n"
-                    + _indent(_limit(lines)), problems[0][0])
+        return Part(FAIL, f"block present before the add changed: {lines[0]}"
+                    + _more(lines[1:]), problems[0][0])
     return Part(PASS, f"{len(before.blocks.blocks)} blocks present before the add "
                       f"unchanged in {len(later)} later phase(s)")
 
@@ -268,7 +288,7 @@ def check_blocks_lifecycle(run: MethodRun) -> Check:
     parts = [_lifecycle_part(run, r, size) for r in run.removals]
     if run.phases:
         parts.append(_boot_blocks_part(run))
-    return combine(name, parts, "no phases recorded")
+    return combine(run, name, parts, "no phases recorded")
 
 
 # ---------------------------------------------------------------- stale mappings
@@ -303,7 +323,7 @@ def _stale_part(phase: str, what: str, found: list[str], said: list[str]) -> Par
 
 def check_no_stale_linear_map(run: MethodRun) -> Check:
     parts = [_guard(r.phase, lambda r=r: _stale_linear_part(run, r)) for r in run.removals]
-    return combine("no-stale-linear-map", parts, "no removals recorded")
+    return combine(run, "no-stale-linear-map", parts, "no removals recorded")
 
 
 def _stale_vmemmap_part(run: MethodRun, removal: Removal) -> Part:
@@ -314,7 +334,7 @@ def _stale_vmemmap_part(run: MethodRun, removal: Removal) -> Part:
     found, said = [], []
     if phase.ptdump is not None:
         found += _stale_ptdump(phase.ptdump, VMEMMAP, *va)
-        said.append("ptdump")
+        said.append("ptdump vmemmap")
     for walk in _walks(phase, VMEMMAP):
         found += [_leaf_text(x) for x in walk.leaves if x[0] < va[1] and va[0] < x[1]]
         said.append(f"walker VA {_span(walk.va_start, walk.va_end)}")
@@ -325,7 +345,7 @@ def _stale_vmemmap_part(run: MethodRun, removal: Removal) -> Part:
 
 def check_no_stale_vmemmap(run: MethodRun) -> Check:
     parts = [_guard(r.phase, lambda r=r: _stale_vmemmap_part(run, r)) for r in run.removals]
-    return combine("no-stale-vmemmap", parts, "no removals recorded")
+    return combine(run, "no-stale-vmemmap", parts, "no removals recorded")
 
 
 # ---------------------------------------------------------------- tables-freed
@@ -346,17 +366,21 @@ def _hole_notes(before, after, region: str, baseline: str) -> list[str]:
     return notes
 
 
-def _ptdump_tables_lines(base: Phase, after: Phase, baseline: str) -> list[str]:
-    lines = []
+def _ptdump_tables_lines(base: Phase, after: Phase,
+                         baseline: str) -> tuple[list[str], list[str]]:
+    """(evidence lines, hole-level notes) for the regions that differ."""
+    lines, all_notes = [], []
     for region in REGIONS:
         if region not in base.ptdump.regions and region not in after.ptdump.regions:
             raise _Skip(f"neither ptdump has a {region!r} region")
         changed = ptdump.diff(base.ptdump, after.ptdump, region)
         if changed:
-            lines.append(f"{region} differs from {baseline}:")
-            lines += _limit(_hole_notes(base.ptdump, after.ptdump, region, baseline))
-            lines += _limit(changed, 2 * MAX_LINES)
-    return lines
+            notes = _hole_notes(base.ptdump, after.ptdump, region, baseline)
+            lines.append(f"ptdump {region} differs from {baseline}:")
+            shown = _limit(notes) + _limit(changed, 2 * MAX_LINES)
+            lines += ["  " + line for line in shown]
+            all_notes += notes
+    return lines, all_notes
 
 
 def _walk_table_lines(base: Phase, after: Phase) -> tuple[list[str], int]:
@@ -389,15 +413,20 @@ def _level_key(level: str) -> int:
     return ptdump.LEVELS.index(level) if level in ptdump.LEVELS else len(ptdump.LEVELS)
 
 
-def _tables_part(run: MethodRun, removal: Removal) -> Part:
+def _baseline_pair(run: MethodRun, removal: Removal) -> tuple[Phase, Phase]:
     if not removal.baseline:
         raise _Skip("no baseline to compare with (a neighbour stays online)")
     after, base = _removal_phase(run, removal), run.phase(removal.baseline)
     if base is None:
         raise _Skip(f"baseline phase {removal.baseline!r} was not recorded")
-    lines, said = [], []
+    return base, after
+
+
+def _tables_part(run: MethodRun, removal: Removal) -> Part:
+    base, after = _baseline_pair(run, removal)
+    lines, notes, said = [], [], []
     if base.ptdump is not None and after.ptdump is not None:
-        lines += _ptdump_tables_lines(base, after, removal.baseline)
+        lines, notes = _ptdump_tables_lines(base, after, removal.baseline)
         said.append("ptdump Linear Mapping and vmemmap identical")
     walk_lines, compared = _walk_table_lines(base, after)
     lines += walk_lines
@@ -405,26 +434,40 @@ def _tables_part(run: MethodRun, removal: Removal) -> Part:
     if not said:
         raise _Skip(f"no ptdump or walk in both {removal.baseline} and {after.name}")
     if lines:
-        return Part(FAIL, f"{after.name} vs {removal.baseline}:\n" + _indent(lines),
-                    after.name)
+        why = notes[0] if notes else lines[0].strip().rstrip(":")
+        return Part(FAIL, f"{after.name}: page tables differ from {removal.baseline}: "
+                    f"{why}\n" + _indent(lines), after.name)
     return Part(PASS, f"{after.name} vs {removal.baseline}: {', '.join(said)}",
                 after.name)
 
 
 def check_tables_freed(run: MethodRun) -> Check:
     parts = [_guard(r.phase, lambda r=r: _tables_part(run, r)) for r in run.removals]
-    return combine("tables-freed", parts, "no removals recorded")
+    return combine(run, "tables-freed", parts, "no removals recorded")
 
 
 # ---------------------------------------------------------------- online-memory-mapped
 
-def _online_ranges(phase: Phase, size: int) -> list[tuple[int, int]]:
-    blocks = [(b.phys_start(size), b.phys_end(size))
-              for b in phase.blocks.with_state("online")]
+def _online_ranges(run: MethodRun, phase: Phase, size: int) -> tuple[list, str]:
+    """PA ranges that must be mapped: online blocks within System RAM. Without a
+    System RAM list, only blocks absent in 'before' (hot-added, all RAM) count:
+    boot blocks hold no-map holes (reserved firmware memory)."""
+    blocks = phase.blocks.with_state("online")
     if not phase.system_ram:
-        return coalesce(blocks)
-    ram = ram_ranges(phase)
-    return coalesce((max(a, c), min(b, d)) for a, b in blocks for c, d in ram
+        before = run.phase("before")
+        boot = set(before.blocks.indices) if before else set()
+        ranges = [(b.phys_start(size), b.phys_end(size)) for b in blocks
+                  if b.index not in boot]
+        return coalesce(ranges), " (no System RAM list: hot-added blocks only)"
+    ranges = [(b.phys_start(size), b.phys_end(size)) for b in blocks]
+    return clip_to(ranges, ram_ranges(phase)), ""
+
+
+def clip_to(ranges: Iterable[tuple[int, int]],
+            within: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``ranges`` inside ``within``."""
+    within = list(within)
+    return coalesce((max(a, c), min(b, d)) for a, b in ranges for c, d in within
                     if a < d and c < b)
 
 
@@ -447,14 +490,13 @@ def _online_part(run: MethodRun, phase: Phase, size: int) -> Part:
     if phase.ptdump is None and not phase.walks:
         raise _Skip("no ptdump and no walker output")
     off = _geo(run, "linear_offset")
-    want = _online_ranges(phase, size)
+    want, how = _online_ranges(run, phase, size)
     problems = _uncovered(phase, want, off)
-    count = len(phase.blocks.with_state("online"))
     if problems:
-        return Part(FAIL, f"{phase.name}: online memory not in the linear map:\n"
-                    + _indent(_limit(problems)), phase.name)
-    ram = "" if phase.system_ram else " (no System RAM list: whole blocks)"
-    return Part(PASS, f"{phase.name}: {count} online blocks mapped{ram}", phase.name)
+        return Part(FAIL, f"{phase.name}: online memory not in the linear map: "
+                    f"{problems[0]}" + _more(problems[1:]), phase.name)
+    count = len(phase.blocks.with_state("online"))
+    return Part(PASS, f"{phase.name}: {count} online blocks mapped{how}", phase.name)
 
 
 def check_online_memory_mapped(run: MethodRun) -> Check:
@@ -463,7 +505,7 @@ def check_online_memory_mapped(run: MethodRun) -> Check:
     if size is None:
         return Check(name, SKIP, "no phase recorded block_size_bytes")
     parts = [_guard(p.name, lambda p=p: _online_part(run, p, size)) for p in run.phases]
-    return combine(name, parts, "no phases recorded")
+    return combine(run, name, parts, "no phases recorded")
 
 
 # ---------------------------------------------------------------- bootmem, crashes
@@ -472,8 +514,9 @@ def check_bootmem_not_removable(run: MethodRun) -> Check:
     name, attempt = "bootmem-not-removable", run.bootmem_offline
     if attempt is None:
         return Check(name, SKIP, "no boot-memory offline attempt recorded")
-    block, code = attempt.get("block"), attempt.get("exit_code")
-    state, step = attempt.get("state_after"), f"offline memory{attempt.get('block')}"
+    block, code, state = attempt.get("block"), attempt.get("exit_code"), \
+        attempt.get("state_after")
+    step = _named_step(run, "boot memory", f"offline memory{block}")
     head = (f"echo offline > memory{block}/state: exit code {code}, "
             f"state after: {state}")
     output = (attempt.get("output") or "").strip()
@@ -487,6 +530,11 @@ def check_bootmem_not_removable(run: MethodRun) -> Check:
                  step)
 
 
+def _named_step(run: MethodRun, needle: str, default: str) -> str:
+    """The first step whose name contains ``needle``, else ``default``."""
+    return next((s.name for s in run.steps if needle in s.name), default)
+
+
 def crash_line(crash: Mapping) -> str:
     pc = f" (pc {crash['pc_symbol']})" if crash.get("pc_symbol") else ""
     step = f", step {crash['step']}" if crash.get("step") else ""
@@ -497,14 +545,16 @@ def crash_line(crash: Mapping) -> str:
 def check_no_kernel_splat(run: MethodRun) -> Check:
     name = "no-kernel-splat"
     if not run.crashes:
-        return Check(name, PASS, "no oops, panic, BUG, WARNING or KASAN report on the console")
+        return Check(name, PASS,
+                     "no oops, panic, BUG, WARNING or KASAN report on the console")
     lines = []
     for crash in run.crashes:
         lines.append(crash_line(crash))
         lines += ["    " + t for t in list(crash.get("call_trace", ()))[:8]]
     step = next((c.get("step") for c in run.crashes if c.get("step")), "")
-    return Check(name, FAIL, f"{len(run.crashes)} kernel report(s):\n" + "\n".join(lines),
-                 step)
+    count = len(run.crashes)
+    head = f"{count} kernel reports, the first: {crash_line(run.crashes[0])}\n"
+    return Check(name, FAIL, (head if count > 1 else "") + "\n".join(lines), step)
 
 
 # ---------------------------------------------------------------- cycles
@@ -562,7 +612,7 @@ def check_no_leak_across_cycles(run: MethodRun) -> Check:
     if len(cycles) < 2:
         return Check(name, SKIP, f"{len(cycles)} cycle phase(s) recorded; need 2")
     parts = [_memtotal_part(run, cycles), _cycle_tables_part(cycles), _memfree_part(cycles)]
-    return combine(name, parts, "")
+    return combine(run, name, parts, "")
 
 
 # ---------------------------------------------------------------- walker vs ptdump
@@ -583,7 +633,7 @@ def _agree_part(phase: Phase, walk) -> Part:
 def check_walker_agrees_with_ptdump(run: MethodRun) -> Check:
     parts = [_agree_part(p, w) for p in run.phases if p.ptdump is not None
              for w in p.walks if w.region in REGIONS]
-    return combine("walker-agrees-with-ptdump", parts,
+    return combine(run, "walker-agrees-with-ptdump", parts,
                    "no phase has both a ptdump and a walk")
 
 
@@ -600,16 +650,19 @@ class SelftestLog(NamedTuple):
     touched: frozenset
     offlined: frozenset         # "online->offline memoryN" then "-> Success"
     offline_failed: frozenset   # ... then "-> Failure"
+    onlined: frozenset          # "offline->online memoryN" (failures show as unexpected)
     unexpected: dict            # block -> ["online_memory_expect_success: unexpected fail"]
 
 
 def parse_mem_on_off(output: str) -> SelftestLog:
     """Parse mem-on-off-test.sh output; ``-> Success`` may share the line or follow it."""
-    touched, results, unexpected = set(), {}, defaultdict(list)
+    touched, onlined, results, unexpected = set(), set(), {}, defaultdict(list)
     pending = None
     for line in output.splitlines():
         if m := _KS_STEP.search(line):
             touched.add(int(m[2]))
+            if m[1] == "offline->online":
+                onlined.add(int(m[2]))
             pending = int(m[2]) if m[1] == "online->offline" and not m[3] else None
             if m[3]:
                 results[int(m[2])] = m[3]
@@ -620,7 +673,7 @@ def parse_mem_on_off(output: str) -> SelftestLog:
     return SelftestLog(frozenset(touched),
                        frozenset(b for b, r in results.items() if r == "Success"),
                        frozenset(b for b, r in results.items() if r == "Failure"),
-                       dict(unexpected))
+                       frozenset(onlined), dict(unexpected))
 
 
 def _selftest_problems(log: SelftestLog, hot: set) -> list[str]:
@@ -628,31 +681,35 @@ def _selftest_problems(log: SelftestLog, hot: set) -> list[str]:
            for b in sorted(log.offline_failed & hot)]
     out += [f"boot-memory memory{b} was offlined: arm64 must refuse"
             for b in sorted(log.offlined - hot)]
-    out += [f"memory{b}: {why}" for b, whys in sorted(log.unexpected.items()) for why in whys]
+    out += [f"hot-plugged memory{b} was offlined and never onlined again"
+            for b in sorted((log.offlined & hot) - log.onlined)]
+    out += [f"memory{b}: {why}" for b, whys in sorted(log.unexpected.items())
+            for why in whys]
     return out
 
 
 def check_kselftest(run: MethodRun) -> Check:
     name, ks = "kselftest", run.kselftest
-    output, code = ks.get("output") or "", ks.get("exit_code")
+    output = ks.get("output") or "\n".join(ks.get("lines") or ())   # either form
+    code = ks.get("exit_code")
     log, hot = parse_mem_on_off(output), set(ks.get("hotplugged_blocks") or ())
-    exercised = log.touched & hot
+    exercised, step = log.touched & hot, _named_step(run, "mem-on-off-test", "kselftest")
     if not exercised:
         tail = output.strip().splitlines()[-5:]
         return Check(name, ERROR, f"mem-on-off-test.sh exercised no hot-plugged block "
                      f"(hot-plugged: {_block_names(hot)}; exit code {code}):\n"
-                     + _indent(tail), "kselftest")
+                     + _indent(tail), step)
     problems = _selftest_problems(log, hot)
     boot_refused = len(log.offline_failed - hot)
     note = (f"{boot_refused} boot-memory block(s) failed to offline, expected on arm64 "
             f"(boot memory cannot be offlined); script exit code {code} not used: "
             "the script counts those as failures")
     if problems:
-        return Check(name, FAIL, "mem-on-off-test.sh failures:\n"
-                     + _indent(_limit(problems)) + "\n" + note, "kselftest")
+        return Check(name, FAIL, f"mem-on-off-test.sh: {problems[0]}" + _more(problems[1:])
+                     + "\n" + note, step)
     return Check(name, PASS, f"hot-plugged {_block_names(exercised)} exercised, all "
-                 f"succeeded ({_block_names(log.offlined & hot)} offlined and back); "
-                 + note, "kselftest")
+                 f"succeeded (offlined: {_block_names(log.offlined & hot)}; onlined: "
+                 f"{_block_names(log.onlined & hot)}); " + note, step)
 
 
 # ---------------------------------------------------------------- verdicts

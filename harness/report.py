@@ -197,9 +197,10 @@ def _detail_blocks(method: dict) -> list[str]:
                        f"check {c['name']}:\n" + _indent_all(c["evidence"]))
     error = method["run"].get("error")
     if error:
+        evidence = error.get("evidence")
         out.append(f"ERROR: method {method['method']}, step {error.get('step')}, run "
                    f"stopped ({error.get('blame')}): {error.get('message')}"
-                   + ("\n" + _indent_all(error["evidence"]) if error.get("evidence") else ""))
+                   + ("\n" + _indent_all(evidence) if evidence else ""))
     return out
 
 

@@ -1,0 +1,595 @@
+"""Tests for harness.checks, on MethodRuns built from the synthetic samples in
+tests/data (ptdump-4k-48-*, sysfs-memory-blocks-*, meminfo-virt-*, iomem-virt-*;
+see test_ptdump.py for their provenance). Walker summaries are derived from the
+same dumps, so walker and ptdump agree unless a test makes them differ.
+
+The scenario: 1 GiB boot RAM at PA 0x40000000 (blocks memory8-15), a 512 MiB
+DIMM at 0x80000000 (memory16-19), 4K pages, 48-bit VA.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import checks
+from harness.crashwatch import classify_file
+from harness.inspect import ptdump, sysfs
+from harness.records import (ERROR, FAIL, PASS, SKIP, Check, MethodRun, Phase, Removal,
+                             Step, WalkSummary)
+
+DATA = Path(__file__).parent / "data"
+OFF = 0xffff_0000_0000_0000
+VMEMMAP_START = 0xffff_fdff_c000_0000
+LINEAR_WALK = (OFF, 0xffff_8000_0000_0000)
+VMEMMAP_WALK = (VMEMMAP_START, VMEMMAP_START + (1 << 30))
+DIMM = (0x8000_0000, 0xa000_0000)
+REMOVED = "removed-dimm1"
+GEOMETRY = {"granule": 4096, "va_bits": 48, "levels": 4, "page_offset": OFF,
+            "linear_offset": OFF, "vmemmap_start": VMEMMAP_START, "memstart": 0,
+            "struct_page_size": 64}
+TABLES = {"before": {"PGD": 1, "PUD": 1, "PMD": 1, "PTE": 3},
+          "added": {"PGD": 1, "PUD": 1, "PMD": 2, "PTE": 3}}
+
+KSELFTEST_OUTPUT = """\
+Test scope: 100% hotplug memory
+\t online all hot-pluggable memory in offline state:
+\t\t SKIPPED - no hot-pluggable memory in offline state
+\t offline 100% hot-pluggable memory in online state
+\t trying to offline 12 out of 12 memory block(s):
+{offline}
+\t\t FAILED - unable to offline some memory blocks, device busy?
+\t online all hot-pluggable memory in offline state:
+{online}
+\t Test with memory notifier error injection
+skip extra tests: memory-notifier-error-inject module is not available
+"""
+GLOB_ORDER = [10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 8, 9]
+
+
+# ---------------------------------------------------------------- builders
+
+def snap(name: str) -> ptdump.Snapshot:
+    return ptdump.parse((DATA / f"ptdump-4k-48-{name}.txt").read_text())
+
+
+def blocks(name: str) -> sysfs.BlockTable:
+    return sysfs.parse_memory_blocks((DATA / f"sysfs-memory-blocks-{name}.txt").read_text())
+
+
+def meminfo(name: str) -> dict:
+    return sysfs.parse_meminfo((DATA / f"meminfo-virt-{name}.txt").read_text())
+
+
+def system_ram(name: str) -> tuple:
+    """As records.Phase documents it: (start, end_inclusive)."""
+    top = sysfs.parse_iomem((DATA / f"iomem-virt-acpi-{name}.txt").read_text())
+    return tuple((r.start, r.last) for t in top for r in t.walk()
+                 if r.name.startswith("System RAM"))
+
+
+def walk_of(snapshot: ptdump.Snapshot, region: str, tables: dict) -> WalkSummary:
+    """What the walker would report for the valid entries of ``snapshot``."""
+    lo, hi = LINEAR_WALK if region == checks.LINEAR else VMEMMAP_WALK
+    if region == checks.LINEAR:
+        pa_of = lambda va: va - OFF  # noqa: E731
+    else:
+        pa_of = lambda va: 0x7e00_0000 + va - VMEMMAP_START  # noqa: E731
+    leaves = tuple((e.start, e.end, pa_of(e.start), e.level) for e in snapshot.entries()
+                   if e.is_valid and e.overlaps(lo, hi))
+    return WalkSummary(region, lo, hi, leaves, dict(tables))
+
+
+def walks_of(snapshot: ptdump.Snapshot, tables: dict) -> tuple:
+    return tuple(walk_of(snapshot, r, tables) for r in checks.REGIONS)
+
+
+def phase(name: str, sysfs_name: str, mem: str, ram: str, dump: str | None,
+          tables: dict | None = None) -> Phase:
+    snapshot = snap(dump) if dump else None
+    walks = walks_of(snapshot, tables) if snapshot and tables else ()
+    return Phase(name, blocks(sysfs_name), meminfo(mem), system_ram(ram), snapshot, walks)
+
+
+def good_phases(removed_dump: str = "removed", removed_tables: dict | None = None) -> tuple:
+    return (phase("before", "before", "before", "before", "before", TABLES["before"]),
+            phase("added", "added", "before", "added", "added", TABLES["added"]),
+            phase("online", "online", "online", "added", "added", TABLES["added"]),
+            phase(REMOVED, "before", "before", "before", removed_dump,
+                  removed_tables or TABLES["before"]))
+
+
+def make_run(removed_dump: str = "removed", removed_tables: dict | None = None,
+             **changes) -> MethodRun:
+    steps = (Step("boot", 1.5, "serial"), Step("inspect before", 0.4, "ssh"),
+             Step("add dimm1", 0.6, "qmp"), Step("inspect added", 0.4, "ssh"),
+             Step("online dimm1", 0.2, "ssh"), Step("inspect online", 0.4, "ssh"),
+             Step("offline dimm1", 0.3, "ssh"), Step("remove dimm1", 0.5, "qmp"),
+             Step(f"inspect {REMOVED}", 0.4, "ssh"))
+    run = MethodRun("acpi-dimm", dict(GEOMETRY), steps,
+                    good_phases(removed_dump, removed_tables),
+                    (Removal(REMOVED, *DIMM, baseline="before"),))
+    return dataclasses.replace(run, **changes)
+
+
+def replace_phase(run: MethodRun, name: str, **changes) -> MethodRun:
+    phases = tuple(dataclasses.replace(p, **changes) if p.name == name else p
+                   for p in run.phases)
+    return dataclasses.replace(run, phases=phases)
+
+
+def by_name(run: MethodRun) -> dict[str, Check]:
+    return {c.name: c for c in checks.judge(run)}
+
+
+def kselftest_output(offline: dict, online=(16, 17, 18, 19), one_line=False) -> str:
+    sep = " " if one_line else "\n"
+    lines = [f"online->offline memory{b}{sep}-> {offline[b]}" for b in GLOB_ORDER
+             if b in offline]
+    return KSELFTEST_OUTPUT.format(offline="\n".join(lines),
+                                   online="\n".join(f"offline->online memory{b}"
+                                                    for b in online))
+
+
+def boot_refused_hot_ok() -> dict:
+    return {b: "Success" if b >= 16 else "Failure" for b in GLOB_ORDER}
+
+
+# ---------------------------------------------------------------- the good run
+
+def test_good_run_passes_every_check():
+    found = by_name(make_run())
+    assert list(found) == [n for n, _ in checks.RULES if n != "kselftest"]
+    verdicts = {n: c.verdict for n, c in found.items()}
+    assert verdicts == {"blocks-lifecycle": PASS, "no-stale-linear-map": PASS,
+                        "no-stale-vmemmap": PASS, "tables-freed": PASS,
+                        "online-memory-mapped": PASS, "bootmem-not-removable": SKIP,
+                        "no-kernel-splat": PASS, "no-leak-across-cycles": SKIP,
+                        "walker-agrees-with-ptdump": PASS}
+    assert checks.method_verdict(make_run(), found.values()) == PASS
+
+
+def test_struct_page_range_matches_the_dumped_vmemmap():
+    # FACTS.md: the DIMM's struct pages extend the vmemmap block from 16M to 24M
+    assert checks.struct_page_range(make_run(), *DIMM) == (0xfffffdffc2000000,
+                                                            0xfffffdffc2800000)
+
+
+def test_phase_step_names_the_step_that_led_to_the_phase():
+    run = make_run()
+    assert checks.phase_step(run, REMOVED) == "remove dimm1"
+    assert checks.phase_step(run, "online") == "online dimm1"
+    assert checks.phase_step(run, "before") == "boot"
+    assert checks.phase_step(run, "cycle-1") == "cycle-1"
+    first = dataclasses.replace(run, steps=run.steps[1:])
+    assert checks.phase_step(first, "before") == "inspect before"
+
+
+def test_range_helpers():
+    assert checks.coalesce([(5, 9), (0, 3), (3, 4), (8, 12)]) == [(0, 4), (5, 12)]
+    assert checks.subtract([(0, 10)], [(2, 3), (5, 20)]) == [(0, 2), (3, 5)]
+    assert checks.clip([(0, 10), (20, 30)], 5, 25) == [(5, 10), (20, 25)]
+
+
+def test_system_ram_inclusive_and_half_open_ends_agree():
+    p = make_run().phase("before")
+    half_open = dataclasses.replace(p, system_ram=tuple(
+        (s, e + 1) for s, e in p.system_ram))
+    assert checks.ram_ranges(p) == checks.ram_ranges(half_open) == [
+        (0x40000000, 0x7ff30000), (0x7ff50000, 0x80000000)]
+
+
+# ---------------------------------------------------------------- blocks-lifecycle
+
+def test_blocks_lifecycle_pass_evidence():
+    c = by_name(make_run())["blocks-lifecycle"]
+    assert c.verdict == PASS
+    assert "memory16-memory19 (0x80000000-0xa0000000): absent before, offline after add" \
+        in c.evidence
+    assert "8 blocks present before the add unchanged in 3 later phase(s)" in c.evidence
+
+
+def test_blocks_lifecycle_fails_when_removed_blocks_remain():
+    run = replace_phase(make_run(), REMOVED, blocks=blocks("online"))
+    c = by_name(run)["blocks-lifecycle"]
+    assert c.verdict == FAIL and c.step == "remove dimm1"
+    assert f"{REMOVED}: memory16-memory19 present" in c.evidence
+
+
+def test_blocks_lifecycle_fails_when_added_blocks_are_not_offline():
+    run = replace_phase(make_run(), "added", blocks=blocks("online"))
+    c = by_name(run)["blocks-lifecycle"]
+    assert c.verdict == FAIL
+    assert "added: memory16 is online, expected offline" in c.evidence
+
+
+def test_blocks_lifecycle_fails_when_a_boot_block_changes():
+    table = blocks("before")
+    changed = sysfs.BlockTable(tuple(dataclasses.replace(b, state="offline")
+                                     if b.index == 9 else b for b in table.blocks),
+                               table.block_size, table.auto_online)
+    run = replace_phase(make_run(), REMOVED, blocks=changed)
+    c = by_name(run)["blocks-lifecycle"]
+    assert c.verdict == FAIL and c.step == "remove dimm1"
+    assert f"{REMOVED}: memory9 online -> offline" in c.evidence
+
+
+def test_blocks_lifecycle_skips_without_block_size():
+    run = make_run()
+    no_size = [dataclasses.replace(p, blocks=dataclasses.replace(p.blocks, block_size=None))
+               for p in run.phases]
+    c = by_name(dataclasses.replace(run, phases=tuple(no_size)))["blocks-lifecycle"]
+    assert c.verdict == SKIP and "block_size_bytes" in c.evidence
+
+
+# ---------------------------------------------------------------- stale mappings
+
+def test_no_stale_linear_map_fails_on_a_stale_dump():
+    c = by_name(make_run("removed-stale", TABLES["added"]))["no-stale-linear-map"]
+    assert c.verdict == FAIL and c.step == "remove dimm1"
+    assert ("ptdump: 0xffff000080000000-0xffff0000a0000000         512M PMD       "
+            "RW NX SHD AF    CON BLK UXN    MEM/NORMAL-TAGGED") in c.evidence
+    assert ("walker PMD leaf VA 0xffff000080000000-0xffff0000a0000000 -> "
+            "PA 0x80000000-0xa0000000") in c.evidence
+
+
+def test_no_stale_linear_map_walker_alone_can_fail():
+    run = make_run()
+    stale = walk_of(snap("added"), checks.LINEAR, TABLES["added"])
+    run = replace_phase(run, REMOVED, ptdump=None, walks=(stale,))
+    c = by_name(run)["no-stale-linear-map"]
+    assert c.verdict == FAIL and "ptdump:" not in c.evidence and "walker PMD" in c.evidence
+
+
+def test_no_stale_linear_map_pass_and_skips():
+    assert by_name(make_run())["no-stale-linear-map"].evidence.startswith(
+        f"{REMOVED}: removed PA 0x80000000-0xa0000000: no valid mapping")
+    blind = replace_phase(make_run(), REMOVED, ptdump=None, walks=())
+    c = by_name(blind)["no-stale-linear-map"]
+    assert c.verdict == SKIP and "no ptdump and no walker output" in c.evidence
+    geo = dict(GEOMETRY, linear_offset=None)
+    c = by_name(make_run(geometry=geo))["no-stale-linear-map"]
+    assert c.verdict == SKIP and "geometry lacks linear_offset" in c.evidence
+
+
+def test_missing_removal_phase_skips():
+    run = dataclasses.replace(make_run(), removals=(Removal("removed-dimm2", *DIMM),))
+    c = by_name(run)["no-stale-linear-map"]
+    assert c.verdict == SKIP and "'removed-dimm2' was not recorded" in c.evidence
+
+
+def test_no_stale_vmemmap_fails_when_struct_pages_stay_mapped():
+    c = by_name(make_run("added", TABLES["added"]))["no-stale-vmemmap"]
+    assert c.verdict == FAIL
+    assert "struct pages VA 0xfffffdffc2000000-0xfffffdffc2800000" in c.evidence
+    assert "ptdump: 0xfffffdffc1000000-0xfffffdffc2800000          24M PMD" in c.evidence
+    assert "walker PMD leaf VA 0xfffffdffc1000000-0xfffffdffc2800000" in c.evidence
+
+
+def test_no_stale_vmemmap_pass_and_skip():
+    assert by_name(make_run("removed-stale"))["no-stale-vmemmap"].verdict == PASS
+    c = by_name(make_run(geometry=dict(GEOMETRY, memstart=None)))["no-stale-vmemmap"]
+    assert c.verdict == SKIP and "geometry lacks memstart" in c.evidence
+
+
+# ---------------------------------------------------------------- tables-freed
+
+def test_tables_freed_fails_when_a_table_is_kept():
+    c = by_name(make_run("removed-table-kept", TABLES["added"]))["tables-freed"]
+    assert c.verdict == FAIL and c.step == "remove dimm1"
+    assert ("hole at VA 0xffff000080000000-0xffff0000c0000000 is at PMD level, PUD in "
+            "before: a PMD table was kept alive (not freed)") in c.evidence
+    assert "-0xffff000080000000-0xffff008000000000         510G PUD" in c.evidence
+    assert "walker Linear Mapping PMD tables: 1 -> 2" in c.evidence
+    assert "vmemmap differs" not in c.evidence
+
+
+def test_tables_freed_pass_and_no_baseline():
+    c = by_name(make_run())["tables-freed"]
+    assert c.verdict == PASS
+    assert "ptdump Linear Mapping and vmemmap identical, walker table counts equal" \
+        in c.evidence
+    run = dataclasses.replace(make_run(), removals=(Removal(REMOVED, *DIMM, baseline=""),))
+    c = by_name(run)["tables-freed"]
+    assert c.verdict == SKIP and "no baseline" in c.evidence
+
+
+def test_tables_freed_fails_on_a_stale_mapping():
+    c = by_name(make_run("removed-stale"))["tables-freed"]
+    assert c.verdict == FAIL
+    assert "+0xffff000080000000-0xffff0000a0000000         512M PMD" in c.evidence
+
+
+# ---------------------------------------------------------------- online-memory-mapped
+
+def test_online_memory_mapped_ignores_reserved_holes():
+    # boot block memory15 holds the unmapped 0x7ff30000-0x7ff50000 (not System RAM)
+    c = by_name(make_run())["online-memory-mapped"]
+    assert c.verdict == PASS
+    assert "online: 12 online blocks mapped" in c.evidence
+
+
+def test_without_system_ram_only_hot_added_blocks_count():
+    run = dataclasses.replace(make_run(), phases=tuple(
+        dataclasses.replace(p, system_ram=()) for p in make_run().phases))
+    c = by_name(run)["online-memory-mapped"]
+    assert c.verdict == PASS
+    assert "online: 12 online blocks mapped (no System RAM list: hot-added blocks only)" \
+        in c.evidence
+    run = replace_phase(run, "online", ptdump=snap("before"), walks=())
+    c = by_name(run)["online-memory-mapped"]
+    assert c.verdict == FAIL and "PA 0x80000000-0xa0000000" in c.evidence
+
+
+def test_online_block_left_unmapped_fails():
+    snapshot = snap("before")
+    run = replace_phase(make_run(), "online", ptdump=snapshot,
+                        walks=walks_of(snapshot, TABLES["before"]))
+    c = by_name(run)["online-memory-mapped"]
+    assert c.verdict == FAIL and c.step == "online dimm1"
+    assert ("ptdump: PA 0x80000000-0xa0000000 (VA 0xffff000080000000-0xffff0000a0000000) "
+            "not mapped") in c.evidence
+    assert "walker: PA 0x80000000-0xa0000000" in c.evidence
+
+
+def test_removing_one_block_of_a_block_mapping_unmaps_its_neighbours():
+    """The upstream PUD-split bug: memory17 removed, 16, 18 and 19 stay online,
+    but the whole block mapping is gone."""
+    online = blocks("online")
+    left = dataclasses.replace(online, blocks=tuple(b for b in online.blocks
+                                                    if b.index != 17))
+    run = replace_phase(make_run(), REMOVED, blocks=left, system_ram=system_ram("added"))
+    run = dataclasses.replace(run, removals=(Removal(REMOVED, 0x8800_0000, 0x9000_0000,
+                                                     baseline=""),))
+    c = by_name(run)["online-memory-mapped"]
+    assert c.verdict == FAIL
+    assert "ptdump: PA 0x80000000-0x88000000" in c.evidence
+    assert "ptdump: PA 0x90000000-0xa0000000" in c.evidence
+
+
+# ---------------------------------------------------------------- bootmem, splats
+
+def test_bootmem_not_removable():
+    refused = {"block": 8, "exit_code": 1, "state_after": "online",
+               "output": "sh: write error: Device or resource busy"}
+    c = checks.check_bootmem_not_removable(make_run(bootmem_offline=refused))
+    assert c.verdict == PASS and "memory8" in c.evidence and "Device or resource" \
+        in c.evidence
+    offlined = dict(refused, exit_code=0, state_after="offline", output="")
+    c = checks.check_bootmem_not_removable(make_run(bootmem_offline=offlined))
+    assert c.verdict == FAIL and c.step == "offline memory8"
+    assert "exit code 0, state after: offline" in c.evidence
+    assert checks.check_bootmem_not_removable(make_run()).verdict == SKIP
+
+
+def test_no_kernel_splat_lists_each_crash_with_its_step():
+    crashes = [dict(r.to_dict(), step="remove memory17")
+               for r in classify_file(DATA / "console-oops-copy-page.log")]
+    run = make_run(crashes=tuple(crashes))
+    c = by_name(run)["no-kernel-splat"]
+    assert c.verdict == FAIL and c.step == "remove memory17"
+    assert ("oops: Unable to handle kernel paging request at virtual address "
+            "ffff000080065000 (pc copy_page+0x30/0xd0), step remove memory17") in c.evidence
+    assert "    copy_highpage+0x30/0x15c" in c.evidence
+    assert checks.method_verdict(run, [Check("x", PASS)]) == FAIL
+
+
+# ---------------------------------------------------------------- cycles
+
+def cycle_run(memtotal=(1011164,) * 3, memfree=(972548,) * 3, tables=None) -> MethodRun:
+    run = make_run()
+    base = run.phase(REMOVED)
+    cycles = []
+    for n, (total, free) in enumerate(zip(memtotal, memfree), 1):
+        info = dict(base.meminfo, MemTotal=total, MemFree=free)
+        walks = walks_of(base.ptdump, (tables or {}).get(n, TABLES["before"]))
+        cycles.append(dataclasses.replace(base, name=f"cycle-{n}", meminfo=info,
+                                          walks=walks))
+    return dataclasses.replace(run, phases=run.phases + tuple(cycles))
+
+
+def test_cycles_skip_below_two():
+    c = by_name(cycle_run(memtotal=(1011164,), memfree=(972548,)))["no-leak-across-cycles"]
+    assert c.verdict == SKIP and "1 cycle phase(s)" in c.evidence
+
+
+def test_cycles_pass_within_tolerance():
+    c = by_name(cycle_run(memfree=(972548, 972048, 971548)))["no-leak-across-cycles"]
+    assert c.verdict == PASS
+    assert "+500 kB lost per cycle on average (tolerance 1024 kB per cycle)" in c.evidence
+    assert "MemTotal 1011164 kB in all 3 cycles" in c.evidence
+
+
+def test_cycles_fail_on_drifting_memtotal():
+    c = by_name(cycle_run(memtotal=(1011164, 1011036, 1010908)))["no-leak-across-cycles"]
+    assert c.verdict == FAIL and c.step == "cycle-2"     # no 'inspect cycle-2' step
+    assert "cycle-3: MemTotal 1010908 kB, before 1011164 kB" in c.evidence
+
+
+def test_cycles_fail_on_memfree_loss_and_table_growth():
+    run = cycle_run(memfree=(972548, 970500, 968452),
+                    tables={3: dict(TABLES["before"], PTE=4)})
+    c = by_name(run)["no-leak-across-cycles"]
+    assert c.verdict == FAIL
+    assert "+2048 kB lost per cycle" in c.evidence
+    assert "cycle-3 vs cycle-1, Linear Mapping PTE tables: 3 -> 4" in c.evidence
+
+
+# ---------------------------------------------------------------- walker vs ptdump
+
+def test_walker_disagreeing_with_ptdump_fails():
+    walks = walks_of(snap("added"), TABLES["added"])
+    run = replace_phase(make_run(), REMOVED, walks=walks)
+    c = by_name(run)["walker-agrees-with-ptdump"]
+    assert c.verdict == FAIL and c.step == "remove dimm1"
+    assert "only in walker: 0xffff000080000000-0xffff0000a0000000" in c.evidence
+    assert "only in walker: 0xfffffdffc2000000-0xfffffdffc2800000" in c.evidence
+
+
+def test_walker_agreement_skips_without_walks():
+    run = dataclasses.replace(make_run(), phases=tuple(
+        dataclasses.replace(p, walks=()) for p in make_run().phases))
+    assert by_name(run)["walker-agrees-with-ptdump"].verdict == SKIP
+
+
+# ---------------------------------------------------------------- kselftest
+
+@pytest.mark.parametrize("one_line", [False, True])
+def test_kselftest_passes_despite_exit_code(one_line):
+    ks = {"exit_code": 1, "hotplugged_blocks": [16, 17, 18, 19],
+          "output": kselftest_output(boot_refused_hot_ok(), one_line=one_line)}
+    c = by_name(make_run(kselftest=ks))["kselftest"]
+    assert c.verdict == PASS, c.evidence
+    assert "memory16-memory19 exercised" in c.evidence
+    assert "8 boot-memory block(s) failed to offline, expected on arm64" in c.evidence
+
+
+def test_kselftest_accepts_output_as_lines():
+    ks = {"exit_code": 1, "hotplugged_blocks": [16, 17, 18, 19],
+          "lines": kselftest_output(boot_refused_hot_ok()).splitlines()}
+    assert checks.check_kselftest(make_run(kselftest=ks)).verdict == PASS
+
+
+def test_kselftest_fails_on_a_hot_plugged_block():
+    results = {**boot_refused_hot_ok(), 17: "Failure"}
+    output = kselftest_output(results, online=(16, 18, 19))
+    output += "online_memory_expect_success 18: unexpected fail\n"
+    ks = {"exit_code": 1, "hotplugged_blocks": [16, 17, 18, 19], "output": output}
+    c = by_name(make_run(kselftest=ks))["kselftest"]
+    assert c.verdict == FAIL
+    assert "hot-plugged memory17: online->offline -> Failure" in c.evidence
+    assert "memory18: online_memory_expect_success: unexpected fail" in c.evidence
+
+
+def test_kselftest_fails_when_an_offlined_block_never_comes_back():
+    ks = {"exit_code": 1, "hotplugged_blocks": [16, 17, 18, 19],
+          "output": kselftest_output(boot_refused_hot_ok(), online=(16, 17, 18))}
+    c = checks.check_kselftest(make_run(kselftest=ks))
+    assert c.verdict == FAIL
+    assert "hot-plugged memory19 was offlined and never onlined again" in c.evidence
+
+
+def test_kselftest_fails_when_boot_memory_goes_offline():
+    ks = {"exit_code": 0, "hotplugged_blocks": [16, 17, 18, 19],
+          "output": kselftest_output({b: "Success" for b in GLOB_ORDER})}
+    c = checks.check_kselftest(make_run(kselftest=ks))
+    assert c.verdict == FAIL and "boot-memory memory8 was offlined" in c.evidence
+
+
+def test_kselftest_that_touched_no_hot_block_is_an_error():
+    ks = {"exit_code": 1, "hotplugged_blocks": [16, 17, 18, 19],
+          "output": kselftest_output({10: "Failure"}, online=())}
+    c = checks.check_kselftest(make_run(kselftest=ks))
+    assert c.verdict == ERROR and "exercised no hot-plugged block" in c.evidence
+
+
+def test_parse_mem_on_off():
+    log = checks.parse_mem_on_off(kselftest_output(boot_refused_hot_ok()))
+    assert log.touched == frozenset(GLOB_ORDER)
+    assert log.offlined == frozenset({16, 17, 18, 19})
+    assert log.offline_failed == frozenset({8, 9, 10, 11, 12, 13, 14, 15})
+
+
+# ---------------------------------------------------------------- verdicts
+
+def test_method_verdict_rules():
+    run = make_run()
+    ok, bad, err = Check("a", PASS), Check("b", FAIL), Check("c", ERROR)
+    assert checks.method_verdict(run, [ok, Check("s", SKIP)]) == PASS
+    assert checks.method_verdict(run, [ok, err]) == ERROR
+    assert checks.method_verdict(run, [bad, err]) == FAIL
+    infra = make_run(error={"message": "QEMU died", "step": "boot", "blame": "infra"})
+    assert checks.method_verdict(infra, [ok]) == ERROR
+    assert checks.method_verdict(infra, [bad]) == FAIL
+    kernel = make_run(error={"message": "remove failed", "step": "x", "blame": "kernel"})
+    assert checks.method_verdict(kernel, [ok]) == FAIL
+
+
+def test_overall_verdict():
+    assert checks.overall_verdict([PASS, PASS]) == (PASS, 0)
+    assert checks.overall_verdict([PASS, ERROR]) == (ERROR, 2)
+    assert checks.overall_verdict([ERROR, FAIL]) == (FAIL, 1)
+    assert checks.overall_verdict({"acpi-dimm": PASS}) == (PASS, 0)
+    assert checks.overall_verdict([]) == (ERROR, 2)
+
+
+def test_checks_still_run_on_a_run_cut_short():
+    run = dataclasses.replace(make_run(), phases=make_run().phases[:1], removals=(
+        Removal(REMOVED, *DIMM),), error={"message": "QEMU died", "step": "add dimm1",
+                                          "blame": "infra", "evidence": ""})
+    found = by_name(run)
+    assert found["online-memory-mapped"].verdict == PASS
+    assert found["no-stale-linear-map"].verdict == SKIP
+    lifecycle = found["blocks-lifecycle"]
+    assert lifecycle.verdict == SKIP
+    assert "phase(s) online, removed-dimm1 not recorded" in lifecycle.evidence
+    assert checks.method_verdict(run, found.values()) == ERROR   # not the kernel's fault
+
+
+def test_a_broken_rule_is_an_error_not_a_crash(monkeypatch):
+    def broken(run):
+        raise KeyError("granule")
+    monkeypatch.setattr(checks, "RULES", (("tables-freed", broken),))
+    (c,) = checks.judge(make_run())
+    assert c == Check("tables-freed", ERROR, "check raised KeyError: 'granule'")
+
+
+def test_ptdump_without_the_region_is_an_error_part():
+    dump = snap("removed")
+    regions = {k: v for k, v in dump.regions.items() if k != checks.LINEAR}
+    run = replace_phase(make_run(), REMOVED, ptdump=ptdump.Snapshot(regions), walks=())
+    c = by_name(run)["no-stale-linear-map"]
+    assert c.verdict == ERROR and "no region 'Linear Mapping'" in c.evidence
+
+
+def test_round_trip_gives_the_same_checks():
+    run = make_run("removed-table-kept", TABLES["added"], crashes=tuple(
+        r.to_dict() for r in classify_file(DATA / "console-oops-copy-page.log")),
+        kselftest={"exit_code": 1, "hotplugged_blocks": [16, 17, 18, 19],
+                   "output": kselftest_output(boot_refused_hot_ok())},
+        bootmem_offline={"block": 8, "exit_code": 1, "state_after": "online",
+                         "output": ""})
+    again = MethodRun.from_dict(json.loads(json.dumps(run.to_dict())))
+    assert checks.judge(again) == checks.judge(run)
+
+
+# ---------------------------------------------------------------- recorded runs
+
+RECORDED = sorted([*DATA.glob("recorded-4k-*.json"), *DATA.glob("recorded-4k-*/*.json")])
+REPROS = sorted(DATA.glob("recorded-repro/*.json"))     # kernels with an injected bug
+
+
+def _id(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}"
+
+
+@pytest.mark.parametrize("path", RECORDED, ids=_id)
+def test_recorded_runs_from_real_guests_pass(path):
+    run = MethodRun.from_dict(json.loads(path.read_text()))
+    found = checks.judge(run)
+    bad = [c for c in found if c.verdict in (FAIL, ERROR)]
+    assert not bad, "\n".join(f"{c.verdict} {c.name}: {c.evidence}" for c in bad)
+    assert checks.method_verdict(run, found) == PASS
+
+
+def test_recorded_run_with_a_stale_dump_fails():
+    path = DATA / "recorded-4k-48-acpi-dimm" / "methodrun.json"
+    if not path.exists():
+        pytest.skip("no recorded acpi-dimm run")
+    run = MethodRun.from_dict(json.loads(path.read_text()))
+    run = replace_phase(run, "removed-2", ptdump=run.phase("online").ptdump)
+    found = by_name(run)
+    assert found["no-stale-linear-map"].verdict == FAIL
+    assert found["no-stale-linear-map"].step == "remove dimm2"
+    assert found["tables-freed"].verdict == FAIL
+    assert found["walker-agrees-with-ptdump"].verdict == FAIL
+
+
+@pytest.mark.parametrize("path", REPROS, ids=_id)
+def test_recorded_runs_of_buggy_kernels_fail(path):
+    run = MethodRun.from_dict(json.loads(path.read_text()))
+    found = checks.judge(run)
+    assert checks.method_verdict(run, found) == FAIL
+    assert not [c for c in found if c.verdict == ERROR]
