@@ -90,20 +90,24 @@ class Guest:
         self.run(f"echo 'harness: step {step}' > /dev/kmsg", 10)
 
 
-def _crash_check(watcher: CrashWatcher, guest_ref: list):
-    """For SSH: raise KernelCrash as soon as the console shows a new report."""
-    seen = [0]
+class CrashGate:
+    """For SSH: notices new crash reports on the console and raises them."""
 
-    def check() -> None:
-        reports = watcher.reports
-        if len(reports) > seen[0]:
-            time.sleep(SETTLE_S)  # let the trace arrive
-            reports = watcher.reports
-            new = reports[seen[0]:]
-            seen[0] = len(reports)
-            step = guest_ref[0].step if guest_ref else "boot"
-            raise KernelCrash(new, step=step)
-    return check
+    def __init__(self, watcher: CrashWatcher, guest_ref: list):
+        self.watcher, self.guest_ref, self.seen = watcher, guest_ref, 0
+
+    def pending(self) -> bool:
+        return len(self.watcher.reports) > self.seen
+
+    def __call__(self) -> None:
+        if not self.pending():
+            return
+        time.sleep(SETTLE_S)  # let the trace arrive
+        reports = self.watcher.reports
+        new = reports[self.seen:]
+        self.seen = len(reports)
+        step = self.guest_ref[0].step if self.guest_ref else "boot"
+        raise KernelCrash(new, step=step)
 
 
 def _sigterm_as_interrupt():
@@ -162,7 +166,7 @@ def _bring_up(machine: Machine, key, opts: BootOptions, out_dir: Path) -> Guest:
     ssh = None
     if opts.ssh:
         ssh = SshTransport(machine.spec.ssh_port, key,
-                           crash_check=_crash_check(watcher, guest_ref))
+                           crash_check=CrashGate(watcher, guest_ref))
         ssh.connect(deadline, alive=lambda: machine._check_alive("connecting SSH"))
         times["boot_to_ssh_s"] = time.monotonic() - machine.times.launched
     transport = ssh if (opts.transport == "ssh" and ssh) else console

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,38 @@ def generate_key(folder: Path) -> KeyPair:
     with os.fdopen(fd, "wb") as f:
         f.write(private)
     return KeyPair(path, public.decode() + " hotplug-harness\n")
+
+
+class _Watchdog:
+    """Closes the SSH connection when the deadline passes or the console shows
+    a crash, so that no paramiko call can block a step forever."""
+
+    def __init__(self, ssh: "SshTransport", deadline: Deadline):
+        self.ssh, self.deadline = ssh, deadline
+        self.reason = ""
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        gate = self.ssh.crash_check
+        while not self.stop.wait(0.1):
+            if self.deadline.expired():
+                self.reason = "timeout"
+            elif gate is not None and getattr(gate, "pending", lambda: False)():
+                self.reason = "crash"
+            if self.reason:
+                transport = self.ssh.client and self.ssh.client.get_transport()
+                if transport:
+                    transport.close()
+                return
+
+    def __enter__(self) -> "_Watchdog":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 class SshTransport(Transport):
@@ -80,28 +113,45 @@ class SshTransport(Transport):
     def run(self, command: str, deadline=30.0) -> CommandResult:
         if not isinstance(deadline, Deadline):
             deadline = Deadline(deadline)
+        if self.crash_check:
+            self.crash_check()
+        if self.client is None or not self.client.get_transport() \
+                or not self.client.get_transport().is_active():
+            raise MachineError("the SSH connection is gone (the guest died or "
+                               "an earlier command timed out)", step="ssh")
         start = time.monotonic()
-        chan = self.client.get_transport().open_session()
-        chan.settimeout(0.2)
-        chan.exec_command(command)
         out, err = bytearray(), bytearray()
-        while not chan.exit_status_ready() or chan.recv_ready() or chan.recv_stderr_ready():
-            self._drain(chan, out, err)
-            if self.crash_check:
-                self.crash_check()
-            if deadline.expired():
-                chan.close()
-                raise MachineError(f"command timed out after {deadline.seconds:.0f}s "
-                                   f"over ssh: {command}", step="ssh",
-                                   evidence=out.decode(errors="replace")[-2000:])
-        self._drain(chan, out, err)
-        code = chan.recv_exit_status()
-        chan.close()
+        with _Watchdog(self, deadline) as dog:
+            try:
+                code = self._exchange(command, out, err)
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                code = None
+                failure = e
+        if dog.reason == "crash" or (self.crash_check and code is None):
+            self.crash_check()
+        if dog.reason == "timeout" or code is None:
+            why = (f"timed out after {deadline.seconds:.0f}s" if dog.reason == "timeout"
+                   else f"failed: {failure}")
+            raise MachineError(f"command {why} over ssh: {command}", step="ssh",
+                               evidence=out.decode(errors="replace")[-2000:])
         if self.crash_check:
             self.crash_check()
         return CommandResult(command=command, stdout=out.decode(errors="replace"),
                              stderr=err.decode(errors="replace"), exit_code=code,
                              seconds=time.monotonic() - start, transport=self.name)
+
+    def _exchange(self, command: str, out: bytearray, err: bytearray) -> int:
+        chan = self.client.get_transport().open_session(timeout=10)
+        chan.settimeout(0.2)
+        chan.exec_command(command)
+        while not chan.exit_status_ready() or chan.recv_ready() or chan.recv_stderr_ready():
+            self._drain(chan, out, err)
+            if chan.closed and not chan.exit_status_ready():
+                raise EOFError("channel closed")
+        self._drain(chan, out, err)
+        code = chan.recv_exit_status()
+        chan.close()
+        return code
 
     @staticmethod
     def _drain(chan, out: bytearray, err: bytearray) -> None:
