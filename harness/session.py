@@ -91,18 +91,35 @@ class Guest:
 
 
 class CrashGate:
-    """For SSH: notices new crash reports on the console and raises them."""
+    """For SSH: notices crash reports on the console (finished or still being
+    printed) and raises them as KernelCrash."""
 
-    def __init__(self, watcher: CrashWatcher, guest_ref: list):
-        self.watcher, self.guest_ref, self.seen = watcher, guest_ref, 0
+    def __init__(self, watcher: CrashWatcher, guest_ref: list, tap=None):
+        self.watcher, self.guest_ref, self.tap, self.seen = watcher, guest_ref, tap, 0
 
     def pending(self) -> bool:
-        return len(self.watcher.reports) > self.seen
+        return (len(self.watcher.reports) > self.seen
+                or self.watcher.open_kind is not None)
+
+    def wait(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a crash to show (after a lost connection)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if self.pending():
+                return True
+            time.sleep(0.05)
+        return self.pending()
 
     def __call__(self) -> None:
         if not self.pending():
             return
-        time.sleep(SETTLE_S)  # let the trace arrive
+        end = time.monotonic() + SETTLE_S  # let the trace arrive
+        while time.monotonic() < end and self.watcher.open_kind is not None:
+            if self.tap is not None and self.tap.eof:
+                break
+            time.sleep(0.05)
+        if self.watcher.open_kind is not None:
+            self.watcher.flush()
         reports = self.watcher.reports
         new = reports[self.seen:]
         self.seen = len(reports)
@@ -166,7 +183,7 @@ def _bring_up(machine: Machine, key, opts: BootOptions, out_dir: Path) -> Guest:
     ssh = None
     if opts.ssh:
         ssh = SshTransport(machine.spec.ssh_port, key,
-                           crash_check=CrashGate(watcher, guest_ref))
+                           crash_check=CrashGate(watcher, guest_ref, machine.tap))
         ssh.connect(deadline, alive=lambda: machine._check_alive("connecting SSH"))
         times["boot_to_ssh_s"] = time.monotonic() - machine.times.launched
     transport = ssh if (opts.transport == "ssh" and ssh) else console

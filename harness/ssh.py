@@ -127,6 +127,11 @@ class SshTransport(Transport):
             except (paramiko.SSHException, OSError, EOFError) as e:
                 code = None
                 failure = e
+        if code == -1:      # the channel died without an exit status
+            code = None
+            failure = "the connection closed without an exit status"
+        if code is None and self.crash_check and hasattr(self.crash_check, "wait"):
+            self.crash_check.wait(2.0)
         if dog.reason == "crash" or (self.crash_check and code is None):
             self.crash_check()
         if dog.reason == "timeout" or code is None:

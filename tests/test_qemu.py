@@ -1,0 +1,135 @@
+"""Integration: a real guest under qemu-system-aarch64 (TCG)."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import build
+from harness.crashwatch import KernelCrash
+from harness.errors import MachineError
+from harness.session import BootOptions, boot
+
+pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
+ROOT = Path(__file__).resolve().parent.parent
+REPRO = ROOT / "patches" / "repro"
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    return build.build(build.BuildRequest())
+
+
+def harness_cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+
+def our_shm():
+    return set(glob.glob("/dev/shm/hotplug-harness-*"))
+
+
+@pytest.mark.parametrize("mode", ["acpi", "dt"])
+def test_boot_check_both_transports(kernel, mode, tmp_path):
+    proc = harness_cli("boot", "--check", "--json", "--mode", mode, "--out",
+                       str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout)
+    assert res["serial_uname"] == res["ssh_uname"] == kernel.kernel_release
+    assert 0 < res["boot_to_ready_s"] <= res["boot_to_ssh_s"]
+    assert "HARNESS-READY" in (tmp_path / "out" / "console.log").read_text(errors="replace")
+
+
+def test_transports_agree_and_probe_remove_exist(kernel, tmp_path):
+    with boot(kernel, BootOptions(mode="dt"), tmp_path) as guest:
+        ls = "ls -1 /sys/devices/system/memory"
+        serial = guest.console.run(ls, 20).check()
+        ssh = guest.ssh.run(ls, 20).check()
+        assert serial.stdout.split() == ssh.stdout.split()
+        assert "probe" in ssh.stdout.split() and "remove" in ssh.stdout.split()
+        bad = guest.ssh.run("echo 0x12345 > /sys/devices/system/memory/remove", 20)
+        assert bad.exit_code != 0 and "Invalid argument" in bad.stderr
+        absent = guest.ssh.run("echo 0x200000000 > /sys/devices/system/memory/remove", 20)
+        assert absent.exit_code != 0 and "No such device" in absent.stderr
+        code = guest.console.run("false", 10)
+        assert code.exit_code == 1 and code.transport == "serial"
+
+
+@pytest.mark.parametrize("transport", ["ssh", "serial"])
+def test_forced_crash_is_blamed_on_the_kernel(kernel, transport, tmp_path):
+    with pytest.raises(KernelCrash) as e:
+        with boot(kernel, BootOptions(mode="dt", transport=transport), tmp_path) as guest:
+            guest.step = "crash"
+            guest.run("echo c > /proc/sysrq-trigger", 30)
+    assert e.value.blame == "kernel" and e.value.exit_code == 1
+    kinds = [r.kind for r in e.value.reports]
+    assert "panic" in kinds or "oops" in kinds
+    assert "sysrq" in e.value.evidence.lower()
+
+
+def test_guest_that_never_gets_ready_ends_at_its_deadline(kernel, tmp_path):
+    opts = BootOptions(mode="dt", cmdline=("rdinit=/nonexistent",), boot_timeout=8)
+    start = time.monotonic()
+    with pytest.raises((MachineError, KernelCrash)) as e:
+        with boot(kernel, opts, tmp_path):
+            pass
+    assert time.monotonic() - start < 30
+    assert e.value.evidence  # the console tail
+
+
+def test_no_leftovers_after_sigint(kernel, tmp_path):
+    before = our_shm()
+    script = ("import sys, time\n"
+              "from harness import build\n"
+              "from harness.session import boot, BootOptions\n"
+              "art = build.build()\n"
+              f"with boot(art, BootOptions(mode='dt'), __import__('pathlib').Path({str(tmp_path)!r})) as g:\n"
+              "    print('PID', g.machine.proc.pid, g.machine.spec.run_dir, flush=True)\n"
+              "    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().split()
+    assert line and line[0] == "PID", proc.stderr.read()[-2000:]
+    qemu_pid, run_dir = int(line[1]), line[2]
+    assert os.path.exists(f"/proc/{qemu_pid}")
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    time.sleep(0.5)
+    assert not os.path.exists(f"/proc/{qemu_pid}"), "QEMU outlived the harness"
+    assert not os.path.exists(run_dir), "run folder left behind"
+    assert our_shm() - before == set()
+
+
+def test_run_all_methods_pass_on_the_default_kernel(kernel, tmp_path):
+    proc = harness_cli("run", "--method", "all", "--json", "--report", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["verdict"] == "PASS"
+    assert [m["method"] for m in report["methods"]] == [
+        "acpi-dimm", "probe", "virtio-mem", "kselftest"]
+    for m in report["methods"]:
+        verdicts = {c["name"]: c["verdict"] for c in m["checks"]}
+        assert verdicts["no-stale-linear-map"] == "PASS"
+        assert verdicts["tables-freed"] == "PASS"
+    assert (tmp_path / "junit.xml").exists()
+    again = harness_cli("report", str(tmp_path))
+    assert again.returncode == 0 and "PASS" in again.stdout
+
+
+@pytest.mark.parametrize("patch,check", [
+    ("0001-leak-linear-map-tables.patch", "tables-freed"),
+    ("0003-stale-vmemmap.patch", "no-stale-vmemmap"),
+    ("0004-over-remove-linear-map.patch", "no-kernel-splat"),
+])
+def test_seeded_regressions_fail_the_right_check(kernel, patch, check, tmp_path):
+    proc = harness_cli("run", "--method", "acpi-dimm", "--patch", str(REPRO / patch),
+                       "--report", str(tmp_path))
+    assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    failed = [c["name"] for c in report["methods"][0]["checks"] if c["verdict"] == "FAIL"]
+    assert check in failed, failed
