@@ -180,7 +180,7 @@ def build(req: BuildRequest = BuildRequest(), progress=None) -> KernelArtifacts:
         outdir = cache_root() / "build" / inputs.outdir_key[:24]
         outdir.mkdir(parents=True, exist_ok=True)
         maker = Make(tree.path, outdir, req, progress)
-        configure(maker, inputs)
+        configure(maker, inputs, _config_stamp(inputs, tree))
         maker.build_image()
         art = store(inputs, outdir, maker.log_path, time.monotonic() - start)
     return art
@@ -192,23 +192,40 @@ def _replace(art: KernelArtifacts, **changes) -> KernelArtifacts:
     return KernelArtifacts.from_dict(d)
 
 
-def configure(maker: "Make", inputs: Inputs) -> None:
+def _config_stamp(inputs: Inputs, tree) -> str:
+    """What decides the .config in a given O= tree: the requested options and
+    any Kconfig file the patches change (the source and toolchain are fixed
+    per O= tree)."""
+    kconfigs = [(name, digest) for name, digest in tree.patched
+                if Path(name).name.startswith("Kconfig")]
+    return _sha({"config": kconfig.render(inputs.requested), "kconfig": kconfigs})
+
+
+def configure(maker: "Make", inputs: Inputs, stamp: str = "") -> None:
     """allnoconfig + merge fragments + olddefconfig, then validate.
 
-    The result is generated beside .config and only replaces it when it
-    differs, so an unchanged config costs make nothing.
+    Skipped when the O= tree's .config was made from the same stamp. The
+    result is generated beside .config and only replaces it when it differs,
+    so an unchanged config costs make nothing.
     """
+    stamp_file = maker.outdir / ".harness-config-stamp"
+    final = maker.outdir / ".config"
+    if stamp and final.exists() and stamp_file.exists() \
+            and stamp_file.read_text() == stamp:
+        return
+    stamp_file.unlink(missing_ok=True)
     candidate = maker.outdir / ".config.harness"
     maker.run(["allnoconfig"], stage="config", kconfig_file=candidate)
     candidate.write_text(kconfig.apply_to(candidate.read_text(), inputs.requested))
     maker.run(["olddefconfig"], stage="config", kconfig_file=candidate)
     kconfig.validate(inputs.requested, candidate.read_text(),
                      kconfig.origins(inputs.fragments))
-    final = maker.outdir / ".config"
     if final.exists() and final.read_bytes() == candidate.read_bytes():
         candidate.unlink()
     else:
         os.replace(candidate, final)
+    if stamp:
+        stamp_file.write_text(stamp)
 
 
 def store(inputs: Inputs, outdir: Path, log: Path, seconds: float) -> KernelArtifacts:

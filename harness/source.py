@@ -284,6 +284,7 @@ class PreparedTree:
     path: Path
     patches: tuple
     changed: tuple = field(default=())   # files whose content changed this time
+    patched: tuple = field(default=())   # ((file, sha256), ...) differing from pristine
 
 
 def work_tree(source: Source) -> Path:
@@ -330,9 +331,11 @@ def prepare(source: Source, patches: list) -> PreparedTree:
     _write_json(state_file, {"files": {n: None for n in set(applied) | set(wanted)}})
     changed = [name for name, content in sorted(wanted.items())
                if _set_content(tree / name, content, pristine / name)]
-    _write_json(state_file, {"files": {n: _digest(c) for n, c in wanted.items()
-                                       if c != _pristine_bytes(pristine / n)}})
-    return PreparedTree(source, tree, tuple(patches), tuple(changed))
+    patched = {n: _digest(c) for n, c in wanted.items()
+               if c != _pristine_bytes(pristine / n)}
+    _write_json(state_file, {"files": patched})
+    return PreparedTree(source, tree, tuple(patches), tuple(changed),
+                        tuple(sorted(patched.items(), key=lambda kv: kv[0])))
 
 
 def _pristine_bytes(path: Path):

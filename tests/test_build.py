@@ -56,3 +56,16 @@ def test_make_argv_uses_cross_compiler_and_ccache(tmp_path):
     assert argv[:4] == ["make", "-C", str(tmp_path), f"O={tmp_path / 'o'}"]
     assert "ARCH=arm64" in argv and "-j3" in argv and argv[-1] == "Image"
     assert "CROSS_COMPILE=aarch64-linux-gnu-" in argv
+
+
+def test_config_stamp_tracks_config_and_kconfig_patches(tmp_path):
+    from harness.source import PreparedTree
+    inp = inputs(tmp_path)
+    src_ = inp.source
+    plain = PreparedTree(src_, tmp_path, (), (), (("arch/arm64/mm/mmu.c", "aa"),))
+    other_c = PreparedTree(src_, tmp_path, (), (), (("arch/arm64/mm/mmu.c", "bb"),))
+    kcfg = PreparedTree(src_, tmp_path, (), (), (("arch/arm64/Kconfig", "cc"),))
+    stamp = build._config_stamp(inp, plain)
+    assert build._config_stamp(inp, other_c) == stamp      # C change: no reconfig
+    assert build._config_stamp(inp, kcfg) != stamp         # Kconfig change: reconfig
+    assert build._config_stamp(inputs(tmp_path, config=["debug-vm"]), plain) != stamp
