@@ -43,7 +43,7 @@ class Phase:
     name: str                          # e.g. "before", "online", "removed-1"
     blocks: BlockTable
     meminfo: dict
-    system_ram: tuple                  # ((start, end_inclusive), ...)
+    system_ram: tuple                  # ((start, end), ...) half-open, from /proc/iomem
     ptdump: Optional[ptdump.Snapshot] = None
     walks: tuple = ()                  # WalkSummary, one per region walked
     note: str = ""
@@ -122,8 +122,8 @@ class MethodRun:
     phases: tuple = ()                 # Phase, in order
     removals: tuple = ()               # Removal
     crashes: tuple = ()                # crash report dicts (crashwatch.CrashReport.to_dict)
-    bootmem_offline: Optional[dict] = None   # {"block": N, "exit_code": c, "output": s}
-    kselftest: Optional[dict] = None   # {"exit_code", "lines": [...]} for that method
+    bootmem_offline: Optional[dict] = None   # {"block", "exit_code", "output", "state_after"}
+    kselftest: Optional[dict] = None   # {"exit_code", "output", "hotplugged_blocks"}
     error: Optional[dict] = None       # {"message", "step", "blame", "evidence"}
     notes: tuple = ()                  # what could not be observed, said honestly
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..inspect import sysfs
 from ..session import BootOptions
-from .common import (Recorder, blocks_in, set_state, try_bootmem_offline,
-                     wait_for)
+from .common import (Recorder, blocks_in, memory_device, set_state,
+                     try_bootmem_offline, wait_for)
 
 NAME = "acpi-dimm"
 MODE = "acpi"
@@ -68,7 +68,7 @@ def plug(rec: Recorder, index: int, opts: Options, suffix: str):
         machine.qmp_cmd("object-add", **{"qom-type": "memory-backend-file", "id": mem,
                                          "size": size, "mem-path": path, "share": True})
         machine.qmp_cmd("device_add", driver="pc-dimm", id=name, memdev=mem)
-        addr = dimm_address(machine, name)
+        addr = int(memory_device(machine, name)["addr"])
         bs = sysfs.parse_memory_blocks(rec.sh(sysfs.MEMORY_BLOCKS_CMD)).block_size
         want = size // bs
         wait_for(lambda: len(blocks_in(rec, addr, addr + size)) == want, 20,
@@ -77,14 +77,6 @@ def plug(rec: Recorder, index: int, opts: Options, suffix: str):
     addr = rec.step(f"add {name}", add, transport="qmp")
     rec.backings.append((addr, path))
     return name, addr, size
-
-
-def dimm_address(machine, dimm_id: str) -> int:
-    for dev in machine.qmp_cmd("query-memory-devices"):
-        data = dev.get("data", {})
-        if data.get("id") == dimm_id:
-            return int(data["addr"])
-    raise LookupError(f"{dimm_id} not in query-memory-devices")
 
 
 def fill(rec: Recorder, mb: int) -> str:

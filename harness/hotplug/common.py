@@ -215,3 +215,13 @@ def try_bootmem_offline(rec: Recorder, boot_phase: Phase) -> dict:
     after = rec.sh(f"cat {MEMROOT}/memory{block.index}/state").strip()
     return {"block": block.index, "exit_code": res.exit_code,
             "output": (res.stdout + res.stderr).strip()[-500:], "state_after": after}
+
+
+def memory_device(machine, dev_id: str) -> dict:
+    """The ``data`` of a QMP query-memory-devices entry (pc-dimm, virtio-mem)."""
+    for dev in machine.qmp_cmd("query-memory-devices"):
+        data = dev.get("data", {})
+        if data.get("id") == dev_id:
+            return data
+    raise HarnessError(f"{dev_id} is not in QMP query-memory-devices", step="qmp",
+                       blame="infra")

@@ -10,7 +10,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..session import BootOptions
-from .common import MEMROOT, Recorder, block_size, blocks_in, wait_for
+from .common import (MEMROOT, Recorder, block_size, blocks_in, memory_device,
+                     wait_for)
 
 NAME = "virtio-mem"
 MODE = "dt"
@@ -37,7 +38,7 @@ def boot_options(base: BootOptions) -> BootOptions:
 def drive(rec: Recorder, opts: Options) -> None:
     machine = rec.guest.machine
     rec.phase("before")
-    addr = device_address(machine)
+    addr = int(memory_device(machine, DEVICE)["memaddr"])
     rec.backings.append((addr, str(Path(machine.spec.run_dir) / "vmem0")))
     size = opts.size_mb << 20
     rec.step(f"auto-online {opts.online_type}", lambda: rec.sh(
@@ -55,14 +56,6 @@ def drive(rec: Recorder, opts: Options) -> None:
             rec.phase(f"cycle-{cycle}")
     rec.notes.append("virtio-mem: blocks are plugged and onlined by the guest "
                      "driver, so there is no separate 'added' (offline) phase")
-
-
-def device_address(machine) -> int:
-    for dev in machine.qmp_cmd("query-memory-devices"):
-        data = dev.get("data", {})
-        if data.get("id") == DEVICE:
-            return int(data["memaddr"])
-    raise LookupError(f"{DEVICE} not in query-memory-devices")
 
 
 def resize(rec: Recorder, size: int) -> int:

@@ -1,0 +1,273 @@
+"""Time kernel builds: cold, no-op, one-file patch, switch back.
+
+Figures (each printed with the exact command that produced it):
+
+  cold build         --cold only: a fresh temporary cache
+                     (HOTPLUG_HARNESS_CACHE=<tmp>, CCACHE_DISABLE=1), so the
+                     figure includes hashing the Debian tarball, unpacking it,
+                     the work tree and the whole make.      target <= 6 min
+  no-op rebuild      the same inputs again: no make at all; 'rebuilt' must be
+                     false.                                 target <= 2 s
+  one-file patch     a comment line appended to arch/arm64/mm/mmu.c (a unique
+                     timestamp, so the harness cache misses), applied with
+                     --patch: patch + incremental make + link. target <= 30 s
+  switch back        the default kernel again (a cache hit).
+
+Only the cold build uses a temporary cache; the others use your normal cache
+($HOTPLUG_HARNESS_CACHE or ~/.cache/hotplug-harness), primed first with one
+'build --json'. The patched kernel's cache entry is removed afterwards
+(--keep keeps it and the patch).
+
+The one-file build runs with CCACHE_DISABLE=1 by default: ccache hashes the
+*preprocessed* source, where a comment is gone, so a comment-only change would
+be a ccache hit and understate a real edit of mmu.c. --allow-ccache lets ccache
+serve it.
+
+Exit: 0 whether or not targets are met; 2 if a command fails.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import benchlib as bl  # noqa: E402
+
+MMU_C = "arch/arm64/mm/mmu.c"
+COLD_TARGET, NOOP_TARGET, PATCH_TARGET = 360.0, 2.0, 30.0
+MAKE_LINE = r"^\$ make "
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cold = p.add_mutually_exclusive_group()
+    cold.add_argument("--cold", action="store_true",
+                      help="also time a cold build in a fresh temporary cache "
+                           "(takes ~5-15 min on 2 CPUs; needs ~2-3 GiB of disk)")
+    cold.add_argument("--skip-cold", action="store_true",
+                      help="skip the cold build (the default)")
+    p.add_argument("--cold-dir", type=Path, default=None, metavar="DIR",
+                   help="where the temporary cold cache is created (default: "
+                        "next to your normal cache, i.e. on the same disk)")
+    p.add_argument("--repeat", type=int, default=3, metavar="N",
+                   help="no-op rebuilds to time (median reported; default 3)")
+    p.add_argument("--allow-ccache", action="store_true",
+                   help="let ccache serve the one-file patch build (default: "
+                        "CCACHE_DISABLE=1, see above)")
+    p.add_argument("--no-patch", action="store_true",
+                   help="skip the one-file patch build and the switch back")
+    p.add_argument("--print-patch", action="store_true",
+                   help="print the one-file patch that would be used and exit "
+                        "(no build; needs the unpacked source in the cache)")
+    bl.add_common(p)
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------- cold ----
+
+def default_cold_parent() -> Path:
+    env = os.environ.get("HOTPLUG_HARNESS_CACHE")
+    if env:
+        return Path(env).resolve().parent
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base)
+
+
+def cold_build(args) -> None:
+    parent = args.cold_dir or default_cold_parent()
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="hotplug-harness-bench-cold-", dir=parent))
+    env = {"HOTPLUG_HARNESS_CACHE": str(tmp), "CCACHE_DISABLE": "1"}
+    try:
+        bl.note("cold build: ~5-15 min; the figure includes the tarball unpack")
+        r = bl.run(bl.harness_argv("build", "--json"), env=env, verbose=args.verbose,
+                   what="cold build")
+        art = r.json()
+        extra = f"rebuilt={str(art.get('rebuilt')).lower()}, harness seconds " \
+                f"{bl.fmt_s(art.get('seconds'))}, {art.get('kernel_release')}"
+        if not art.get("rebuilt"):
+            extra += " - NOT a cold build (served from the cache?)"
+        if r.waited_for_lock:
+            extra += ", includes waiting for another run's lock"
+        bl.figure("cold build", r.wall, COLD_TARGET, r.command, extra)
+        cold_breakdown(r)
+    finally:
+        if args.keep:
+            bl.note(f"kept the cold cache {tmp}")
+        else:
+            bl.note(f"removing the cold cache {tmp}")
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cold_breakdown(r: "bl.Result") -> None:
+    """Split the cold wall time at the lines the harness prints to stderr."""
+    t_unpack = r.first_time(r"^\[source\] unpacking")
+    t_tree = r.first_time(r"^\$ cp -al ")
+    t_make = r.first_time(MAKE_LINE)
+    if t_unpack is not None:
+        print(f"  of which inputs + tarball hash: {bl.fmt_s(t_unpack)}")
+    if t_unpack is not None and t_tree is not None:
+        print(f"  of which unpack (tar -xf into the cache): {bl.fmt_s(t_tree - t_unpack)}")
+    if t_tree is not None and t_make is not None:
+        print(f"  of which work tree (cp -al) + patch series: {bl.fmt_s(t_make - t_tree)}")
+    if t_make is not None:
+        print(f"  of which make (allnoconfig, olddefconfig, Image; + storing "
+              f"artifacts): {bl.fmt_s(r.wall - t_make)}")
+    else:
+        print("  (no '$ make' line on stderr: make part unknown)")
+
+
+# ------------------------------------------------------------- warm builds --
+
+def timed_default(args, label: str) -> dict:
+    """'build --json' for the default kernel in the normal cache."""
+    r = bl.run(bl.harness_argv("build", "--json"), verbose=args.verbose, what=label)
+    return {"result": r, "art": r.json()}
+
+
+def noop_builds(args) -> None:
+    prime = timed_default(args, "prime")
+    art = prime["art"]
+    extra = f"rebuilt={str(art['rebuilt']).lower()}, {art.get('kernel_release')}"
+    if prime["result"].waited_for_lock:
+        extra += ", includes waiting for another run's lock"
+    bl.figure("prime (default kernel into the cache)", prime["result"].wall, None,
+              prime["result"].command, extra)
+    walls, seconds, rebuilt = [], [], []
+    for i in range(max(1, args.repeat)):
+        run = timed_default(args, f"no-op {i + 1}/{args.repeat}")
+        walls.append(run["result"].wall)
+        seconds.append(run["art"].get("seconds"))
+        rebuilt.append(bool(run["art"].get("rebuilt")))
+        command = run["result"].command
+    s = bl.spread(walls)
+    extra = f"{bl.spread_text(s)}; harness seconds median " \
+            f"{bl.fmt_s(bl.spread(seconds)['median'])}; rebuilt=" \
+            + ",".join(str(x).lower() for x in rebuilt)
+    if any(rebuilt):
+        extra += " - NOT a no-op: 'rebuilt' must be false"
+    bl.figure("no-op rebuild (median wall)", s["median"], NOOP_TARGET, command, extra)
+
+
+# ----------------------------------------------------------- patch build ---
+
+def base_mmu_c() -> tuple:
+    """(text of mmu.c after patches/series, where it came from)."""
+    from harness import source
+    src = source.resolve_source("debian")
+    pristine = source.pristine_tree(src)
+    series = source.read_series()
+    touching = [p for p in series
+                if MMU_C in source.touched_files(Path(p).read_text(errors="replace"))]
+    if not touching:
+        path = pristine / MMU_C
+        return path.read_bytes().decode("utf-8", "surrogateescape"), str(path)
+    with tempfile.TemporaryDirectory(prefix="bench-series-") as scratch:
+        files = source.apply_in_scratch(pristine, source.load_patches(series),
+                                        Path(scratch))
+    return files[MMU_C].decode("utf-8", "surrogateescape"), \
+        f"{pristine / MMU_C} + patches/series"
+
+
+def make_patch(stamp: str) -> tuple:
+    """A unified diff appending one unique comment line to mmu.c."""
+    text, origin = base_mmu_c()
+    old = text.splitlines(keepends=True)
+    if not old or not old[-1].endswith("\n"):
+        bl.die(f"{origin} does not end with a newline; cannot append a line")
+    new = old + [f"/* hotplug-harness bench {stamp}: no functional change */\n"]
+    diff = "".join(difflib.unified_diff(old, new, f"a/{MMU_C}", f"b/{MMU_C}"))
+    header = (f"bench: append a comment to {MMU_C} ({stamp})\n\n"
+              f"Generated by bench/bench_build.py against {origin}.\n\n")
+    return header + diff, origin
+
+
+def patch_build(args) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S") + f".{time.time_ns() % 10**9:09d}"
+    text, origin = make_patch(stamp)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-build-patch-"))
+    patch = tmp / "bench-mmu-comment.patch"
+    patch.write_text(text, errors="surrogateescape")
+    env = {} if args.allow_ccache else {"CCACHE_DISABLE": "1"}
+    art = None
+    try:
+        r = bl.run(bl.harness_argv("build", "--patch", patch, "--json"), env=env,
+                   verbose=args.verbose, what="one-file patch")
+        art = r.json()
+        extra = f"rebuilt={str(art.get('rebuilt')).lower()}"
+        if not art.get("rebuilt"):
+            extra += " - expected true: the patch is new"
+        t_make = r.first_time(MAKE_LINE)
+        if t_make is not None:
+            extra += f"; make {bl.fmt_s(r.wall - t_make)}, before make " \
+                     f"{bl.fmt_s(t_make)}"
+        if r.waited_for_lock:
+            extra += "; includes waiting for another run's lock"
+        bl.figure("rebuild after a one-file patch to mmu.c", r.wall, PATCH_TARGET,
+                  r.command, extra)
+        back = timed_default(args, "switch back")
+        br = back["result"]
+        extra = f"rebuilt={str(back['art'].get('rebuilt')).lower()}"
+        bl.figure("switch back to the default kernel", br.wall, None, br.command, extra)
+    finally:
+        if args.keep:
+            bl.note(f"kept the patch {patch}" + (f" and its kernel {art.get('image')}"
+                                                 if art else ""))
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if art:
+                drop_artifacts(art)
+
+
+def drop_artifacts(art: dict) -> None:
+    """Remove the patched kernel's own cache entry (its key is unique)."""
+    folder = Path(art.get("image", "")).parent
+    if folder.name and folder.name == str(art.get("cache_key", ""))[:24] \
+            and (folder / "meta.json").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        bl.note(f"removed the patched kernel's cache entry {folder}")
+
+
+# ------------------------------------------------------------------ main ---
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from harness.errors import HarnessError
+    try:
+        return bench(args)
+    except HarnessError as e:  # raised in-process (reading the source for the patch)
+        bl.die(f"{e}\n{e.evidence}".rstrip())
+
+
+def bench(args) -> int:
+    if args.print_patch:
+        text, _ = make_patch(time.strftime("%Y-%m-%dT%H:%M:%S"))
+        sys.stdout.write(text)
+        return 0
+    bl.header("bench_build: kernel build times")
+    if args.cold:
+        cold_build(args)
+    else:
+        print("cold build: skipped (pass --cold; ~5-15 min)")
+    noop_builds(args)
+    if not args.no_patch:
+        patch_build(args)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
