@@ -165,6 +165,8 @@ def main(argv=None) -> int:
                     qemu_memory(args, mode, tmp)
                 except HarnessError as e:
                     bl.die(f"in-process boot ({mode}): {e}\n{e.evidence}".rstrip())
+                except OSError as e:
+                    bl.die(f"in-process boot ({mode}): reading QEMU's status: {e}")
     finally:
         if args.keep:
             bl.note(f"kept boot output under {tmp}")

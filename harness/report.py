@@ -209,9 +209,17 @@ def _indent_all(text: str) -> str:
 
 
 def _kernel_line(kernel: dict) -> str:
-    parts = [f"{k} {kernel[k]}" for k in ("release", "source", "cache_key")
-             if kernel.get(k)]
-    return "kernel: " + (", ".join(parts) or "(unknown)")
+    parts = [f"{k} {kernel[k]}" for k in ("release", "source") if kernel.get(k)]
+    if kernel.get("fragments"):
+        parts.append("config " + "+".join(kernel["fragments"]))
+    if kernel.get("cache_key"):
+        parts.append(f"cache_key {kernel['cache_key'][:16]}")
+    line = "kernel: " + (", ".join(parts) or "(unknown)")
+    patches = [p[0] if isinstance(p, (list, tuple)) else str(p)
+               for p in kernel.get("patches") or ()]
+    if patches:
+        line += "\npatches: " + ", ".join(patches)
+    return line
 
 
 def summary(report: dict, path: Optional[Path] = None) -> str:

@@ -142,8 +142,9 @@ def test_summary(written):
     text = report.summary(json.loads(written.read_text()), written)
     lines = text.splitlines()
     assert lines[0] == ("kernel: release 6.12.117, source debian:linux-source-6.12, "
-                        "cache_key 0123456789abcdef")
-    assert lines[2].split() == ["acpi-dimm", "PASS", "4.7s"]
+                        "config base+4k-48, cache_key 0123456789abcdef")
+    assert lines[1].startswith("patches: 0001-")
+    assert lines[3].split() == ["acpi-dimm", "PASS", "4.7s"]
     assert any(ln.split()[:2] == ["FAIL", "tables-freed"] for ln in lines)
     assert "FAIL: method probe, step remove dimm1, check tables-freed:" in lines
     assert "    oops: Unable to handle kernel paging request at virtual address " \

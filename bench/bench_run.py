@@ -1,0 +1,214 @@
+"""Time a warm 'hotplug-harness run' of every method, from its report.json.
+
+First 'build --json' makes sure the default kernel is in the cache; then
+
+  hotplug-harness run --method all --json --report <tmp>
+
+is timed as a whole (target <= 60 s with the kernel cached) and its report is
+broken down:
+
+  per method      verdict, wall time (the harness's "[METHOD] done in Xs":
+                  boot + steps + shutdown) and the sum of its step times
+  per step        methods[].steps[] grouped by step name, and by kind (the
+                  first word: inspect, add, online, offline, remove, ...):
+                  min / median / max over the methods that ran it
+  per transport   total step seconds over ssh, serial, qmp, host
+  host walker     methods[].run.phases[].walks[].seconds: median and max of
+                  every region walk (linear map, vmemmap)    target <= 0.2 s
+
+A kernel that fails a check (run exit 1) is still timed: the verdict is
+printed. A harness failure (exit 2) prints what was measured, the stderr tail,
+and exits 2. '--from-report DIR|FILE' prints the breakdown of a saved run
+without booting anything.
+
+Exit: 0 whether or not targets are met; 2 if a command fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import benchlib as bl  # noqa: E402
+
+RUN_TARGET, WALK_TARGET = 60.0, 0.2
+METHOD_DONE = re.compile(r"^\[(\S+)\] (done|error) in ([\d.]+)s")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="all", metavar="NAME[,NAME]|all",
+                   help="passed to 'run --method' (default all; the 60 s target "
+                        "is for all)")
+    p.add_argument("--from-report", type=Path, metavar="DIR|FILE",
+                   help="summarise a saved report.json instead of running")
+    bl.add_common(p)
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------ figures
+
+def ms(seconds) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def table(rows: list, title: str) -> None:
+    """rows: (name, [seconds...]) -> name, n, min, median, max."""
+    if not rows:
+        return
+    width = max(len(name) for name, _ in rows)
+    print(f"  {title}:")
+    print(f"    {'':{width}s}   n      min   median      max")
+    for name, values in rows:
+        s = bl.spread(values)
+        print(f"    {name:{width}s}  {s['n']:2d} {s['min']:7.2f}s {s['median']:7.2f}s "
+              f"{s['max']:7.2f}s")
+
+
+def grouped(methods: list, key) -> list:
+    """[(group, [seconds...])] in order of first appearance."""
+    groups: dict = {}
+    for m in methods:
+        for step in m.get("steps", []):
+            groups.setdefault(key(step), []).append(step["seconds"])
+    return list(groups.items())
+
+
+def method_walls(stderr_lines) -> dict:
+    walls = {}
+    for _, line in stderr_lines or ():
+        m = METHOD_DONE.match(line.strip())
+        if m:
+            walls[m.group(1)] = (float(m.group(3)), m.group(2))
+    return walls
+
+
+def summarise(data: dict, walls: dict) -> None:
+    methods = data.get("methods", [])
+    print("per method (wall = boot + steps + shutdown, from the harness's stderr):")
+    for m in methods:
+        steps = m.get("steps", [])
+        total = sum(s["seconds"] for s in steps)
+        wall = walls.get(m["method"])
+        wall_text = bl.fmt_s(wall[0]) if wall else "n/a"
+        error = (m.get("run") or {}).get("error")
+        why = f"  error in step {error.get('step')}: {error.get('message')}" \
+            if error else ""
+        print(f"  {m['method']:12s} {m['verdict']:6s} wall {wall_text:>8s}  "
+              f"steps {bl.fmt_s(total):>8s} ({len(steps)} steps){why}")
+    print("per step (seconds over the methods that ran it):")
+    table(grouped(methods, lambda s: s["name"]), "by step name")
+    table(grouped(methods, lambda s: s["name"].split()[0] if s["name"] else "?"),
+          "by kind (first word of the name)")
+    totals: dict = {}
+    for m in methods:
+        for s in m.get("steps", []):
+            totals[s.get("transport", "?")] = totals.get(s.get("transport", "?"), 0.0) \
+                + s["seconds"]
+    print("  by transport (total): " + ", ".join(
+        f"{t} {bl.fmt_s(v)}" for t, v in sorted(totals.items(), key=lambda x: -x[1])))
+    walker(methods)
+
+
+def walker(methods: list) -> None:
+    walks = [(m["method"], p["name"], w.get("region", "?"), w.get("seconds"))
+             for m in methods for p in (m.get("run") or {}).get("phases", [])
+             for w in p.get("walks", [])]
+    times = [w[3] for w in walks if w[3] is not None]
+    if not times:
+        print("host walker: no walks recorded (run with --no-walker, or no phase "
+              "was inspected)")
+        return
+    s = bl.spread(times)
+    worst = max(walks, key=lambda w: w[3] or 0.0)
+    verdict = "met" if s["max"] <= WALK_TARGET else "MISSED"
+    print(f"host walker, max per region walk: {ms(s['max'])} "
+          f"(target <= {WALK_TARGET * 1000:g} ms, {verdict})  [median {ms(s['median'])}, "
+          f"n={s['n']}; slowest: {worst[0]} phase {worst[1]} {worst[2]}]")
+    regions: dict = {}
+    for _, _, region, t in walks:
+        if t is not None:
+            regions.setdefault(region, []).append(t)
+    for region, values in regions.items():
+        r = bl.spread(values)
+        print(f"  {region}: median {ms(r['median'])}, max {ms(r['max'])}, n={r['n']}")
+
+
+# --------------------------------------------------------------------- run
+
+def load(path: Path) -> dict:
+    path = path / "report.json" if path.is_dir() else path
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        bl.die(f"cannot read {path}: {e}")
+
+
+def from_report(path: Path) -> int:
+    bl.header(f"bench_run: breakdown of {path}")
+    data = load(path)
+    print(f"saved run: verdict {data.get('verdict')} (exit {data.get('exit_code')}), "
+          f"harness seconds {bl.fmt_s(data.get('seconds'))}  (no wall time: not run "
+          f"by this script)")
+    summarise(data, {})
+    return 0
+
+
+def run(args) -> int:
+    bl.header("bench_run: warm run of every method")
+    prime = bl.run(bl.harness_argv("build", "--json"), verbose=args.verbose,
+                   what="kernel (cache lookup or build)")
+    art = prime.json()
+    bl.figure("kernel ready", prime.wall, None, prime.command,
+              f"rebuilt={str(art.get('rebuilt')).lower()}, {art.get('kernel_release')}")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    report_dir = tmp / "report"
+    try:
+        argv = bl.harness_argv("run", "--method", args.method, "--json",
+                               "--report", report_dir)
+        r = bl.run(argv, verbose=args.verbose, ok=(0, 1, 2), what="run")
+        data = None
+        if (report_dir / "report.json").exists():
+            data = load(report_dir)
+        if data is None:
+            bl.fail(r, f"exit {r.rc}, no report.json")
+        extra = f"verdict {data.get('verdict')}, exit {r.rc}, harness seconds " \
+                f"{bl.fmt_s(data.get('seconds'))}, kernel rebuilt=" \
+                f"{str(data.get('rebuilt')).lower()}"
+        if data.get("rebuilt"):
+            extra += " - the kernel was built during the run: not a warm figure"
+        target = RUN_TARGET if args.method == "all" else None
+        bl.figure(f"run --method {args.method}", r.wall, target, r.command, extra)
+        summarise(data, method_walls(r.stderr_lines))
+        if r.rc == 2:
+            bl.fail(r, "exit 2: the harness or the machine failed; figures above "
+                       "are not representative")
+    finally:
+        if args.keep:
+            bl.note(f"kept the report under {report_dir}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.from_report:
+        return from_report(args.from_report)
+    return run(args)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
