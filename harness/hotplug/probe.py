@@ -17,7 +17,7 @@ from .common import (MEMROOT, Recorder, block_size, blocks_in, set_state,
 NAME = "probe"
 MODE = "dt"
 VISIBLE_MB = 1024       # what mem= leaves to the kernel at boot
-HIDDEN_MB = 512         # RAM beyond it, probed at run time
+HIDDEN_MB = 1024        # RAM beyond it, probed at run time (2 blocks of 512 MiB with 64K pages)
 RAM_BASE = 0x40000000
 
 
@@ -40,6 +40,10 @@ def drive(rec: Recorder, opts: Options) -> None:
         raise_missing(rec)
     before = rec.phase("before")
     bs = block_size(rec)
+    if opts.blocks * bs > HIDDEN_MB << 20:
+        from ..errors import HarnessError
+        raise HarnessError(f"{opts.blocks} blocks of {bs >> 20} MiB do not fit in the "
+                           f"{HIDDEN_MB} MiB hidden with mem=", step="probe")
     base = RAM_BASE + (VISIBLE_MB << 20)
     addrs = [base + i * bs for i in range(opts.blocks)]
     for cycle in range(1, opts.cycles + 1):
