@@ -127,6 +127,16 @@ class CrashGate:
         raise KernelCrash(new, step=step)
 
 
+def _qemu_alive(machine: Machine, guest_ref: list) -> None:
+    """MachineError with QEMU's exit code, stderr and console tail if it died."""
+    step = guest_ref[0].step if guest_ref else "boot"
+    for _ in range(20):   # the connection may drop just before QEMU exits
+        if not machine.alive():
+            break
+        time.sleep(0.05)
+    machine._check_alive(f"running step {step!r}")
+
+
 def _sigterm_as_interrupt():
     """SIGTERM unwinds like Ctrl-C, so every ``with`` block cleans up."""
     def handler(signum, frame):
@@ -183,7 +193,8 @@ def _bring_up(machine: Machine, key, opts: BootOptions, out_dir: Path) -> Guest:
     ssh = None
     if opts.ssh:
         ssh = SshTransport(machine.spec.ssh_port, key,
-                           crash_check=CrashGate(watcher, guest_ref, machine.tap))
+                           crash_check=CrashGate(watcher, guest_ref, machine.tap),
+                           alive_check=lambda: _qemu_alive(machine, guest_ref))
         ssh.connect(deadline, alive=lambda: machine._check_alive("connecting SSH"))
         times["boot_to_ssh_s"] = time.monotonic() - machine.times.launched
     transport = ssh if (opts.transport == "ssh" and ssh) else console

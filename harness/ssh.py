@@ -81,9 +81,10 @@ class SshTransport(Transport):
     name = "ssh"
 
     def __init__(self, port: int, key: KeyPair, host: str = "127.0.0.1",
-                 crash_check=None):
+                 crash_check=None, alive_check=None):
         self.port, self.key, self.host = port, key, host
         self.crash_check = crash_check   # callable raising GuestCrash, or None
+        self.alive_check = alive_check   # callable raising MachineError if QEMU died
         self.client: paramiko.SSHClient | None = None
 
     def connect(self, deadline: Deadline, alive=lambda: None) -> float:
@@ -134,6 +135,8 @@ class SshTransport(Transport):
             self.crash_check.wait(2.0)
         if dog.reason == "crash" or (self.crash_check and code is None):
             self.crash_check()
+        if code is None and self.alive_check:
+            self.alive_check()
         if dog.reason == "timeout" or code is None:
             why = (f"timed out after {deadline.seconds:.0f}s" if dog.reason == "timeout"
                    else f"failed: {failure}")

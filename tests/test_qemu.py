@@ -133,3 +133,13 @@ def test_seeded_regressions_fail_the_right_check(kernel, patch, check, tmp_path)
     report = json.loads((tmp_path / "report.json").read_text())
     failed = [c["name"] for c in report["methods"][0]["checks"] if c["verdict"] == "FAIL"]
     assert check in failed, failed
+
+
+def test_qemu_dying_is_reported_with_exit_code_and_tail(kernel, tmp_path):
+    with pytest.raises(MachineError) as e:
+        with boot(kernel, BootOptions(mode="dt"), tmp_path) as guest:
+            guest.machine.proc.kill()
+            guest.run("sleep 5", 30)
+    assert "QEMU exited with code" in str(e.value)
+    assert e.value.exit_code == 2
+    assert "qemu-system-aarch64" in e.value.evidence   # the command line
