@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pexpect
@@ -286,7 +286,18 @@ class Machine:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "qemu.cmdline").write_text(
             " ".join(shlex.quote(a) for a in self.argv) + "\n")
-        self.qmp = QEMUMonitorProtocol(self.spec.qmp_path, server=True)
+        for attempt in range(3):
+            try:
+                return self._launch_once(QEMUMonitorProtocol)
+            except MachineError as e:
+                # another process took the free port between our probe and
+                # QEMU's bind: pick another one
+                if "host forwarding" not in e.evidence or attempt == 2:
+                    raise
+                self._reset_for_retry()
+
+    def _launch_once(self, qmp_class) -> None:
+        self.qmp = qmp_class(self.spec.qmp_path, server=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(self.spec.console_path)
         listener.listen(1)
@@ -295,6 +306,19 @@ class Machine:
             self._accept(listener)
         finally:
             listener.close()
+
+    def _reset_for_retry(self) -> None:
+        try:
+            self.qmp.close()
+        except Exception:
+            pass
+        for path in (self.spec.qmp_path, self.spec.console_path):
+            Path(path).unlink(missing_ok=True)
+        self.proc = None
+        self.spec = replace(self.spec, ssh_port=free_port())
+        self.argv = qemu_argv(self.spec)
+        (self.out_dir / "qemu.cmdline").write_text(
+            " ".join(shlex.quote(a) for a in self.argv) + "\n")
 
     def _spawn(self) -> None:
         self.times.launched = time.monotonic()

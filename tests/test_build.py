@@ -69,3 +69,19 @@ def test_config_stamp_tracks_config_and_kconfig_patches(tmp_path):
     assert build._config_stamp(inp, other_c) == stamp      # C change: no reconfig
     assert build._config_stamp(inp, kcfg) != stamp         # Kconfig change: reconfig
     assert build._config_stamp(inputs(tmp_path, config=["debug-vm"]), plain) != stamp
+
+
+def test_lock_serialises_two_processes(private_cache):
+    import subprocess, sys, time
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time, sys; from harness import build\n"
+         "with build.locked('source-x'):\n"
+         "    print('held', flush=True); time.sleep(1.0)\n"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    assert holder.stdout.readline().strip() == "held"
+    start = time.monotonic()
+    with build.locked("source-x"):
+        waited = time.monotonic() - start
+    holder.wait()
+    assert waited > 0.5

@@ -143,3 +143,16 @@ def test_qemu_dying_is_reported_with_exit_code_and_tail(kernel, tmp_path):
     assert "QEMU exited with code" in str(e.value)
     assert e.value.exit_code == 2
     assert "qemu-system-aarch64" in e.value.evidence   # the command line
+
+
+def test_ssh_port_taken_meanwhile_is_retried(kernel, tmp_path, monkeypatch):
+    import socket
+    import harness.session as session
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        monkeypatch.setattr(session, "free_port", lambda: port)
+        with boot(kernel, BootOptions(mode="dt"), tmp_path) as guest:
+            assert guest.machine.spec.ssh_port != port
+            assert guest.run("echo hi", 10).check().stdout.strip() == "hi"
