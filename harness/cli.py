@@ -15,11 +15,20 @@ from . import kconfig
 from .errors import HarnessError
 
 EPILOG = """\
+the flow: build -> boot -> drive (add/online/offline/remove) -> inspect -> verdict
+
 examples:
+  hotplug-harness run                            # every method on the default kernel
+  hotplug-harness run --method probe --patch my-fix.patch --report out/
+  hotplug-harness report out/                    # re-print and re-judge a saved run
+  hotplug-harness boot                           # a shell in the guest (SSH)
+  hotplug-harness boot --check --json            # boot timings, both transports
   hotplug-harness build                          # Debian's 6.12 + patches/series, 4k-48
   hotplug-harness build --config 64k-42 --json   # 2-level tables (64K pages, 42-bit VA)
   hotplug-harness build --kernel-src ~/linux --patch my-fix.patch
   hotplug-harness cache list
+
+'COMMAND --help' explains each command's options.
 
 The kernel is cached by the content of its inputs (source, patches, merged
 config fragments, toolchain): the same inputs again run no make at all, and a

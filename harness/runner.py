@@ -61,7 +61,7 @@ def run_method(name: str, art: KernelArtifacts, ropts: RunOptions,
     _progress(f"[{name}] booting ({bopts.mode})")
     try:
         with boot(art, bopts, out, progress=False) as guest:
-            rec = Recorder(guest, art, walk=ropts.walk)
+            rec = Recorder(guest, art, walk=ropts.walk, progress=_progress)
             state["rec"] = rec
             try:
                 module.drive(rec, method_options(module, ropts))

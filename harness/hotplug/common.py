@@ -36,6 +36,7 @@ class Recorder:
     backings: list = field(default_factory=list)   # (guest_pa, path) for the walker
     bootmem: Optional[dict] = None
     step_lines: list = field(default_factory=list)  # (console line no, step)
+    progress: Optional[Callable] = None   # called with one line per step
     kselftest: Optional[dict] = None
     _walk_geo: Optional[walk_mod.Geometry] = None
     _root_pa: Optional[int] = None
@@ -63,8 +64,12 @@ class Recorder:
             detail = e.message
             raise
         finally:
-            self.steps.append(Step(name, round(time.monotonic() - start, 3),
-                                   transport or self.guest.transport.name, ok, detail))
+            step = Step(name, round(time.monotonic() - start, 3),
+                        transport or self.guest.transport.name, ok, detail)
+            self.steps.append(step)
+            if self.progress:
+                self.progress(f"  {'ok ' if ok else 'ERR'} {step.seconds:6.2f}s "
+                              f"{step.transport:6s} {name}")
 
     def sh(self, command: str, deadline: float = 30.0, blame=None) -> str:
         """A guest command that must succeed; returns stdout. ``blame="kernel"``
@@ -86,8 +91,14 @@ class Recorder:
         walks = self._walk(snap) if self.walk else ()
         phase = Phase(name, blocks, meminfo, ram, snap, walks, note)
         self.phases.append(phase)
-        self.steps.append(Step(f"inspect {name}", round(time.monotonic() - start, 3),
-                               self.guest.transport.name))
+        step = Step(f"inspect {name}", round(time.monotonic() - start, 3),
+                    self.guest.transport.name)
+        self.steps.append(step)
+        if self.progress:
+            walked = f", walker {sum(w.seconds for w in walks) * 1000:.0f} ms" if walks else ""
+            self.progress(f"  ok  {step.seconds:6.2f}s {step.transport:6s} {step.name} "
+                          f"({len(blocks.blocks)} blocks, MemTotal "
+                          f"{meminfo.get('MemTotal', 0)} kB{walked})")
         return phase
 
     def removed(self, phase: str, pa_start: int, pa_end: int, baseline: str = "") -> None:
