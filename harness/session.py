@@ -184,11 +184,14 @@ def _bring_up(machine: Machine, key, opts: BootOptions, out_dir: Path) -> Guest:
     console = SerialConsole(machine.spawn(), settle=SETTLE_S)
     times = {}
     try:
-        console.wait_ready(deadline)
+        ready = console.wait_ready(deadline)
     except MachineError as e:
         raise MachineError("the guest never became ready: " + e.message,
                            step="boot", evidence=machine.console_tail()) from e
     times["boot_to_ready_s"] = time.monotonic() - machine.times.launched
+    words = ready.split()
+    if "uptime" in words[:-1]:   # the guest's own clock: kernel + init time
+        times["guest_uptime_at_ready_s"] = float(words[words.index("uptime") + 1])
     guest_ref: list = []
     ssh = None
     if opts.ssh:
