@@ -156,3 +156,32 @@ def test_ssh_port_taken_meanwhile_is_retried(kernel, tmp_path, monkeypatch):
         with boot(kernel, BootOptions(mode="dt"), tmp_path) as guest:
             assert guest.machine.spec.ssh_port != port
             assert guest.run("echo hi", 10).check().stdout.strip() == "hi"
+
+
+def test_interactive_serial_shell(kernel, tmp_path):
+    import pexpect
+    child = pexpect.spawn(sys.executable, ["-m", "harness.cli", "boot", "--mode", "dt",
+                                           "--transport", "serial", "--out",
+                                           str(tmp_path)],
+                          cwd=str(ROOT), timeout=60, encoding="utf-8")
+    child.expect("Ctrl-] stops the guest")
+    child.sendline("echo $((6*7))")
+    child.expect("42")
+    child.send("\x1d")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+@pytest.mark.skipif(not __import__("shutil").which("ssh"), reason="no ssh client")
+def test_interactive_ssh_shell(kernel, tmp_path):
+    import pexpect
+    child = pexpect.spawn(sys.executable, ["-m", "harness.cli", "boot", "--mode", "dt",
+                                           "--out", str(tmp_path)],
+                          cwd=str(ROOT), timeout=60, encoding="utf-8")
+    child.expect("exit the shell to stop the guest")
+    child.sendline("echo $((6*7)); exit")
+    child.expect("42")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
