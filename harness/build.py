@@ -317,15 +317,19 @@ class Make:
         finally:
             if self.progress and stage == "build":
                 sys.stderr.write("\n")
-        if stage == "build" and rc == 0:
+        if stage == "build" and rc == 0 and steps > self._recorded_steps():
+            # the largest (i.e. full) build of this tree: a progress yardstick
             (self.outdir / ".harness-steps").write_text(str(steps))
         return rc
 
-    def _expected_steps(self) -> int:
+    def _recorded_steps(self) -> int:
         try:
-            return max(int((self.outdir / ".harness-steps").read_text()), 1)
+            return int((self.outdir / ".harness-steps").read_text())
         except (OSError, ValueError):
-            return DEFAULT_STEPS
+            return 0
+
+    def _expected_steps(self) -> int:
+        return self._recorded_steps() or DEFAULT_STEPS
 
     def _show(self, steps, total, verb, target) -> None:
         if not self.progress:
