@@ -557,7 +557,7 @@ def test_round_trip_gives_the_same_checks():
 
 # ---------------------------------------------------------------- recorded runs
 
-RECORDED = sorted([*DATA.glob("recorded-4k-*.json"), *DATA.glob("recorded-4k-*/*.json")])
+RECORDED = sorted([*DATA.glob("recorded-[0-9]*k-*.json"), *DATA.glob("recorded-[0-9]*k-*/*.json")])
 REPROS = sorted(DATA.glob("recorded-repro/*.json"))     # kernels with an injected bug
 
 
