@@ -216,3 +216,12 @@ def add_common(parser) -> None:
     parser.add_argument("--keep", action="store_true",
                         help="keep temporary folders (patches, reports, boot "
                              "output) and print where they are")
+
+
+def entry(main) -> None:
+    """The scripts' ``__main__``: exit with main()'s code, 130 on Ctrl-C."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
