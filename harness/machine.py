@@ -245,8 +245,6 @@ def _pdeathsig() -> None:  # runs in the child, before exec
 @dataclass
 class MachineTimes:
     launched: float = 0.0
-    ready: float = 0.0
-    ssh: float = 0.0
     shutdown_s: float = 0.0
 
 

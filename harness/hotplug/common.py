@@ -48,9 +48,8 @@ class Recorder:
     # -- steps ---------------------------------------------------------------
     def step(self, name: str, action: Callable, transport: Optional[str] = None):
         """Run ``action()`` as a named step; record its duration either way."""
-        self.guest.step = name
         self.step_lines.append((self.guest.console_line(), name))
-        self.guest.run(f"echo 'harness: step {name}' > /dev/kmsg", 10)
+        self.guest.mark(name)
         start = time.monotonic()
         ok, detail = False, ""
         try:
