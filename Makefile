@@ -1,21 +1,30 @@
-# make deps       install host packages and the Python package (root or sudo)
+# make deps       host packages (root or sudo) + the project's .venv (system python3)
 # make test       the whole test suite (unit tests + real kernel + real QEMU)
+# make test-unit  the tests that need no kernel and no QEMU
 # make test-qemu  deps, build the default kernel, run every scenario, verdict
 # make bench      benchmarks: build, boot, walker (prints figures)
-PYTHON ?= python3
-HARNESS ?= $(PYTHON) -m harness.cli
+#
+# Every Python step runs with $(VENV)/bin/python, made by scripts/install-deps
+# from /usr/bin/python3 (Debian 12's own python3 refuses pip: PEP 668).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HARNESS ?= $(PY) -m harness.cli
 RUN_ARGS ?=
 
-.PHONY: deps test test-unit test-qemu bench build clean-cache
+.PHONY: deps venv test test-unit test-qemu bench build clean-cache
 
 deps:
-	PYTHON=$(PYTHON) ./scripts/install-deps
+	VENV=$(VENV) sh ./scripts/install-deps
+
+# The Python side only (no apt, no root): enough for test-unit.
+venv:
+	VENV=$(VENV) sh ./scripts/install-deps --venv
 
 test: deps
-	$(PYTHON) -m pytest -ra tests
+	$(PY) -m pytest -ra tests
 
-test-unit:
-	$(PYTHON) -m pytest -ra -m "not kernel and not qemu" tests
+test-unit: venv
+	$(PY) -m pytest -ra -m "not kernel and not qemu" tests
 
 build: deps
 	$(HARNESS) build
@@ -24,7 +33,7 @@ test-qemu: deps
 	$(HARNESS) run --method all --report reports/latest $(RUN_ARGS)
 
 bench: deps
-	$(PYTHON) bench/run_all.py
+	$(PY) bench/run_all.py
 
-clean-cache:
+clean-cache: venv
 	$(HARNESS) cache clean --all

@@ -33,7 +33,7 @@ from .host import cache_root, require_tool, run
 BUILDER_VERSION = 1
 ARCH = "arm64"
 ROOT_PACKAGES = ("busybox-static", "dropbear-bin")
-GUEST_SCRIPTS = Path(__file__).resolve().parent.parent / "guest-scripts"
+from .paths import GUEST_SCRIPTS  # noqa: E402  (checkout or shipped copy)
 # Not needed in the guest: docs, man pages, lintian/initramfs-tools hooks, and
 # glibc's iconv modules (20 MB; nothing in the image calls iconv).
 PRUNE = ("usr/share", "usr/lib/aarch64-linux-gnu/gconv")

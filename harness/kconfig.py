@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 
 from .errors import ConfigError, HarnessError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "kernel-configs"
+from .paths import CONFIG_DIR  # noqa: E402  (checkout or shipped copy)
 DEFAULT_BASE = "base"
 DEFAULT_GEOMETRY = "4k-48"
 

@@ -29,7 +29,7 @@ from .errors import HarnessError, PatchError
 from .host import (DEBIAN_SOURCE_PACKAGE, DEBIAN_SOURCE_TARBALL, cache_root,
                    require_file, require_tool, run)
 
-PATCH_DIR = Path(__file__).resolve().parent.parent / "patches"
+from .paths import PATCH_DIR  # noqa: E402  (checkout or shipped copy)
 SERIES_FILE = PATCH_DIR / "series"
 
 
