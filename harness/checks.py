@@ -31,18 +31,25 @@ LINEAR, VMEMMAP = "Linear Mapping", "vmemmap"
 REGIONS = (LINEAR, VMEMMAP)
 MEMFREE_DRIFT_KB = 1024          # tolerated MemFree loss per add/remove cycle
 MAX_LINES = 12                   # evidence lines listed before "... and N more"
-_RANK = {FAIL: 0, ERROR: 1, PASS: 2, SKIP: 3}
 
 
 class _Skip(Exception):
-    """Raised inside a rule when a needed input is missing: the part SKIPs."""
+    """Raised inside a rule when a needed input is missing: the part could not
+    look (SKIP), which a required check never turns into a PASS."""
+
+
+class _NotApplicable(_Skip):
+    """Raised when a part does not apply (a removal with a neighbour still
+    online has no baseline): it SKIPs without counting as "could not look"."""
 
 
 class Part(NamedTuple):
-    """One judged piece of a check (a phase, a removal, a region)."""
+    """One judged piece of a check (a phase, a removal, a region).
+    ``looked`` is False for a SKIP that does not apply (see _NotApplicable)."""
     verdict: str
     text: str
     step: str = ""
+    looked: bool = True
 
 
 # ---------------------------------------------------------------- helpers
@@ -171,13 +178,25 @@ def phase_step(run: MethodRun, phase: str) -> str:
 
 def combine(run: MethodRun, name: str, parts: list[Part], empty: str) -> Check:
     """One Check from parts: the worst verdict, its evidence first; the step is
-    the one that led to the phase of the first part naming one."""
+    the one that led to the phase of the first part naming one.
+
+    A part that could not look (SKIP) outranks the PASS parts: a check is PASS
+    only when every part that applies looked and passed. SKIP parts that do not
+    apply (``looked=False``) only add their note."""
     if not parts:
         return Check(name, SKIP, empty)
-    ordered = sorted(parts, key=lambda p: _RANK[p.verdict])
+    ordered = sorted(parts, key=_part_rank)
+    verdict = ordered[0].verdict
     phase = next((p.step for p in ordered if p.step), "")
-    return Check(name, ordered[0].verdict, "\n".join(p.text for p in ordered),
+    return Check(name, verdict, "\n".join(p.text for p in ordered),
                  phase_step(run, phase) if phase else "")
+
+
+def _part_rank(part: Part) -> int:
+    """FAIL, ERROR, SKIP that could not look, PASS, SKIP that does not apply."""
+    if part.verdict == SKIP:
+        return 2 if part.looked else 4
+    return {FAIL: 0, ERROR: 1, PASS: 3}[part.verdict]
 
 
 def _guard(phase_name: str, body: Callable[[], Part]) -> Part:
@@ -186,7 +205,8 @@ def _guard(phase_name: str, body: Callable[[], Part]) -> Part:
     try:
         return body()
     except _Skip as skip:
-        return Part(SKIP, f"{phase_name}: {skip}", phase_name)
+        return Part(SKIP, f"{phase_name}: {skip}", phase_name,
+                    looked=not isinstance(skip, _NotApplicable))
     except HarnessError as exc:
         return Part(ERROR, f"{phase_name}: {exc.message}", phase_name)
 
@@ -415,7 +435,7 @@ def _level_key(level: str) -> int:
 
 def _baseline_pair(run: MethodRun, removal: Removal) -> tuple[Phase, Phase]:
     if not removal.baseline:
-        raise _Skip("no baseline to compare with (a neighbour stays online)")
+        raise _NotApplicable("no baseline to compare with (a neighbour stays online)")
     after, base = _removal_phase(run, removal), run.phase(removal.baseline)
     if base is None:
         raise _Skip(f"baseline phase {removal.baseline!r} was not recorded")
@@ -510,7 +530,15 @@ def check_online_memory_mapped(run: MethodRun) -> Check:
 
 # ---------------------------------------------------------------- bootmem, crashes
 
+_BOOTMEM_RULE = re.compile(r"Boot memory \[([0-9a-f]+) ([0-9a-f]+)\] offlining attempted")
+
+
 def check_bootmem_not_removable(run: MethodRun) -> Check:
+    """arm64's rule (prevent_bootmem_remove_notifier): offlining boot memory is
+    refused, *by that rule*. PASS needs the refusal and the rule's console line;
+    a refusal for another reason (holes, unmovable pages) did not test the rule:
+    SKIP "not exercised", which a method that requires the check turns into an
+    error. Offlining that succeeds is a FAIL."""
     name, attempt = "bootmem-not-removable", run.bootmem_offline
     if attempt is None:
         return Check(name, SKIP, "no boot-memory offline attempt recorded")
@@ -523,11 +551,25 @@ def check_bootmem_not_removable(run: MethodRun) -> Check:
     tail = f"\n    output: {output}" if output else ""
     if code is None or state is None:
         return Check(name, ERROR, f"incomplete record: {head}{tail}", step)
-    if code != 0 and state == "online":
-        return Check(name, PASS, f"{head} (refused, as arm64 must){tail}", step)
-    return Check(name, FAIL, f"boot memory was offlined or changed state: {head}; "
-                             f"arm64 must refuse (prevent_bootmem_remove_notifier){tail}",
-                 step)
+    if code == 0 or state != "online":
+        return Check(name, FAIL, f"boot memory was offlined or changed state: {head}; "
+                                 f"arm64 must refuse (prevent_bootmem_remove_notifier)"
+                                 f"{tail}", step)
+    rule = [line for line in attempt.get("console") or () if _BOOTMEM_RULE.search(line)]
+    if rule:
+        return Check(name, PASS, f"{head}: refused by arm64's boot-memory rule; "
+                                 f"console: {rule[0].strip()}{tail}", step)
+    zones = ",".join(attempt.get("zones") or ()) or "?"
+    why = [f"zones {zones}"]
+    if attempt.get("hole_free") is False:
+        why.append("the block has firmware holes (not one System RAM range)")
+    if "Movable" not in zones:
+        why.append("the block is not in ZONE_MOVABLE (unmovable pages refuse first)")
+    console = attempt.get("console")
+    seen = ("no console record" if console is None else
+            "no 'Boot memory [...] offlining attempted' line on the console")
+    return Check(name, SKIP, f"not exercised: memory{block} was refused, but not by "
+                 f"arm64's rule ({seen}; {'; '.join(why)}): {head}{tail}", step)
 
 
 def _named_step(run: MethodRun, needle: str, default: str) -> str:
@@ -637,6 +679,34 @@ def check_walker_agrees_with_ptdump(run: MethodRun) -> Check:
                    "no phase has both a ptdump and a walk")
 
 
+# ---------------------------------------------------------------- walker bad entries
+
+def _bad_entry_lines(phase: Phase) -> list[str]:
+    return [f"{phase.name}: {w.region} {level} entry for VA {_hex(va)}: descriptor "
+            f"{_hex(raw)}: {reason}"
+            for w in phase.walks for va, level, raw, reason in w.bad]
+
+
+def check_walker_no_bad_entries(run: MethodRun) -> Check:
+    """Descriptors the walker could not follow are evidence, not noise: a
+    non-zero entry without the valid bit, a block where the geometry allows
+    none, a table pointer outside guest RAM."""
+    name = "walker-no-bad-entries"
+    walked = [p for p in run.phases if p.walks]
+    if not walked:
+        return Check(name, SKIP, "no phase has walker output")
+    for phase in walked:
+        lines = _bad_entry_lines(phase)
+        if lines:
+            total = sum(len(_bad_entry_lines(p)) for p in walked)
+            return Check(name, FAIL, f"{total} descriptor(s) the walker could not follow, "
+                         f"the first in phase {phase.name}:\n" + _indent(_limit(lines)),
+                         phase_step(run, phase.name))
+    regions = sorted({w.region for p in walked for w in p.walks})
+    return Check(name, PASS, f"every descriptor valid or zero in {len(walked)} walked "
+                             f"phase(s) ({', '.join(regions)})")
+
+
 # ---------------------------------------------------------------- kselftest
 
 _KS_STEP = re.compile(r"(offline->online|online->offline) memory(\d+)"
@@ -690,6 +760,8 @@ def _selftest_problems(log: SelftestLog, hot: set) -> list[str]:
 
 def check_kselftest(run: MethodRun) -> Check:
     name, ks = "kselftest", run.kselftest
+    if ks is None:
+        return Check(name, SKIP, "mem-on-off-test.sh did not run")
     output = ks.get("output") or "\n".join(ks.get("lines") or ())   # either form
     code = ks.get("exit_code")
     log, hot = parse_mem_on_off(output), set(ks.get("hotplugged_blocks") or ())
@@ -724,24 +796,54 @@ RULES: tuple = (
     ("no-kernel-splat", check_no_kernel_splat),
     ("no-leak-across-cycles", check_no_leak_across_cycles),
     ("walker-agrees-with-ptdump", check_walker_agrees_with_ptdump),
+    ("walker-no-bad-entries", check_walker_no_bad_entries),
     ("kselftest", check_kselftest),
 )
+
+# What a run recorded before methods declared their checks (saved reports)
+_LEGACY_REQUIRED = ("blocks-lifecycle", "no-stale-linear-map", "no-stale-vmemmap",
+                    "tables-freed", "online-memory-mapped", "no-kernel-splat")
+_WALKER_CHECKS = ("walker-agrees-with-ptdump", "walker-no-bad-entries")
+
+
+def required_checks(run: MethodRun) -> tuple:
+    """The checks that must look for this run to PASS: what the method declared
+    (``MethodRun.required``), the walker's checks unless the walker was turned
+    off on request (``--no-walker``), the leak check with ``--cycles`` > 1."""
+    names = list(run.required or (_LEGACY_REQUIRED if run.removals else ()))
+    if run.options.get("walker", False):
+        names += _WALKER_CHECKS
+    if int(run.options.get("cycles", 1)) > 1:
+        names.append("no-leak-across-cycles")
+    return tuple(dict.fromkeys(names))
 
 
 def _applicable(name: str, run: MethodRun) -> bool:
     return name != "kselftest" or run.kselftest is not None
 
 
+def _could_not_look(check: Check, method: str) -> Check:
+    return Check(check.name, ERROR, f"required for {method}, but it could not look: "
+                 f"{check.evidence}", check.step)
+
+
 def judge(run: MethodRun) -> list[Check]:
-    """Every applicable rule, in the order of RULES. A rule that raises gives ERROR."""
+    """Every applicable rule, in the order of RULES. A rule that raises gives ERROR.
+    A required check that SKIPs becomes ERROR (never a silent PASS), unless the
+    run already stopped with an error or a crash, which says why."""
+    required = set(required_checks(run))
+    stopped = bool(run.error or run.crashes)
     out = []
     for name, rule in RULES:
-        if not _applicable(name, run):
+        if not _applicable(name, run) and name not in required:
             continue
         try:
-            out.append(rule(run))
+            check = rule(run)
         except Exception as exc:   # a broken rule must not hide the other verdicts
-            out.append(Check(name, ERROR, f"check raised {type(exc).__name__}: {exc}"))
+            check = Check(name, ERROR, f"check raised {type(exc).__name__}: {exc}")
+        if check.verdict == SKIP and name in required and not stopped:
+            check = _could_not_look(check, run.method)
+        out.append(check)
     return out
 
 

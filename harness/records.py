@@ -24,16 +24,19 @@ class WalkSummary:
     tables: dict             # level name -> number of table pages
     empty_tables: int = 0
     seconds: float = 0.0
+    bad: tuple = ()          # ((va, level, raw descriptor, reason), ...)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["leaves"] = [list(l) for l in self.leaves]
+        d["bad"] = [list(b) for b in self.bad]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "WalkSummary":
         d = dict(d)
         d["leaves"] = tuple(tuple(l) for l in d["leaves"])
+        d["bad"] = tuple(tuple(b) for b in d.get("bad", ()))
         return cls(**d)
 
 
@@ -122,10 +125,13 @@ class MethodRun:
     phases: tuple = ()                 # Phase, in order
     removals: tuple = ()               # Removal
     crashes: tuple = ()                # crash report dicts (crashwatch.CrashReport.to_dict)
-    bootmem_offline: Optional[dict] = None   # {"block", "exit_code", "output", "state_after"}
+    bootmem_offline: Optional[dict] = None   # {"block", "exit_code", "output",
+    #   "state_after", "zones", "hole_free", "range", "console": [lines]}
     kselftest: Optional[dict] = None   # {"exit_code", "output", "hotplugged_blocks"}
     error: Optional[dict] = None       # {"message", "step", "blame", "evidence"}
     notes: tuple = ()                  # what could not be observed, said honestly
+    required: tuple = ()               # check names the method needs (empty: derived)
+    options: dict = field(default_factory=dict)   # {"walker": bool, "cycles": int}
 
     def phase(self, name: str) -> Optional[Phase]:
         for p in self.phases:
@@ -140,7 +146,8 @@ class MethodRun:
                 "removals": [r.to_dict() for r in self.removals],
                 "crashes": list(self.crashes), "bootmem_offline": self.bootmem_offline,
                 "kselftest": self.kselftest, "error": self.error,
-                "notes": list(self.notes)}
+                "notes": list(self.notes), "required": list(self.required),
+                "options": dict(self.options)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "MethodRun":
@@ -150,4 +157,6 @@ class MethodRun:
                    removals=tuple(Removal.from_dict(r) for r in d["removals"]),
                    crashes=tuple(d["crashes"]), bootmem_offline=d["bootmem_offline"],
                    kselftest=d.get("kselftest"), error=d.get("error"),
-                   notes=tuple(d.get("notes", ())))
+                   notes=tuple(d.get("notes", ())),
+                   required=tuple(d.get("required", ())),
+                   options=dict(d.get("options") or {}))

@@ -120,6 +120,11 @@ def replace_phase(run: MethodRun, name: str, **changes) -> MethodRun:
     return dataclasses.replace(run, phases=phases)
 
 
+def could_not_look(check: Check) -> bool:
+    """A required check that could not look is an ERROR, never a SKIP or PASS."""
+    return check.verdict == ERROR and "could not look" in check.evidence
+
+
 def by_name(run: MethodRun) -> dict[str, Check]:
     return {c.name: c for c in checks.judge(run)}
 
@@ -147,7 +152,7 @@ def test_good_run_passes_every_check():
                         "no-stale-vmemmap": PASS, "tables-freed": PASS,
                         "online-memory-mapped": PASS, "bootmem-not-removable": SKIP,
                         "no-kernel-splat": PASS, "no-leak-across-cycles": SKIP,
-                        "walker-agrees-with-ptdump": PASS}
+                        "walker-agrees-with-ptdump": PASS, "walker-no-bad-entries": PASS}
     assert checks.method_verdict(make_run(), found.values()) == PASS
 
 
@@ -221,7 +226,7 @@ def test_blocks_lifecycle_skips_without_block_size():
     no_size = [dataclasses.replace(p, blocks=dataclasses.replace(p.blocks, block_size=None))
                for p in run.phases]
     c = by_name(dataclasses.replace(run, phases=tuple(no_size)))["blocks-lifecycle"]
-    assert c.verdict == SKIP and "block_size_bytes" in c.evidence
+    assert could_not_look(c) and "block_size_bytes" in c.evidence
 
 
 # ---------------------------------------------------------------- stale mappings
@@ -248,16 +253,16 @@ def test_no_stale_linear_map_pass_and_skips():
         f"{REMOVED}: removed PA 0x80000000-0xa0000000: no valid mapping")
     blind = replace_phase(make_run(), REMOVED, ptdump=None, walks=())
     c = by_name(blind)["no-stale-linear-map"]
-    assert c.verdict == SKIP and "no ptdump and no walker output" in c.evidence
+    assert could_not_look(c) and "no ptdump and no walker output" in c.evidence
     geo = dict(GEOMETRY, linear_offset=None)
     c = by_name(make_run(geometry=geo))["no-stale-linear-map"]
-    assert c.verdict == SKIP and "geometry lacks linear_offset" in c.evidence
+    assert could_not_look(c) and "geometry lacks linear_offset" in c.evidence
 
 
 def test_missing_removal_phase_skips():
     run = dataclasses.replace(make_run(), removals=(Removal("removed-dimm2", *DIMM),))
     c = by_name(run)["no-stale-linear-map"]
-    assert c.verdict == SKIP and "'removed-dimm2' was not recorded" in c.evidence
+    assert could_not_look(c) and "'removed-dimm2' was not recorded" in c.evidence
 
 
 def test_no_stale_vmemmap_fails_when_struct_pages_stay_mapped():
@@ -271,7 +276,7 @@ def test_no_stale_vmemmap_fails_when_struct_pages_stay_mapped():
 def test_no_stale_vmemmap_pass_and_skip():
     assert by_name(make_run("removed-stale"))["no-stale-vmemmap"].verdict == PASS
     c = by_name(make_run(geometry=dict(GEOMETRY, memstart=None)))["no-stale-vmemmap"]
-    assert c.verdict == SKIP and "geometry lacks memstart" in c.evidence
+    assert could_not_look(c) and "geometry lacks memstart" in c.evidence
 
 
 # ---------------------------------------------------------------- tables-freed
@@ -293,7 +298,7 @@ def test_tables_freed_pass_and_no_baseline():
         in c.evidence
     run = dataclasses.replace(make_run(), removals=(Removal(REMOVED, *DIMM, baseline=""),))
     c = by_name(run)["tables-freed"]
-    assert c.verdict == SKIP and "no baseline" in c.evidence
+    assert could_not_look(c) and "no baseline" in c.evidence
 
 
 def test_tables_freed_fails_on_a_stale_mapping():
@@ -351,13 +356,44 @@ def test_removing_one_block_of_a_block_mapping_unmaps_its_neighbours():
 
 # ---------------------------------------------------------------- bootmem, splats
 
-def test_bootmem_not_removable():
-    refused = {"block": 8, "exit_code": 1, "state_after": "online",
-               "output": "sh: write error: Device or resource busy"}
+RULE_LINE = "[   12.345678] Boot memory [70000000 78000000] offlining attempted"
+
+
+def test_bootmem_refused_by_the_rule_passes():
+    refused = {"block": 14, "exit_code": 1, "state_after": "online", "zones": ["Movable"],
+               "hole_free": True, "output": "sh: write error: Operation not permitted",
+               "console": [RULE_LINE]}
     c = checks.check_bootmem_not_removable(make_run(bootmem_offline=refused))
-    assert c.verdict == PASS and "memory8" in c.evidence and "Device or resource" \
-        in c.evidence
-    offlined = dict(refused, exit_code=0, state_after="offline", output="")
+    assert c.verdict == PASS and "memory14" in c.evidence
+    assert "refused by arm64's boot-memory rule" in c.evidence
+    assert "Boot memory [70000000 78000000] offlining attempted" in c.evidence
+
+
+def test_bootmem_refused_for_another_reason_is_not_exercised():
+    busy = {"block": 8, "exit_code": 1, "state_after": "online", "zones": ["Normal"],
+            "hole_free": True, "output": "sh: write error: Device or resource busy",
+            "console": []}
+    c = checks.check_bootmem_not_removable(make_run(bootmem_offline=busy))
+    assert c.verdict == SKIP and c.evidence.startswith("not exercised: memory8")
+    assert "not in ZONE_MOVABLE" in c.evidence and "Device or resource busy" in c.evidence
+    holes = dict(busy, block=15, zones=["Movable"], hole_free=False,
+                 output="sh: write error: Invalid argument")
+    c = checks.check_bootmem_not_removable(make_run(bootmem_offline=holes))
+    assert c.verdict == SKIP and "firmware holes" in c.evidence
+    # a method that requires the check: the run is an error (exit 2), not a PASS
+    run = make_run(bootmem_offline=busy, required=("bootmem-not-removable",))
+    c = by_name(run)["bootmem-not-removable"]
+    assert could_not_look(c) and "not exercised" in c.evidence
+    assert checks.method_verdict(run, by_name(run).values()) == ERROR
+    # an old record without console lines is not a PASS either
+    old = {"block": 8, "exit_code": 1, "state_after": "online", "output": ""}
+    c = checks.check_bootmem_not_removable(make_run(bootmem_offline=old))
+    assert c.verdict == SKIP and "no console record" in c.evidence
+
+
+def test_bootmem_offlined_fails():
+    offlined = {"block": 8, "exit_code": 0, "state_after": "offline", "output": "",
+                "console": []}
     c = checks.check_bootmem_not_removable(make_run(bootmem_offline=offlined))
     assert c.verdict == FAIL and c.step == "offline memory8"
     assert "exit code 0, state after: offline" in c.evidence
@@ -593,3 +629,65 @@ def test_recorded_runs_of_buggy_kernels_fail(path):
     found = checks.judge(run)
     assert checks.method_verdict(run, found) == FAIL
     assert not [c for c in found if c.verdict == ERROR]
+
+
+# ---------------------------------------------------------------- no silent PASS
+
+def test_a_part_that_could_not_look_outranks_the_passes():
+    run = make_run()
+    parts = [checks.Part(PASS, "removed-1: fine", "removed-1"),
+             checks.Part(SKIP, "removed-2: geometry lacks memstart", "removed-2")]
+    assert checks.combine(run, "x", parts, "").verdict == SKIP
+    na = [parts[0], checks.Part(SKIP, "removed-2: no baseline", "removed-2", looked=False)]
+    c = checks.combine(run, "x", na, "")
+    assert c.verdict == PASS and "no baseline" in c.evidence
+
+
+def test_a_neighbour_without_baseline_does_not_spoil_tables_freed():
+    first = Removal("removed-1", *DIMM, baseline="")
+    run = dataclasses.replace(make_run(), removals=(first, Removal(REMOVED, *DIMM)))
+    run = dataclasses.replace(run, phases=run.phases + (
+        dataclasses.replace(run.phase(REMOVED), name="removed-1"),))
+    assert by_name(run)["tables-freed"].verdict == PASS
+
+
+def test_required_checks_follow_the_method_and_the_walker_option():
+    run = make_run(required=("blocks-lifecycle",), options={"walker": True, "cycles": 1})
+    assert checks.required_checks(run) == ("blocks-lifecycle", "walker-agrees-with-ptdump",
+                                           "walker-no-bad-entries")
+    off = dataclasses.replace(run, options={"walker": False})
+    assert checks.required_checks(off) == ("blocks-lifecycle",)
+    cycles = dataclasses.replace(run, options={"walker": False, "cycles": 3})
+    assert "no-leak-across-cycles" in checks.required_checks(cycles)
+
+
+def test_walker_that_turned_itself_off_is_an_error_not_a_pass():
+    unwalked = tuple(dataclasses.replace(p, walks=()) for p in make_run().phases)
+    asked = make_run(phases=unwalked, options={"walker": True})
+    found = by_name(asked)
+    assert could_not_look(found["walker-agrees-with-ptdump"])
+    assert checks.method_verdict(asked, found.values()) == ERROR
+    declined = make_run(phases=unwalked, options={"walker": False})
+    found = by_name(declined)
+    assert found["walker-agrees-with-ptdump"].verdict == SKIP
+    assert found["no-stale-linear-map"].verdict == PASS   # ptdump alone judges
+    assert checks.method_verdict(declined, found.values()) == PASS
+
+
+def test_a_stopped_run_keeps_its_skips():
+    run = make_run(phases=make_run().phases[:1], required=("bootmem-not-removable",),
+                   error={"message": "QEMU died", "step": "add dimm1", "blame": "infra",
+                          "evidence": ""})
+    assert by_name(run)["bootmem-not-removable"].verdict == SKIP
+
+
+def test_walker_bad_entries_are_evidence():
+    run = make_run()
+    phase = run.phase(REMOVED)
+    bad = dataclasses.replace(phase.walks[0], bad=(
+        (0xffff000080000000, "PMD", 0x80000f00, "valid bit clear"),))
+    run = replace_phase(run, REMOVED, walks=(bad,) + phase.walks[1:])
+    c = by_name(run)["walker-no-bad-entries"]
+    assert c.verdict == FAIL and c.step == "remove dimm1"
+    assert ("removed-dimm1: Linear Mapping PMD entry for VA 0xffff000080000000: "
+            "descriptor 0x80000f00: valid bit clear") in c.evidence

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from ..inspect import sysfs
 from ..session import BootOptions
-from .common import (Recorder, blocks_in, memory_device, set_state,
-                     try_bootmem_offline, wait_for)
+from .common import (BOOTMEM_MOVABLE, REMOVAL_CHECKS, Recorder, blocks_in,
+                     memory_device, set_state, try_bootmem_offline, wait_for)
 
 NAME = "acpi-dimm"
 MODE = "acpi"
+REQUIRED_CHECKS = REMOVAL_CHECKS + ("bootmem-not-removable",)
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class Options:
 
 
 def boot_options(base: BootOptions) -> BootOptions:
-    return base
+    from dataclasses import replace
+    return replace(base, cmdline=base.cmdline + (BOOTMEM_MOVABLE,))
 
 
 def drive(rec: Recorder, opts: Options) -> None:

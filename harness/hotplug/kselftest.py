@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from .. import source as src
 from ..session import BootOptions
 from . import acpi_dimm
-from .common import Recorder, blocks_in, set_state
+from .common import REMOVAL_CHECKS, Recorder, blocks_in, set_state
 
 NAME = "kselftest"
 MODE = "acpi"
+REQUIRED_CHECKS = REMOVAL_CHECKS + ("kselftest",)
 SCRIPT = "tools/testing/selftests/memory-hotplug/mem-on-off-test.sh"
 GUEST_PATH = "/tmp/mem-on-off-test.sh"
 

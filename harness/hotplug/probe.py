@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..session import BootOptions
-from .common import (MEMROOT, Recorder, block_size, blocks_in, set_state,
-                     try_bootmem_offline)
+from .common import (BOOTMEM_MOVABLE, MEMROOT, REMOVAL_CHECKS, Recorder, block_size,
+                     blocks_in, set_state, try_bootmem_offline)
 
 NAME = "probe"
 MODE = "dt"
+REQUIRED_CHECKS = REMOVAL_CHECKS + ("bootmem-not-removable",)
 VISIBLE_MB = 1024       # what mem= leaves to the kernel at boot
 HIDDEN_MB = 1024        # RAM beyond it, probed at run time (2 blocks of 512 MiB with 64K pages)
 RAM_BASE = 0x40000000
@@ -31,7 +32,7 @@ class Options:
 def boot_options(base: BootOptions) -> BootOptions:
     from dataclasses import replace
     return replace(base, mode=MODE, mem_mb=VISIBLE_MB + HIDDEN_MB,
-                   cmdline=base.cmdline + (f"mem={VISIBLE_MB}M",))
+                   cmdline=base.cmdline + (f"mem={VISIBLE_MB}M", BOOTMEM_MOVABLE))
 
 
 def drive(rec: Recorder, opts: Options) -> None:

@@ -10,11 +10,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..session import BootOptions
-from .common import (MEMROOT, Recorder, block_size, blocks_in, memory_device,
-                     wait_for)
+from .common import (MEMROOT, REMOVAL_CHECKS, Recorder, block_size, blocks_in,
+                     memory_device, wait_for)
 
 NAME = "virtio-mem"
 MODE = "dt"
+REQUIRED_CHECKS = REMOVAL_CHECKS
 DEVICE = "vm0"
 REGION_MB = 1024
 
