@@ -1,6 +1,7 @@
 """hotplug-harness: build, boot and drive an arm64 kernel through memory hot-remove.
 
-Exit codes: 0 pass, 1 the kernel misbehaved, 2 the harness or the machine failed.
+Exit codes: 0 pass, 1 the kernel misbehaved, 2 the harness or the machine failed,
+130/143 interrupted (SIGINT/SIGTERM).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 
 from . import build as build_mod
 from . import kconfig
+from . import progress
+from . import signals
 from .errors import HarnessError
 
 EPILOG = """\
@@ -35,8 +38,13 @@ config fragments, toolchain): the same inputs again run no make at all, and a
 changed patch rebuilds incrementally in a reused O= tree. The cache lives in
 $HOTPLUG_HARNESS_CACHE (default ~/.cache/hotplug-harness).
 
+output: -q prints only the verdict summary (and errors); -v adds every guest
+command line and every console line on stderr.
+
 exit codes: 0 pass, 1 the kernel misbehaved (including a kernel that does not
-compile), 2 the harness, its input or the machine failed.
+compile), 2 the harness, its input or the machine failed, 130 interrupted by
+SIGINT (Ctrl-C), 143 by SIGTERM: make, QEMU and any other process the harness
+started are stopped, and 'run' writes a partial report marked interrupted.
 """
 
 
@@ -67,7 +75,8 @@ def build_request(args) -> build_mod.BuildRequest:
 
 
 def cmd_build(args) -> int:
-    art = build_mod.build(build_request(args))
+    art = build_mod.build(build_request(args),
+                          progress=False if progress.quiet() else None)
     if args.json:
         print(json.dumps(art.to_dict(), indent=1))
         return 0
@@ -102,6 +111,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hotplug-harness", description=__doc__,
                                 epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version",
+                   version=f"%(prog)s {version()}")
+    add_verbosity(p, None)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     b = sub.add_parser("build", help="build (or fetch from cache) the patched kernel",
                        description="Build the patched arm64 kernel; print its artifacts.")
@@ -115,6 +127,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_cache)
     _add_later_commands(sub)
+    for command in sub.choices.values():
+        add_verbosity(command, argparse.SUPPRESS)
     return p
 
 
@@ -127,22 +141,58 @@ def _add_later_commands(sub) -> None:
     cli_run.register(sub, add_kernel_options, build_request)
 
 
+def version() -> str:
+    try:
+        from . import __version__
+        return __version__
+    except ImportError:
+        from importlib.metadata import PackageNotFoundError, version as dist_version
+        try:
+            return dist_version("hotplug-harness")
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def add_verbosity(p: argparse.ArgumentParser, default) -> None:
+    """-q/-v, accepted before or after COMMAND."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", dest="verbosity", action="store_const",
+                   const=progress.QUIET, default=default,
+                   help="print only the verdict summary (and errors)")
+    g.add_argument("-v", "--verbose", dest="verbosity", action="store_const",
+                   const=progress.VERBOSE, default=default,
+                   help="also print every guest command line and console line")
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    level = getattr(args, "verbosity", None)
+    progress.set_level(progress.NORMAL if level is None else level)
+    signals.install()
     try:
         return args.func(args)
     except HarnessError as e:
+        if signals.received():   # e.g. make died of the same Ctrl-C first
+            return _interrupted(None)
         print(f"hotplug-harness: error ({e.blame}): {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("hotplug-harness: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
     except Exception:  # a bug in the harness: say so, exit 2
         import traceback
         traceback.print_exc()
         print("hotplug-harness: internal error (harness): the traceback above is "
               "a harness bug", file=sys.stderr)
         return 2
+
+
+def _interrupted(exc) -> int:
+    """Stop whatever the harness started that is still running; 130 or 143."""
+    stopped = signals.stop_children()
+    name = signals.signame(exc)
+    extra = f"; stopped PIDs {', '.join(map(str, stopped))}" if stopped else ""
+    print(f"hotplug-harness: interrupted by {name}{extra}", file=sys.stderr)
+    return signals.exit_code(exc)
 
 
 if __name__ == "__main__":

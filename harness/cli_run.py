@@ -7,12 +7,17 @@ import select
 import subprocess
 import shutil
 import sys
+import tempfile
 import termios
 import time
 import tty
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import build as build_mod
+from . import progress as ui
+from . import signals
+from .errors import HarnessError
 from .session import BootOptions, boot
 
 BOOT_EPILOG = """\
@@ -20,6 +25,12 @@ examples:
   hotplug-harness boot                       # ACPI boot, interactive shell over SSH
   hotplug-harness boot --mode dt --transport serial
   hotplug-harness boot --check --json        # boot, one command per transport, timings
+  hotplug-harness boot --exec 'uname -r'     # one command in a fresh guest, then off
+
+--exec runs one command (over --transport) in a freshly booted guest, prints
+its stdout and stderr, shuts the guest down and exits with the command's
+status (a harness or machine failure prints 'hotplug-harness: error' and
+exits 2, a kernel crash 1).
 
 --check prints boot_to_ready_s (QEMU start to the guest's HARNESS-READY line),
 boot_to_ssh_s (to the first SSH answer) and shutdown_s.
@@ -59,18 +70,112 @@ def out_dir(args, name: str) -> Path:
     if args.out:
         path = Path(args.out)
     else:
-        path = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    path.mkdir(parents=True, exist_ok=True)
+        path = default_dir(name)
+    make_private_dirs(path)
     os.chmod(path, 0o700)
     return path
 
 
+def default_dir(name: str) -> Path:
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def make_private_dirs(path: Path) -> Path:
+    """Create ``path`` and every missing parent with mode 0700 (existing
+    folders are left as they are)."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(d, 0o700)   # whatever the umask
+    return path
+
+
+# what makes an existing folder the harness's own (safe to replace)
+HARNESS_FILES = ("report.json", "qemu.cmdline", "console.log")
+
+
+def _ours(folder: Path) -> bool:
+    entries = list(folder.iterdir())
+    if not entries:
+        return True
+    for entry in entries:
+        if entry.name in HARNESS_FILES:
+            return True
+        if entry.is_dir() and not entry.is_symlink() and any(
+                (entry / f).exists() for f in HARNESS_FILES):
+            return True
+    return False
+
+
+def check_replaceable(target: Path) -> None:
+    """Refuse to replace anything but a folder the harness wrote (or an empty one)."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if not target.is_dir():
+        raise HarnessError(f"--report {target}: exists and is not a folder", step="report")
+    if not _ours(target):
+        raise HarnessError(
+            f"--report {target}: the folder exists and holds no harness report "
+            f"(no report.json); a report folder is replaced by each run, so "
+            f"choose a new or empty folder", step="report")
+
+
+@contextmanager
+def report_folder(target):
+    """Yield (work, final): the run writes into ``work``, a new private folder.
+    With ``target`` (--report DIR), ``work`` is a sibling DIR.partial-XXXX that
+    replaces DIR when the block ends (normally, on error or on interrupt), so
+    DIR only ever holds one run; if the harness is killed outright, the partial
+    report stays visible as DIR.partial-XXXX and DIR is untouched."""
+    if target is None:
+        final = default_dir("run")
+        make_private_dirs(final)
+        yield final, final
+        return
+    final = Path(target)
+    check_replaceable(final)
+    make_private_dirs(final.parent)
+    work = Path(tempfile.mkdtemp(prefix=f"{final.name}.partial-", dir=final.parent))
+    try:
+        yield work, final
+    finally:
+        swap_in(work, final)
+
+
+def swap_in(work: Path, final: Path) -> None:
+    old = None
+    try:
+        if final.exists() or final.is_symlink():
+            old = final.with_name(f"{final.name}.old-{os.getpid()}")
+            os.rename(final, old)
+        os.rename(work, final)
+    except OSError as e:
+        print(f"hotplug-harness: could not move the report to {final} ({e}); "
+              f"it is in {work}", file=sys.stderr)
+        return
+    if old is not None:
+        if old.is_symlink() or not old.is_dir():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def cmd_boot(args, build_request) -> int:
-    art = build_mod.build(build_request(args))
+    art = build_mod.build(build_request(args), progress=build_progress())
     out = out_dir(args, "boot")
     opts = boot_options(args)
+    if args.exec_cmd is not None:
+        return _exec(art, opts, out, args.exec_cmd, args.exec_timeout)
     start = time.monotonic()
-    with boot(art, opts, out) as guest:
+    with boot(art, opts, out, progress=not ui.quiet()) as guest:
         if not args.check:
             return _interactive(guest)
         results = {"kernel_release": art.kernel_release, "mode": opts.mode}
@@ -89,6 +194,24 @@ def cmd_boot(args, build_request) -> int:
         for k, v in results.items():
             print(f"{k:16s} {v}")
     return 0
+
+
+def build_progress():
+    """The build's progress bar: off with -q, else the default (a terminal)."""
+    return False if ui.quiet() else None
+
+
+def _exec(art, opts: BootOptions, out: Path, command: str, timeout: float) -> int:
+    """Boot, run one command, print its output, exit with its status."""
+    with boot(art, opts, out, progress=ui.verbose()) as guest:
+        guest.step = "exec"
+        result = guest.run(command, timeout)
+        sys.stdout.write(result.stdout)
+        sys.stdout.flush()
+        sys.stderr.write(result.stderr)
+        sys.stderr.flush()
+    ui.detail(f"exit status {result.exit_code}; console log {out / 'console.log'}")
+    return result.exit_code if 0 <= result.exit_code <= 255 else 255
 
 
 def _interactive(guest) -> int:
@@ -141,10 +264,16 @@ def register(sub, add_kernel_options, build_request) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_kernel_options(b)
     add_boot_options(b)
-    b.add_argument("--check", action="store_true",
-                   help="boot, run a command over each transport, shut down, "
-                        "print timings")
+    what = b.add_mutually_exclusive_group()
+    what.add_argument("--check", action="store_true",
+                      help="boot, run a command over each transport, shut down, "
+                           "print timings")
     b.add_argument("--json", action="store_true", help="with --check: JSON output")
+    what.add_argument("--exec", dest="exec_cmd", metavar="CMD", default=None,
+                   help="run CMD in the fresh guest (over --transport), print its "
+                        "stdout/stderr, shut down, exit with its status")
+    b.add_argument("--exec-timeout", type=float, default=600.0, metavar="S",
+                   help="with --exec: give up after S seconds (default 600)")
     b.set_defaults(func=lambda a: cmd_boot(a, build_request))
     register_run(sub, add_kernel_options, build_request)
 
@@ -169,35 +298,62 @@ examples:
   hotplug-harness run --patch patches/repro/0001-....patch --report out/
   hotplug-harness report out/                       # re-print and re-judge
 
+--report DIR is replaced by each run (a folder the harness did not write is
+refused): the run writes DIR.partial-XXXX and moves it to DIR at the end, also
+when it fails or is interrupted. Without --report: a new folder under ./runs.
+Report folders and the parents the harness creates are private (mode 0700).
+
 exit codes: 0 all pass, 1 the kernel failed a check or crashed, 2 the harness
-or the machine failed (the summary says which).
+or the machine failed (the summary says which), 130/143 interrupted by
+SIGINT (Ctrl-C) / SIGTERM: make and QEMU are stopped and a partial report
+marked "interrupted": true (verdict ERROR) is written.
 """
 
 
 def cmd_run(args, build_request) -> int:
     from . import checks, report, runner
-    art = build_mod.build(build_request(args))
-    out = Path(args.report) if args.report else out_dir(args, "run")
-    out.mkdir(parents=True, exist_ok=True)
-    ropts = runner.RunOptions(
-        methods=runner.resolve_methods(args.method),
-        boot=boot_options(args, slots=max(args.slots, args.dimms)),
-        cycles=args.cycles, online_type=args.online_type, dimms=args.dimms,
-        dimm_mb=args.dimm_size, kernel_src=args.kernel_src, walk=not args.no_walker)
-    start = time.monotonic()
-    runs = runner.run_all(art, ropts, out)
-    judged = {r.method: checks.judge(r) for r in runs}
-    kernel = {"source": art.source, "patches": [list(p) for p in art.patches],
-              "config_digest": art.config_digest, "cache_key": art.cache_key,
-              "release": art.kernel_release, "fragments": list(art.fragments)}
-    report.write_report(out, kernel, runs, judged,
-                        {"seconds": round(time.monotonic() - start, 2),
-                         "build_seconds": art.seconds, "rebuilt": art.rebuilt})
-    data = json.loads((out / "report.json").read_text())
+    methods = runner.resolve_methods(args.method)
+    with report_folder(args.report) as (out, final):
+        art, runs, stopped = None, [], None
+        start = time.monotonic()
+        try:
+            art = build_mod.build(build_request(args), progress=build_progress())
+            ropts = runner.RunOptions(
+                methods=methods,
+                boot=boot_options(args, slots=max(args.slots, args.dimms)),
+                cycles=args.cycles, online_type=args.online_type, dimms=args.dimms,
+                dimm_mb=args.dimm_size, kernel_src=args.kernel_src,
+                walk=not args.no_walker)
+            start = time.monotonic()
+            runs = runner.run_all(art, ropts, out)
+        except (KeyboardInterrupt, HarnessError) as e:
+            # a HarnessError right after a signal (make died of the same Ctrl-C
+            # first) is the interruption too
+            if isinstance(e, HarnessError) and not signals.received():
+                raise
+            stopped = e
+            runs = list(getattr(e, "runs", ()))
+            signals.stop_children()
+        judged = {r.method: checks.judge(r) for r in runs}
+        kernel = {}
+        extra = {"seconds": round(time.monotonic() - start, 2)}
+        if art is not None:
+            kernel = {"source": art.source, "patches": [list(p) for p in art.patches],
+                      "config_digest": art.config_digest, "cache_key": art.cache_key,
+                      "release": art.kernel_release, "fragments": list(art.fragments)}
+            extra.update(build_seconds=art.seconds, rebuilt=art.rebuilt)
+        if stopped is not None:
+            extra.update(interrupted=True, signal=signals.signame(stopped),
+                         stopped_in="run" if art is not None else "build",
+                         not_run=list(getattr(stopped, "not_run", methods)))
+            print(f"hotplug-harness: interrupted by {extra['signal']} during the "
+                  f"{extra['stopped_in']}; writing a partial report", file=sys.stderr)
+        report.write_report(out, kernel, runs, judged, extra)
+    data = json.loads((final / "report.json").read_text())
     if args.json:
         print(json.dumps(data, indent=1))
     else:
-        print(report.summary(data, out))
+        print(report.summary(data, final))
     return data["exit_code"]
 
 

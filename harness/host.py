@@ -91,7 +91,9 @@ def show_command(argv: Sequence[str], cwd: Path | None = None, stream=None) -> s
     text = "$ " + " ".join(shlex.quote(str(a)) for a in argv)
     if cwd is not None:
         text = f"(cd {shlex.quote(str(cwd))}) " + text
-    print(text, file=stream or sys.stderr, flush=True)
+    from . import progress
+    if not progress.quiet():
+        print(text, file=stream or sys.stderr, flush=True)
     return text
 
 

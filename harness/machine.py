@@ -15,7 +15,9 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -25,6 +27,7 @@ from pathlib import Path
 import pexpect
 from pexpect.spawnbase import SpawnBase
 
+from . import progress
 from .errors import HarnessError, MachineError
 from .host import (FIRMWARE, FIRMWARE_PACKAGE, Deadline, require_file,
                    require_tool)
@@ -103,12 +106,68 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_run_dir(prefix: str = "hotplug-harness-") -> Path:
-    """A private folder on /dev/shm (falls back to $TMPDIR), mode 0700."""
+RUN_PREFIX = "hotplug-harness-"
+OWNER_FILE = "owner"           # "PID STARTTIME" of the harness process
+
+
+def make_run_dir(prefix: str = RUN_PREFIX) -> Path:
+    """A private folder on /dev/shm (falls back to $TMPDIR), mode 0700, naming
+    its owner (PID and start time); folders of dead runs are swept first."""
+    from .signals import start_time
     base = SHM if SHM.is_dir() and os.access(SHM, os.W_OK) else None
+    sweep_run_dirs(Path(base or tempfile.gettempdir()), prefix)
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
     os.chmod(path, 0o700)
+    (path / OWNER_FILE).write_text(f"{os.getpid()} {start_time(os.getpid())}\n")
     return path
+
+
+def run_dir_owner_alive(path: Path) -> bool | None:
+    """True if the harness process that made ``path`` still runs, False if it
+    is gone, None if the folder names no owner (not ours to judge)."""
+    from .signals import start_time
+    try:
+        words = (path / OWNER_FILE).read_text().split()
+        pid = int(words[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    started = start_time(pid)
+    if started is None:
+        return False                      # no such process
+    if len(words) > 1 and words[1] != "None":
+        return str(started) == words[1]   # same PID, same process?
+    try:                                  # no start time: a harness process?
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"harness" in cmdline
+
+
+def sweep_run_dirs(base: Path = SHM, prefix: str = RUN_PREFIX) -> list:
+    """Remove run folders (RAM files, keys, sockets) left by harness runs that
+    died without cleaning up: only folders of ours (prefix, our uid, a real
+    folder, an owner file) whose owner process is gone."""
+    removed = []
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        if not path.name.startswith(prefix):
+            continue
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        if run_dir_owner_alive(path) is not False:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+        print(f"hotplug-harness: removed {path}, left by a run that died",
+              file=sys.stderr)
+    return removed
 
 
 # ------------------------------------------------------------ console -------
@@ -120,11 +179,13 @@ class ConsoleTap:
 
     def __init__(self, sock: socket.socket, log_path: Path):
         self.sock = sock
-        self.log = open(log_path, "ab", buffering=0)
+        # "wb": console.log is this machine's console only, so a line number
+        # in the evidence (CrashReport.first_line_no) is a line of this file
+        self.log = open(log_path, "wb", buffering=0)
         self.cond = threading.Condition()
         self.buffer = bytearray()
         self.eof = False
-        self.listeners = []
+        self.listeners = [progress.console_line] if progress.verbose() else []
         self.lines_seen = 0
         self._partial = b""
         self.thread = threading.Thread(target=self._pump, daemon=True,

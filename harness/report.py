@@ -26,6 +26,7 @@ from .inspect import ptdump
 from .records import ERROR, FAIL, SKIP, Check, MethodRun
 
 REPORT_JSON, JUNIT_XML = "report.json", "junit.xml"
+INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 RESERVED = ("verdict", "exit_code", "kernel", "methods")
 _XML_BAD = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -48,6 +49,8 @@ def build_report(kernel: dict, runs: Iterable[MethodRun],
     methods = [method_entry(r, checks[r.method] if r.method in checks else rules.judge(r))
                for r in runs]
     verdict, code = rules.overall_verdict([m["verdict"] for m in methods])
+    if (extra or {}).get("interrupted"):   # a partial run: ERROR, exit 130/143
+        verdict, code = ERROR, INTERRUPTED_EXIT.get(extra.get("signal"), 130)
     clash = sorted(set(extra or {}) & set(RESERVED))
     if clash:
         raise HarnessError(f"extra report keys clash with {', '.join(clash)}",
@@ -232,6 +235,10 @@ def summary(report: dict, path: Optional[Path] = None) -> str:
     if details:
         lines += ["", *"\n\n".join(details).splitlines()]
     where = f"  report: {path}" if path else ""
+    if report.get("interrupted"):
+        not_run = ", ".join(report.get("not_run") or ()) or "none"
+        lines += ["", f"interrupted by {report.get('signal', 'a signal')}: partial "
+                      f"report (methods not run: {not_run})"]
     lines += ["", f"verdict: {report['verdict']} (exit {report['exit_code']}){where}"]
     return "\n".join(lines) + "\n"
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from . import progress as ui
+from . import signals
 from .build import KernelArtifacts
 from .crashwatch import KernelCrash
 from .errors import HarnessError
@@ -60,7 +62,7 @@ def run_method(name: str, art: KernelArtifacts, ropts: RunOptions,
     state = {"rec": None, "error": None, "crashes": (), "offset": 0}
     _progress(f"[{name}] booting ({bopts.mode})")
     try:
-        with boot(art, bopts, out, progress=False) as guest:
+        with boot(art, bopts, out, progress=ui.verbose()) as guest:
             rec = Recorder(guest, art, walk=ropts.walk, progress=_progress)
             state["rec"] = rec
             try:
@@ -74,6 +76,13 @@ def run_method(name: str, art: KernelArtifacts, ropts: RunOptions,
         state["error"] = state["error"] or e
         if isinstance(e, KernelCrash) and not state["crashes"]:
             state["crashes"] = e.reports
+    except KeyboardInterrupt as e:   # SIGINT/SIGTERM: keep what was recorded
+        step = state["rec"].guest.step if state["rec"] else "boot"
+        state["error"] = state["error"] or HarnessError(
+            f"interrupted by {signals.signame(e)} during step {step!r}",
+            step=step, blame="interrupted")
+        e.run = _method_run(name, state, out)
+        raise
     return _method_run(name, state, out)
 
 
@@ -117,14 +126,22 @@ def _step_at(rec: Recorder, line_no: int) -> str:
 
 
 def _progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    ui.info(text)
 
 
 def run_all(art: KernelArtifacts, ropts: RunOptions, out: Path) -> list:
     runs = []
     for name in ropts.methods:
         start = time.monotonic()
-        run = run_method(name, art, ropts, out / name)
+        try:
+            run = run_method(name, art, ropts, out / name)
+        except KeyboardInterrupt as e:
+            # the caller writes a partial report from e.runs
+            e.runs = runs + ([e.run] if getattr(e, "run", None) else [])
+            e.not_run = [m for m in ropts.methods if m not in
+                         {r.method for r in e.runs}]
+            _progress(f"[{name}] interrupted after {time.monotonic() - start:.1f}s")
+            raise
         verdict = "error" if run.error else "done"
         _progress(f"[{name}] {verdict} in {time.monotonic() - start:.1f}s")
         runs.append(run)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import guest_image
+from . import guest_image, progress
 from .build import KernelArtifacts
 from .console import SerialConsole
 from .crashwatch import CrashWatcher, KernelCrash
@@ -61,7 +61,9 @@ class Guest:
     def run(self, command: str, deadline=30.0, via: Optional[Transport] = None
             ) -> CommandResult:
         """Run a command over the scenario transport (or ``via``)."""
-        return (via or self.transport).run(command, deadline)
+        transport = via or self.transport
+        progress.detail(f"{transport.name}$ {command}")
+        return transport.run(command, deadline)
 
     def check(self, command: str, deadline=30.0, step: str = "",
               blame: Optional[str] = None) -> str:
@@ -139,8 +141,12 @@ def _qemu_alive(machine: Machine, guest_ref: list) -> None:
 
 def _sigterm_as_interrupt():
     """SIGTERM unwinds like Ctrl-C, so every ``with`` block cleans up."""
+    from .signals import Terminated, installed
+    if installed():   # the CLI's handler does this already (and more)
+        return None
+
     def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Terminated()
     try:
         return signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not in the main thread
