@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 import pexpect
 from pexpect.spawnbase import SpawnBase
@@ -53,6 +54,7 @@ class VmSpec:
     devices: tuple = ()                # extra argv pairs, e.g. ("-device", "...")
     firmware: str = str(FIRMWARE)
     qemu: str = "qemu-system-aarch64"
+    gdb_port: Optional[int] = None     # QEMU gdbstub on 127.0.0.1:PORT (harness.gdb)
 
     @property
     def ram_path(self) -> str:
@@ -97,6 +99,8 @@ def qemu_argv(spec: VmSpec) -> list:
         argv += ["-netdev", f"user,id=n0,restrict=on,"
                             f"hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
                  "-device", "virtio-net-pci,netdev=n0,romfile="]
+    if spec.gdb_port:
+        argv += ["-gdb", f"tcp:127.0.0.1:{spec.gdb_port}"]
     return argv + [a.replace("{run_dir}", spec.run_dir) for a in spec.devices]
 
 

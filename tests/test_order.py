@@ -1,0 +1,205 @@
+"""harness.order: TLBI decoding, the table-descriptor walk, and the two
+free-time ordering checks on synthetic and on recorded stop sequences."""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from harness import order
+from harness.order import (Clear, Free, Link, Tlbi, TlbiOp, Watch, decode_tlbi,
+                           events_from_lines, linked_into, table_links, tlbi_effect)
+from harness.inspect.walker import BufferPhysMem, Geometry
+
+DATA = Path(__file__).resolve().parent / "data"
+
+# words and names from `aarch64-linux-gnu-as -march=armv8.5-a` + objdump -d
+OBJDUMP = [
+    (0xd508831f, "vmalle1is", 31), (0xd5088321, "vae1is", 1), (0xd5088362, "vaae1is", 2),
+    (0xd50883a3, "vale1is", 3), (0xd50883e4, "vaale1is", 4), (0xd5088345, "aside1is", 5),
+    (0xd5088726, "vae1", 6), (0xd508871f, "vmalle1", 31), (0xd5088167, "vaae1os", 7),
+    (0xd508811f, "vmalle1os", 31), (0xd5088228, "rvae1is", 8), (0xd5088269, "rvaae1is", 9),
+    (0xd50882aa, "rvale1is", 10), (0xd50882eb, "rvaale1is", 11), (0xd508862c, "rvae1", 12),
+    (0xd508852d, "rvae1os", 13), (0xd50c839f, "alle1is", 31),
+    (0xd50c83df, "vmalls12e1is", 31), (0xd50c802e, "ipas2e1is", 14),
+]
+
+
+@pytest.mark.parametrize("word,name,rt", OBJDUMP)
+def test_decode_tlbi_agrees_with_objdump(word, name, rt):
+    op = decode_tlbi(word)
+    assert (op.name, op.rt) == (name, rt)
+
+
+def test_decode_tlbi_rejects_other_instructions():
+    for word in (0xd503201f, 0xd5033b9f, 0xd5033fdf, 0xd65f03c0, 0xd5182000):  # nop dsb isb ret msr
+        assert decode_tlbi(word) is None
+
+
+def test_op_classes():
+    assert TlbiOp("vaae1is", 0).may_cover_table and TlbiOp("vaae1is", 0).broadcast
+    assert not TlbiOp("vaale1is", 0).may_cover_table          # last level only
+    assert not TlbiOp("aside1is", 0).may_cover_table          # by ASID: not global entries
+    assert TlbiOp("vmalle1is", 31).full and TlbiOp("vmalle1is", 31).may_cover_table
+    assert not TlbiOp("vae1", 0).broadcast
+    assert TlbiOp("rvaae1is", 0).may_cover_table and TlbiOp("rvaae1is", 0).by_range
+
+
+def test_tlbi_effect_by_va_sign_extends_kernel_addresses():
+    va = 0xffff000040200000
+    xt = (va >> 12) & ((1 << 44) - 1)                          # __TLBI_VADDR(va, 0)
+    full, lo, hi = tlbi_effect(TlbiOp("vaae1is", 1), xt | (5 << 48))   # ASID ignored
+    assert (full, lo, hi) == (False, va, va + 4096)
+    assert tlbi_effect(TlbiOp("vmalle1is", 31), 0)[0] is True
+
+
+def test_tlbi_effect_range():
+    # __TLBI_VADDR_RANGE(start >> 12, asid 0, scale 1, num 3, ttl 0), TG=4K
+    start = 0xffff000040000000
+    xt = ((start >> 12) & ((1 << 37) - 1)) | (3 << 39) | (1 << 44) | (1 << 46)
+    full, lo, hi = tlbi_effect(TlbiOp("rvaae1is", 0), xt)
+    assert not full and lo == start and hi == start + (4 << 6) * 4096
+
+
+def _tlbi(seq, op, lo=0, hi=0, full=False):
+    o = TlbiOp(op, 1)
+    return Tlbi(seq, "s", 0xffff800080001000, op, 0, full, lo, hi, o.leaf_only, o.broadcast,
+                "free_empty_tables+0x10")
+
+
+def test_tlbi_covers():
+    span_va, span = 0xffff000040200000, 2 << 20
+    assert _tlbi(1, "vaae1is", span_va, span_va + 4096).covers(span_va, span)
+    assert _tlbi(1, "vaae1is", span_va + 0x1000, span_va + 0x2000).covers(span_va, span)
+    assert not _tlbi(1, "vaae1is", span_va + span, span_va + span + 4096).covers(span_va, span)
+    assert not _tlbi(1, "vaale1is", span_va, span_va + 4096).covers(span_va, span)
+    assert not _tlbi(1, "vaae1", span_va, span_va + 4096).covers(span_va, span)   # local only
+    assert _tlbi(1, "vmalle1is", full=True).covers(span_va, span)
+
+
+# ---------------------------------------------------------------- table_links
+
+def test_table_links_reads_only_upper_levels():
+    geo = Geometry(4096, 48, 4)
+    base = 0x40000000
+    ram = bytearray(8 * 4096)
+    pgd, pud, pmd, pte = (base + i * 4096 for i in range(4))
+
+    def put(table, idx, desc):
+        struct.pack_into("<Q", ram, table - base + 8 * idx, desc)
+
+    put(pgd, 0, pud | 3)                       # VA 0xffff000000000000
+    put(pud, 1, pmd | 3)                       # +1 GiB
+    put(pmd, 2, pte | 3)                       # +4 MiB
+    put(pmd, 3, 0x80000000 | 1 | (1 << 10))    # a block: no link
+    put(pte, 0, 0x3 | 0x1234000)               # looks like a table, but it's level 3
+    links = table_links(BufferPhysMem([(base, ram)]), geo, pgd)
+    assert set(links) == {pud, pmd, pte}
+    (l,) = links[pte]
+    assert l.level == "PMD" and l.va == 0xffff000040400000 and l.span == 2 << 20
+    assert l.entry_pa == pmd + 16
+    assert linked_into(links, pte, pte + 4096) == (l,)
+    assert linked_into(links, pte + 4096, pte + 8192) == ()
+
+
+# ---------------------------------------------------------------- checks
+
+LINK = Link(0x4a000000, 0x49fff010, 0xffff000040400000, 2 << 20, "PMD")
+
+
+def _free(seq, linked=(), pa=LINK.table_pa):
+    return Free(seq, "remove 0x80000000", "free_pages", 0, pa, 0, 4096,
+                0xffff800080201234, "free_empty_tables+0x1a4", tuple(linked), True, 0.2)
+
+
+def _clear(seq):
+    return Clear(seq, "remove 0x80000000", LINK.table_pa, 0xffff000009fff010,
+                 LINK.table_pa | 3, 0, 0xffff800080201200, "free_empty_tables+0x190")
+
+
+WATCH = Watch(1, "remove 0x80000000", LINK, 0xffff000009fff010)
+
+
+def test_clean_sequence_passes_both():
+    evs = [WATCH, _clear(2), _tlbi(3, "vaae1is", LINK.va, LINK.va + 4096), _free(4)]
+    a = order.check_no_table_freed_while_linked(evs)
+    b = order.check_tlb_flushed_before_free(evs)
+    assert (a.verdict, b.verdict) == ("PASS", "PASS")
+    assert "vaae1is" in b.evidence
+
+
+def test_free_before_clear_fails_both():
+    evs = [WATCH, _free(2, linked=[LINK]), _clear(3)]
+    a = order.check_no_table_freed_while_linked(evs, "remove 0x80000000")
+    assert a.verdict == "FAIL"
+    assert ("free_pages(PA 0x4a000000, order 0) from free_empty_tables+0x1a4: still "
+            "linked from PMD entry at VA 0xffff000040400000 (level 2) during step "
+            "remove 0x80000000") in a.evidence
+    b = order.check_tlb_flushed_before_free(evs)
+    assert b.verdict == "FAIL" and "before its entry was cleared" in b.evidence
+
+
+def test_missing_or_unrelated_flush_fails():
+    other = LINK.va + (64 << 20)
+    for flush in ([], [_tlbi(3, "vaae1is", other, other + 4096)],
+                  [_tlbi(3, "vaale1is", LINK.va, LINK.va + 4096)],
+                  [_tlbi(3, "vae1", LINK.va, LINK.va + 4096)]):
+        evs = [WATCH, _clear(2)] + flush + [_free(9)]
+        v = order.check_tlb_flushed_before_free(evs)
+        assert v.verdict == "FAIL", flush
+        assert "no covering TLB invalidation" in v.evidence
+
+
+def test_flush_before_the_clear_does_not_count():
+    evs = [WATCH, _tlbi(2, "vmalle1is", full=True), _clear(3), _free(4)]
+    assert order.check_tlb_flushed_before_free(evs).verdict == "FAIL"
+
+
+def test_unobserved_clear_is_an_error_not_a_pass():
+    evs = [WATCH, _free(2)]
+    assert order.check_tlb_flushed_before_free(evs).verdict == "ERROR"
+
+
+def test_skips():
+    assert order.check_no_table_freed_while_linked([]).verdict == "SKIP"
+    assert order.check_tlb_flushed_before_free([_free(1)]).verdict == "SKIP"
+    assert order.check_tlb_flushed_before_free([WATCH]).verdict == "SKIP"
+
+
+def test_events_round_trip():
+    evs = [WATCH, _clear(2), _tlbi(3, "vaae1is", LINK.va, LINK.va + 4096), _free(4, [LINK])]
+    lines = [json.dumps(e.to_dict()) for e in evs] + ['{"kind": "header"}', "# note"]
+    assert events_from_lines(lines) == evs
+
+
+# ---------------------------------------------------------------- recorded runs
+
+def _recorded(name):
+    path = DATA / name
+    if not path.exists():
+        pytest.skip(f"{name} not recorded")
+    lines = path.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["kind"] == "recording" and header["how"]
+    return header, events_from_lines(lines[1:])
+
+
+RECORDED = [
+    # file, expected no-table-freed-while-linked, tlb-flushed-before-free
+    ("order-clean-block.jsonl", "PASS", "PASS"),
+    ("order-clean-rodata-full.jsonl", "PASS", "PASS"),
+    ("order-free-before-clear-rodata-full.jsonl", "FAIL", "FAIL"),
+    ("order-no-flush-rodata-full.jsonl", "PASS", "FAIL"),
+]
+
+
+@pytest.mark.parametrize("name,linked,flushed", RECORDED)
+def test_recorded_streams(name, linked, flushed):
+    header, evs = _recorded(name)
+    a = order.check_no_table_freed_while_linked(evs, header["step"])
+    b = order.check_tlb_flushed_before_free(evs, header["step"])
+    assert (a.verdict, b.verdict) == (linked, flushed), (a.evidence, b.evidence)
+    for field, want in header.get("expect", {}).items():
+        assert {**a.counts, **b.counts}.get(field) == want, field
