@@ -5,6 +5,10 @@ every patch's bytes, the merged fragments, the toolchain's version and this
 recipe's version. The same key again runs no make at all. Otherwise the build
 reuses one ``O=`` tree per (source, config, toolchain), so a changed patch
 rebuilds only what it touches.
+
+Every stored file's size and sha256 are recorded in ``meta.json`` and checked
+on each reuse (a full digest every time, see ``verify_entry``); an entry that
+fails, or that has no record, is rebuilt.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -32,6 +37,9 @@ CROSS = "aarch64-linux-gnu-"
 PRODUCTS = {"image": "arch/arm64/boot/Image", "vmlinux": "vmlinux",
             "system_map": "System.map", "config": ".config"}
 DEFAULT_STEPS = 1300  # kbuild lines of a cold default build, for progress
+# Seconds between progress lines during make: CI logs have no terminal to
+# redraw, and must not stay silent for the minutes a cold build takes (<= 30 s).
+PROGRESS_INTERVAL = 20.0
 FIXED_ENV = {"KBUILD_BUILD_TIMESTAMP": "Thu Jan  1 00:00:00 UTC 2026",
              "KBUILD_BUILD_USER": "harness", "KBUILD_BUILD_HOST": "harness"}
 
@@ -72,6 +80,7 @@ class KernelArtifacts:
     @classmethod
     def from_dict(cls, d: dict) -> "KernelArtifacts":
         d = dict(d)
+        d.pop("files", None)  # meta.json's integrity record (see verify_entry)
         d["patches"] = tuple(tuple(p) for p in d["patches"])
         d["fragments"] = tuple(d["fragments"])
         return cls(**d)
@@ -137,14 +146,97 @@ def artifacts_dir(key: str) -> Path:
 
 
 def lookup(key: str):
-    """Cached artifacts for a key, or None."""
-    meta = artifacts_dir(key) / "meta.json"
+    """Cached artifacts for a key, verified; or None (with a message on
+    stderr naming the file and the fault when an entry exists but is bad)."""
+    art, problem = verify_entry(key)
+    if problem:
+        cache_message(f"{problem}: rebuilding")
+    return art
+
+
+def verify_entry(key: str):
+    """(artifacts, None) for a sound entry, (None, None) when there is none,
+    (None, "what is wrong") for a truncated, corrupt or unverifiable one.
+
+    Sizes first (a stat), then full sha256 digests of every stored file. No
+    (size, mtime, inode) shortcut: the default kernel's 6.8 MB Image + 8.1 MB
+    vmlinux (no debug info) hash in ~15 ms from the page cache (~1 GB/s on a
+    host without SHA extensions; a 100 MB debug vmlinux would be ~0.1 s),
+    nothing next to a boot, and a shortcut would miss corruption that leaves
+    size and mtime alone (a bad disk, a copy that keeps mtimes). Entries stored before
+    digests were recorded are rebuilt, not digested once: hashing what is
+    there would bless a file that may already be truncated, and the rebuild
+    reuses the O= tree and ccache (a near no-op make).
+    """
+    dest = artifacts_dir(key)
+    label = f"artifacts/{dest.name}"
+    meta = dest / "meta.json"
+    if not meta.exists():
+        return None, (f"{label} has no meta.json (an interrupted store?)"
+                      if dest.is_dir() else None)
     try:
-        art = KernelArtifacts.from_dict(json.loads(meta.read_text()))
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-    if all(Path(p).exists() for p in (art.image, art.vmlinux, art.config)):
-        return art
+        raw = json.loads(meta.read_text())
+        art = KernelArtifacts.from_dict(raw)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        return None, f"{label}/meta.json is unreadable ({type(e).__name__}: {e})"
+    files = raw.get("files")
+    if not isinstance(files, dict) or not files:
+        return None, (f"{label} has no recorded sizes or digests (stored before "
+                      f"the cache verified its files)")
+    needed = {Path(rel).name for rel in PRODUCTS.values()}
+    if not needed <= set(files):
+        return None, (f"{label}/meta.json records no size or digest for "
+                      f"{', '.join(sorted(needed - set(files)))}")
+    for field, rel in PRODUCTS.items():
+        if getattr(art, field) != str(dest / Path(rel).name):
+            return None, (f"{label}/meta.json names {getattr(art, field)} as its "
+                          f"{field}, not the verified file in its folder")
+    for name, record in sorted(files.items()):
+        problem = check_file(dest / name, record, f"{label}/{name}")
+        if problem:
+            return None, problem
+    return art, None
+
+
+def cache_message(text: str) -> None:
+    print(f"cache: {text}", file=sys.stderr, flush=True)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_record(path: Path) -> dict:
+    """What ``check_file`` verifies later: the file's size and sha256."""
+    return {"size": Path(path).stat().st_size, "sha256": sha256_file(path)}
+
+
+def check_file(path: Path, record, label: str):
+    """None if ``path`` matches its record, else what is wrong, naming ``label``.
+    The size is checked first (free), then the full digest."""
+    try:
+        size, digest = int(record["size"]), str(record["sha256"])
+    except (TypeError, KeyError, ValueError):
+        return f"{label} has a malformed size/digest record: {record!r}"
+    try:
+        actual = Path(path).stat().st_size
+    except FileNotFoundError:
+        return f"{label} is missing"
+    except OSError as e:
+        return f"{label} cannot be read ({e.strerror})"
+    if actual != size:
+        return f"{label} is {actual} bytes, expected {size}"
+    try:
+        got = sha256_file(path)
+    except OSError as e:
+        return f"{label} cannot be read ({e.strerror})"
+    if got != digest:
+        return (f"{label} has sha256 {got[:16]}..., expected {digest[:16]}... "
+                f"(right size, corrupt content)")
     return None
 
 
@@ -169,13 +261,17 @@ def build(req: BuildRequest = BuildRequest(), progress=None) -> KernelArtifacts:
     start = time.monotonic()
     inputs = gather_inputs(req)
     key = inputs.cache_key
-    cached = lookup(key)
+    cached, problem = verify_entry(key)
     if cached:
         return _replace(cached, seconds=time.monotonic() - start, rebuilt=False)
+    if problem:
+        cache_message(f"{problem}: rebuilding")
     with locked(f"source-{inputs.source.short}"):
-        cached = lookup(key)  # built by another run while we waited
+        cached, again = verify_entry(key)  # built by another run while we waited?
         if cached:
             return _replace(cached, seconds=time.monotonic() - start, rebuilt=False)
+        if again and again != problem:
+            cache_message(f"{again}: rebuilding")
         tree = src.prepare(inputs.source, list(inputs.patches))
         outdir = cache_root() / "build" / inputs.outdir_key[:24]
         outdir.mkdir(parents=True, exist_ok=True)
@@ -229,7 +325,8 @@ def configure(maker: "Make", inputs: Inputs, stamp: str = "") -> None:
 
 
 def store(inputs: Inputs, outdir: Path, log: Path, seconds: float) -> KernelArtifacts:
-    """Copy the products into the content-addressed cache (meta.json last)."""
+    """Copy the products into the content-addressed cache, with a meta.json
+    recording every stored file's size and sha256 (taken from the copies)."""
     key = inputs.cache_key
     dest = artifacts_dir(key)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -237,9 +334,7 @@ def store(inputs: Inputs, outdir: Path, log: Path, seconds: float) -> KernelArti
     for name, rel in PRODUCTS.items():
         shutil.copy2(outdir / rel, tmp / Path(rel).name)
     shutil.copy2(log, tmp / "build.log")
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.rename(tmp, dest)
+    files = {p.name: file_record(p) for p in sorted(tmp.iterdir())}
     release = (outdir / "include/config/kernel.release")
     art = KernelArtifacts(
         image=str(dest / "Image"), vmlinux=str(dest / "vmlinux"),
@@ -251,7 +346,11 @@ def store(inputs: Inputs, outdir: Path, log: Path, seconds: float) -> KernelArti
         config_digest=kconfig.digest(inputs.requested),
         kernel_release=release.read_text().strip() if release.exists() else "",
         toolchain=inputs.toolchain, seconds=round(seconds, 2), rebuilt=True)
-    (dest / "meta.json").write_text(json.dumps(art.to_dict(), indent=1))
+    # meta.json goes in before the rename: the entry appears whole or not at all
+    (tmp / "meta.json").write_text(json.dumps(dict(art.to_dict(), files=files), indent=1))
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.rename(tmp, dest)
     return art
 
 
@@ -262,14 +361,92 @@ _ERROR_LINE = re.compile(r"(error:|Error \d|undefined reference|fatal error|"
                          r"No rule to make target|\*\*\*)")
 
 
+class BuildProgress:
+    """Progress of one ``make Image``: kbuild lines (one per object or target)
+    against the tree's largest recorded build (``.harness-steps``; the
+    ``DEFAULT_STEPS`` estimate, shown as ``~N``, before the first one).
+
+    ``live`` (a terminal): one line redrawn at every object. Either way a
+    ticker thread reports every ``interval`` seconds, so a silent stretch
+    (a cold tree, the final link) still shows: without a terminal as a full
+    line, ``[build] 412/1136 objects (36%), 95 s elapsed, last CC mm/memory.o``.
+    ``quiet`` (-q): counts only. ``clock`` and ``interval`` are injectable.
+    """
+
+    def __init__(self, total: int, estimated: bool = False, live: bool = False,
+                 clock=time.monotonic, interval: float = PROGRESS_INTERVAL,
+                 stream=None, quiet: bool = False):
+        self.total, self.estimated, self.live = total, estimated, live
+        self.quiet = quiet
+        self.clock, self.interval = clock, interval
+        self.stream = stream
+        self.steps, self.last = 0, ""
+        self.start = clock()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def line(self) -> str:
+        total = f"~{self.total}" if self.estimated else str(self.total)
+        pct = f" ({100 * self.steps // self.total}%)" \
+            if 0 < self.total and self.steps < self.total else ""
+        text = (f"[build] {self.steps}/{total} objects{pct}, "
+                f"{self.clock() - self.start:.0f} s elapsed")
+        return text + (f", last {self.last}" if self.last else "")
+
+    def step(self, verb: str, target: str) -> None:
+        self.steps += 1
+        self.last = f"{verb} {target}"
+        if self.live:
+            self._write(f"\r\033[K{self.line()}"[:160])
+
+    def tick(self) -> None:
+        """One periodic report (the ticker calls this every ``interval``)."""
+        self._write(f"\r\033[K{self.line()}"[:160] if self.live else self.line() + "\n")
+
+    def _write(self, text: str) -> None:
+        if self.quiet:
+            return
+        stream = self.stream or sys.stderr
+        with self._lock:
+            stream.write(text)
+            stream.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.tick()
+
+    def __enter__(self) -> "BuildProgress":
+        if not self.quiet:
+            self._thread = threading.Thread(target=self._run, name="build-progress",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.live:
+            self._write("\n")
+        elif exc_type is None:
+            self._write(f"[build] make finished: {self.steps} objects in "
+                        f"{self.clock() - self.start:.0f} s\n")
+
+
 class Make:
     """Runs make for one O= tree; tees output to build.log; shows progress."""
 
-    def __init__(self, tree: Path, outdir: Path, req: BuildRequest, progress=None):
+    def __init__(self, tree: Path, outdir: Path, req: BuildRequest, progress=None,
+                 clock=time.monotonic, interval: float = PROGRESS_INTERVAL):
         self.tree, self.outdir, self.req = tree, outdir, req
         self.log_path = outdir / "harness-build.log"
         self.log_path.write_text("")
+        # progress None: a live line on a terminal, else (CI logs) a full line
+        # every ``interval`` s; True: the live line; False: none (-q)
+        self.quiet = progress is False
         self.progress = progress if progress is not None else sys.stderr.isatty()
+        self.clock, self.interval = clock, interval
         self.env = dict(os.environ, **FIXED_ENV,
                         CCACHE_DIR=str(cache_root() / "ccache"))
 
@@ -299,28 +476,33 @@ class Make:
             raise self._failure(stage, rc)
 
     def _stream(self, argv, log, stage) -> int:
-        steps, total = 0, self._expected_steps() if stage == "build" else 0
+        if stage != "build":
+            return self._pump(argv, log, None)
+        recorded = self._recorded_steps()
+        with BuildProgress(recorded or DEFAULT_STEPS, estimated=not recorded,
+                           live=self.progress, clock=self.clock,
+                           interval=self.interval, quiet=self.quiet) as progress:
+            rc = self._pump(argv, log, progress)
+        if rc == 0 and progress.steps > recorded:
+            # the largest (i.e. full) build of this tree: a progress yardstick
+            (self.outdir / ".harness-steps").write_text(str(progress.steps))
+        return rc
+
+    def _pump(self, argv, log, progress) -> int:
+        """Run make, copy its output to the log, count kbuild lines."""
         proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace")
         try:
             for line in proc.stdout:
                 log.write(line)
                 m = _KBUILD_LINE.match(line)
-                if m and stage == "build":
-                    steps += 1
-                    self._show(steps, total, m.group(1), m.group(2))
-            rc = proc.wait()
+                if m and progress is not None:
+                    progress.step(m.group(1), m.group(2))
+            return proc.wait()
         except BaseException:
             proc.kill()
             proc.wait()
             raise
-        finally:
-            if self.progress and stage == "build":
-                sys.stderr.write("\n")
-        if stage == "build" and rc == 0 and steps > self._recorded_steps():
-            # the largest (i.e. full) build of this tree: a progress yardstick
-            (self.outdir / ".harness-steps").write_text(str(steps))
-        return rc
 
     def _recorded_steps(self) -> int:
         try:
@@ -330,13 +512,6 @@ class Make:
 
     def _expected_steps(self) -> int:
         return self._recorded_steps() or DEFAULT_STEPS
-
-    def _show(self, steps, total, verb, target) -> None:
-        if not self.progress:
-            return
-        pct = min(99, 100 * steps // max(total, 1))
-        sys.stderr.write(f"\r\033[K[build] {steps:5d} steps (~{pct:2d}%) {verb} {target}"[:120])
-        sys.stderr.flush()
 
     def _failure(self, stage: str, rc: int) -> HarnessError:
         lines = self.log_path.read_text(errors="replace").splitlines()
@@ -370,15 +545,33 @@ def list_cache() -> list:
     return [a for _, a in sorted(arts, key=lambda x: -x[0])]
 
 
+# What the harness keeps in cache_root(), besides locks/. ``cache clean --all``
+# removes exactly these: HOTPLUG_HARNESS_CACHE pointed at a wrong folder (a
+# home directory) must not lose anything the harness did not make.
+CACHE_ENTRIES = ("artifacts", "build", "trees", "src", "ccache", "guest-image",
+                 "debs", "file-hashes.json")
+
+
 def clean_cache(everything: bool = False) -> list:
-    """Remove cached kernels (and with ``everything``, trees, O= dirs, ccache)."""
+    """Remove cached kernels; with ``everything``, all the cache holds
+    (``CACHE_ENTRIES``: sources, work trees, O= trees, ccache, guest images,
+    downloaded .debs, memo files) except ``locks/``: a lock file unlinked
+    under a holder would let a second run take the same lock. Anything else
+    found in the cache folder is left and named on stderr."""
     root = cache_root()
-    names = ["artifacts"] + (["build", "trees", "src", "ccache", "guest", "debs"]
-                             if everything else [])
     removed = []
     with locked("cache-clean"):
-        for name in names:
-            if (root / name).exists():
-                shutil.rmtree(root / name)
-                removed.append(str(root / name))
+        for name in CACHE_ENTRIES if everything else ("artifacts",):
+            path = root / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+            else:
+                continue
+            removed.append(str(path))
+        if everything:
+            for other in sorted(p.name for p in root.iterdir()
+                                if p.name not in CACHE_ENTRIES + ("locks",)):
+                cache_message(f"left {root / other}: not something the harness keeps")
     return removed

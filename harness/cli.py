@@ -89,8 +89,11 @@ def cmd_build(args) -> int:
 
 def cmd_cache(args) -> int:
     if args.action == "clean":
-        for path in build_mod.clean_cache(everything=args.all):
+        removed = build_mod.clean_cache(everything=args.all)
+        for path in removed:
             print(f"removed {path}")
+        if not removed:
+            print("nothing to remove")
         return 0
     arts = build_mod.list_cache()
     if args.json:
@@ -123,7 +126,8 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cache", help="list or free cached kernels")
     c.add_argument("action", choices=["list", "clean"])
     c.add_argument("--all", action="store_true",
-                   help="with clean: also unpacked sources, work trees, O= trees, ccache")
+                   help="with clean: everything the cache holds (unpacked sources, work "
+                        "trees, O= trees, ccache, guest images, downloaded .debs)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_cache)
     _add_later_commands(sub)

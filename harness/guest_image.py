@@ -3,7 +3,8 @@
 The base image holds Debian's arm64 busybox-static and dropbear-bin (with the
 dependency closure apt resolves), a few /etc files, ``guest-scripts/init`` as
 ``/init`` and all of ``guest-scripts/`` under ``/harness``. It is cached by
-content under ``cache_root()/guest-image`` and shared between runs. The run's
+content under ``cache_root()/guest-image`` and shared between runs; its size
+and sha256 sit beside it (``.json``) and are checked on every reuse. The run's
 SSH key goes into a separate tiny cpio.gz; the kernel unpacks concatenated
 gzip'd cpio archives as one initramfs, so ``compose_initrd`` just concatenates.
 
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .build import cache_message, check_file, file_record
 from .errors import INFRA, HarnessError
 from .host import cache_root, require_tool, run
 
@@ -286,7 +288,10 @@ def resolve(roots: Sequence[str], cache_dir: Path) -> list[DebRef]:
     memo_key = _digest([BUILDER_VERSION, ARCH, list(roots), _apt_state()])
     memo = cache_dir / f"resolve-{memo_key[:16]}.json"
     if memo.exists():
-        return [DebRef(**d) for d in json.loads(memo.read_text())]
+        try:
+            return [DebRef(**d) for d in json.loads(memo.read_text())]
+        except (ValueError, TypeError) as e:  # a truncated memo: ask apt again
+            cache_message(f"{cache_dir.name}/{memo.name} is unreadable ({e}): resolving again")
     _progress(f"resolving the {ARCH} closure of {', '.join(roots)}")
     refs = resolve_debs(resolve_closure(roots))
     _atomic_write(memo, json.dumps([asdict(r) for r in refs], indent=1).encode())
@@ -387,11 +392,43 @@ def build_base_image(roots: Sequence[str] = ROOT_PACKAGES,
     key = cache_key(refs, scripts, roots)
     dest = cache_dir / f"base-{key[:16]}.cpio.gz"
     packages = tuple(r.package for r in refs)
-    if not dest.exists():
+    problem = verify_image(dest)
+    if problem is not None:
+        if problem:
+            cache_message(f"{problem}: rebuilding")
         with _locked(cache_dir / ".lock"):
-            if not dest.exists():
+            again = verify_image(dest)  # built by another run while we waited?
+            if again is not None:
+                if again and again != problem:
+                    cache_message(f"{again}: rebuilding")
+                _record_path(dest).unlink(missing_ok=True)
                 _build(refs, scripts, cache_dir, dest)
+                _atomic_write(_record_path(dest),
+                              json.dumps(file_record(dest), indent=1).encode())
     return GuestImage(dest, key, packages, dest.stat().st_size)
+
+
+def _record_path(image: Path) -> Path:
+    """The sidecar holding the image's size and sha256, written after it."""
+    return image.with_name(image.name + ".json")
+
+
+def verify_image(image: Path):
+    """None if the cached image matches its recorded size and sha256 (a full
+    digest, ~a few MB: milliseconds); "" if there is no image at all; else
+    what is wrong. An image stored before records existed is rebuilt, not
+    digested once (the build is deterministic and reuses the cached .debs)."""
+    label = f"{image.parent.name}/{image.name}"
+    record_file = _record_path(image)
+    if not record_file.exists():
+        if not image.exists():
+            return ""
+        return f"{label} has no recorded size or digest (stored before the cache verified it)"
+    try:
+        record = json.loads(record_file.read_text())
+    except (OSError, ValueError) as e:
+        return f"{label}.json is unreadable ({type(e).__name__}: {e})"
+    return check_file(image, record, label)
 
 
 def _build(refs, scripts, cache_dir: Path, dest: Path) -> None:

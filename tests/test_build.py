@@ -34,14 +34,16 @@ def test_lookup_roundtrip(private_cache, tmp_path):
     key = "ab" * 32
     d = build.artifacts_dir(key)
     d.mkdir(parents=True)
-    for name in ("Image", "vmlinux", ".config"):
+    names = ("Image", "vmlinux", ".config", "System.map")
+    for name in names:
         (d / name).write_text("x")
     art = build.KernelArtifacts(
-        image=str(d / "Image"), vmlinux=str(d / "vmlinux"), system_map="",
+        image=str(d / "Image"), vmlinux=str(d / "vmlinux"), system_map=str(d / "System.map"),
         config=str(d / ".config"), build_log="", cache_key=key, source="s",
         patches=(("p", "h"),), fragments=("base",), config_digest="c",
         kernel_release="6.12", toolchain="t")
-    (d / "meta.json").write_text(json.dumps(art.to_dict()))
+    files = {n: build.file_record(d / n) for n in names}
+    (d / "meta.json").write_text(json.dumps(dict(art.to_dict(), files=files)))
     assert build.lookup(key) == art
     assert build.lookup("cd" * 32) is None
     assert [a.cache_key for a in build.list_cache()] == [key]
