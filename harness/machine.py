@@ -328,6 +328,9 @@ class Machine:
         self.stderr_path = self.out_dir / "qemu.stderr"
         self.console_log = self.out_dir / "console.log"
         self._closed = False
+        # set by the session: raises KernelCrash when the console shows one, so a
+        # QMP wait ends at once with blame on the kernel (not at its timeout)
+        self.crash_check = None
 
     # -- launch ------------------------------------------------------------
     def __enter__(self) -> "Machine":
@@ -417,11 +420,11 @@ class Machine:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def _check_alive(self, doing: str) -> None:
+    def _check_alive(self, doing: str, step: str = "boot") -> None:
         if self.proc is not None and self.proc.poll() is not None:
             raise MachineError(
                 f"QEMU exited with code {self.proc.returncode} while {doing}",
-                step="boot", evidence=self._stderr_tail() + "\n--- console tail ---\n"
+                step=step, evidence=self._stderr_tail() + "\n--- console tail ---\n"
                 + self.console_tail())
 
     def _stderr_tail(self) -> str:
@@ -446,12 +449,36 @@ class Machine:
     # -- QMP -------------------------------------------------------------------
     def qmp_cmd(self, name: str, **args):
         from qemu.qmp import ExecuteError
-        self._check_alive(f"sending QMP {name}")
+        self._guard(f"sending QMP {name}")
         try:
             return self.qmp.cmd(name, **args)
         except ExecuteError as e:
             raise HarnessError(f"QMP {name} failed: {e}", step="qmp",
                                evidence=f"sent: {e.sent}\nreceived: {e.received}") from e
+        except Exception as e:   # the connection broke: QEMU died, or the kernel
+            self._qmp_lost(name, e)
+            raise
+
+    def _guard(self, doing: str) -> None:
+        """Before and during QMP work: a kernel crash on the console first
+        (KernelCrash: a panic also ends QEMU, and that is the kernel's fault),
+        then QEMU gone (MachineError)."""
+        if self.crash_check is not None:
+            self.crash_check()
+        self._check_alive(doing, step="qmp")
+
+    def _qmp_lost(self, name: str, exc: Exception) -> None:
+        """After a broken QMP call: a kernel crash on the console (KernelCrash),
+        QEMU gone (MachineError with its exit code, stderr and console tail, as
+        for an SSH step), else a MachineError naming the call."""
+        for _ in range(40):      # the socket may close just before QEMU exits
+            if not self.alive():
+                break
+            time.sleep(0.05)
+        self._guard(f"running QMP {name}")
+        raise MachineError(f"QMP {name}: the connection failed: "
+                           f"{type(exc).__name__}: {exc}", step="qmp",
+                           evidence=self._stderr_tail()) from exc
 
     def wait_event(self, name: str, match: dict | None = None,
                    deadline: Deadline | float = 10.0) -> dict:
@@ -459,9 +486,9 @@ class Machine:
         if not isinstance(deadline, Deadline):
             deadline = Deadline(deadline)
         while not deadline.expired():
-            self._check_alive(f"waiting for {name}")
+            self._guard(f"waiting for QMP event {name}")
             try:
-                event = self.qmp.pull_event(wait=float(min(deadline.remaining(), 0.5)))
+                event = self.qmp.pull_event(wait=float(min(deadline.remaining(), 0.2)))
             except Exception:  # asyncio.TimeoutError: nothing yet
                 continue
             if event and event.get("event") == name and _partial_match(

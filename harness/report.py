@@ -225,10 +225,20 @@ def _kernel_line(kernel: dict) -> str:
     return line
 
 
+def _options_lines(report: dict) -> list[str]:
+    """What the run was told not to look at, said up front."""
+    off = [m["method"] for m in report["methods"]
+           if (m.get("run", {}).get("options") or {}).get("walker") is False]
+    if not off:
+        return []
+    return [f"walker: off (--no-walker) for {', '.join(off)}: judged from the kernel's "
+            "ptdump and memstart_addr only; the walker's checks were not required"]
+
+
 def summary(report: dict, path: Optional[Path] = None) -> str:
     """A terminal table: methods and checks, then FAIL/ERROR evidence in full,
     then the overall verdict and (when given) where the report is."""
-    lines = [_kernel_line(report.get("kernel") or {}), ""]
+    lines = [_kernel_line(report.get("kernel") or {}), *_options_lines(report), ""]
     for method in report["methods"]:
         lines += _method_lines(method)
     details = [b for m in report["methods"] for b in _detail_blocks(m)]

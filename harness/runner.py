@@ -59,7 +59,9 @@ def run_method(name: str, art: KernelArtifacts, ropts: RunOptions,
     module = METHODS[name]
     out.mkdir(parents=True, exist_ok=True)
     bopts = module.boot_options(replace(ropts.boot, mode=module.MODE))
-    state = {"rec": None, "error": None, "crashes": (), "offset": 0}
+    state = {"rec": None, "error": None, "crashes": (), "offset": 0,
+             "required": tuple(getattr(module, "REQUIRED_CHECKS", ())),
+             "options": _recorded_options(module, ropts)}
     _progress(f"[{name}] booting ({bopts.mode})")
     try:
         with boot(art, bopts, out, progress=ui.verbose()) as guest:
@@ -71,19 +73,31 @@ def run_method(name: str, art: KernelArtifacts, ropts: RunOptions,
                 state["error"] = e
             finally:
                 _settle(guest)
+                if guest.watcher.open_kind is not None:   # a report still arriving
+                    guest.watcher.flush()
                 state["crashes"] = guest.watcher.reports
     except HarnessError as e:
         state["error"] = state["error"] or e
         if isinstance(e, KernelCrash) and not state["crashes"]:
             state["crashes"] = e.reports
     except KeyboardInterrupt as e:   # SIGINT/SIGTERM: keep what was recorded
-        step = state["rec"].guest.step if state["rec"] else "boot"
+        rec = state["rec"]
+        step = rec.guest.step if rec else "boot"
+        done = bool(rec and rec.steps and rec.steps[-1].name == step and rec.steps[-1].ok)
         state["error"] = state["error"] or HarnessError(
-            f"interrupted by {signals.signame(e)} during step {step!r}",
-            step=step, blame="interrupted")
+            f"interrupted by {signals.signame(e)} {'after' if done else 'during'} "
+            f"step {step!r}", step=step, blame="interrupted")
         e.run = _method_run(name, state, out)
         raise
     return _method_run(name, state, out)
+
+
+def _recorded_options(module, ropts: RunOptions) -> dict:
+    """The options the checks must know: was the walker asked for, how many
+    cycles does this method run."""
+    fields = {f.name for f in dataclasses.fields(module.Options)}
+    return {"walker": ropts.walk,
+            "cycles": ropts.cycles if "cycles" in fields else 1}
 
 
 def _settle(guest) -> None:
@@ -102,12 +116,15 @@ def _method_run(name: str, state: dict, out: Path) -> MethodRun:
         error = {"message": err.message, "step": err.step, "blame": err.blame,
                  "evidence": err.evidence[-4000:]}
     crashes = tuple(_crash_dict(c, rec) for c in state["crashes"])
+    declared = {"required": state.get("required", ()), "options": state.get("options", {})}
     if rec is None:
-        return MethodRun(method=name, geometry={}, crashes=crashes, error=error)
+        return MethodRun(method=name, geometry={}, crashes=crashes, error=error,
+                         **declared)
     return MethodRun(method=name, geometry=rec.geometry, steps=tuple(rec.steps),
                      phases=tuple(rec.phases), removals=tuple(rec.removals),
                      crashes=crashes, bootmem_offline=rec.bootmem,
-                     kselftest=rec.kselftest, error=error, notes=tuple(rec.notes))
+                     kselftest=rec.kselftest, error=error, notes=tuple(rec.notes),
+                     **declared)
 
 
 def _crash_dict(report, rec: Optional[Recorder]) -> dict:

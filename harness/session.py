@@ -199,10 +199,11 @@ def _bring_up(machine: Machine, key, opts: BootOptions, out_dir: Path) -> Guest:
     if "uptime" in words[:-1]:   # the guest's own clock: kernel + init time
         times["guest_uptime_at_ready_s"] = float(words[words.index("uptime") + 1])
     guest_ref: list = []
+    gate = CrashGate(watcher, guest_ref, machine.tap)
+    machine.crash_check = gate     # QMP waits end at a crash too
     ssh = None
     if opts.ssh:
-        ssh = SshTransport(machine.spec.ssh_port, key,
-                           crash_check=CrashGate(watcher, guest_ref, machine.tap),
+        ssh = SshTransport(machine.spec.ssh_port, key, crash_check=gate,
                            alive_check=lambda: _qemu_alive(machine, guest_ref))
         ssh.connect(deadline, alive=lambda: machine._check_alive("connecting SSH"))
         times["boot_to_ssh_s"] = time.monotonic() - machine.times.launched
