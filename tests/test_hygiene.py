@@ -299,6 +299,63 @@ def test_stop_children_spares_a_reused_pid():
             pass
 
 
+FAKE_MAKE = """#!/bin/sh
+sleep 300 & echo $! >> "$FAKE_MAKE_PIDS"
+sleep 301 & echo $! >> "$FAKE_MAKE_PIDS"
+echo "  CC      mm/a.o"
+wait
+"""
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_a_build_stops_make_and_its_children(tmp_path, fake_tree, sig,
+                                                           code):
+    """A real 'hotplug-harness build' whose make (first on PATH) starts two
+    long compiler-like children: the signal ends all of them, exit 130/143."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "make").write_text(FAKE_MAKE)
+    (bin_dir / "make").chmod(0o755)
+    pids = tmp_path / "pids"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}",
+               FAKE_MAKE_PIDS=str(pids), HOTPLUG_HARNESS_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "build", "--kernel-src",
+                             str(fake_tree), "--no-series"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children = []
+    try:
+        for line in proc.stderr:
+            if line.startswith("$ make"):
+                break
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            children = [int(p) for p in pids.read_text().split()] if pids.exists() else []
+            if len(children) == 2:
+                break
+            time.sleep(0.05)
+        assert len(children) == 2, proc.stderr.read()
+        make_pid = [p for p, _ in signals.descendants(proc.pid).items()
+                    if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"/bin/sh")]
+        starts = {p: signals.start_time(p) for p in children + make_pid}
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == code, err
+        assert f"interrupted by {signal.Signals(sig).name}" in err
+        assert "error" not in err and "does not build" not in err
+        time.sleep(0.2)
+        for pid, start in starts.items():
+            assert not signals._alive(pid, start), f"{pid} still running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 # ------------------------------------------------------------ /dev/shm sweep -
 
 def run_dir(base: Path, name: str, owner: str | None) -> Path:
@@ -467,3 +524,39 @@ def test_boot_exec_status_and_stderr(kernel, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 7, proc.stderr[-3000:]
     assert proc.stdout == "out\n" and proc.stderr == "err\n"
+
+
+@pytest.mark.kernel
+@pytest.mark.qemu
+def test_folder_of_a_killed_run_is_swept_at_the_next_start(kernel, tmp_path):
+    """SIGKILL leaves no chance to clean up: QEMU dies with its parent
+    (PR_SET_PDEATHSIG), the /dev/shm folder stays; the next run removes it."""
+    before = our_shm()
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "boot", "--mode", "dt",
+                             "--exec", "sleep 120", "--out", str(tmp_path / "a")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        console = tmp_path / "a" / "console.log"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if console.exists() and "HARNESS-READY" in console.read_text(errors="replace"):
+                break
+            time.sleep(0.2)
+        (left,) = our_shm() - before
+        assert Path(left, "owner").read_text().split()[0] == str(proc.pid)
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    time.sleep(1)
+    assert os.path.isdir(left)                           # nobody cleaned up
+    assert qemu_processes(left) == [], "QEMU outlived a SIGKILLed harness"
+    again = subprocess.run([sys.executable, "-m", "harness.cli", "boot", "--mode", "dt",
+                            "--exec", "true", "--out", str(tmp_path / "b")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"removed {left}, left by a run that died" in again.stderr
+    assert not os.path.exists(left)
+    assert our_shm() - before == set()

@@ -84,7 +84,9 @@ def test_guest_that_never_gets_ready_ends_at_its_deadline(kernel, tmp_path):
     assert e.value.evidence  # the console tail
 
 
-def test_no_leftovers_after_sigint(kernel, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_no_leftovers_after_sigint(kernel, tmp_path, sig):
+    """boot() used as a library (no CLI handler): SIGINT and SIGTERM both unwind."""
     before = our_shm()
     script = ("import sys, time\n"
               "from harness import build\n"
@@ -99,8 +101,9 @@ def test_no_leftovers_after_sigint(kernel, tmp_path):
     assert line and line[0] == "PID", proc.stderr.read()[-2000:]
     qemu_pid, run_dir = int(line[1]), line[2]
     assert os.path.exists(f"/proc/{qemu_pid}")
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=30)
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=30)[1]
+    assert "KeyboardInterrupt" in err or "Terminated" in err, err[-2000:]
     time.sleep(0.5)
     assert not os.path.exists(f"/proc/{qemu_pid}"), "QEMU outlived the harness"
     assert not os.path.exists(run_dir), "run folder left behind"
