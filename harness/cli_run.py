@@ -28,8 +28,8 @@ examples:
   hotplug-harness boot --exec 'uname -r'     # one command in a fresh guest, then off
 
 --exec runs one command (over --transport) in a freshly booted guest, prints
-its stdout and stderr, shuts the guest down and exits with the command's
-status (a harness or machine failure prints 'hotplug-harness: error' and
+its stdout and stderr (merged into stdout over the serial transport), shuts
+the guest down and exits with the command's status (a harness or machine failure prints 'hotplug-harness: error' and
 exits 2, a kernel crash 1).
 
 --check prints boot_to_ready_s (QEMU start to the guest's HARNESS-READY line),

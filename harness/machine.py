@@ -17,7 +17,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -169,8 +168,7 @@ def sweep_run_dirs(base: Path = SHM, prefix: str = RUN_PREFIX) -> list:
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
-        print(f"hotplug-harness: removed {path}, left by a run that died",
-              file=sys.stderr)
+        progress.info(f"hotplug-harness: removed {path}, left by a run that died")
     return removed
 
 
