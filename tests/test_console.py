@@ -328,12 +328,12 @@ def replay(name, token, monkeypatch, **kw):
 
 
 def test_replay_oops_mid_output(monkeypatch):
-    console = replay("console-oops-copy-page.log", "9a0b1c2d", monkeypatch)
+    console = replay("console-oops-copy-page.log", "8f1413d7", monkeypatch)
     assert console.wait_ready(T).startswith("HARNESS-READY")
     with pytest.raises(KernelCrash) as info:
-        console.run("echo 0x88000000 > /sys/devices/system/memory/remove", T)
+        console.run("echo offline > /sys/devices/system/memory/memory17/state", T)
     assert [r.kind for r in info.value.reports] == ["oops"]
-    assert info.value.report.pc_symbol == "copy_page+0x30/0xd0"
+    assert info.value.report.pc_symbol == "copy_page+0x4/0xd0"
 
 
 def test_replay_warning_not_fatal(monkeypatch, tmp_path):
@@ -341,28 +341,23 @@ def test_replay_warning_not_fatal(monkeypatch, tmp_path):
                      fatal_kinds=("panic", "oops", "bug", "kasan"),
                      logfile=tmp_path / "console.log")
     console.wait_ready(T)
-    result = console.run("while [ -e /sys/devices/system/memory/memory16 ]; "
-                         "do sleep 0.1; done; echo gone", T)
-    assert (result.stdout, result.exit_code) == ("gone\n", 0)
-    assert [r.kind for r in console.crashes] == ["warning"]
-    assert len(console.kernel_log) == 33  # every timestamped line of the recording
-    assert [r.kind for r in console.drain(T)] == ["warning"]  # reads the rest, to EOF
+    # recorded over SSH (no framed command): the WARNING does not end the wait,
+    # the Oops that follows it does
+    with pytest.raises(KernelCrash) as info:
+        console.run("while [ -e /sys/devices/system/memory/memory16 ]; "
+                    "do sleep 0.1; done; echo gone", T)
+    assert [r.kind for r in info.value.reports] == ["warning", "oops"]
+    assert len(console.kernel_log) == 90  # every timestamped line of the recording
+    assert [r.kind for r in console.drain(T)] == ["warning", "oops"]  # to EOF
     console.close()
     assert (tmp_path / "console.log").read_bytes() == (DATA / "console-warn-hotplug.log").read_bytes()
 
 
 def test_replay_panic_then_eof_is_guest_crash(monkeypatch):
-    console = replay("console-panic-sysrq.log", "1f2e3d4c", monkeypatch)
+    console = replay("console-panic-sysrq.log", "923a0759", monkeypatch)
     console.wait_ready(T)
     with pytest.raises(KernelCrash) as info:
         console.run("echo c > /proc/sysrq-trigger", T)
     assert info.value.report.kind == "panic"
     assert info.value.report.lines[-1] == "Memory Limit: none"
 
-
-def test_replay_kasan(monkeypatch):
-    console = replay("console-kasan-uaf.log", "5e6f7a8b", monkeypatch)
-    console.wait_ready(T)
-    with pytest.raises(GuestCrash) as info:
-        console.run("echo 0x88000000 > /sys/devices/system/memory/remove", T)
-    assert info.value.report.kind == "kasan" and info.value.report.complete

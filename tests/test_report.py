@@ -148,8 +148,8 @@ def test_summary(written):
     assert any(ln.split()[:2] == ["FAIL", "tables-freed"] for ln in lines)
     assert "FAIL: method probe, step remove dimm1, check tables-freed:" in lines
     assert "    oops: Unable to handle kernel paging request at virtual address " \
-        "ffff000080065000 (pc copy_page+0x30/0xd0), step remove memory17, " \
-        "console line 8" in lines
+        "ffff00008ff8c000 (pc copy_page+0x4/0xd0), step remove memory17, " \
+        "console line 36" in lines
     assert lines[-1] == f"verdict: FAIL (exit 1)  report: {written}"
 
 
