@@ -1,5 +1,6 @@
 """Tests for harness.checks, on MethodRuns built from the synthetic samples in
-tests/data (ptdump-4k-48-*, sysfs-memory-blocks-*, meminfo-virt-*, iomem-virt-*;
+tests/data (synthetic-ptdump-4k-48-*, synthetic-sysfs-memory-blocks-*,
+synthetic-meminfo-virt-*, synthetic-iomem-virt-*;
 see test_ptdump.py for their provenance). Walker summaries are derived from the
 same dumps, so walker and ptdump agree unless a test makes them differ.
 
@@ -52,20 +53,20 @@ GLOB_ORDER = [10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 8, 9]
 # ---------------------------------------------------------------- builders
 
 def snap(name: str) -> ptdump.Snapshot:
-    return ptdump.parse((DATA / f"ptdump-4k-48-{name}.txt").read_text())
+    return ptdump.parse((DATA / f"synthetic-ptdump-4k-48-{name}.txt").read_text())
 
 
 def blocks(name: str) -> sysfs.BlockTable:
-    return sysfs.parse_memory_blocks((DATA / f"sysfs-memory-blocks-{name}.txt").read_text())
+    return sysfs.parse_memory_blocks((DATA / f"synthetic-sysfs-memory-blocks-{name}.txt").read_text())
 
 
 def meminfo(name: str) -> dict:
-    return sysfs.parse_meminfo((DATA / f"meminfo-virt-{name}.txt").read_text())
+    return sysfs.parse_meminfo((DATA / f"synthetic-meminfo-virt-{name}.txt").read_text())
 
 
 def system_ram(name: str) -> tuple:
     """As records.Phase documents it: (start, end_inclusive)."""
-    top = sysfs.parse_iomem((DATA / f"iomem-virt-acpi-{name}.txt").read_text())
+    top = sysfs.parse_iomem((DATA / f"synthetic-iomem-virt-acpi-{name}.txt").read_text())
     return tuple((r.start, r.last) for t in top for r in t.walk()
                  if r.name.startswith("System RAM"))
 

@@ -1,6 +1,6 @@
 """Tests for harness.inspect.ptdump.
 
-Provenance of tests/data/ptdump-*.txt: *synthesised*, not recorded. They were
+Provenance of tests/data/synthetic-ptdump-*.txt: *synthesised*, not recorded. They were
 produced by simulating ``note_page()`` of arch/arm64/mm/ptdump.c (6.12) over a
 model of a QEMU virt guest (1 GiB RAM at PA 0x40000000, 512 MiB pc-dimm at
 0x80000000, 4K pages, 52-bit VA/5 levels/LPA2 and 48-bit VA/4 levels), and
@@ -48,7 +48,7 @@ REGIONS = ["Linear Mapping", "Linear Mapping end", "Modules", "Modules end",
 
 
 def load(name: str) -> Snapshot:
-    return parse((DATA / f"ptdump-{name}.txt").read_text())
+    return parse((DATA / f"synthetic-ptdump-{name}.txt").read_text())
 
 
 @pytest.mark.parametrize("line", [ln[1:] for ln in FACTS_DIFF_LINEAR + FACTS_DIFF_VMEMMAP])
@@ -80,10 +80,10 @@ def test_unknown_tokens_are_kept():
     assert format_attrs(("RW", "XYZ")).split() == ["RW", "XYZ"]
 
 
-@pytest.mark.parametrize("name", sorted(p.stem[len("ptdump-"):]
-                                        for p in DATA.glob("ptdump-*.txt")))
+@pytest.mark.parametrize("name", sorted(p.stem[len("synthetic-ptdump-"):]
+                                        for p in DATA.glob("synthetic-ptdump-*.txt")))
 def test_samples_parse_and_format_back_exactly(name):
-    text = (DATA / f"ptdump-{name}.txt").read_text()
+    text = (DATA / f"synthetic-ptdump-{name}.txt").read_text()
     snap = parse(text)
     assert list(snap.regions) == REGIONS
     assert format_snapshot(snap) == text

@@ -303,3 +303,18 @@ def test_recorded_0004_run_is_caught_by_online_memory_mapped_not_a_splat():
     assert ptdump.covering(removed1, LINEAR, OFF + 0xa000_0000, OFF + 0xa800_0000) == []
     assert ptdump.entry_at(removed1, OFF + 0xa800_0000).is_valid  # the rest of dimm2
     assert classify_file(DATA / folder / "acpi-dimm" / "console.log") == []
+
+
+def test_tests_data_readme_says_where_every_file_comes_from():
+    import fnmatch
+    text = (DATA / "README").read_text()
+    named = set(re.findall(r"`([\w.*/-]+)`", text))
+    patterns = {n.split("/")[0] for n in named if not n.startswith(("hotplug-harness", "--"))}
+    for entry in sorted(DATA.iterdir()):
+        if entry.name in ("README", "__pycache__"):
+            continue
+        assert any(fnmatch.fnmatch(entry.name, pat) for pat in patterns), \
+            f"tests/data/README does not say how {entry.name} was made"
+    # whatever is not a capture says so in its name (or README names it generated)
+    for entry in DATA.glob("console-*.log"):
+        assert "RECORDED" in text.split(f"`{entry.name}`", 1)[1].split("\n", 1)[0]

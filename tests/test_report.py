@@ -125,7 +125,7 @@ def test_method_folders(written):
                      "ptdump-online-to-removed-dimm1.diff", "ptdump-online.txt",
                      "ptdump-removed-dimm1.txt", "steps.txt"]
     assert (folder / "ptdump-before.txt").read_text() == \
-        (DATA / "ptdump-4k-48-before.txt").read_text()
+        (DATA / "synthetic-ptdump-4k-48-before.txt").read_text()
     diff = (folder / "ptdump-before-to-added.diff").read_text().splitlines()
     assert diff[:3] == ["--- ptdump-before.txt", "+++ ptdump-added.txt",
                         "@@ Linear Mapping @@"]

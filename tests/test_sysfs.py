@@ -1,6 +1,6 @@
 """Tests for harness.inspect.sysfs.
 
-Provenance: tests/data/sysfs-*, iomem-* and meminfo-* are *synthesised* for a
+Provenance: tests/data/synthetic-{sysfs,iomem,meminfo}-* are *synthesised* for a
 QEMU virt guest with 1 GiB at PA 0x40000000 and a 512 MiB pc-dimm at 0x80000000
 (128 MiB blocks, MemTotal figures from FACTS.md); the sysfs files list blocks
 in the shell's glob order, as MEMORY_BLOCKS_CMD prints them. Zone names are a
@@ -28,7 +28,7 @@ MiB = 1 << 20
 
 
 def read(name: str) -> str:
-    return (DATA / name).read_text()
+    return (DATA / f"synthetic-{name}").read_text()
 
 
 # ---------------------------------------------------------------- memory blocks
