@@ -258,7 +258,7 @@ def check_no_table_freed_while_linked(events: Sequence, step: str = "") -> Verdi
                        f"no free_pages/__free_pages stop was recorded{where}")
     bad = [f for f in frees if f.linked]
     counts = {"frees": len(frees), "linked": len(bad),
-              "tables_freed": sum(1 for f in frees if f.was_table)}
+              "tables_freed": len({f.pa for f in frees if f.was_table})}
     if not bad:
         return Verdict(NO_TABLE_FREED_WHILE_LINKED, PASS,
                        f"{len(frees)} frees{where} ({counts['tables_freed']} of them "
@@ -285,6 +285,7 @@ def check_tlb_flushed_before_free(events: Sequence, step: str = "") -> Verdict:
     cleared: dict[int, Clear] = {}
     flushed: dict[int, Tlbi] = {}
     freed_ok, problems, unobserved = [], [], []
+    done: set = set()
     for e in events:
         if isinstance(e, Clear) and e.table_pa in watched and e.table_pa not in cleared:
             cleared[e.table_pa] = e
@@ -294,7 +295,8 @@ def check_tlb_flushed_before_free(events: Sequence, step: str = "") -> Verdict:
                 if pa not in flushed and e.seq > c.seq and e.covers(link.va, link.span):
                     flushed[pa] = e
         elif isinstance(e, Free):
-            for pa in [p for p in watched if e.pa <= p < e.pa_end]:
+            for pa in [p for p in watched if e.pa <= p < e.pa_end and p not in done]:
+                done.add(pa)               # a later free of the page is a reuse
                 link = watched[pa].link
                 head = (f"{e.describe()}: table PA {pa:#x} of {link.level} entry at VA "
                         f"{link.va:#x} (level {_hw_level(link)})")

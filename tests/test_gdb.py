@@ -1,0 +1,192 @@
+"""harness.gdb: the command line, the tlbi scan, the driver's life cycle (with a
+stand-in gdb), and the real thing against a real guest (``qemu`` mark)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import gdb, order
+from harness.machine import VmSpec, qemu_argv
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _spec(tmp_path, **kw):
+    base = dict(vmlinux="/k/vmlinux", port=1234, out_dir=str(tmp_path), step="remove 0x80000000",
+                pa_start=0x80000000, pa_end=0x88000000,
+                backings=((0x40000000, "/dev/shm/x/ram0"),), geometry=(4096, 48, 4, 48),
+                root_pa=0x41fa0000, tlbi_sites=((0xffff800080010000, "vaae1is", 1),),
+                vmemmap_start=0xfffffdffc0000000)
+    base.update(kw)
+    return gdb.GdbSpec(**base)
+
+
+def test_argv_is_a_pure_function_of_the_spec(tmp_path):
+    spec = _spec(tmp_path)
+    argv = gdb.gdb_argv(spec)
+    assert argv == gdb.gdb_argv(_spec(tmp_path))
+    assert argv[:4] == ["gdb-multiarch", "-q", "-nx", "-batch"] and argv[-1] == "/k/vmlinux"
+    assert any(spec.config_path in a and "agent_main" in a for a in argv)
+    assert not Path(spec.config_path).exists()          # no I/O
+    with pytest.raises(Exception):
+        spec.port = 1                                    # frozen
+
+
+def test_vmspec_gdb_port(tmp_path):
+    base = VmSpec(kernel="/k/Image", initrd="/k/initrd", run_dir=str(tmp_path), mode="dt")
+    assert "-gdb" not in qemu_argv(base)
+    from dataclasses import replace
+    argv = qemu_argv(replace(base, gdb_port=4567))
+    i = argv.index("-gdb")
+    assert argv[i + 1] == "tcp:127.0.0.1:4567"
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-as") is None, reason="no cross as")
+def test_scan_tlbi_finds_aligned_tlbi_in_code(tmp_path):
+    src = tmp_path / "t.s"
+    src.write_text(".text\nnop\ntlbi vaae1is, x3\n.word 0x12d50883\ntlbi vmalle1is\n"
+                   "tlbi vaale1is, x2\nret\n.data\n.word 0xd5088362\n")
+    obj = tmp_path / "t.o"
+    subprocess.run(["aarch64-linux-gnu-as", str(src), "-o", str(obj)], check=True)
+    sites = gdb.scan_tlbi(obj.read_bytes())
+    assert sites == [[4, "vaae1is", 3, True], [12, "vmalle1is", 31, True],
+                     [16, "vaale1is", 2, False]]
+
+
+# ---------------------------------------------------------------- driver life cycle
+
+FAKE = r'''#!{python}
+import json, os, re, signal, sys, time
+cfg = re.search(r"agent_main\('([^']+)'\)", " ".join(sys.argv)).group(1)
+spec = json.load(open(cfg))
+ev = open(os.path.join(spec["out_dir"], "gdb-%s.events.jsonl" % spec["tag"]), "a", buffering=1)
+mode = os.environ["FAKE_GDB"]
+open(os.path.join(spec["out_dir"], "fake.pid"), "w").write(str(os.getpid()))
+if mode == "die":
+    sys.stderr.write("Remote connection closed\nsome gdb complaint\n"); sys.exit(1)
+if mode == "error":
+    ev.write(json.dumps({{"kind": "error", "message": "RuntimeError: no swapper"}}) + "\n")
+    time.sleep(30); sys.exit(3)
+def done(*a):
+    ev.write(json.dumps({{"kind": "stopping"}}) + "\n")
+    ev.write(json.dumps({{"kind": "free", "seq": 1, "step": spec["step"], "fn": "free_pages",
+        "arg": "0x0", "pa": "0x80000000", "order": 0, "lr": "0x0", "caller": "x"}}) + "\n")
+    ev.write(json.dumps({{"kind": "detached", "stats": {{"stops": 1}}}}) + "\n")
+    sys.exit(0)
+if mode == "ok":
+    signal.signal(signal.SIGINT, done)
+else:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # "stuck": only SIGKILL ends it
+ev.write(json.dumps({{"kind": "ready"}}) + "\n")
+while True:
+    time.sleep(0.1)
+'''
+
+
+@pytest.fixture
+def fake_gdb(tmp_path, monkeypatch):
+    path = tmp_path / "fake-gdb"
+    path.write_text(FAKE.format(python=sys.executable))
+    path.chmod(0o755)
+    return str(path)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    st = Path(f"/proc/{pid}/stat").read_text().split()
+    return st[2] != "Z"
+
+
+def test_attach_detach_collects_events(tmp_path, fake_gdb, monkeypatch):
+    monkeypatch.setenv("FAKE_GDB", "ok")
+    lines = []
+    with gdb.attach(_spec(tmp_path, gdb=fake_gdb), progress=lines.append) as s:
+        pid = s.proc.pid
+    assert lines[0].startswith("$ " + fake_gdb)
+    assert [type(e) for e in s.events] == [order.Free]
+    assert s.stats["stops"] == 1 and "attach_s" in s.stats
+    assert not _alive(pid)
+
+
+def test_gdb_is_killed_by_pid_when_the_step_fails(tmp_path, fake_gdb, monkeypatch):
+    monkeypatch.setenv("FAKE_GDB", "ok")
+    with pytest.raises(RuntimeError):
+        with gdb.attach(_spec(tmp_path, gdb=fake_gdb), progress=lambda l: None) as s:
+            raise RuntimeError("the removal step failed")
+    assert not _alive(s.proc.pid)
+
+
+def test_gdb_that_will_not_detach_is_killed(tmp_path, fake_gdb, monkeypatch):
+    monkeypatch.setenv("FAKE_GDB", "stuck")
+    monkeypatch.setattr(gdb, "DETACH_TIMEOUT_S", 1.5)
+    with pytest.raises(gdb.GdbError, match="did not detach"):
+        with gdb.attach(_spec(tmp_path, gdb=fake_gdb), progress=lambda l: None) as s:
+            pass
+    assert not _alive(s.proc.pid)
+
+
+def test_gdb_that_dies_reports_its_stderr_tail(tmp_path, fake_gdb, monkeypatch):
+    monkeypatch.setenv("FAKE_GDB", "die")
+    with pytest.raises(gdb.GdbError) as e:
+        with gdb.attach(_spec(tmp_path, gdb=fake_gdb), progress=lambda l: None):
+            pass
+    assert "exited with code 1" in e.value.message
+    assert "some gdb complaint" in e.value.evidence and fake_gdb in e.value.evidence
+
+
+def test_agent_error_is_reported(tmp_path, fake_gdb, monkeypatch):
+    monkeypatch.setenv("FAKE_GDB", "error")
+    with pytest.raises(gdb.GdbError) as e:
+        with gdb.attach(_spec(tmp_path, gdb=fake_gdb), progress=lambda l: None):
+            pass
+    assert "no swapper" in e.value.evidence
+    assert not _alive(int((tmp_path / "fake.pid").read_text()))
+
+
+def test_missing_gdb_names_the_package(tmp_path):
+    with pytest.raises(Exception) as e:
+        with gdb.attach(_spec(tmp_path, gdb="no-such-gdb-xyz"), progress=lambda l: None):
+            pass
+    assert "gdb-multiarch" in str(e.value)
+
+
+# ---------------------------------------------------------------- a real guest
+
+@pytest.mark.kernel
+@pytest.mark.qemu
+def test_real_guest_removal_with_gdb(tmp_path):
+    """DT boot, probe/online/offline 0x80000000, attach, remove, detach: the
+    breakpoints hit, registers are read, both checks pass, the guest runs on."""
+    if shutil.which("gdb-multiarch") is None:
+        pytest.skip("gdb-multiarch not installed")
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_order
+    from harness import build
+    art = build.build(build.BuildRequest())
+    res = bench_order.one_run(art, rodata_full=False, use_gdb=True, flush_check=True,
+                              out=tmp_path, say=lambda l: None)
+    lines = res["lines"]
+    head = next(d for d in lines if d["kind"] == "header")
+    assert int(head["memstart"], 16) == 0x40000000           # read from the guest
+    frees = [d for d in lines if d["kind"] == "free"]
+    assert frees and all(int(d["lr"], 16) >> 48 == 0xffff for d in frees)   # registers
+    assert any(0x80000000 <= int(d["pa"], 16) < 0x88000000 and d["order"] == 9
+               for d in frees)                              # the vmemmap block
+    assert any(d["was_table"] for d in frees)               # the PMD table
+    assert res["checks"]["no-table-freed-while-linked"]["verdict"] == "PASS"
+    assert res["checks"]["tlb-flushed-before-free"]["verdict"] == "PASS"
+    assert res["after_detach_status"] == "running"
+    assert res["after_detach_uname"] == art.kernel_release
+    assert res["stats"]["struct_page_size"] == 64
