@@ -121,6 +121,7 @@ def main() -> int:
                                + " ".join(sys.argv),
                     "rodata_full": args.rodata_full,
                     "patches": [Path(p).name for p in args.patch],
+                    "patch_text": {Path(p).name: Path(p).read_text() for p in args.patch},
                     "kernel_release": art.kernel_release,
                     "expect": json.loads(args.expect)}
             with open(args.record, "w") as f:
