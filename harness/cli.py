@@ -143,6 +143,8 @@ def _add_later_commands(sub) -> None:
     except ImportError:
         return
     cli_run.register(sub, add_kernel_options, build_request)
+    from . import cli_repro
+    cli_repro.register(sub, add_kernel_options)
 
 
 def version() -> str:

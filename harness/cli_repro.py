@@ -1,0 +1,102 @@
+"""``hotplug-harness repro``: run the seeded regressions and print the detection
+matrix (regression × check, with the evidence line), clean kernels included."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import build as build_mod
+from . import progress as ui
+from . import repro
+
+EPILOG = """\
+Each patches/repro/*.patch names, in its header, the review point it plants,
+the methods, config fragments and kernel parameters that can see it, and the
+checks expected to FAIL (Repro-* trailers; see harness/repro.py). For every
+shape used, the clean kernel runs too: its row must pass.
+
+examples:
+  hotplug-harness repro --all                   # every regression + clean rows
+  hotplug-harness repro 0005 0007               # by number or name
+  hotplug-harness repro --all --json > m.json   # machine-readable matrix
+  hotplug-harness repro --markdown m.json       # README table from a saved matrix
+  hotplug-harness repro --list                  # what each regression plants
+
+exit codes: 0 every expected regression caught and every clean kernel passed,
+1 a regression missed or a clean kernel failed, 2 the harness or the machine
+failed, 130/143 interrupted.
+"""
+
+
+def register(sub, add_kernel_options) -> None:
+    p = sub.add_parser("repro", help="run seeded regressions; print the detection matrix",
+                       description="Build each seeded regression of patches/repro, run "
+                                   "the scenarios that can see it, and print which "
+                                   "checks caught it.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="regressions by number (0005) or name; default with --all: every one")
+    p.add_argument("--all", action="store_true", help="every regression in patches/repro")
+    p.add_argument("--no-clean", action="store_true",
+                   help="skip the clean kernel's rows")
+    p.add_argument("--list", action="store_true", help="list the regressions and exit")
+    p.add_argument("--report", metavar="DIR", type=Path, default=None,
+                   help="keep every run's report folder here (default: ./runs/repro-...)")
+    p.add_argument("--json", action="store_true", help="print the matrix as JSON")
+    p.add_argument("--markdown", metavar="MATRIX_JSON", type=Path, default=None,
+                   help="print the README table for a matrix saved with --json; no run")
+    p.add_argument("--kernel-src", default="debian", metavar="debian|DIR|TARBALL")
+    p.set_defaults(func=cmd_repro)
+
+
+def cmd_repro(args) -> int:
+    if args.markdown:
+        rows = repro.rows_from_json(json.loads(args.markdown.read_text()))
+        print(repro.matrix_markdown(rows), end="")
+        return 0
+    if not args.names and not args.all and not args.list:
+        from .errors import HarnessError
+        raise HarnessError("name regressions (e.g. 0005) or say --all", step="repro")
+    regs = repro.discover(args.names)
+    if args.list:
+        for r in regs:
+            expect = ", ".join(r.expect) or f"- ({r.why})"
+            print(f"{r.name}\n    {r.point}\n    run: {', '.join(r.methods)}"
+                  f"{' --config ' + '+'.join(r.configs) if r.configs else ''}"
+                  f"{' ' + ' '.join(r.append) if r.append else ''}\n    expect: {expect}")
+        return 0
+    from .cli_run import default_dir, make_private_dirs
+    out = args.report or default_dir("repro")
+    make_private_dirs(out)
+    rows = repro.run_matrix(regs, out, _runner(args.kernel_src), progress=ui.info,
+                            clean=not args.no_clean)
+    data = {"rows": [r.to_dict() for r in rows], "exit_code": repro.matrix_exit_code(rows)}
+    (out / "matrix.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out / "matrix.txt").write_text(repro.matrix_text(rows))
+    if args.json:
+        print(json.dumps(data, indent=1))
+    else:
+        print(repro.matrix_text(rows) + f"matrix: {out / 'matrix.json'}")
+    return data["exit_code"]
+
+
+def _runner(kernel_src: str):
+    def run(configs, patches, append, methods, cycles, folder: Path) -> dict:
+        from . import checks, report, runner
+        from .session import BootOptions
+        art = build_mod.build(build_mod.BuildRequest(kernel_src=kernel_src,
+                                                     configs=tuple(configs),
+                                                     patches=tuple(patches)),
+                              progress=False if ui.quiet() else None)
+        ropts = runner.RunOptions(methods=runner.resolve_methods(",".join(methods)),
+                                  boot=BootOptions(cmdline=tuple(append)), cycles=cycles,
+                                  kernel_src=kernel_src)
+        folder.mkdir(parents=True, exist_ok=True)
+        runs = runner.run_all(art, ropts, folder)
+        kernel = {"source": art.source, "patches": [list(p) for p in art.patches],
+                  "config_digest": art.config_digest, "cache_key": art.cache_key,
+                  "release": art.kernel_release, "fragments": list(art.fragments)}
+        report.write_report(folder, kernel, runs, {r.method: checks.judge(r) for r in runs})
+        return json.loads((folder / "report.json").read_text())
+    return run

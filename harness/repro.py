@@ -1,0 +1,331 @@
+"""Seeded regressions (``patches/repro/``) and the detection matrix.
+
+Each regression is one patch whose header carries trailers the harness reads::
+
+    Repro-Point: a. free before clear, PTE level (free_pte_table)
+    Repro-Config: 16k-47            # fragments (comma-separated), optional
+    Repro-Append: rodata=full       # kernel parameters, optional
+    Repro-Methods: probe            # methods that can see it
+    Repro-Expect: no-table-freed-while-linked, no-kernel-splat
+    Repro-Cycles: 2                 # optional
+
+``Repro-Expect: -`` marks a regression no scenario of the harness catches yet;
+``Repro-Why:`` then says why. It is run and shown, and does not count against
+the exit code. Adding a regression is adding one patch file.
+
+:func:`run_matrix` builds each regression (incrementally: one ``O=`` tree per
+configuration), runs the scenarios that can see it, judges them, and runs the
+clean kernel once per (configuration, parameters, methods) used, for the
+matrix's baseline rows. The result is plain data (``MatrixRow``), printed as a
+table (:func:`matrix_text`), JSON, or Markdown (:func:`matrix_markdown`, what
+the README's table is generated from).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from .errors import HarnessError
+from .paths import PATCH_DIR
+
+REPRO_DIR = PATCH_DIR / "repro"
+_TRAILER = re.compile(r"^Repro-([A-Za-z-]+):\s*(.*?)\s*$")
+CAUGHT, MISSED, NOT_EXPECTED, CLEAN_PASS, CLEAN_FAIL, ERROR = (
+    "caught", "MISSED", "not expected", "clean", "CLEAN FAILED", "ERROR")
+
+
+@dataclass(frozen=True)
+class Regression:
+    """One seeded regression, as its patch header describes it."""
+    name: str
+    path: str
+    point: str
+    methods: tuple
+    expect: tuple                 # check names that must FAIL; () = not expected
+    configs: tuple = ()
+    append: tuple = ()
+    cycles: int = 1
+    why: str = ""
+
+    @property
+    def shape(self) -> tuple:
+        """What the clean baseline must share with it."""
+        return (self.configs, self.append, self.methods, self.cycles)
+
+
+def _split(value: str) -> tuple:
+    return tuple(v.strip() for v in re.split(r"[,\s]+", value) if v.strip())
+
+
+def parse_header(text: str) -> dict:
+    """The ``Repro-*`` trailers of a patch header (before the ``---`` line)."""
+    found: dict = {}
+    for line in text.splitlines():
+        if line.startswith("---") or line.startswith("diff --git"):
+            break
+        m = _TRAILER.match(line)
+        if m:
+            found[m[1].lower()] = m[2]
+    return found
+
+
+def load(path: Path) -> Regression:
+    path = Path(path)
+    t = parse_header(path.read_text(errors="replace"))
+    missing = [k for k in ("point", "methods", "expect") if k not in t]
+    if missing:
+        raise HarnessError(f"{path}: header lacks Repro-{', Repro-'.join(m.title() for m in missing)}"
+                           " (see harness/repro.py for the trailers)", step="repro")
+    expect = () if t["expect"].strip() in ("-", "none") else _split(t["expect"])
+    return Regression(name=path.stem, path=str(path), point=t["point"],
+                      methods=_split(t["methods"]), expect=expect,
+                      configs=_split(t.get("config", "")), append=_split(t.get("append", "")),
+                      cycles=int(t.get("cycles", "1")), why=t.get("why", ""))
+
+
+def discover(names: Iterable[str] = (), folder: Path = REPRO_DIR) -> list[Regression]:
+    """Every regression in ``folder`` (sorted), or those whose name or number
+    prefix is given (``0005`` or ``0005-free-pte-table-before-pmd-clear``)."""
+    paths = sorted(Path(folder).glob("*.patch"))
+    names = list(names)
+    if names:
+        chosen = []
+        for n in names:
+            hits = [p for p in paths if p.stem == n or p.stem.split("-", 1)[0] == n
+                    or p == Path(n)]
+            if not hits:
+                raise HarnessError(f"no regression {n!r} in {folder}; have: "
+                                   + ", ".join(p.stem for p in paths), step="repro")
+            chosen += hits
+        paths = chosen
+    return [load(p) for p in paths]
+
+
+# ---------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class Cell:
+    verdict: str
+    evidence: str = ""            # the first evidence line
+    method: str = ""
+
+
+@dataclass(frozen=True)
+class MatrixRow:
+    """One kernel (a regression, or the clean kernel of a shape) judged."""
+    name: str
+    point: str
+    expect: tuple
+    status: str                   # caught / MISSED / not expected / clean / ...
+    cells: dict = field(default_factory=dict)     # check -> Cell (the worst per method)
+    methods: tuple = ()
+    configs: tuple = ()
+    append: tuple = ()
+    exit_code: int = 0
+    error: str = ""
+    seconds: float = 0.0
+    why: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["cells"] = {k: asdict(v) for k, v in self.cells.items()}
+        return d
+
+
+_ORDER = {"FAIL": 0, "ERROR": 1, "SKIP": 2, "PASS": 3}
+
+
+def cells_of(report: dict) -> dict:
+    """check name -> the worst Cell over the report's methods."""
+    cells: dict = {}
+    for m in report.get("methods", ()):
+        for c in m.get("checks", ()):
+            first = (c.get("evidence") or "").strip().split("\n", 1)[0]
+            cell = Cell(c["verdict"], first[:200], m["method"])
+            old = cells.get(c["name"])
+            if old is None or _ORDER.get(cell.verdict, 9) < _ORDER.get(old.verdict, 9):
+                cells[c["name"]] = cell
+        error = (m.get("run") or {}).get("error")
+        if error:
+            verdict = "FAIL" if error.get("blame") == "kernel" else "ERROR"
+            cells.setdefault("run", Cell(verdict, str(error.get("message", ""))[:200],
+                                         m["method"]))
+    return cells
+
+
+def status_of(reg: Optional[Regression], report: dict) -> str:
+    """Caught when every expected check FAILed; a clean row passes or not."""
+    cells = cells_of(report)
+    if reg is None:
+        return CLEAN_PASS if report.get("exit_code") == 0 else CLEAN_FAIL
+    if not reg.expect:
+        return NOT_EXPECTED
+    if all(cells.get(n, Cell("")).verdict == "FAIL" for n in reg.expect):
+        return CAUGHT
+    if report.get("exit_code") == 2 and not any(c.verdict == "FAIL" for c in cells.values()):
+        return ERROR
+    return MISSED
+
+
+def matrix_exit_code(rows: list[MatrixRow]) -> int:
+    """0: every expected regression caught and every clean kernel passed;
+    1: one was missed or a clean kernel failed; 2: a row could not be judged."""
+    if any(r.status in (MISSED, CLEAN_FAIL) for r in rows):
+        return 1
+    if any(r.status == ERROR for r in rows):
+        return 2
+    return 0
+
+
+# ---------------------------------------------------------------- running
+
+RunFn = Callable[[tuple, tuple, tuple, tuple, int, Path], dict]
+
+
+def run_matrix(regs: list[Regression], out: Path, run_fn: RunFn,
+               progress: Callable[[str], None] = lambda s: None,
+               clean: bool = True) -> list[MatrixRow]:
+    """Run each regression and (``clean``) the clean kernel once per shape.
+    ``run_fn(configs, patches, append, methods, cycles, out_dir) -> report dict``
+    builds and runs one kernel (the CLI passes the real thing; tests a fake)."""
+    import time
+    rows: list[MatrixRow] = []
+    shapes = list(dict.fromkeys(r.shape for r in regs)) if clean else []
+    todo = [(None, s) for s in shapes] + [(r, r.shape) for r in regs]
+    for reg, (configs, append, methods, cycles) in todo:
+        name = reg.name if reg else "clean " + _shape_name(configs, append)
+        progress(f"[repro] {name}: {', '.join(methods)}"
+                 + (f" ({'+'.join(configs)})" if configs else "")
+                 + (f" [{' '.join(append)}]" if append else ""))
+        start = time.monotonic()
+        patches = (reg.path,) if reg else ()
+        folder = Path(out) / (reg.name if reg else "clean-" + _shape_slug(configs, append,
+                                                                          methods))
+        error, blame = "", ""
+        try:
+            report = run_fn(configs, patches, append, methods, cycles, folder)
+        except HarnessError as e:      # e.g. the kernel does not build
+            report, error, blame = {"exit_code": e.exit_code, "methods": []}, e.message, e.blame
+        status = status_of(reg, report)
+        if error and status != CAUGHT:
+            status = MISSED if (reg and blame == "kernel" and reg.expect) else ERROR
+        row = MatrixRow(name=name, point=reg.point if reg else "(clean kernel)",
+                        expect=reg.expect if reg else (), status=status,
+                        cells=cells_of(report), methods=methods, configs=configs,
+                        append=append, exit_code=report.get("exit_code", 2), error=error,
+                        seconds=round(time.monotonic() - start, 1),
+                        why=reg.why if reg else "")
+        progress(f"[repro] {name}: {row.status} in {row.seconds:.0f}s")
+        rows.append(row)
+    return rows
+
+
+def _shape_name(configs: tuple, append: tuple) -> str:
+    parts = ["+".join(configs) or "4k-48"] + list(append)
+    return " ".join(parts)
+
+
+def _shape_slug(configs: tuple, append: tuple, methods: tuple) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]", "_", "-".join(
+        ["+".join(configs) or "default", *append, *methods]))
+
+
+# ---------------------------------------------------------------- output
+
+def _columns(rows: list[MatrixRow]) -> list[str]:
+    wanted = [n for r in rows for n in r.expect]
+    failed = [n for r in rows for n, c in r.cells.items() if c.verdict in ("FAIL", "ERROR")]
+    return list(dict.fromkeys(wanted + failed))
+
+
+def _mark(row: MatrixRow, check: str) -> str:
+    cell = row.cells.get(check)
+    if cell is None:
+        return "-"
+    mark = {"FAIL": "FAIL", "PASS": "pass", "SKIP": "skip", "ERROR": "ERR"}.get(
+        cell.verdict, cell.verdict)
+    return mark + ("*" if check in row.expect else "")
+
+
+def matrix_text(rows: list[MatrixRow]) -> str:
+    """The matrix for a terminal, then each row's evidence for its expected
+    (or failing) checks. ``*`` marks an expected check."""
+    cols = _columns(rows)
+    width = max([len(r.name) for r in rows] + [10])
+    lines = ["regression × check (* = expected to FAIL)", ""]
+    lines.append(f"{'':{width}}  {'status':12} " + " ".join(f"{i + 1:>6}" for i in
+                                                            range(len(cols))))
+    for r in rows:
+        lines.append(f"{r.name:{width}}  {r.status:12} "
+                     + " ".join(f"{_mark(r, c):>6}" for c in cols))
+    lines += ["", "checks: " + ", ".join(f"{i + 1} {c}" for i, c in enumerate(cols)), ""]
+    for r in rows:
+        shown = [c for c in cols if c in r.expect or r.cells.get(c, Cell("")).verdict
+                 in ("FAIL", "ERROR")]
+        if not shown and not r.error and not r.why:
+            continue
+        lines.append(f"{r.name} ({r.point}; {', '.join(r.methods)}"
+                     + (f"; {'+'.join(r.configs)}" if r.configs else "")
+                     + (f"; {' '.join(r.append)}" if r.append else "") + "):")
+        if r.why:
+            lines.append(f"    not expected to be caught: {r.why}")
+        if r.error:
+            lines.append(f"    run stopped: {r.error}")
+        for c in shown:
+            cell = r.cells.get(c)
+            if cell is not None:
+                lines.append(f"    {cell.verdict:5} {c} [{cell.method}]: {cell.evidence}")
+            else:
+                lines.append(f"    ----- {c}: not judged")
+    lines.append(f"exit {matrix_exit_code(rows)}: "
+                 + ("every expected regression caught, every clean kernel passed"
+                    if matrix_exit_code(rows) == 0 else "see MISSED / CLEAN FAILED / ERROR"))
+    return "\n".join(lines) + "\n"
+
+
+def matrix_markdown(rows: list[MatrixRow]) -> str:
+    """The README's table: one line per regression (clean rows first)."""
+    out = ["| kernel | review point | run with | expected to fail | result | evidence |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        run = ", ".join(r.methods)
+        if r.configs:
+            run += f" `--config {'+'.join(r.configs)}`"
+        if r.append:
+            run += f" `{' '.join(r.append)}`"
+        first = next((r.cells[c] for c in r.expect if c in r.cells), None)
+        if first is None:
+            first = next((c for c in r.cells.values() if c.verdict == "FAIL"), None)
+        evidence = (first.evidence if first else (r.why or r.error or "")).replace("|", "\\|")
+        out.append(f"| `{r.name}` | {r.point} | {run} | "
+                   f"{', '.join(f'`{c}`' for c in r.expect) or '-'} | {r.status} | "
+                   f"{evidence[:160]} |")
+    return "\n".join(out) + "\n"
+
+
+def rows_from_json(data: dict) -> list[MatrixRow]:
+    rows = []
+    for d in data["rows"]:
+        cells = {k: Cell(**v) for k, v in d["cells"].items()}
+        rows.append(MatrixRow(**{**d, "cells": cells, "expect": tuple(d["expect"]),
+                                 "methods": tuple(d["methods"]),
+                                 "configs": tuple(d["configs"]),
+                                 "append": tuple(d["append"])}))
+    return rows
+
+
+def replace_between(text: str, block: str, tag: str = "repro-matrix") -> str:
+    """Replace what lies between ``<!-- TAG:start -->`` and ``<!-- TAG:end -->``."""
+    start, end = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
+    if start not in text or end not in text:
+        raise HarnessError(f"markers {start} / {end} not found", step="repro")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{block}{end}{tail}"
+
+
+__all__ = ["Regression", "MatrixRow", "Cell", "discover", "load", "run_matrix",
+           "matrix_text", "matrix_markdown", "matrix_exit_code", "rows_from_json",
+           "replace_between", "replace"]
