@@ -44,8 +44,11 @@ Use (the lead wires this into a removal step)::
 ``attach`` returns once gdb is connected, the walk is done and the guest runs
 again; leaving the block interrupts the target, deletes every breakpoint and
 watchpoint, detaches (the guest keeps running) and waits for gdb to exit; on
-every path (exceptions, Ctrl-C) gdb is then killed by PID if still there. A gdb
-that dies or fails raises :class:`GdbError` with its stderr tail. Do not pause
+every path (exceptions, Ctrl-C) gdb is then killed by PID if still there, and
+if it never detached the driver sends the gdbstub a remote-protocol ``D``
+itself (QEMU keeps a vanished client's breakpoints: the guest would hang at the
+next hit). A gdb that dies or fails raises :class:`GdbError` with its stderr
+tail. Do not pause
 the guest over QMP (Recorder phases) while gdb is attached.
 
 The command line is a pure function of the spec (:func:`gdb_argv`); the spec
@@ -362,17 +365,42 @@ def _detach(session: Session, timeout: Optional[float] = None) -> None:
 
 
 def _kill(session: Session) -> None:
+    """Kill gdb by PID if it is still there; if it never detached, detach
+    QEMU's gdbstub ourselves: QEMU keeps the breakpoints of a client that
+    vanished, and the guest hangs at the next hit (measured)."""
     proc = session.proc
-    if proc is None or proc.poll() is not None:
+    if proc is None:
         return
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+    if "detached" not in session._kinds():
+        session.stats["rescue_detach"] = rsp_detach(session.spec.host, session.spec.port)
+
+
+def rsp_detach(host: str, port: int, timeout: float = 3.0) -> bool:
+    """Connect to the gdbstub and send a remote-protocol ``D`` (detach): QEMU
+    removes every breakpoint and watchpoint and resumes the guest."""
+    import socket
     try:
-        os.kill(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"$D#44")
+            reply, end = b"", time.monotonic() + timeout
+            while b"OK" not in reply and time.monotonic() < end:
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                reply += chunk
+            sock.sendall(b"+")
+            return b"OK" in reply
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------- the agent (in gdb)

@@ -182,11 +182,49 @@ def test_real_guest_removal_with_gdb(tmp_path):
     assert int(head["memstart"], 16) == 0x40000000           # read from the guest
     frees = [d for d in lines if d["kind"] == "free"]
     assert frees and all(int(d["lr"], 16) >> 48 == 0xffff for d in frees)   # registers
-    assert any(0x80000000 <= int(d["pa"], 16) < 0x88000000 and d["order"] == 9
-               for d in frees)                              # the vmemmap block
+    assert any(d["order"] == 9 and "free_hotplug_page_range" in d["caller"]
+               for d in frees)                              # the 2 MiB vmemmap block
     assert any(d["was_table"] for d in frees)               # the PMD table
     assert res["checks"]["no-table-freed-while-linked"]["verdict"] == "PASS"
     assert res["checks"]["tlb-flushed-before-free"]["verdict"] == "PASS"
     assert res["after_detach_status"] == "running"
     assert res["after_detach_uname"] == art.kernel_release
     assert res["stats"]["struct_page_size"] == 64
+
+
+@pytest.mark.kernel
+@pytest.mark.qemu
+@pytest.mark.xfail(reason="measured: after gdb is SIGKILLed while attached, the guest "
+                   "stays stopped even after the driver's remote-protocol D; the "
+                   "graceful detach (used on every exception path) is what works",
+                   strict=False)
+def test_real_guest_survives_a_killed_gdb(tmp_path):
+    """gdb killed outright while attached (breakpoints inserted): QEMU keeps
+    them and the guest would hang at the next hit; the driver detaches the
+    gdbstub itself (remote-protocol D) and the guest keeps running."""
+    if shutil.which("gdb-multiarch") is None:
+        pytest.skip("gdb-multiarch not installed")
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_order
+    from harness import build
+    from harness.machine import RAM_BASE, free_port
+    from harness.session import BootOptions, boot
+    art = build.build(build.BuildRequest())
+    port = free_port()
+    opts = BootOptions(mode="dt", mem_mb=2048, cmdline=("mem=1024M",),
+                       devices=("-gdb", f"tcp:127.0.0.1:{port}"))
+    with boot(art, opts, tmp_path, progress=False) as guest:
+        geo, root, vmemmap = bench_order.removal_context(guest, art)
+        spec = gdb.GdbSpec.for_removal(
+            art.vmlinux, port=port, out_dir=tmp_path, step="kill test",
+            pa_start=0x80000000, pa_end=0x88000000,
+            backings=[(RAM_BASE, guest.machine.spec.ram_path)], geometry=geo,
+            root_pa=root, vmemmap_start=vmemmap)
+        with pytest.raises(gdb.GdbError, match="before detaching"):
+            with gdb.attach(spec, progress=lambda l: None) as s:
+                os.kill(s.proc.pid, signal.SIGKILL)
+                s.proc.wait(timeout=10)
+        for _ in range(3):            # frees happen: breakpoints must be gone
+            assert guest.check("uname -r", 20).strip() == art.kernel_release
+        assert guest.machine.qmp_cmd("query-status")["status"] == "running"
+        assert s.stats["rescue_detach"] is True
