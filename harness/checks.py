@@ -707,6 +707,48 @@ def check_walker_no_bad_entries(run: MethodRun) -> Check:
                              f"phase(s) ({', '.join(regions)})")
 
 
+# ---------------------------------------------------------------- ordering (gdb)
+
+# order-check SKIPs that mean "nothing of that kind happened in this removal"
+_ORDER_NOT_APPLICABLE = ("none was freed", "none in the removed range")
+
+
+def _order_check(run: MethodRun, name: str, judge_events, flush_only: bool) -> Check:
+    """One Part per watched removal (``MethodRun.order``), judged by harness.order."""
+    from . import order
+    parts = []
+    for rec in run.order:
+        step = rec.get("step", "")
+        if rec.get("error"):
+            parts.append(Part(SKIP if "not watched" in rec["error"] else ERROR,
+                              f"{step}: {rec['error']}", step))
+            continue
+        if flush_only and not rec.get("flush_check"):
+            continue
+        events = [order.event_from_dict(d) for d in rec.get("events", ())]
+        v = judge_events(events, step)
+        looked = not (v.verdict == SKIP and any(t in v.evidence for t in
+                                                _ORDER_NOT_APPLICABLE))
+        parts.append(Part(v.verdict, v.evidence, step, looked))
+    return combine(run, name, parts, "no removal was watched through the gdbstub")
+
+
+def check_no_table_freed_while_linked(run: MethodRun) -> Check:
+    """The review's first point: no page is freed while a live table entry still
+    points at it (the table's parent entry must be cleared first)."""
+    from . import order
+    return _order_check(run, "no-table-freed-while-linked",
+                        order.check_no_table_freed_while_linked, False)
+
+
+def check_tlb_flushed_before_free(run: MethodRun) -> Check:
+    """The review's second point: between clearing a table's parent entry and
+    freeing the table, a TLB invalidation covering it must have executed."""
+    from . import order
+    return _order_check(run, "tlb-flushed-before-free",
+                        order.check_tlb_flushed_before_free, True)
+
+
 # ---------------------------------------------------------------- kselftest
 
 _KS_STEP = re.compile(r"(offline->online|online->offline) memory(\d+)"
@@ -797,6 +839,8 @@ RULES: tuple = (
     ("no-leak-across-cycles", check_no_leak_across_cycles),
     ("walker-agrees-with-ptdump", check_walker_agrees_with_ptdump),
     ("walker-no-bad-entries", check_walker_no_bad_entries),
+    ("no-table-freed-while-linked", check_no_table_freed_while_linked),
+    ("tlb-flushed-before-free", check_tlb_flushed_before_free),
     ("kselftest", check_kselftest),
 )
 
@@ -804,6 +848,7 @@ RULES: tuple = (
 _LEGACY_REQUIRED = ("blocks-lifecycle", "no-stale-linear-map", "no-stale-vmemmap",
                     "tables-freed", "online-memory-mapped", "no-kernel-splat")
 _WALKER_CHECKS = ("walker-agrees-with-ptdump", "walker-no-bad-entries")
+_ORDER_CHECKS = ("no-table-freed-while-linked", "tlb-flushed-before-free")
 
 
 def required_checks(run: MethodRun) -> tuple:
@@ -813,12 +858,16 @@ def required_checks(run: MethodRun) -> tuple:
     names = list(run.required or (_LEGACY_REQUIRED if run.removals else ()))
     if run.options.get("walker", False):
         names += _WALKER_CHECKS
+    if run.options.get("order_check", "off") != "off" and names:
+        names += _ORDER_CHECKS
     if int(run.options.get("cycles", 1)) > 1:
         names.append("no-leak-across-cycles")
     return tuple(dict.fromkeys(names))
 
 
 def _applicable(name: str, run: MethodRun) -> bool:
+    if name in _ORDER_CHECKS:        # shown when watched (or required)
+        return bool(run.order)
     return name != "kselftest" or run.kselftest is not None
 
 

@@ -287,10 +287,14 @@ methods:
   virtio-mem  a virtio-mem-pci device grown and shrunk through QMP
   kselftest   the tree's own mem-on-off-test.sh after hot-adding a DIMM
 
-checks (each PASS/FAIL/SKIP with evidence):
+checks (each PASS/FAIL/SKIP/ERROR with evidence; a check a method needs that
+could not look is an ERROR, never a PASS):
   blocks-lifecycle no-stale-linear-map no-stale-vmemmap tables-freed
   online-memory-mapped bootmem-not-removable no-kernel-splat
-  no-leak-across-cycles walker-agrees-with-ptdump kselftest
+  no-leak-across-cycles walker-agrees-with-ptdump walker-no-bad-entries
+  no-table-freed-while-linked tlb-flushed-before-free kselftest
+  The last two attach gdb-multiarch to QEMU's gdbstub around each removal
+  (--no-order-check turns them off, and the summary says so).
 
 examples:
   hotplug-harness run                               # every method, default kernel
@@ -323,7 +327,7 @@ def cmd_run(args, build_request) -> int:
                 boot=boot_options(args, slots=max(args.slots, args.dimms)),
                 cycles=args.cycles, online_type=args.online_type, dimms=args.dimms,
                 dimm_mb=args.dimm_size, kernel_src=args.kernel_src,
-                walk=not args.no_walker)
+                walk=not args.no_walker, order_check=args.order_check)
             start = time.monotonic()
             runs = runner.run_all(art, ropts, out)
         except (KeyboardInterrupt, HarnessError) as e:
@@ -386,6 +390,10 @@ def register_run(sub, add_kernel_options, build_request) -> None:
     g.add_argument("--dimms", type=int, default=2, help="DIMMs for acpi-dimm (default 2)")
     g.add_argument("--dimm-size", type=int, default=0, metavar="MIB",
                    help="DIMM size (default 512; a multiple of the block size)")
+    g.add_argument("--no-order-check", dest="order_check", action="store_const",
+                   const="off", default="on",
+                   help="do not attach gdb around removals: no free-time ordering "
+                        "checks (no-table-freed-while-linked, tlb-flushed-before-free)")
     g.add_argument("--no-walker", action="store_true",
                    help="skip the host-side page-table walk (ptdump only)")
     g.add_argument("--report", metavar="DIR", help="write the report here")

@@ -131,7 +131,9 @@ class MethodRun:
     error: Optional[dict] = None       # {"message", "step", "blame", "evidence"}
     notes: tuple = ()                  # what could not be observed, said honestly
     required: tuple = ()               # check names the method needs (empty: derived)
-    options: dict = field(default_factory=dict)   # {"walker": bool, "cycles": int}
+    options: dict = field(default_factory=dict)   # {"walker", "cycles", "order_check"}
+    order: tuple = ()                  # watched removals: {"step", "pa_start", "pa_end",
+    #   "flush_check", "events": [harness.order event dicts], "stats", "error"}
 
     def phase(self, name: str) -> Optional[Phase]:
         for p in self.phases:
@@ -147,7 +149,7 @@ class MethodRun:
                 "crashes": list(self.crashes), "bootmem_offline": self.bootmem_offline,
                 "kselftest": self.kselftest, "error": self.error,
                 "notes": list(self.notes), "required": list(self.required),
-                "options": dict(self.options)}
+                "options": dict(self.options), "order": list(self.order)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "MethodRun":
@@ -159,4 +161,5 @@ class MethodRun:
                    kselftest=d.get("kselftest"), error=d.get("error"),
                    notes=tuple(d.get("notes", ())),
                    required=tuple(d.get("required", ())),
-                   options=dict(d.get("options") or {}))
+                   options=dict(d.get("options") or {}),
+                   order=tuple(d.get("order") or ()))

@@ -227,12 +227,19 @@ def _kernel_line(kernel: dict) -> str:
 
 def _options_lines(report: dict) -> list[str]:
     """What the run was told not to look at, said up front."""
-    off = [m["method"] for m in report["methods"]
-           if (m.get("run", {}).get("options") or {}).get("walker") is False]
-    if not off:
-        return []
-    return [f"walker: off (--no-walker) for {', '.join(off)}: judged from the kernel's "
-            "ptdump and memstart_addr only; the walker's checks were not required"]
+    def off(key: str) -> list:
+        return [m["method"] for m in report["methods"]
+                if (m.get("run", {}).get("options") or {}).get(key) in (False, "off")]
+    lines = []
+    if off("walker"):
+        lines.append(f"walker: off (--no-walker) for {', '.join(off('walker'))}: judged "
+                     "from the kernel's ptdump and memstart_addr only; the walker's "
+                     "checks were not required")
+    if off("order_check"):
+        lines.append(f"order checks: off (--no-order-check) for "
+                     f"{', '.join(off('order_check'))}: no gdb around removals; a table "
+                     "freed while linked or before its TLB flush goes unseen")
+    return lines
 
 
 def summary(report: dict, path: Optional[Path] = None) -> str:

@@ -13,12 +13,12 @@ from . import signals
 from .build import KernelArtifacts
 from .crashwatch import KernelCrash
 from .errors import HarnessError
-from .hotplug import acpi_dimm, kselftest, probe, virtio_mem
+from .hotplug import acpi_dimm, kselftest, probe, split_leaf, virtio_mem
 from .hotplug.common import Recorder
 from .records import MethodRun
 from .session import BootOptions, boot
 
-METHODS = {m.NAME: m for m in (acpi_dimm, probe, virtio_mem, kselftest)}
+METHODS = {m.NAME: m for m in (acpi_dimm, probe, virtio_mem, kselftest, split_leaf)}
 ORDER = ("acpi-dimm", "probe", "virtio-mem", "kselftest")
 
 
@@ -32,6 +32,7 @@ class RunOptions:
     dimm_mb: int = 0                  # 0: the method's default
     kernel_src: str = "debian"
     walk: bool = True
+    order_check: str = "on"           # gdb around every removal: "on" or "off"
 
 
 def resolve_methods(spec: str) -> tuple:
@@ -58,14 +59,16 @@ def run_method(name: str, art: KernelArtifacts, ropts: RunOptions,
                out: Path) -> MethodRun:
     module = METHODS[name]
     out.mkdir(parents=True, exist_ok=True)
-    bopts = module.boot_options(replace(ropts.boot, mode=module.MODE))
+    bopts = module.boot_options(replace(ropts.boot, mode=module.MODE,
+                                        gdb=ropts.order_check != "off"))
     state = {"rec": None, "error": None, "crashes": (), "offset": 0,
              "required": tuple(getattr(module, "REQUIRED_CHECKS", ())),
              "options": _recorded_options(module, ropts)}
     _progress(f"[{name}] booting ({bopts.mode})")
     try:
         with boot(art, bopts, out, progress=ui.verbose()) as guest:
-            rec = Recorder(guest, art, walk=ropts.walk, progress=_progress)
+            rec = Recorder(guest, art, walk=ropts.walk, progress=_progress,
+                           order_check=ropts.order_check)
             state["rec"] = rec
             try:
                 module.drive(rec, method_options(module, ropts))
@@ -97,7 +100,8 @@ def _recorded_options(module, ropts: RunOptions) -> dict:
     cycles does this method run."""
     fields = {f.name for f in dataclasses.fields(module.Options)}
     return {"walker": ropts.walk,
-            "cycles": ropts.cycles if "cycles" in fields else 1}
+            "cycles": ropts.cycles if "cycles" in fields else 1,
+            "order_check": ropts.order_check}
 
 
 def _settle(guest) -> None:
@@ -124,7 +128,7 @@ def _method_run(name: str, state: dict, out: Path) -> MethodRun:
                      phases=tuple(rec.phases), removals=tuple(rec.removals),
                      crashes=crashes, bootmem_offline=rec.bootmem,
                      kselftest=rec.kselftest, error=error, notes=tuple(rec.notes),
-                     **declared)
+                     order=tuple(rec.order), **declared)
 
 
 def _crash_dict(report, rec: Optional[Recorder]) -> dict:

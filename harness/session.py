@@ -40,6 +40,7 @@ class BootOptions:
     devices: tuple = ()
     boot_timeout: float = 60.0
     ssh: bool = True                   # bring up SSH at all
+    gdb: bool = False                  # a gdbstub on 127.0.0.1 (the ordering checks)
 
 
 @dataclass
@@ -166,7 +167,8 @@ def boot(art: KernelArtifacts, opts: BootOptions, out_dir: Path, progress=True):
                       mode=opts.mode, mem_mb=opts.mem_mb, slots=opts.slots,
                       maxmem_mb=opts.maxmem_mb, smp=opts.smp, ssh_port=port,
                       cmdline=("printk.time=1",) + tuple(opts.cmdline),
-                      devices=tuple(opts.devices))
+                      devices=tuple(opts.devices),
+                      gdb_port=free_port() if opts.gdb else None)
         machine = Machine(spec, out_dir, boot_timeout=opts.boot_timeout)
         if progress:
             print("$ " + " ".join(machine.argv), file=sys.stderr)

@@ -147,7 +147,8 @@ def boot_refused_hot_ok() -> dict:
 
 def test_good_run_passes_every_check():
     found = by_name(make_run())
-    assert list(found) == [n for n, _ in checks.RULES if n != "kselftest"]
+    assert list(found) == [n for n, _ in checks.RULES
+                           if n not in ("kselftest",) + checks._ORDER_CHECKS]
     verdicts = {n: c.verdict for n, c in found.items()}
     assert verdicts == {"blocks-lifecycle": PASS, "no-stale-linear-map": PASS,
                         "no-stale-vmemmap": PASS, "tables-freed": PASS,
@@ -692,3 +693,49 @@ def test_walker_bad_entries_are_evidence():
     assert c.verdict == FAIL and c.step == "remove dimm1"
     assert ("removed-dimm1: Linear Mapping PMD entry for VA 0xffff000080000000: "
             "descriptor 0x80000f00: valid bit clear") in c.evidence
+
+
+# ---------------------------------------------------------------- ordering (gdb)
+
+def order_record(name: str, step: str = "remove 0x80000000", flush=True) -> dict:
+    """A watched removal from a recorded stop sequence (tests/data/order-*.jsonl)."""
+    lines = [json.loads(l) for l in (DATA / name).read_text().splitlines() if l.strip()]
+    events = [d for d in lines if d.get("kind") in ("watch", "clear", "tlbi", "free")]
+    return {"step": step, "pa_start": 0x80000000, "pa_end": 0x88000000,
+            "flush_check": flush, "events": events, "stats": {}, "error": ""}
+
+
+def test_order_checks_on_recorded_removals():
+    clean = make_run(order=(order_record("order-clean-rodata-full.jsonl"),),
+                     options={"order_check": "on"})
+    found = by_name(clean)
+    assert found["no-table-freed-while-linked"].verdict == PASS
+    assert found["tlb-flushed-before-free"].verdict == PASS
+    early = make_run(order=(order_record("order-free-before-clear-rodata-full.jsonl"),))
+    c = by_name(early)["no-table-freed-while-linked"]
+    assert c.verdict == FAIL and c.step == "remove 0x80000000"
+    assert "still linked from PMD entry at VA 0xffff0000" in c.evidence
+    late = by_name(make_run(order=(order_record("order-no-flush-rodata-full.jsonl"),)))
+    assert late["no-table-freed-while-linked"].verdict == PASS
+    assert late["tlb-flushed-before-free"].verdict == FAIL
+    assert "no covering TLB invalidation" in late["tlb-flushed-before-free"].evidence
+
+
+def test_order_checks_are_required_when_on_and_say_what_was_not_watched():
+    unwatched = {"step": "remove dimm1", "pa_start": 0, "pa_end": 1, "flush_check": False,
+                 "events": [], "stats": {}, "error": "not watched: QEMU has no gdbstub"}
+    run = make_run(order=(unwatched,), options={"order_check": "on"})
+    found = by_name(run)
+    assert could_not_look(found["no-table-freed-while-linked"])
+    assert "QEMU has no gdbstub" in found["no-table-freed-while-linked"].evidence
+    assert checks.method_verdict(run, found.values()) == ERROR
+    off = make_run(options={"order_check": "off"})
+    assert "no-table-freed-while-linked" not in by_name(off)
+
+
+def test_a_removal_that_frees_no_table_does_not_spoil_the_flush_check():
+    neighbour = order_record("order-clean-block.jsonl", "remove dimm1")
+    neighbour["events"] = [e for e in neighbour["events"] if e["kind"] != "watch"]
+    run = make_run(order=(neighbour, order_record("order-clean-block.jsonl")),
+                   options={"order_check": "on"})
+    assert by_name(run)["tlb-flushed-before-free"].verdict == PASS

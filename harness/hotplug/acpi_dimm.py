@@ -98,5 +98,5 @@ def unplug(rec: Recorder, name: str, addr: int, size: int) -> None:
         machine.qmp_cmd("object-del", id=name.replace("dimm", "mem"))
         wait_for(lambda: not blocks_in(rec, addr, addr + size), 10,
                  f"the blocks of {name} to disappear")
-    rec.step(f"remove {name}", delete, transport="qmp")
+    rec.removal_step(f"remove {name}", addr, addr + size, delete, transport="qmp")
     rec.backings[:] = [b for b in rec.backings if b[0] != addr]

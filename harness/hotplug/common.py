@@ -42,6 +42,9 @@ class Recorder:
     step_lines: list = field(default_factory=list)  # (console line no, step)
     progress: Optional[Callable] = None   # called with one line per step
     kselftest: Optional[dict] = None
+    # the free-time ordering checks around every removal: "on" or "off"
+    order_check: str = "off"
+    order: list = field(default_factory=list)   # one record per watched removal
     _walk_geo: Optional[walk_mod.Geometry] = None
     _root_pa: Optional[int] = None
 
@@ -73,6 +76,62 @@ class Recorder:
             if self.progress:
                 self.progress(f"  {'ok ' if ok else 'ERR'} {step.seconds:6.2f}s "
                               f"{step.transport:6s} {name}")
+
+    def removal_step(self, name: str, pa_start: int, pa_end: int, action: Callable,
+                     transport: Optional[str] = None):
+        """A step that removes ``[pa_start, pa_end)``. With the ordering checks on,
+        gdb is attached to QEMU's gdbstub for this step only (harness.gdb): every
+        page the kernel frees meanwhile is checked against a live walk of its
+        tables, and every cleared table entry must see a covering TLB
+        invalidation before its table is freed. The events go to ``self.order``."""
+        machine = self.guest.machine
+        if self.order_check == "off":
+            return self.step(name, action, transport)
+        if not machine.spec.gdb_port or self._root_pa is None or self._walk_geo is None:
+            why = ("QEMU has no gdbstub" if not machine.spec.gdb_port
+                   else "the kernel's tables could not be located")
+            self.order.append({"step": name, "pa_start": pa_start, "pa_end": pa_end,
+                               "flush_check": False, "events": [], "stats": {},
+                               "error": f"not watched: {why}"})
+            return self.step(name, action, transport)
+        from .. import gdb, progress
+        flush = True       # measured cheap enough for every removal (bench_order)
+        spec = gdb.GdbSpec.for_removal(
+            self.art.vmlinux, port=machine.spec.gdb_port, out_dir=self.guest.out_dir,
+            step=name, pa_start=pa_start, pa_end=pa_end, backings=self.backings,
+            geometry=self._walk_geo, root_pa=self._root_pa,
+            vmemmap_start=self.geometry.get("vmemmap_start"), flush_check=flush,
+            memstart=self.geometry.get("memstart"),
+            page_offset=self.geometry.get("page_offset"))
+        record = {"step": name, "pa_start": pa_start, "pa_end": pa_end,
+                  "flush_check": flush, "events": [], "stats": {}, "error": ""}
+        self.order.append(record)
+        held: dict = {}
+        try:
+            with gdb.attach(spec, progress=progress.detail) as session:
+                held["session"] = session
+                return self.step(name, action, transport)
+        except gdb.GdbError as e:
+            record["error"] = e.message
+            raise
+        finally:
+            session = held.get("session")
+            if session is not None:
+                record["events"] = [e.to_dict() for e in session.events]
+                record["stats"] = dict(session.stats)
+                self._order_progress(record)
+
+    def _order_progress(self, record: dict) -> None:
+        if not self.progress:
+            return
+        kinds: dict = {}
+        for e in record["events"]:
+            kinds[e.get("kind", "?")] = kinds.get(e.get("kind", "?"), 0) + 1
+        seen = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no stops"
+        stats = record["stats"]
+        self.progress(f"  gdb  {stats.get('attached_s', 0):6.2f}s gdb    "
+                      f"{record['step']}: {seen}"
+                      f"{' (flush order watched)' if record['flush_check'] else ''}")
 
     def sh(self, command: str, deadline: float = 30.0, blame=None) -> str:
         """A guest command that must succeed; returns stdout. ``blame="kernel"``

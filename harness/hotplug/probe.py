@@ -4,7 +4,10 @@ RAM above ``mem=`` is hidden from the kernel at boot; the harness adds it block
 by block through ``/sys/devices/system/memory/probe``, onlines, offlines and
 removes it through ``/sys/devices/system/memory/remove`` (patches/0002).
 Two adjacent blocks are probed; the first is removed while the second is still
-online, then the second.
+online, then the second. The kernel boots with ``rodata=full`` (the linear map
+in pages: the shape whose removals free PTE tables) and ``movablecore=`` (a
+hole-free boot block in ZONE_MOVABLE, so that only arm64's boot-memory rule can
+refuse to offline it).
 """
 from __future__ import annotations
 
@@ -20,6 +23,10 @@ REQUIRED_CHECKS = REMOVAL_CHECKS + ("bootmem-not-removable",)
 VISIBLE_MB = 1024       # what mem= leaves to the kernel at boot
 HIDDEN_MB = 1024        # RAM beyond it, probed at run time (2 blocks of 512 MiB with 64K pages)
 RAM_BASE = 0x40000000
+# the other linear-map shape: with rodata=full the linear map (hot-added memory
+# included) is mapped with pages, so a removal frees PTE tables (64 per 128 MiB
+# block), where the other methods' block-mapped removals free a PMD table at most
+PAGE_MAPPED = "rodata=full"
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,8 @@ class Options:
 def boot_options(base: BootOptions) -> BootOptions:
     from dataclasses import replace
     return replace(base, mode=MODE, mem_mb=VISIBLE_MB + HIDDEN_MB,
-                   cmdline=base.cmdline + (f"mem={VISIBLE_MB}M", BOOTMEM_MOVABLE))
+                   cmdline=base.cmdline + (f"mem={VISIBLE_MB}M", BOOTMEM_MOVABLE,
+                                           PAGE_MAPPED))
 
 
 def drive(rec: Recorder, opts: Options) -> None:
@@ -60,8 +68,9 @@ def drive(rec: Recorder, opts: Options) -> None:
         for n, a in enumerate(addrs, 1):
             rec.step(f"offline {a:#x}", lambda a=a: set_state(
                 rec, blocks_in(rec, a, a + bs), "offline"))
-            rec.step(f"remove {a:#x}", lambda a=a: rec.sh(f"echo {a:#x} > {MEMROOT}/remove",
-                                                         blame="kernel"))
+            rec.removal_step(f"remove {a:#x}", a, a + bs,
+                             lambda a=a: rec.sh(f"echo {a:#x} > {MEMROOT}/remove",
+                                                blame="kernel"))
             phase = f"removed-{n}{suffix}"
             rec.phase(phase)
             rec.removed(phase, a, a + bs, baseline="before" if n == len(addrs) else "")

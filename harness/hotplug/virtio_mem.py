@@ -49,7 +49,7 @@ def drive(rec: Recorder, opts: Options) -> None:
         rec.step(f"grow to {opts.size_mb} MiB", lambda: resize(rec, size), "qmp")
         rec.step("wait for blocks online", lambda: wait_online(rec, addr, size))
         rec.phase("online" + suffix)
-        rec.step("shrink to 0", lambda: resize(rec, 0), "qmp")
+        rec.removal_step("shrink to 0", addr, addr + size, lambda: resize(rec, 0), "qmp")
         phase = f"removed-1{suffix}"
         rec.phase(phase)
         rec.removed(phase, addr, addr + size, baseline="before")
