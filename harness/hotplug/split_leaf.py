@@ -14,8 +14,9 @@ Flow: plug one 1 GiB DIMM (``acpi_dimm.plug``), online its blocks
 that maps the target block (the second one, 0x88000000 on ``virt``) and stop
 with an error if no leaf reaches beyond the block (nothing to split on this
 geometry or with ``rodata=full``: the run would prove nothing); offline the
-block through sysfs, then ``echo ADDR > /sys/devices/system/memory/remove``.
-Then, by outcome:
+block through sysfs, then ``echo ADDR > /sys/devices/system/memory/remove``
+(a removal step: with the ordering checks on, gdb watches it like the other
+methods' removals). Then, by outcome:
 
 * **removed** (the stock 6.12 kernel): ``Removal`` of the block recorded and
   phase ``removed-1`` taken at once, before anything else runs in the guest, so
@@ -186,7 +187,8 @@ def drive(rec: Recorder, opts: Options) -> None:
                      f"leaf: {leaves}")
     victim = blocks_in(rec, target, target + bs)
     rec.step(f"offline {target:#x}", lambda: set_state(rec, victim, "offline"))
-    attempt = rec.step(f"remove {target:#x}", lambda: _try_remove(rec, target))
+    attempt = rec.removal_step(f"remove {target:#x}", target, target + bs,
+                               lambda: _try_remove(rec, target))
     if attempt["outcome"] == "removed":
         _after_removal(rec, opts, name, addr, size, target, bs)
     elif attempt["outcome"] == "refused":
@@ -259,7 +261,7 @@ def _after_removal(rec: Recorder, opts: Options, name: str, addr: int, size: int
     for b in rest:
         pa = b.phys_start(bs)
         rec.step(f"offline {pa:#x}", lambda b=b: set_state(rec, [b], "offline"))
-        rec.step(f"remove {pa:#x}", lambda pa=pa: rec.sh(
+        rec.removal_step(f"remove {pa:#x}", pa, pa + bs, lambda pa=pa: rec.sh(
             f"echo {pa:#x} > {MEMROOT}/remove", 120, blame=KERNEL))
     rec.removed("removed-2", addr, addr + size, baseline="before")
     rec.phase("removed-2")
