@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..inspect import sysfs
 from ..session import BootOptions
 from .common import (MEMROOT, REMOVAL_CHECKS, Recorder, block_size, blocks_in,
                      memory_device, wait_for)
@@ -49,7 +50,8 @@ def drive(rec: Recorder, opts: Options) -> None:
         rec.step(f"grow to {opts.size_mb} MiB", lambda: resize(rec, size), "qmp")
         rec.step("wait for blocks online", lambda: wait_online(rec, addr, size))
         rec.phase("online" + suffix)
-        rec.removal_step("shrink to 0", addr, addr + size, lambda: resize(rec, 0), "qmp")
+        rec.removal_step("shrink to 0", addr, addr + size, lambda: shrink(rec, addr, size),
+                         "qmp")
         phase = f"removed-1{suffix}"
         rec.phase(phase)
         rec.removed(phase, addr, addr + size, baseline="before")
@@ -65,6 +67,21 @@ def resize(rec: Recorder, size: int) -> int:
     wait_for(lambda: machine.qmp_cmd("qom-get", path=DEVICE, property="size") == size,
              60, f"virtio-mem {DEVICE} to reach {size >> 20} MiB")
     return size
+
+
+def shrink(rec: Recorder, addr: int, size: int) -> int:
+    """requested-size 0, then wait until the guest has really removed the memory.
+    The device reports size 0 as soon as the driver has unplugged the last
+    sub-block, which can be before the driver removes the memory block
+    (offline_and_remove_memory); /proc/iomem drops the System RAM range only
+    after arch_remove_memory() has freed the tables, so that is the end."""
+    resize(rec, 0)
+
+    def gone() -> bool:
+        ram = sysfs.system_ram(rec.sh("cat /proc/iomem"))
+        return not any(s < addr + size and addr < e for s, e in ram)
+    wait_for(gone, 30, f"System RAM at {addr:#x} to leave /proc/iomem")
+    return 0
 
 
 def wait_online(rec: Recorder, addr: int, size: int) -> int:
