@@ -33,6 +33,9 @@ MEMFREE_DRIFT_KB = 1024          # tolerated MemFree loss per add/remove cycle
 MAX_LINES = 12                   # evidence lines listed before "... and N more"
 
 
+NOT_APPLICABLE = "not applicable: "     # a SKIP that looked and found nothing to judge
+
+
 class _Skip(Exception):
     """Raised inside a rule when a needed input is missing: the part could not
     look (SKIP), which a required check never turns into a PASS."""
@@ -730,6 +733,10 @@ def _order_check(run: MethodRun, name: str, judge_events, flush_only: bool) -> C
         looked = not (v.verdict == SKIP and any(t in v.evidence for t in
                                                 _ORDER_NOT_APPLICABLE))
         parts.append(Part(v.verdict, v.evidence, step, looked))
+    if parts and not any(p.looked for p in parts):
+        # gdb watched every removal and none freed a table (a removal under one
+        # PUD block clears a leaf): nothing to judge, which is not "could not look"
+        return Check(name, SKIP, NOT_APPLICABLE + "\n".join(p.text for p in parts))
     return combine(run, name, parts, "no removal was watched through the gdbstub")
 
 
@@ -890,7 +897,8 @@ def judge(run: MethodRun) -> list[Check]:
             check = rule(run)
         except Exception as exc:   # a broken rule must not hide the other verdicts
             check = Check(name, ERROR, f"check raised {type(exc).__name__}: {exc}")
-        if check.verdict == SKIP and name in required and not stopped:
+        if (check.verdict == SKIP and name in required and not stopped
+                and not check.evidence.startswith(NOT_APPLICABLE)):
             check = _could_not_look(check, run.method)
         out.append(check)
     return out

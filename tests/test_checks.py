@@ -739,3 +739,12 @@ def test_a_removal_that_frees_no_table_does_not_spoil_the_flush_check():
     run = make_run(order=(neighbour, order_record("order-clean-block.jsonl")),
                    options={"order_check": "on"})
     assert by_name(run)["tlb-flushed-before-free"].verdict == PASS
+
+
+def test_watched_removals_that_free_no_table_are_not_applicable():
+    leaf = order_record("order-clean-block.jsonl", "remove 0x88000000")
+    leaf["events"] = [e for e in leaf["events"] if e["kind"] == "free" and not e.get("was_table")]
+    run = make_run(order=(leaf,), options={"order_check": "on"})
+    c = by_name(run)["tlb-flushed-before-free"]
+    assert c.verdict == SKIP and c.evidence.startswith(checks.NOT_APPLICABLE)
+    assert checks.method_verdict(run, by_name(run).values()) == PASS
