@@ -162,7 +162,7 @@ def test_real_guest_add_holds_vmemmap_and_remove_returns_it(tmp_path):
     after the remove it PASSes (the clean kernel gives every page back)."""
     from harness import build
     from harness.hotplug import acpi_dimm
-    from harness.hotplug.common import Recorder
+    from harness.hotplug.common import Recorder, blocks_in, set_state
     from harness.session import BootOptions, boot
 
     art = build.build(build.BuildRequest(configs=(leakcheck.CONFIG,)))
@@ -173,6 +173,7 @@ def test_real_guest_add_holds_vmemmap_and_remove_returns_it(tmp_path):
         before = leakcheck.snapshot(leakcheck.collect(rec))
         name, addr, size = acpi_dimm.plug(rec, 1, acpi_dimm.Options(dimms=1), "")
         added = leakcheck.snapshot(leakcheck.collect(rec))
+        set_state(rec, blocks_in(rec, addr, addr + size), "online_movable")
         acpi_dimm.unplug(rec, name, addr, size)
         removed = leakcheck.snapshot(leakcheck.collect(rec))
         assert not guest.watcher.reports
