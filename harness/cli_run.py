@@ -390,10 +390,13 @@ def register_run(sub, add_kernel_options, build_request) -> None:
     g.add_argument("--dimms", type=int, default=2, help="DIMMs for acpi-dimm (default 2)")
     g.add_argument("--dimm-size", type=int, default=0, metavar="MIB",
                    help="DIMM size (default 512; a multiple of the block size)")
+    g.add_argument("--order-check", choices=["on", "full", "off"], default="on",
+                   help="gdb around every removal: 'on' (default) checks every free and "
+                        "follows the TLB-flush order until 16 cleared table entries were "
+                        "followed (every block-mapped removal, the first page-mapped "
+                        "one); 'full' follows it on every removal; 'off' attaches no gdb")
     g.add_argument("--no-order-check", dest="order_check", action="store_const",
-                   const="off", default="on",
-                   help="do not attach gdb around removals: no free-time ordering "
-                        "checks (no-table-freed-while-linked, tlb-flushed-before-free)")
+                   const="off", help="the same as --order-check=off")
     g.add_argument("--no-walker", action="store_true",
                    help="skip the host-side page-table walk (ptdump only)")
     g.add_argument("--report", metavar="DIR", help="write the report here")

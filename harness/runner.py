@@ -32,7 +32,7 @@ class RunOptions:
     dimm_mb: int = 0                  # 0: the method's default
     kernel_src: str = "debian"
     walk: bool = True
-    order_check: str = "on"           # gdb around every removal: "on" or "off"
+    order_check: str = "on"           # gdb around every removal: "on", "full", "off"
 
 
 def resolve_methods(spec: str) -> tuple:
