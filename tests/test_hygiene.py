@@ -398,6 +398,11 @@ def test_owner_without_start_time_must_be_a_harness_process(tmp_path):
     sleeper = subprocess.Popen(["sleep", "30"])
     harness_like = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
                                      "harness"])
+    for p, word in ((sleeper, b"sleep"), (harness_like, b"harness")):
+        for _ in range(200):      # until the child has exec'd (cmdline is final)
+            if word in Path(f"/proc/{p.pid}/cmdline").read_bytes():
+                break
+            time.sleep(0.01)
     try:
         d = run_dir(tmp_path, "hotplug-harness-x", f"{sleeper.pid}\n")
         assert machine.run_dir_owner_alive(d) is False      # alive, but not ours

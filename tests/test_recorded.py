@@ -1,6 +1,6 @@
 """The recorded runs under tests/data/recorded-* (real guests, see tests/data/README):
 re-judged with today's rules, their ptdumps and console logs parsed with the
-project's parsers, and each seeded regression failing the check README names.
+project's parsers, and each seeded regression failing the checks its header names.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import checks, report
+from harness import checks, report, repro
 from harness.crashwatch import classify_file
 from harness.inspect import ptdump
 from harness.records import ERROR, FAIL, PASS, SKIP, MethodRun
@@ -21,23 +21,15 @@ DATA = Path(__file__).parent / "data"
 LINEAR = "Linear Mapping"
 OFF = 0xffff_0000_0000_0000
 
-# ------------------------------------------------------------ README's table
+# ------------------------------------------------------------ the patches' trailers
 
 CHECK_NAMES = {name for name, _rule in checks.RULES}
 
 
-def seeded_regressions(readme: Path = ROOT / "README.md") -> dict:
-    """patch stem -> the checks README's "Seeded regressions" table says catch it."""
-    text = readme.read_text()
-    section = text.split("### Seeded regressions", 1)[1].split("\n#", 1)[0]
-    table = {}
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 3 or not re.fullmatch(r"`\d{4}-[\w-]+`", cells[0]):
-            continue
-        named = [n for n in re.findall(r"`([\w-]+)`", cells[2]) if n in CHECK_NAMES]
-        table[cells[0].strip("`")] = named
-    return table
+def seeded_regressions() -> dict:
+    """patch stem -> the checks its ``Repro-Expect`` trailer says catch it
+    (harness/repro.py); the README's matrix is generated from the same trailers."""
+    return {r.name: list(r.expect) for r in repro.discover() if r.expect}
 
 
 SEEDED = seeded_regressions()
@@ -45,24 +37,26 @@ ADDRESS = re.compile(r"\b(?:0x)?[0-9a-f]{8,16}\b")
 
 
 def assert_named_checks_fail(found, patch: str) -> None:
-    """Every check README names for ``patch`` FAILs, with evidence naming an address."""
+    """Every check the header names for ``patch`` FAILs, with evidence naming an address."""
     by_name = {c.name: c for c in found}
     wanted = SEEDED[patch]
-    assert wanted, f"README names no check for {patch}"
+    assert wanted, f"the header of {patch} names no check"
     for name in wanted:
         check = by_name.get(name)
         assert check is not None, f"{patch}: {name} was not judged"
         assert check.verdict == FAIL, (
-            f"{patch}: README says {name} catches it, but it is {check.verdict}: "
+            f"{patch}: its header says {name} catches it, but it is {check.verdict}: "
             f"{check.evidence}\nfailed: {[c.name for c in found if c.verdict == FAIL]}")
         assert check.evidence.strip(), f"{patch}: {name} FAILs without evidence"
         assert ADDRESS.search(check.evidence), \
             f"{patch}: {name} evidence names no address: {check.evidence}"
 
 
-def test_readme_table_names_seeded_regressions_that_exist():
+def test_trailers_name_checks_that_exist():
     patches = {p.stem for p in (ROOT / "patches" / "repro").glob("*.patch")}
     assert set(SEEDED) <= patches
+    for patch, named in SEEDED.items():
+        assert set(named) <= CHECK_NAMES, f"{patch} names an unknown check: {named}"
     assert {"0001-leak-linear-map-tables", "0002-stale-linear-map", "0003-stale-vmemmap",
             "0004-over-remove-linear-map"} <= set(SEEDED)
     assert SEEDED["0001-leak-linear-map-tables"] == ["tables-freed"]
@@ -287,10 +281,11 @@ def test_console_warn_fixture_is_a_verbatim_slice_of_the_0002_run():
 
 
 def test_recorded_0004_run_is_caught_by_online_memory_mapped_not_a_splat():
-    """README's table says 0004 is caught by no-kernel-splat (an Oops in copy_page).
-    In this run (2026-11-27, boot memory onlined movable by the harness) no page of
-    the over-removed block was migrated, so there was no Oops: online-memory-mapped
-    caught it, naming the unmapped block. Kept as recorded; see tests/data/README."""
+    """0004's header says it is caught by no-kernel-splat (an Oops in copy_page).
+    In this run (2026-11-27, while acpi-dimm booted with movablecore=, since
+    reverted: the data then landed in boot memory) no page of the over-removed
+    block was migrated, so there was no Oops: online-memory-mapped caught it,
+    naming the unmapped block. Kept as recorded; see tests/data/README."""
     folder = "recorded-run-0004-over-remove-linear-map"
     run = _run_of(folder)
     found = {c.name: c for c in checks.judge(run)}

@@ -1,0 +1,135 @@
+"""The detection matrix (harness/repro.py): trailers, statuses, exit code,
+output; every shipped regression has a complete header. Runs are faked here;
+the real matrix runs in tests/test_qemu.py and bench."""
+from pathlib import Path
+
+import pytest
+
+from harness import repro
+from harness.errors import HarnessError
+
+HEADER = """\
+From: Hotplug Harness <hotplug-harness@localhost>
+Subject: [PATCH] REPRO: something
+
+Repro-Point: a. free before clear, PTE level
+Repro-Methods: probe
+Repro-Append: rodata=full
+Repro-Expect: no-table-freed-while-linked
+---
+ arch/arm64/mm/mmu.c | 3 ++-
+Repro-Point: not a trailer: after the ---
+"""
+
+
+def reg(tmp_path, name="0005-x", **trailers):
+    text = "Subject: x\n\n" + "".join(f"Repro-{k.title()}: {v}\n"
+                                      for k, v in trailers.items()) + "---\n"
+    path = tmp_path / f"{name}.patch"
+    path.write_text(text)
+    return repro.load(path)
+
+
+def report(code, **checks):
+    return {"exit_code": code, "methods": [{"method": "probe", "run": {}, "checks": [
+        {"name": n, "verdict": v, "evidence": f"{n} evidence at VA 0xffff000080000000\nmore"}
+        for n, v in checks.items()]}]}
+
+
+def test_trailers_stop_at_the_diffstat(tmp_path):
+    t = repro.parse_header(HEADER)
+    assert t == {"point": "a. free before clear, PTE level", "methods": "probe",
+                 "append": "rodata=full", "expect": "no-table-freed-while-linked"}
+    (tmp_path / "0005-x.patch").write_text(HEADER)
+    r = repro.load(tmp_path / "0005-x.patch")
+    assert (r.methods, r.append, r.expect, r.configs) == (
+        ("probe",), ("rodata=full",), ("no-table-freed-while-linked",), ())
+
+
+def test_a_header_without_trailers_is_refused_by_name(tmp_path):
+    (tmp_path / "0009-y.patch").write_text("Subject: y\n---\n")
+    with pytest.raises(HarnessError, match="0009-y.patch: header lacks Repro-Point"):
+        repro.load(tmp_path / "0009-y.patch")
+
+
+def test_discover_by_number_or_name(tmp_path):
+    reg(tmp_path, "0005-a", point="a", methods="probe", expect="tables-freed")
+    reg(tmp_path, "0006-b", point="b", methods="probe", expect="-", why="a race")
+    assert [r.name for r in repro.discover(["0006"], tmp_path)] == ["0006-b"]
+    assert [r.name for r in repro.discover([], tmp_path)] == ["0005-a", "0006-b"]
+    assert repro.discover(["0006"], tmp_path)[0].expect == ()
+    with pytest.raises(HarnessError, match="no regression '0042'"):
+        repro.discover(["0042"], tmp_path)
+
+
+def test_statuses_and_exit_code(tmp_path):
+    a = reg(tmp_path, "0005-a", point="a", methods="probe",
+            expect="tables-freed, no-kernel-splat")
+    assert repro.status_of(a, report(1, **{"tables-freed": "FAIL",
+                                           "no-kernel-splat": "FAIL"})) == repro.CAUGHT
+    assert repro.status_of(a, report(1, **{"tables-freed": "FAIL",
+                                           "no-kernel-splat": "PASS"})) == repro.MISSED
+    assert repro.status_of(None, report(0, **{"tables-freed": "PASS"})) == repro.CLEAN_PASS
+    assert repro.status_of(None, report(1, **{"tables-freed": "FAIL"})) == repro.CLEAN_FAIL
+    rows = [repro.MatrixRow("x", "p", (), repro.CAUGHT),
+            repro.MatrixRow("c", "p", (), repro.CLEAN_PASS)]
+    assert repro.matrix_exit_code(rows) == 0
+    assert repro.matrix_exit_code(rows + [repro.MatrixRow("y", "p", (), repro.MISSED)]) == 1
+    assert repro.matrix_exit_code(rows + [repro.MatrixRow("y", "p", (), repro.ERROR)]) == 2
+    assert repro.matrix_exit_code(rows + [repro.MatrixRow("y", "p", (),
+                                                          repro.NOT_EXPECTED)]) == 0
+
+
+def test_run_matrix_runs_clean_once_per_shape_and_prints_evidence(tmp_path):
+    regs = [reg(tmp_path, "0005-a", point="a. free before clear", methods="probe",
+                append="rodata=full", expect="no-table-freed-while-linked"),
+            reg(tmp_path, "0006-b", point="b", methods="probe", append="rodata=full",
+                expect="tables-freed"),
+            reg(tmp_path, "0007-c", point="c", methods="probe", config="64k-42",
+                expect="no-kernel-splat")]
+    calls = []
+
+    def fake(configs, patches, append, methods, cycles, folder):
+        calls.append((configs, patches, append))
+        if not patches:
+            return report(0, **{"tables-freed": "PASS"})
+        if "0005" in patches[0]:
+            return report(1, **{"no-table-freed-while-linked": "FAIL"})
+        if "0007" in patches[0]:
+            raise HarnessError("kernel does not compile", step="build", blame="kernel")
+        return report(0, **{"tables-freed": "PASS"})
+    rows = repro.run_matrix(regs, tmp_path / "out", fake)
+    assert [c for c in calls if not c[1]] == [((), (), ("rodata=full",)),
+                                              (("64k-42",), (), ())]
+    status = {r.name: r.status for r in rows}
+    assert status["0005-a"] == repro.CAUGHT and status["0006-b"] == repro.MISSED
+    assert status["0007-c"] == repro.MISSED and "does not compile" in rows[-1].error
+    text = repro.matrix_text(rows)
+    assert "FAIL  no-table-freed-while-linked [probe]: no-table-freed-while-linked " \
+           "evidence at VA 0xffff000080000000" in text
+    assert "exit 1" in text
+    md = repro.matrix_markdown(rows)
+    assert "| `0005-a` | a. free before clear | probe `rodata=full` | " \
+           "`no-table-freed-while-linked` | caught |" in md
+
+
+def test_matrix_json_round_trip(tmp_path):
+    rows = [repro.MatrixRow("0005-a", "a", ("tables-freed",), repro.CAUGHT,
+                            {"tables-freed": repro.Cell("FAIL", "ev", "probe")},
+                            ("probe",), (), ("rodata=full",), 1)]
+    data = {"rows": [r.to_dict() for r in rows]}
+    assert repro.rows_from_json(data) == rows
+
+
+def test_readme_block_replacement():
+    text = "a\n<!-- repro-matrix:start -->\nold\n<!-- repro-matrix:end -->\nb\n"
+    assert repro.replace_between(text, "new\n") == (
+        "a\n<!-- repro-matrix:start -->\nnew\n<!-- repro-matrix:end -->\nb\n")
+
+
+def test_every_shipped_regression_has_a_complete_header():
+    regs = repro.discover()
+    assert regs, "patches/repro is empty"
+    for r in regs:
+        assert r.point and r.methods, r.name
+        assert r.expect or r.why, f"{r.name}: Repro-Expect: - needs a Repro-Why"
