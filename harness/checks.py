@@ -554,6 +554,9 @@ def check_bootmem_not_removable(run: MethodRun) -> Check:
     tail = f"\n    output: {output}" if output else ""
     if code is None or state is None:
         return Check(name, ERROR, f"incomplete record: {head}{tail}", step)
+    span = attempt.get("range")
+    if span:
+        head = f"{head} (boot memory PA {_span(*span)})"
     if code == 0 or state != "online":
         return Check(name, FAIL, f"boot memory was offlined or changed state: {head}; "
                                  f"arm64 must refuse (prevent_bootmem_remove_notifier)"
@@ -657,7 +660,13 @@ def check_no_leak_across_cycles(run: MethodRun) -> Check:
     if len(cycles) < 2:
         return Check(name, SKIP, f"{len(cycles)} cycle phase(s) recorded; need 2")
     parts = [_memtotal_part(run, cycles), _cycle_tables_part(cycles), _memfree_part(cycles)]
-    return combine(run, name, parts, "")
+    check = combine(run, name, parts, "")
+    removed = coalesce((r.pa_start, r.pa_end) for r in run.removals)
+    if removed:      # what each cycle added and removed, for the reader
+        check = Check(check.name, check.verdict, check.evidence + "\nadded and removed "
+                      f"each cycle: PA {', '.join(_span(a, b) for a, b in removed)}",
+                      check.step)
+    return check
 
 
 # ---------------------------------------------------------------- walker vs ptdump

@@ -127,6 +127,7 @@ class MatrixRow:
     error: str = ""
     seconds: float = 0.0
     why: str = ""
+    cycles: int = 1
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -195,7 +196,7 @@ def run_matrix(regs: list[Regression], out: Path, run_fn: RunFn,
     shapes = list(dict.fromkeys(r.shape for r in regs)) if clean else []
     todo = [(None, s) for s in shapes] + [(r, r.shape) for r in regs]
     for reg, (configs, append, methods, cycles) in todo:
-        name = reg.name if reg else "clean " + _shape_name(configs, append)
+        name = reg.name if reg else "clean " + _shape_name(configs, append, methods, cycles)
         progress(f"[repro] {name}: {', '.join(methods)}"
                  + (f" ({'+'.join(configs)})" if configs else "")
                  + (f" [{' '.join(append)}]" if append else ""))
@@ -216,15 +217,15 @@ def run_matrix(regs: list[Regression], out: Path, run_fn: RunFn,
                         cells=cells_of(report), methods=methods, configs=configs,
                         append=append, exit_code=report.get("exit_code", 2), error=error,
                         seconds=round(time.monotonic() - start, 1),
-                        why=reg.why if reg else "")
+                        why=reg.why if reg else "", cycles=cycles)
         progress(f"[repro] {name}: {row.status} in {row.seconds:.0f}s")
         rows.append(row)
     return rows
 
 
-def _shape_name(configs: tuple, append: tuple) -> str:
-    parts = ["+".join(configs) or "4k-48"] + list(append)
-    return " ".join(parts)
+def _shape_name(configs: tuple, append: tuple, methods: tuple = (), cycles: int = 1) -> str:
+    parts = ["+".join(configs) or "4k-48"] + list(append) + [",".join(methods)]
+    return " ".join(p for p in parts if p) + (f" x{cycles}" if cycles > 1 else "")
 
 
 def _shape_slug(configs: tuple, append: tuple, methods: tuple) -> str:
@@ -290,16 +291,20 @@ def matrix_markdown(rows: list[MatrixRow]) -> str:
     out = ["| kernel | review point | run with | expected to fail | result | evidence |",
            "|---|---|---|---|---|---|"]
     for r in rows:
+        name = r.name if r.point != "(clean kernel)" else "clean kernel"
         run = ", ".join(r.methods)
         if r.configs:
             run += f" `--config {'+'.join(r.configs)}`"
         if r.append:
             run += f" `{' '.join(r.append)}`"
+        if r.cycles > 1:
+            run += f" `--cycles {r.cycles}`"
         first = next((r.cells[c] for c in r.expect if c in r.cells), None)
         if first is None:
-            first = next((c for c in r.cells.values() if c.verdict == "FAIL"), None)
+            first = next((c for c in r.cells.values() if c.verdict in ("FAIL", "ERROR")),
+                         None)
         evidence = (first.evidence if first else (r.why or r.error or "")).replace("|", "\\|")
-        out.append(f"| `{r.name}` | {r.point} | {run} | "
+        out.append(f"| `{name}` | {r.point} | {run} | "
                    f"{', '.join(f'`{c}`' for c in r.expect) or '-'} | {r.status} | "
                    f"{evidence[:160]} |")
     return "\n".join(out) + "\n"

@@ -459,6 +459,13 @@ def kernel():
     return build.build(build.BuildRequest())
 
 
+def _owner_pid(run_dir: str):
+    try:
+        return int((Path(run_dir) / machine.OWNER_FILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @pytest.mark.kernel
 @pytest.mark.qemu
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -477,6 +484,8 @@ def test_signal_during_a_real_run(kernel, tmp_path, sig, code):
         else:
             pytest.fail("no step line: " + proc.stdout.read()[-2000:])
         run_dirs |= our_shm() - before
+        # only this run's folder (another run on the machine may have one too)
+        run_dirs = {d for d in run_dirs if _owner_pid(d) == proc.pid}
         assert len(run_dirs) == 1, run_dirs
         run_dir = run_dirs.pop()
         assert qemu_processes(run_dir), "QEMU not running yet?"
