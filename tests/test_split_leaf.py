@@ -172,12 +172,10 @@ def test_stock_kernel_unmaps_online_memory_and_fails_before_its_oops(kernel, tmp
 @pytest.mark.kernel
 @pytest.mark.qemu
 def test_fixed_kernel_refuses_the_removal_and_passes(kernel, tmp_path):
-    # --no-order-check: removing the PUD-mapped DIMM frees no table page (the
-    # refused attempt nothing at all), so tlb-flushed-before-free has nothing to
-    # judge, and checks.judge turns that required SKIP into an ERROR (exit 2).
-    # Seen on a real run after f2c6a36; to be settled in checks.py, not here.
+    # with the ordering checks on: the removals free no table page (a PUD block
+    # is a leaf), which makes tlb-flushed-before-free "not applicable"
     proc = harness_cli("run", "--method", "split-leaf", "--patch", str(FIX),
-                       "--no-order-check", "--report", str(tmp_path), timeout=2400)
+                       "--report", str(tmp_path), timeout=2400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     method, checks = _method(tmp_path)
     assert method["verdict"] == "PASS" and not method["run"]["crashes"]
