@@ -25,7 +25,8 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Optional
 
 from .errors import KERNEL, HarnessError
 from .inspect import ptdump
-from .records import ERROR, FAIL, PASS, SKIP, Check, MethodRun, Phase, Removal
+from .records import (ERROR, FAIL, PASS, REMOVAL_CHECKS, SKIP, Check, MethodRun, Phase,
+                      Removal)
 
 LINEAR, VMEMMAP = "Linear Mapping", "vmemmap"
 REGIONS = (LINEAR, VMEMMAP)
@@ -189,9 +190,8 @@ def combine(run: MethodRun, name: str, parts: list[Part], empty: str) -> Check:
     if not parts:
         return Check(name, SKIP, empty)
     ordered = sorted(parts, key=_part_rank)
-    verdict = ordered[0].verdict
     phase = next((p.step for p in ordered if p.step), "")
-    return Check(name, verdict, "\n".join(p.text for p in ordered),
+    return Check(name, ordered[0].verdict, "\n".join(p.text for p in ordered),
                  phase_step(run, phase) if phase else "")
 
 
@@ -707,23 +707,19 @@ def check_walker_no_bad_entries(run: MethodRun) -> Check:
     walked = [p for p in run.phases if p.walks]
     if not walked:
         return Check(name, SKIP, "no phase has walker output")
-    for phase in walked:
-        lines = _bad_entry_lines(phase)
-        if lines:
-            total = sum(len(_bad_entry_lines(p)) for p in walked)
-            return Check(name, FAIL, f"{total} descriptor(s) the walker could not follow, "
-                         f"the first in phase {phase.name}:\n" + _indent(_limit(lines)),
-                         phase_step(run, phase.name))
+    bad = [(p, lines) for p in walked if (lines := _bad_entry_lines(p))]
+    if bad:
+        phase, lines = bad[0]
+        total = sum(len(lines) for _, lines in bad)
+        return Check(name, FAIL, f"{total} descriptor(s) the walker could not follow, "
+                     f"the first in phase {phase.name}:\n" + _indent(_limit(lines)),
+                     phase_step(run, phase.name))
     regions = sorted({w.region for p in walked for w in p.walks})
     return Check(name, PASS, f"every descriptor valid or zero in {len(walked)} walked "
                              f"phase(s) ({', '.join(regions)})")
 
 
 # ---------------------------------------------------------------- ordering (gdb)
-
-# order-check SKIPs that mean "nothing of that kind happened in this removal"
-_ORDER_NOT_APPLICABLE = ("none was freed", "none in the removed range")
-
 
 def _order_check(run: MethodRun, name: str, judge_events, flush_only: bool) -> Check:
     """One Part per watched removal (``MethodRun.order``), judged by harness.order."""
@@ -739,9 +735,7 @@ def _order_check(run: MethodRun, name: str, judge_events, flush_only: bool) -> C
             continue
         events = [order.event_from_dict(d) for d in rec.get("events", ())]
         v = judge_events(events, step)
-        looked = not (v.verdict == SKIP and any(t in v.evidence for t in
-                                                _ORDER_NOT_APPLICABLE))
-        parts.append(Part(v.verdict, v.evidence, step, looked))
+        parts.append(Part(v.verdict, v.evidence, step, v.applicable))
     if parts and not any(p.looked for p in parts):
         # gdb watched every removal and none freed a table (a removal under one
         # PUD block clears a leaf): nothing to judge, which is not "could not look"
@@ -860,9 +854,6 @@ RULES: tuple = (
     ("kselftest", check_kselftest),
 )
 
-# What a run recorded before methods declared their checks (saved reports)
-_LEGACY_REQUIRED = ("blocks-lifecycle", "no-stale-linear-map", "no-stale-vmemmap",
-                    "tables-freed", "online-memory-mapped", "no-kernel-splat")
 _WALKER_CHECKS = ("walker-agrees-with-ptdump", "walker-no-bad-entries")
 _ORDER_CHECKS = ("no-table-freed-while-linked", "tlb-flushed-before-free")
 
@@ -871,7 +862,8 @@ def required_checks(run: MethodRun) -> tuple:
     """The checks that must look for this run to PASS: what the method declared
     (``MethodRun.required``), the walker's checks unless the walker was turned
     off on request (``--no-walker``), the leak check with ``--cycles`` > 1."""
-    names = list(run.required or (_LEGACY_REQUIRED if run.removals else ()))
+    # a run saved before methods declared their checks: the removal checks
+    names = list(run.required or (REMOVAL_CHECKS if run.removals else ()))
     if run.options.get("walker", False):
         names += _WALKER_CHECKS
     if run.options.get("order_check", "off") != "off" and names:

@@ -94,9 +94,8 @@ def _runner(kernel_src: str):
                                   kernel_src=kernel_src)
         folder.mkdir(parents=True, exist_ok=True)
         runs = runner.run_all(art, ropts, folder)
-        kernel = {"source": art.source, "patches": [list(p) for p in art.patches],
-                  "config_digest": art.config_digest, "cache_key": art.cache_key,
-                  "release": art.kernel_release, "fragments": list(art.fragments)}
-        report.write_report(folder, kernel, runs, {r.method: checks.judge(r) for r in runs})
+        from .cli_run import kernel_identity
+        report.write_report(folder, kernel_identity(art), runs,
+                            {r.method: checks.judge(r) for r in runs})
         return json.loads((folder / "report.json").read_text())
     return run

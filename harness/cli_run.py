@@ -342,9 +342,7 @@ def cmd_run(args, build_request) -> int:
         kernel = {}
         extra = {"seconds": round(time.monotonic() - start, 2)}
         if art is not None:
-            kernel = {"source": art.source, "patches": [list(p) for p in art.patches],
-                      "config_digest": art.config_digest, "cache_key": art.cache_key,
-                      "release": art.kernel_release, "fragments": list(art.fragments)}
+            kernel = kernel_identity(art)
             extra.update(build_seconds=art.seconds, rebuilt=art.rebuilt)
         if stopped is not None:
             extra.update(interrupted=True, signal=signals.signame(stopped),
@@ -359,6 +357,13 @@ def cmd_run(args, build_request) -> int:
     else:
         print(report.summary(data, final))
     return data["exit_code"]
+
+
+def kernel_identity(art) -> dict:
+    """What report.json's "kernel" says of the artifacts a run booted."""
+    return {"source": art.source, "patches": [list(p) for p in art.patches],
+            "config_digest": art.config_digest, "cache_key": art.cache_key,
+            "release": art.kernel_release, "fragments": list(art.fragments)}
 
 
 def cmd_report(args) -> int:

@@ -242,6 +242,7 @@ class Verdict:
     verdict: str
     evidence: str
     counts: dict = field(default_factory=dict)
+    applicable: bool = True    # False: a SKIP that looked and found nothing to judge
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -281,7 +282,8 @@ def check_tlb_flushed_before_free(events: Sequence, step: str = "") -> Verdict:
     watched = {e.link.table_pa: e for e in events if isinstance(e, Watch)}
     if not watched:
         return Verdict(TLB_FLUSHED_BEFORE_FREE, SKIP,
-                       f"no table entry was watched{where} (none in the removed range)")
+                       f"no table entry was watched{where} (none in the removed range)",
+                       applicable=False)
     cleared: dict[int, Clear] = {}
     flushed: dict[int, Tlbi] = {}
     freed_ok, problems, unobserved = [], [], []
@@ -329,7 +331,8 @@ def check_tlb_flushed_before_free(events: Sequence, step: str = "") -> Verdict:
         return Verdict(TLB_FLUSHED_BEFORE_FREE, ERROR, "\n".join(_clip(lines)), counts)
     if not freed_ok:
         return Verdict(TLB_FLUSHED_BEFORE_FREE, SKIP,
-                       f"{len(watched)} tables watched{where}, none was freed", counts)
+                       f"{len(watched)} tables watched{where}, none was freed", counts,
+                       applicable=False)
     ops = sorted({flushed[p].op for p in freed_ok})
     return Verdict(TLB_FLUSHED_BEFORE_FREE, PASS,
                    f"{len(freed_ok)} tables freed{where}: each entry cleared, then a "

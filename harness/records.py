@@ -12,6 +12,10 @@ from .inspect import ptdump
 from .inspect.sysfs import BlockTable
 
 PASS, FAIL, SKIP, ERROR = "PASS", "FAIL", "SKIP", "ERROR"
+# checks every method that removes memory needs; one that cannot look is an
+# error of the run, never a PASS (checks.judge)
+REMOVAL_CHECKS = ("blocks-lifecycle", "no-stale-linear-map", "no-stale-vmemmap",
+                  "tables-freed", "online-memory-mapped", "no-kernel-splat")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ the README's table is generated from).
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -333,4 +333,4 @@ def replace_between(text: str, block: str, tag: str = "repro-matrix") -> str:
 
 __all__ = ["Regression", "MatrixRow", "Cell", "discover", "load", "run_matrix",
            "matrix_text", "matrix_markdown", "matrix_exit_code", "rows_from_json",
-           "replace_between", "replace"]
+           "replace_between"]

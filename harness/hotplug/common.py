@@ -11,20 +11,16 @@ from ..build import KernelArtifacts
 from ..errors import HarnessError
 from ..inspect import ptdump, sysfs
 from ..inspect import walker as walk_mod
-from ..records import Phase, Removal, Step, WalkSummary
+from ..records import REMOVAL_CHECKS, Phase, Removal, Step, WalkSummary  # noqa: F401
 from ..session import Guest
 
 PTDUMP = "/sys/kernel/debug/kernel_page_tables"
 MEMROOT = "/sys/devices/system/memory"
 REGIONS = ("Linear Mapping", "vmemmap")
-# checks every method that removes memory needs; one that cannot look is an
-# error of the run, never a PASS (checks.judge)
 # "on": the flush order is followed on every removal until this many cleared
 # entries were followed (block-mapped removals clear 1-4 entries each, cheap; a
 # page-mapped one clears 64, ~3 s of watchpoints); "full": on every removal
 FLUSH_CLEARS_ENOUGH = 16
-REMOVAL_CHECKS = ("blocks-lifecycle", "no-stale-linear-map", "no-stale-vmemmap",
-                  "tables-freed", "online-memory-mapped", "no-kernel-splat")
 STRUCT_PAGE_SIZE = 64
 RAM_BASE = 0x40000000   # QEMU virt
 
@@ -134,9 +130,8 @@ class Recorder:
     def _order_progress(self, record: dict) -> None:
         if not self.progress:
             return
-        kinds: dict = {}
-        for e in record["events"]:
-            kinds[e.get("kind", "?")] = kinds.get(e.get("kind", "?"), 0) + 1
+        from collections import Counter
+        kinds = Counter(e.get("kind", "?") for e in record["events"])
         seen = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no stops"
         stats = record["stats"]
         self.progress(f"  gdb  {stats.get('attached_s', 0):6.2f}s gdb    "
