@@ -20,6 +20,7 @@ warning         ``WARNING: CPU: N PID: M at ...``              ``---[ end trace`
 bad-page        ``BUG: Bad page state``                        end of its call trace
 soft-lockup     ``watchdog: BUG: soft lockup``                 end of its call trace
 rcu-stall       ``rcu: INFO: rcu_sched self-detected stall``   end of its call trace
+hung-task       ``INFO: task T:P blocked for more than N s``   end of its call trace
 ==============  =============================================  ======================
 
 ``------------[ cut here ]------------`` opens a report whose kind the next
@@ -38,15 +39,16 @@ console replays the kernel log) does not open a second report.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional
 
 from .errors import GuestCrash, HarnessError, ToolMissing
 from .host import require_tool, run
 
 KINDS = ("panic", "oops", "bug", "kasan", "warning", "bad-page", "soft-lockup",
-         "rcu-stall")
+         "rcu-stall", "hung-task")
 _CUT = "cut-here"  # provisional kind until the next signature says what it is
 PRE_TRACE_LINES = 80  # a report (not panic/KASAN) with no call trace by then is closed
 
@@ -70,6 +72,7 @@ _SIGNATURES = (
     (re.compile(r"^WARNING: (?:possible|suspicious|inconsistent|bad unlock)"),
      "warning"),
     (re.compile(r"^(?:rcu: )?INFO: rcu_\w+ (?:self-)?detected stalls?"), "rcu-stall"),
+    (re.compile(r"^INFO: task \S+ blocked for more than \d+ seconds"), "hung-task"),
 )
 _END_TRACE = re.compile(r"^---\[ end trace [0-9a-f]+ \]---")
 _END_PANIC = re.compile(r"^---\[ end Kernel panic")

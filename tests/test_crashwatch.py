@@ -9,9 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from harness.crashwatch import (Addr2lineResolver, CrashWatcher, KernelCrash, Frame,
-                                classify_file, classify_log, match_signature,
-                                parse_symbol, split_kernel_line, symbolize)
+from harness.crashwatch import (
+    Addr2lineResolver,
+    CrashWatcher,
+    Frame,
+    KernelCrash,
+    classify_file,
+    classify_log,
+    match_signature,
+    parse_symbol,
+    split_kernel_line,
+    symbolize,
+)
 from harness.errors import GuestCrash
 
 DATA = Path(__file__).parent / "data"
@@ -177,6 +186,8 @@ def test_one_line_bug_closes_after_pre_trace_limit():
     ("WARNING: CPU: 0 PID: 1 at mm/x.c:1 f+0x1/0x2", "warning"),
     ("WARNING: possible circular locking dependency detected", "warning"),
     ("rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:", "rcu-stall"),
+    ("INFO: task sh:93 blocked for more than 20 seconds.", "hung-task"),
+    ("INFO: task kworker/u4:1:52 blocked for more than 120 seconds.", "hung-task"),
     ("------------[ cut here ]------------", "cut-here"),
     ("~ # grep 'BUG:' /tmp/log", None),
     ("memory memory16: online", None),
