@@ -3,6 +3,7 @@
 # make test-unit  the tests that need no kernel and no QEMU
 # make test-qemu  deps, build the default kernel, run every scenario, verdict
 # make bench      benchmarks: build, boot, walker (prints figures)
+# make lint       ruff over the whole tree (config in pyproject.toml)
 #
 # Every Python step runs with $(VENV)/bin/python, made by scripts/install-deps
 # from /usr/bin/python3 (Debian 12's own python3 refuses pip: PEP 668).
@@ -11,7 +12,7 @@ PY := $(VENV)/bin/python
 HARNESS ?= $(PY) -m harness.cli
 RUN_ARGS ?=
 
-.PHONY: deps venv test test-unit test-qemu bench build clean-cache
+.PHONY: deps venv test test-unit test-qemu bench build clean-cache lint
 
 deps:
 	VENV=$(VENV) sh ./scripts/install-deps
@@ -25,6 +26,9 @@ test: deps
 
 test-unit: venv
 	$(PY) -m pytest -ra -m "not kernel and not qemu" tests
+
+lint: venv
+	$(PY) -m ruff check .
 
 build: deps
 	$(HARNESS) build

@@ -109,7 +109,7 @@ def cold_build(args) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def cold_breakdown(r: "bl.Result") -> None:
+def cold_breakdown(r: bl.Result) -> None:
     """Split the cold wall time at the lines the harness prints to stderr."""
     t_unpack = r.first_time(r"^\[source\] unpacking")
     t_tree = r.first_time(r"^\$ cp -al ")

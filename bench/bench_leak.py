@@ -165,8 +165,10 @@ def main(argv=None) -> int:
         res["wall_s"] = time.monotonic() - start
         results.append(res)
         mf = res.get("memfree_loss_per_cycle_kb")
+        collect_ms = (statistics.median(res["collect_s"]) * 1000
+                      if res["collect_s"] else 0)
         print(f"run {n}/{args.runs}: {res['verdict']} in {res['wall_s']:.0f}s; "
-              f"collect {statistics.median(res['collect_s']) * 1000 if res['collect_s'] else 0:.0f} ms, "
+              f"collect {collect_ms:.0f} ms, "
               f"{max(res['collect_bytes'], default=0) // 1024} KiB; "
               f"MemFree {'n/a' if mf is None else f'{mf:+.0f} kB/cycle'} "
               f"({res.get('memfree_verdict', '-')} by the old heuristic)", flush=True)
@@ -189,8 +191,10 @@ def main(argv=None) -> int:
     secs = [s for r in results for s in r["collect_s"]]
     sizes = [b for r in results for b in r["collect_bytes"]]
     if secs:
-        print(f"collect (cat show_stacks over SSH): median {statistics.median(secs) * 1000:.0f} ms, "
-              f"max {max(secs) * 1000:.0f} ms; size median {statistics.median(sizes) / 1024:.0f} KiB, "
+        print(f"collect (cat show_stacks over SSH): "
+              f"median {statistics.median(secs) * 1000:.0f} ms, "
+              f"max {max(secs) * 1000:.0f} ms; "
+              f"size median {statistics.median(sizes) / 1024:.0f} KiB, "
               f"max {max(sizes) / 1024:.0f} KiB; n={len(secs)}")
     boots = [r["boot_to_ssh_s"] for r in results if r.get("boot_to_ssh_s")]
     if boots:

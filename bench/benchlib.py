@@ -21,9 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 HARNESS = [sys.executable, "-m", "harness.cli"]
@@ -201,7 +202,7 @@ def header(title: str) -> None:
         head, dirty = "", ""
     load = ""
     if hasattr(os, "getloadavg"):
-        load = " load %.2f %.2f %.2f" % os.getloadavg()
+        load = " load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     print(f"== {title} ==", flush=True)
     print(f"   {time.strftime('%Y-%m-%d %H:%M:%S')}  {platform.node()}  "
           f"{os.cpu_count()} CPUs{load}  python {platform.python_version()}  "

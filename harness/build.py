@@ -27,7 +27,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import kconfig, source as src
+from . import kconfig
+from . import source as src
 from .errors import BuildError, HarnessError
 from .host import cache_root, require_tool, show_command
 
@@ -78,7 +79,7 @@ class KernelArtifacts:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "KernelArtifacts":
+    def from_dict(cls, d: dict) -> KernelArtifacts:
         d = dict(d)
         d.pop("files", None)  # meta.json's integrity record (see verify_entry)
         d["patches"] = tuple(tuple(p) for p in d["patches"])
@@ -297,7 +298,7 @@ def _config_stamp(inputs: Inputs, tree) -> str:
     return _sha({"config": kconfig.render(inputs.requested), "kconfig": kconfigs})
 
 
-def configure(maker: "Make", inputs: Inputs, stamp: str = "") -> None:
+def configure(maker: Make, inputs: Inputs, stamp: str = "") -> None:
     """allnoconfig + merge fragments + olddefconfig, then validate.
 
     Skipped when the O= tree's .config was made from the same stamp. The
@@ -331,7 +332,7 @@ def store(inputs: Inputs, outdir: Path, log: Path, seconds: float) -> KernelArti
     dest = artifacts_dir(key)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="art-", dir=dest.parent))
-    for name, rel in PRODUCTS.items():
+    for rel in PRODUCTS.values():
         shutil.copy2(outdir / rel, tmp / Path(rel).name)
     shutil.copy2(log, tmp / "build.log")
     files = {p.name: file_record(p) for p in sorted(tmp.iterdir())}
@@ -416,7 +417,7 @@ class BuildProgress:
         while not self._stop.wait(self.interval):
             self.tick()
 
-    def __enter__(self) -> "BuildProgress":
+    def __enter__(self) -> BuildProgress:
         if not self.quiet:
             self._thread = threading.Thread(target=self._run, name="build-progress",
                                             daemon=True)
@@ -455,7 +456,7 @@ class Make:
         argv = ["make", "-C", str(self.tree), f"O={self.outdir}", f"ARCH={ARCH}",
                 f"-j{jobs}"]
         if self.req.llvm:
-            argv += ["LLVM=1", f"CC=ccache clang" if _have("ccache") else "CC=clang"]
+            argv += ["LLVM=1", "CC=ccache clang" if _have("ccache") else "CC=clang"]
         else:
             argv += [f"CROSS_COMPILE={CROSS}"]
             if _have("ccache"):

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Callable, Iterable, Mapping, NamedTuple, Optional
+from collections.abc import Iterable, Mapping
+from typing import Callable, NamedTuple, Optional
 
 from .errors import KERNEL, HarnessError
 from .inspect import ptdump
-from .records import (ERROR, FAIL, PASS, REMOVAL_CHECKS, SKIP, Check, MethodRun, Phase,
-                      Removal)
+from .records import ERROR, FAIL, PASS, REMOVAL_CHECKS, SKIP, Check, MethodRun, Phase, Removal
 
 LINEAR, VMEMMAP = "Linear Mapping", "vmemmap"
 REGIONS = (LINEAR, VMEMMAP)

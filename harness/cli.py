@@ -8,13 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from . import build as build_mod
-from . import kconfig
-from . import progress
-from . import signals
+from . import kconfig, progress, signals
 from .errors import HarnessError
 
 EPILOG = """\
@@ -152,7 +149,8 @@ def version() -> str:
         from . import __version__
         return __version__
     except ImportError:
-        from importlib.metadata import PackageNotFoundError, version as dist_version
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as dist_version
         try:
             return dist_version("hotplug-harness")
         except PackageNotFoundError:

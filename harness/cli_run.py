@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import os
 import select
-import subprocess
 import shutil
+import subprocess
 import sys
 import tempfile
 import termios
@@ -29,8 +29,8 @@ examples:
 
 --exec runs one command (over --transport) in a freshly booted guest, prints
 its stdout and stderr (merged into stdout over the serial transport), shuts
-the guest down and exits with the command's status (a harness or machine failure prints 'hotplug-harness: error' and
-exits 2, a kernel crash 1).
+the guest down and exits with the command's status (a harness or machine
+failure prints 'hotplug-harness: error' and exits 2, a kernel crash 1).
 
 --check prints boot_to_ready_s (QEMU start to the guest's HARNESS-READY line),
 boot_to_ssh_s (to the first SSH answer) and shutdown_s.

@@ -58,8 +58,10 @@ import secrets
 import shlex
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Optional, Pattern, Sequence, Union
+from re import Pattern
+from typing import NamedTuple, Optional, Union
 
 import pexpect
 

@@ -120,7 +120,7 @@ class GdbSpec:
     def for_removal(cls, vmlinux, *, port: int, out_dir, step: str, pa_start: int,
                     pa_end: int, backings, geometry, root_pa: int,
                     vmemmap_start: Optional[int] = None, flush_check: bool = True,
-                    tag: Optional[str] = None, **kw) -> "GdbSpec":
+                    tag: Optional[str] = None, **kw) -> GdbSpec:
         """``geometry``: a walker Geometry (or its 4-tuple). ``tlbi_sites`` are
         found (cached per vmlinux) when ``flush_check`` is on."""
         if hasattr(geometry, "granule"):
@@ -188,7 +188,9 @@ def tlbi_sites(vmlinux) -> list:
 def scan_tlbi(elf_bytes: bytes) -> list:
     import io
     import re
+
     from elftools.elf.elffile import ELFFile
+
     from .order import decode_tlbi
     SHF_EXECINSTR = 0x4
     pattern = re.compile(rb"[\x00-\xff][\x80-\x9f][\x08-\x0f]\xd5", re.S)
@@ -428,8 +430,9 @@ def agent_main(config_path: str) -> None:
 class _Agent:
     def __init__(self, spec: dict, out):
         import gdb
-        from .inspect import walker
+
         from . import order
+        from .inspect import walker
         self.gdb, self.walker, self.order = gdb, walker, order
         self.spec, self.out = spec, out
         self.step = spec["step"]
@@ -593,7 +596,7 @@ class _Agent:
         vm_hi = self.vmemmap_start + ((pa1 >> geo.page_shift) - mpfn) * self.sp_size
         ranges.append((vm_lo, vm_hi))
         root_end = self.spec["root_pa"] + geo.entries(0) * 8
-        for table_pa, ls in sorted(links.items()):
+        for _table_pa, ls in sorted(links.items()):
             for link in ls:
                 if not any(link.va < hi and lo < link.va + link.span for lo, hi in ranges):
                     continue
@@ -691,7 +694,7 @@ class _Agent:
                             op.leaf_only, op.broadcast, pc_sym=self.symbolise(addr))
         self.event(t)
         self.counts["tlbi"] += 1
-        for pa, (c, link) in list(self.pending.items()):
+        for pa, (_c, link) in list(self.pending.items()):
             if t.covers(link.va, link.span):
                 del self.pending[pa]
         if not self.pending:

@@ -24,9 +24,9 @@ import stat
 import sys
 import tempfile
 import urllib.parse
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from .build import cache_message, check_file, file_record
 from .errors import INFRA, HarnessError
@@ -36,6 +36,7 @@ BUILDER_VERSION = 1
 ARCH = "arm64"
 ROOT_PACKAGES = ("busybox-static", "dropbear-bin")
 from .paths import GUEST_SCRIPTS  # noqa: E402  (checkout or shipped copy)
+
 # Not needed in the guest: docs, man pages, lintian/initramfs-tools hooks, and
 # glibc's iconv modules (20 MB; nothing in the image calls iconv).
 PRUNE = ("usr/share", "usr/lib/aarch64-linux-gnu/gconv")

@@ -8,8 +8,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .errors import ToolMissing
 
@@ -82,7 +82,7 @@ class Deadline:
     def expired(self) -> bool:
         return time.monotonic() >= self.end
 
-    def sub(self, seconds: float) -> "Deadline":
+    def sub(self, seconds: float) -> Deadline:
         """A deadline no later than this one."""
         return Deadline(min(seconds, self.remaining()))
 
@@ -104,5 +104,4 @@ def run(argv: Sequence[str], *, cwd: Path | None = None, quiet: bool = False,
     if not quiet:
         show_command(argv, cwd)
     return subprocess.run([str(a) for a in argv], cwd=cwd, env=env, input=input,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          check=check)
+                          capture_output=True, check=check)

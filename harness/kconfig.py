@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from .errors import ConfigError, HarnessError
-
 from .paths import CONFIG_DIR  # noqa: E402  (checkout or shipped copy)
+
 DEFAULT_BASE = "base"
 DEFAULT_GEOMETRY = "4k-48"
 

@@ -15,7 +15,8 @@ Without either, :func:`collect` returns None and the checks SKIP, saying why.
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from .inspect import page_owner
 from .inspect.page_owner import Snapshot

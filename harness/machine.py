@@ -29,8 +29,7 @@ from pexpect.spawnbase import SpawnBase
 
 from . import progress
 from .errors import HarnessError, MachineError
-from .host import (FIRMWARE, FIRMWARE_PACKAGE, Deadline, require_file,
-                   require_tool)
+from .host import FIRMWARE, FIRMWARE_PACKAGE, Deadline, require_file, require_tool
 
 RAM_BASE = 0x40000000          # guest physical address of RAM on QEMU virt
 SHM = Path("/dev/shm")
@@ -271,7 +270,7 @@ class TapSpawn(SpawnBase):
             data = self.tap.read(size, timeout if timeout is not None else 3600)
         except EOFError:
             self.flag_eof = True
-            raise pexpect.EOF("console closed (QEMU exited)")
+            raise pexpect.EOF("console closed (QEMU exited)") from None
         if not data:
             raise pexpect.TIMEOUT("timeout reading the console")
         text = self._decoder.decode(data, final=False)
@@ -331,7 +330,7 @@ class Machine:
         self.crash_check = None
 
     # -- launch ------------------------------------------------------------
-    def __enter__(self) -> "Machine":
+    def __enter__(self) -> Machine:
         try:
             self.launch()
         except BaseException:
@@ -403,7 +402,7 @@ class Machine:
                 self._check_alive("connecting to the console")
                 if deadline.expired():
                     raise MachineError("QEMU did not connect to the console socket",
-                                       step="boot", evidence=self._stderr_tail())
+                                       step="boot", evidence=self._stderr_tail()) from None
         conn.settimeout(None)
         self.tap = ConsoleTap(conn, self.console_log)
         self.tap.start()

@@ -33,8 +33,9 @@ reading only non-last-level tables) and :func:`decode_tlbi` /
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
 _U64 = (1 << 64) - 1
 
@@ -70,7 +71,7 @@ class Link:
                 "va": hex(self.va), "span": hex(self.span), "level": self.level}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Link":
+    def from_dict(cls, d: dict) -> Link:
         return cls(_int(d["table_pa"]), _int(d["entry_pa"]), _int(d["va"]),
                    _int(d["span"]), d["level"])
 
@@ -93,7 +94,7 @@ class Watch:
                 "link": self.link.to_dict(), "entry_va": hex(self.entry_va)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Watch":
+    def from_dict(cls, d: dict) -> Watch:
         return cls(d["seq"], d.get("step", ""), Link.from_dict(d["link"]),
                    _int(d["entry_va"]))
 
@@ -118,7 +119,7 @@ class Clear:
                 "pc_sym": self.pc_sym}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Clear":
+    def from_dict(cls, d: dict) -> Clear:
         return cls(d["seq"], d.get("step", ""), _int(d["table_pa"]), _int(d["entry_va"]),
                    _int(d["old"]), _int(d["new"]), _int(d["pc"]), d.get("pc_sym", ""))
 
@@ -149,7 +150,7 @@ class Tlbi:
                 "broadcast": self.broadcast, "pc_sym": self.pc_sym}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Tlbi":
+    def from_dict(cls, d: dict) -> Tlbi:
         return cls(d["seq"], d.get("step", ""), _int(d["pc"]), d["op"], _int(d["xt"]),
                    bool(d["full"]), _int(d["lo"]), _int(d["hi"]), bool(d["leaf_only"]),
                    bool(d["broadcast"]), d.get("pc_sym", ""))
@@ -202,7 +203,7 @@ class Free:
                 "walk_ms": self.walk_ms}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Free":
+    def from_dict(cls, d: dict) -> Free:
         return cls(d["seq"], d.get("step", ""), d["fn"], _int(d["arg"]), _int(d["pa"]),
                    int(d["order"]), int(d.get("page_size", 4096)), _int(d["lr"]),
                    d.get("caller", ""), tuple(Link.from_dict(x) for x in d.get("linked", ())),
@@ -357,7 +358,7 @@ def table_links(mem, geo, root_pa: int) -> dict:
     Reads only tables above the last level (the last level holds no table
     descriptors), so a walk costs a few table reads even with a page-mapped
     linear map. ``mem``: a walker PhysMem; ``geo``: a walker Geometry."""
-    from .inspect.walker import _Codec, PhysMemError
+    from .inspect.walker import PhysMemError, _Codec
     codec = _Codec(geo)
     names, shifts, last = geo.level_names, geo.shifts, geo.levels - 1
     out: dict = {}

@@ -16,7 +16,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 SHIPPED_DIR = PACKAGE_DIR / "_data"
 
 
-def source_checkout() -> "Path | None":
+def source_checkout() -> Path | None:
     """The source tree this package was imported from, or None when installed."""
     root = PACKAGE_DIR.parent
     if (root / "pyproject.toml").is_file() and (root / "patches" / "series").is_file():

@@ -37,7 +37,7 @@ class WalkSummary:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "WalkSummary":
+    def from_dict(cls, d: dict) -> WalkSummary:
         d = dict(d)
         d["leaves"] = tuple(tuple(l) for l in d["leaves"])
         d["bad"] = tuple(tuple(b) for b in d.get("bad", ()))
@@ -63,7 +63,7 @@ class Phase:
                 "walks": [w.to_dict() for w in self.walks], "note": self.note}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Phase":
+    def from_dict(cls, d: dict) -> Phase:
         return cls(name=d["name"], blocks=BlockTable.from_dict(d["blocks"]),
                    meminfo=d["meminfo"],
                    system_ram=tuple(tuple(r) for r in d["system_ram"]),
@@ -85,7 +85,7 @@ class Step:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Step":
+    def from_dict(cls, d: dict) -> Step:
         return cls(**d)
 
 
@@ -101,7 +101,7 @@ class Removal:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Removal":
+    def from_dict(cls, d: dict) -> Removal:
         return cls(**d)
 
 
@@ -116,7 +116,7 @@ class Check:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Check":
+    def from_dict(cls, d: dict) -> Check:
         return cls(**d)
 
 
@@ -156,7 +156,7 @@ class MethodRun:
                 "options": dict(self.options), "order": list(self.order)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MethodRun":
+    def from_dict(cls, d: dict) -> MethodRun:
         return cls(method=d["method"], geometry=d["geometry"],
                    steps=tuple(Step.from_dict(s) for s in d["steps"]),
                    phases=tuple(Phase.from_dict(p) for p in d["phases"]),

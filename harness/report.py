@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import Optional
 
 from . import checks as rules
 from .errors import HarnessError

@@ -23,9 +23,10 @@ the README's table is generated from).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 from .errors import HarnessError
 from .paths import PATCH_DIR
@@ -76,7 +77,8 @@ def load(path: Path) -> Regression:
     t = parse_header(path.read_text(errors="replace"))
     missing = [k for k in ("point", "methods", "expect") if k not in t]
     if missing:
-        raise HarnessError(f"{path}: header lacks Repro-{', Repro-'.join(m.title() for m in missing)}"
+        lacks = ", Repro-".join(m.title() for m in missing)
+        raise HarnessError(f"{path}: header lacks Repro-{lacks}"
                            " (see harness/repro.py for the trailers)", step="repro")
     expect = () if t["expect"].strip() in ("-", "none") else _split(t["expect"])
     return Regression(name=path.stem, path=str(path), point=t["point"],

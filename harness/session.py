@@ -19,7 +19,7 @@ from . import guest_image, progress
 from .build import KernelArtifacts
 from .console import SerialConsole
 from .crashwatch import CrashWatcher, KernelCrash
-from .errors import HarnessError, MachineError
+from .errors import MachineError
 from .host import Deadline
 from .machine import Machine, VmSpec, free_port, make_run_dir
 from .ssh import SshTransport, generate_key

@@ -21,15 +21,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from .errors import HarnessError, PatchError
-from .host import (DEBIAN_SOURCE_PACKAGE, DEBIAN_SOURCE_TARBALL, cache_root,
-                   require_file, require_tool, run)
-
+from .host import (
+    DEBIAN_SOURCE_PACKAGE,
+    DEBIAN_SOURCE_TARBALL,
+    cache_root,
+    require_file,
+    require_tool,
+    run,
+)
 from .paths import PATCH_DIR  # noqa: E402  (checkout or shipped copy)
+
 SERIES_FILE = PATCH_DIR / "series"
 
 

@@ -49,7 +49,7 @@ class _Watchdog:
     """Closes the SSH connection when the deadline passes or the console shows
     a crash, so that no paramiko call can block a step forever."""
 
-    def __init__(self, ssh: "SshTransport", deadline: Deadline):
+    def __init__(self, ssh: SshTransport, deadline: Deadline):
         self.ssh, self.deadline = ssh, deadline
         self.reason = ""
         self.stop = threading.Event()
@@ -68,7 +68,7 @@ class _Watchdog:
                     transport.close()
                 return
 
-    def __enter__(self) -> "_Watchdog":
+    def __enter__(self) -> _Watchdog:
         self.thread.start()
         return self
 

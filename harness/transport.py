@@ -53,7 +53,7 @@ class CommandResult:
             parts += ["--- stderr (tail) ---", tail(self.stderr)]
         return "\n".join(parts)
 
-    def check(self, step: str = "", *, blame: str | None = None) -> "CommandResult":
+    def check(self, step: str = "", *, blame: str | None = None) -> CommandResult:
         """Return self if the command succeeded, else raise CommandError."""
         if self.ok:
             return self
@@ -78,7 +78,7 @@ class Transport(abc.ABC):
         """Run, require exit code 0, return stdout."""
         return self.run(command, deadline).check(step).stdout
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook, not abstract)
         """Release the transport (idempotent)."""
 
     def __enter__(self):

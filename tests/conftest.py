@@ -1,6 +1,5 @@
 """Shared fixtures. Unit tests get a private cache; tests marked ``kernel`` or
 ``qemu`` use the real one (~/.cache/hotplug-harness) so a built kernel is reused."""
-import os
 import sys
 from pathlib import Path
 

@@ -74,7 +74,9 @@ def test_config_stamp_tracks_config_and_kconfig_patches(tmp_path):
 
 
 def test_lock_serialises_two_processes(private_cache):
-    import subprocess, sys, time
+    import subprocess
+    import sys
+    import time
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import time, sys; from harness import build\n"

@@ -4,8 +4,8 @@ A fake ``make`` on PATH prints kbuild lines slowly and then goes silent (as
 the final link does); with a short interval the periodic progress line must
 appear anyway, objects counted against the tree's largest recorded build.
 """
-import itertools
 import io
+import itertools
 import re
 import threading
 

@@ -18,8 +18,18 @@ import pytest
 from harness import checks
 from harness.crashwatch import classify_file
 from harness.inspect import ptdump, sysfs
-from harness.records import (ERROR, FAIL, PASS, SKIP, Check, MethodRun, Phase, Removal,
-                             Step, WalkSummary)
+from harness.records import (
+    ERROR,
+    FAIL,
+    PASS,
+    SKIP,
+    Check,
+    MethodRun,
+    Phase,
+    Removal,
+    Step,
+    WalkSummary,
+)
 
 DATA = Path(__file__).parent / "data"
 OFF = 0xffff_0000_0000_0000
@@ -57,7 +67,8 @@ def snap(name: str) -> ptdump.Snapshot:
 
 
 def blocks(name: str) -> sysfs.BlockTable:
-    return sysfs.parse_memory_blocks((DATA / f"synthetic-sysfs-memory-blocks-{name}.txt").read_text())
+    path = DATA / f"synthetic-sysfs-memory-blocks-{name}.txt"
+    return sysfs.parse_memory_blocks(path.read_text())
 
 
 def meminfo(name: str) -> dict:

@@ -91,8 +91,8 @@ def test_verbose_prints_guest_commands():
     transport = SimpleNamespace(name="ssh", run=lambda c, d: ran.append(c) or "r")
     guest = Guest(machine=None, console=None, ssh=None, watcher=None,
                   transport=transport, out_dir=Path("."))
-    import io
     import contextlib
+    import io
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         assert guest.run("cat /proc/meminfo") == "r"

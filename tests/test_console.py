@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-
 from pathlib import Path
 
 import pexpect
@@ -350,7 +349,8 @@ def test_replay_warning_not_fatal(monkeypatch, tmp_path):
     assert len(console.kernel_log) == 90  # every timestamped line of the recording
     assert [r.kind for r in console.drain(T)] == ["warning", "oops"]  # to EOF
     console.close()
-    assert (tmp_path / "console.log").read_bytes() == (DATA / "console-warn-hotplug.log").read_bytes()
+    expected = (DATA / "console-warn-hotplug.log").read_bytes()
+    assert (tmp_path / "console.log").read_bytes() == expected
 
 
 def test_replay_panic_then_eof_is_guest_crash(monkeypatch):

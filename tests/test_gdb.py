@@ -2,14 +2,12 @@
 stand-in gdb), and the real thing against a real guest (``qemu`` mark)."""
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -37,7 +35,7 @@ def test_argv_is_a_pure_function_of_the_spec(tmp_path):
     assert argv[:4] == ["gdb-multiarch", "-q", "-nx", "-batch"] and argv[-1] == "/k/vmlinux"
     assert any(spec.config_path in a and "agent_main" in a for a in argv)
     assert not Path(spec.config_path).exists()          # no I/O
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         spec.port = 1                                    # frozen
 
 
@@ -173,6 +171,7 @@ def test_real_guest_removal_with_gdb(tmp_path):
         pytest.skip("gdb-multiarch not installed")
     sys.path.insert(0, str(ROOT / "bench"))
     import bench_order
+
     from harness import build
     art = build.build(build.BuildRequest())
     res = bench_order.one_run(art, rodata_full=False, use_gdb=True, flush_check=True,
@@ -206,6 +205,7 @@ def test_real_guest_survives_a_killed_gdb(tmp_path):
         pytest.skip("gdb-multiarch not installed")
     sys.path.insert(0, str(ROOT / "bench"))
     import bench_order
+
     from harness import build
     from harness.machine import RAM_BASE, free_port
     from harness.session import BootOptions, boot

@@ -19,7 +19,6 @@ from types import SimpleNamespace
 import pytest
 
 from harness import cli, cli_run, machine, progress, runner, signals
-from harness.errors import HarnessError
 from harness.records import MethodRun, Step
 
 ROOT = Path(__file__).resolve().parent.parent

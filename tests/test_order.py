@@ -9,9 +9,20 @@ from pathlib import Path
 import pytest
 
 from harness import order
-from harness.order import (Clear, Free, Link, Tlbi, TlbiOp, Watch, decode_tlbi,
-                           events_from_lines, linked_into, table_links, tlbi_effect)
 from harness.inspect.walker import BufferPhysMem, Geometry
+from harness.order import (
+    Clear,
+    Free,
+    Link,
+    Tlbi,
+    TlbiOp,
+    Watch,
+    decode_tlbi,
+    events_from_lines,
+    linked_into,
+    table_links,
+    tlbi_effect,
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -6,7 +6,8 @@ acpi-dimm flow by bench/bench_leak.py: 2 x 512 MiB DIMMs added, onlined, 128 MiB
 written, offlined, removed, twice), made with
 
     flock /work/.qemu-slot.lock .venv/bin/python bench/bench_leak.py --runs 1 \
-        --cycles 2 --record DIR [--patch patches/repro/0021-vmemmap-leak-per-cycle.patch --expect-leak]
+        --cycles 2 --record DIR \
+        [--patch patches/repro/0021-vmemmap-leak-per-cycle.patch --expect-leak]
 
 * clean kernel: ``before`` (before the first add), ``added`` (both DIMMs added,
   cycle 1), ``cycle-1`` / ``cycle-2`` (after each cycle's removals);

@@ -21,9 +21,22 @@ from pathlib import Path
 import pytest
 
 from harness.inspect import ParseError
-from harness.inspect.ptdump import (Entry, Snapshot, changed_regions, covering, diff,
-                                    entry_at, format_attrs, format_entry, format_size,
-                                    format_snapshot, holes, mapped, parse, parse_entry)
+from harness.inspect.ptdump import (
+    Entry,
+    Snapshot,
+    changed_regions,
+    covering,
+    diff,
+    entry_at,
+    format_attrs,
+    format_entry,
+    format_size,
+    format_snapshot,
+    holes,
+    mapped,
+    parse,
+    parse_entry,
+)
 
 DATA = Path(__file__).parent / "data"
 LM48, LM52 = 0xffff000000000000, 0xfff0000000000000

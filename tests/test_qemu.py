@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from test_recorded import assert_named_checks_fail
 
 from harness import build, repro
 from harness.crashwatch import KernelCrash
 from harness.errors import MachineError
 from harness.records import Check
 from harness.session import BootOptions, boot
-from test_recorded import assert_named_checks_fail
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,9 +90,10 @@ def test_no_leftovers_after_sigint(kernel, tmp_path, sig):
     before = our_shm()
     script = ("import sys, time\n"
               "from harness import build\n"
+              "from pathlib import Path\n"
               "from harness.session import boot, BootOptions\n"
               "art = build.build()\n"
-              f"with boot(art, BootOptions(mode='dt'), __import__('pathlib').Path({str(tmp_path)!r})) as g:\n"
+              f"with boot(art, BootOptions(mode='dt'), Path({str(tmp_path)!r})) as g:\n"
               "    print('PID', g.machine.proc.pid, g.machine.spec.run_dir, flush=True)\n"
               "    time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT,
@@ -160,6 +161,7 @@ def test_qemu_dying_is_reported_with_exit_code_and_tail(kernel, tmp_path):
 
 def test_ssh_port_taken_meanwhile_is_retried(kernel, tmp_path, monkeypatch):
     import socket
+
     import harness.session as session
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -14,13 +14,12 @@ import os
 import xml.etree.ElementTree as ET
 
 import pytest
+from test_checks import DATA, TABLES, boot_refused_hot_ok, kselftest_output, make_run
 
 from harness import checks, report
 from harness.crashwatch import classify_file
 from harness.errors import HarnessError
 from harness.records import FAIL, PASS, MethodRun
-from test_checks import (DATA, TABLES, boot_refused_hot_ok, kselftest_output,
-                         make_run)
 
 SAMPLE = DATA / "run-sample.json"
 GOLDEN = DATA / "run-sample-report.json"

@@ -1,7 +1,6 @@
 """The detection matrix (harness/repro.py): trailers, statuses, exit code,
 output; every shipped regression has a complete header. Runs are faked here;
 the real matrix runs in tests/test_qemu.py and bench."""
-from pathlib import Path
 
 import pytest
 

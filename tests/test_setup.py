@@ -66,13 +66,12 @@ def _world(root: Path, os_release: str) -> dict:
     return env
 
 
-def _run(env: dict, *args: str, user: "int | None" = None,
+def _run(env: dict, *args: str, user: int | None = None,
          script: Path = INSTALL_DEPS) -> subprocess.CompletedProcess:
     cmd = ["sh", str(script), *args]
     if user is not None:
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
-    return subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, timeout=60)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
 
 
 def _log(env: dict) -> list:
@@ -232,8 +231,8 @@ def test_shellcheck():
 # ------------------------------------------------------------ Makefile, CI
 
 def _make_n(target: str) -> list:
-    r = subprocess.run(["make", "-n", "-C", str(ROOT), target], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True, check=True,
+    r = subprocess.run(["make", "-n", "-C", str(ROOT), target], capture_output=True,
+                       text=True, check=True,
                        env={**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
     return [line for line in r.stdout.splitlines() if not line.startswith("make")]
 
@@ -367,8 +366,8 @@ def test_pip_install_non_editable_ships_the_data(tmp_path):
              "'repro': sorted(x.name for x in (p.PATCH_DIR / 'repro').glob('*.patch')), "
              "'fragments': k.available_fragments(), "
              "'scripts': {n: m for n, (m, _) in g.guest_script_files().items()}}))")
-    r = subprocess.run([vpy, "-c", probe], cwd=tmp_path, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True, check=True)
+    r = subprocess.run([vpy, "-c", probe], cwd=tmp_path, capture_output=True,
+                       text=True, check=True)
     import json
     got = json.loads(r.stdout)
     assert got["version"] == harness.__version__

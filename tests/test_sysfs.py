@@ -18,10 +18,18 @@ from pathlib import Path
 import pytest
 
 from harness.inspect import ParseError
-from harness.inspect.sysfs import (MEMORY_BLOCKS_CMD, BlockTable, MemoryBlock,
-                                   kernel_code, memory_blocks_cmd, parse_block_size,
-                                   parse_iomem, parse_meminfo, parse_memory_blocks,
-                                   system_ram)
+from harness.inspect.sysfs import (
+    MEMORY_BLOCKS_CMD,
+    BlockTable,
+    MemoryBlock,
+    kernel_code,
+    memory_blocks_cmd,
+    parse_block_size,
+    parse_iomem,
+    parse_meminfo,
+    parse_memory_blocks,
+    system_ram,
+)
 
 DATA = Path(__file__).parent / "data"
 MiB = 1 << 20

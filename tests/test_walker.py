@@ -12,10 +12,20 @@ import struct
 
 import pytest
 
-from harness.inspect.walker import (BufferPhysMem, FileBackedPhysMem, Geometry,
-                                    PhysMemError, WalkError, kimage_pa,
-                                    leaves_covering_pa, leaves_covering_va,
-                                    symbol_address, symbol_addresses, table_counts, walk)
+from harness.inspect.walker import (
+    BufferPhysMem,
+    FileBackedPhysMem,
+    Geometry,
+    PhysMemError,
+    WalkError,
+    kimage_pa,
+    leaves_covering_pa,
+    leaves_covering_va,
+    symbol_address,
+    symbol_addresses,
+    table_counts,
+    walk,
+)
 
 AF, SH, RDONLY, PXN, UXN = 1 << 10, 3 << 8, 1 << 7, 1 << 53, 1 << 54
 RAM = 0x4000_0000

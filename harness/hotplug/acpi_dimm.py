@@ -13,8 +13,7 @@ from pathlib import Path
 
 from ..inspect import sysfs
 from ..session import BootOptions
-from .common import (MEMROOT, REMOVAL_CHECKS, Recorder, blocks_in, memory_device,
-                     set_state, wait_for)
+from .common import MEMROOT, REMOVAL_CHECKS, Recorder, blocks_in, memory_device, set_state, wait_for
 
 NAME = "acpi-dimm"
 MODE = "acpi"

@@ -14,8 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..session import BootOptions
-from .common import (BOOTMEM_MOVABLE, MEMROOT, REMOVAL_CHECKS, Recorder, block_size,
-                     blocks_in, set_state, try_bootmem_offline)
+from .common import (
+    BOOTMEM_MOVABLE,
+    MEMROOT,
+    REMOVAL_CHECKS,
+    Recorder,
+    block_size,
+    blocks_in,
+    set_state,
+    try_bootmem_offline,
+)
 
 NAME = "probe"
 MODE = "dt"

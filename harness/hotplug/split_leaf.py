@@ -58,8 +58,7 @@ from ..errors import HARNESS, KERNEL, HarnessError
 from ..inspect import ptdump
 from ..session import BootOptions
 from . import acpi_dimm
-from .common import (BOOTMEM_MOVABLE, MEMROOT, REMOVAL_CHECKS, Recorder, blocks_in,
-                     set_state)
+from .common import BOOTMEM_MOVABLE, MEMROOT, REMOVAL_CHECKS, Recorder, blocks_in, set_state
 
 NAME = "split-leaf"
 MODE = "acpi"

@@ -11,8 +11,15 @@ from pathlib import Path
 
 from ..inspect import sysfs
 from ..session import BootOptions
-from .common import (MEMROOT, REMOVAL_CHECKS, Recorder, block_size, blocks_in,
-                     memory_device, wait_for)
+from .common import (
+    MEMROOT,
+    REMOVAL_CHECKS,
+    Recorder,
+    block_size,
+    blocks_in,
+    memory_device,
+    wait_for,
+)
 
 NAME = "virtio-mem"
 MODE = "dt"

@@ -29,8 +29,9 @@ Pure: no guest, no QEMU; the guest-side read is ``harness.leakcheck.collect``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
 from . import ParseError
 
@@ -130,7 +131,7 @@ class Snapshot:
             out[s.frames] = out.get(s.frames, 0) + s.nr_base_pages
         return out
 
-    def hotplug(self) -> "Snapshot":
+    def hotplug(self) -> Snapshot:
         """Only the stacks :func:`diff` and :func:`grown` look at: what a report
         needs to keep to re-judge (a few records instead of thousands)."""
         return Snapshot(tuple(s for s in self.stacks
@@ -141,7 +142,7 @@ class Snapshot:
                            for s in self.stacks]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Snapshot":
+    def from_dict(cls, d: dict) -> Snapshot:
         return cls(tuple(Stack(tuple(s["frames"]), int(s["nr_base_pages"]))
                          for s in d.get("stacks", ())))
 

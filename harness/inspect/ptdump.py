@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from . import ParseError
 
@@ -73,7 +73,7 @@ class Entry:
                 "size": self.size, "level": self.level, "attrs": list(self.attrs)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Entry":
+    def from_dict(cls, d: dict) -> Entry:
         return cls(int(d["start"], 16), int(d["end"], 16), d["size"], d["level"],
                    tuple(d["attrs"]))
 
@@ -113,7 +113,7 @@ class Snapshot:
                             for r in self.regions.values()]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Snapshot":
+    def from_dict(cls, d: dict) -> Snapshot:
         regions = (Region(r["name"], tuple(Entry.from_dict(e) for e in r["entries"]),
                           r.get("marker", ""))
                    for r in d["regions"])

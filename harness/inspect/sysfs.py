@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Union
+from typing import Union
 
 from . import ParseError
 
@@ -67,7 +68,7 @@ class MemoryBlock:
                 "valid_zones": list(self.valid_zones), "removable": self.removable}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MemoryBlock":
+    def from_dict(cls, d: dict) -> MemoryBlock:
         return cls(d["index"], d["state"], d["phys_index"], tuple(d["valid_zones"]),
                    d["removable"])
 
@@ -107,7 +108,7 @@ class BlockTable:
                 "blocks": [b.to_dict() for b in self.blocks]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BlockTable":
+    def from_dict(cls, d: dict) -> BlockTable:
         return cls(tuple(MemoryBlock.from_dict(b) for b in d["blocks"]),
                    d.get("block_size"), d.get("auto_online"))
 
@@ -161,13 +162,13 @@ class Resource:
     start: int
     last: int
     name: str
-    children: tuple["Resource", ...] = ()
+    children: tuple[Resource, ...] = ()
 
     @property
     def end(self) -> int:
         return self.last + 1
 
-    def walk(self) -> Iterator["Resource"]:
+    def walk(self) -> Iterator[Resource]:
         yield self
         for child in self.children:
             yield from child.walk()

@@ -29,8 +29,9 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol, Sequence, Union
+from typing import Protocol, Union
 
 from ..errors import ToolMissing
 from . import InspectError
@@ -77,7 +78,7 @@ class Geometry:
 
     @classmethod
     def from_kconfig(cls, config: Mapping[str, object],
-                     va_bits_actual: int | None = None) -> "Geometry":
+                     va_bits_actual: int | None = None) -> Geometry:
         """From ``.config`` values (``CONFIG_ARM64_4K_PAGES=y`` ...).
 
         ``va_bits_actual``: pass 48 (47 for 16K) when a 52-bit-VA kernel with 4K
@@ -219,7 +220,7 @@ class FileBackedPhysMem(BufferPhysMem):
             m.close()
         self._maps = []
 
-    def __enter__(self) -> "FileBackedPhysMem":
+    def __enter__(self) -> FileBackedPhysMem:
         return self
 
     def __exit__(self, *exc) -> None:
