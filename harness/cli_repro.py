@@ -21,6 +21,7 @@ examples:
   hotplug-harness repro 0005 0007               # by number or name
   hotplug-harness repro --all --json > m.json   # machine-readable matrix
   hotplug-harness repro --markdown m.json       # README table from a saved matrix
+  hotplug-harness repro --html m.json > m.html  # the matrix page (also written by a run)
   hotplug-harness repro --list                  # what each regression plants
 
 exit codes: 0 every expected regression caught and every clean kernel passed,
@@ -46,6 +47,8 @@ def register(sub, add_kernel_options) -> None:
     p.add_argument("--json", action="store_true", help="print the matrix as JSON")
     p.add_argument("--markdown", metavar="MATRIX_JSON", type=Path, default=None,
                    help="print the README table for a matrix saved with --json; no run")
+    p.add_argument("--html", metavar="MATRIX_JSON", type=Path, default=None,
+                   help="print the HTML page (matrix.html) for a saved matrix; no run")
     p.add_argument("--kernel-src", default="debian", metavar="debian|DIR|TARBALL")
     p.set_defaults(func=cmd_repro)
 
@@ -54,6 +57,11 @@ def cmd_repro(args) -> int:
     if args.markdown:
         rows = repro.rows_from_json(json.loads(args.markdown.read_text()))
         print(repro.matrix_markdown(rows), end="")
+        return 0
+    if args.html:
+        from . import htmlreport
+        print(htmlreport.render_matrix(htmlreport.repro_matrix(
+            json.loads(args.html.read_text()))), end="")
         return 0
     if not args.names and not args.all and not args.list:
         from .errors import HarnessError
@@ -74,6 +82,8 @@ def cmd_repro(args) -> int:
     data = {"rows": [r.to_dict() for r in rows], "exit_code": repro.matrix_exit_code(rows)}
     (out / "matrix.json").write_text(json.dumps(data, indent=1) + "\n")
     (out / "matrix.txt").write_text(repro.matrix_text(rows))
+    from . import htmlreport
+    htmlreport.write_matrix_html(out / htmlreport.MATRIX_HTML, htmlreport.repro_matrix(data))
     if args.json:
         print(json.dumps(data, indent=1))
     else:
@@ -83,14 +93,17 @@ def cmd_repro(args) -> int:
 
 def _runner(kernel_src: str):
     def run(configs, patches, append, methods, cycles, folder: Path) -> dict:
-        from . import checks, report, runner
+        from . import checks, leakcheck, report, runner
         from .session import BootOptions
+        configs, append, note = leakcheck.for_cycles(cycles, configs, append)
+        if note:
+            ui.info(note)
         art = build_mod.build(build_mod.BuildRequest(kernel_src=kernel_src,
-                                                     configs=tuple(configs),
+                                                     configs=configs,
                                                      patches=tuple(patches)),
                               progress=False if ui.quiet() else None)
         ropts = runner.RunOptions(methods=runner.resolve_methods(",".join(methods)),
-                                  boot=BootOptions(cmdline=tuple(append)), cycles=cycles,
+                                  boot=BootOptions(cmdline=append), cycles=cycles,
                                   kernel_src=kernel_src)
         folder.mkdir(parents=True, exist_ok=True)
         runs = runner.run_all(art, ropts, folder)

@@ -1,6 +1,7 @@
 """Subcommands that boot a guest: boot (and later run/report)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -15,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import build as build_mod
+from . import leakcheck, signals
 from . import progress as ui
-from . import signals
 from .errors import HarnessError
 from .session import BootOptions, boot
 
@@ -317,14 +318,18 @@ marked "interrupted": true (verdict ERROR) is written.
 def cmd_run(args, build_request) -> int:
     from . import checks, report, runner
     methods = runner.resolve_methods(args.method)
+    configs, cmdline, note = leakcheck.for_cycles(args.cycles, args.config, args.append)
+    if note:
+        ui.info(note)
     with report_folder(args.report) as (out, final):
         art, runs, stopped = None, [], None
         start = time.monotonic()
         try:
-            art = build_mod.build(build_request(args), progress=build_progress())
+            req = dataclasses.replace(build_request(args), configs=configs)
+            art = build_mod.build(req, progress=build_progress())
             ropts = runner.RunOptions(
                 methods=methods,
-                boot=boot_options(args, slots=max(args.slots, args.dimms)),
+                boot=boot_options(args, slots=max(args.slots, args.dimms), cmdline=cmdline),
                 cycles=args.cycles, online_type=args.online_type, dimms=args.dimms,
                 dimm_mb=args.dimm_size, kernel_src=args.kernel_src,
                 walk=not args.no_walker, order_check=args.order_check)

@@ -32,6 +32,26 @@ _READ = (f"if [ -r {page_owner.SHOW_STACKS} ]; then cat {page_owner.SHOW_STACKS}
          f"else echo NO-PAGE-OWNER; fi")
 
 
+def for_cycles(cycles: int, configs: Sequence[str], cmdline: Sequence[str]) -> tuple:
+    """(configs, cmdline, note) a run of ``cycles`` needs: from 2 cycles on, the
+    leak check judges page_owner, so the ``leak`` fragment is added to the build
+    and ``page_owner=on`` to the boot (note says so; empty when nothing changed).
+    One cycle keeps the default kernel as it is (page_owner costs memory)."""
+    configs, cmdline = tuple(configs), tuple(cmdline)
+    if cycles < 2:
+        return configs, cmdline, ""
+    added = []
+    if CONFIG not in configs:
+        configs += (CONFIG,)
+        added.append(f"config fragment '{CONFIG}' ({KCONFIG})")
+    if CMDLINE not in cmdline:
+        cmdline += (CMDLINE,)
+        added.append(f"boot parameter {CMDLINE}")
+    note = (f"--cycles {cycles}: {NAME} reads page_owner; adding "
+            + " and ".join(added)) if added else ""
+    return configs, cmdline, note
+
+
 def enabled_in(kconfig: dict) -> bool:
     """Is page_owner compiled in (a KernelArtifacts.kconfig-style dict)?"""
     return kconfig.get(KCONFIG) == "y"

@@ -54,13 +54,18 @@ class Phase:
     ptdump: Optional[ptdump.Snapshot] = None
     walks: tuple = ()                  # WalkSummary, one per region walked
     note: str = ""
+    # page_owner's hotplug-path allocation stacks (harness.leakcheck.snapshot,
+    # as Snapshot.to_dict()), taken for the leak check before the first add and
+    # after each cycle; {"unavailable": why} when asked for but page_owner was off
+    page_owner: Optional[dict] = None
 
     def to_dict(self) -> dict:
         return {"name": self.name, "blocks": self.blocks.to_dict(),
                 "meminfo": self.meminfo,
                 "system_ram": [list(r) for r in self.system_ram],
                 "ptdump": self.ptdump.to_dict() if self.ptdump else None,
-                "walks": [w.to_dict() for w in self.walks], "note": self.note}
+                "walks": [w.to_dict() for w in self.walks], "note": self.note,
+                "page_owner": self.page_owner}
 
     @classmethod
     def from_dict(cls, d: dict) -> Phase:
@@ -69,7 +74,7 @@ class Phase:
                    system_ram=tuple(tuple(r) for r in d["system_ram"]),
                    ptdump=ptdump.Snapshot.from_dict(d["ptdump"]) if d["ptdump"] else None,
                    walks=tuple(WalkSummary.from_dict(w) for w in d["walks"]),
-                   note=d.get("note", ""))
+                   note=d.get("note", ""), page_owner=d.get("page_owner"))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import checks
+from harness import checks, leakcheck
 from harness.crashwatch import classify_file
 from harness.inspect import ptdump, sysfs
 from harness.records import (
@@ -427,16 +427,31 @@ def test_no_kernel_splat_lists_each_crash_with_its_step():
 
 # ---------------------------------------------------------------- cycles
 
-def cycle_run(memtotal=(1011164,) * 3, memfree=(972548,) * 3, tables=None) -> MethodRun:
+def owners(name: str) -> dict:
+    """A recorded page_owner read (tests/data/page-owner-*.txt, see
+    tests/test_page_owner.py) as the Phase.page_owner the Recorder keeps."""
+    text = (Path(__file__).resolve().parent / "data" / f"page-owner-{name}.txt").read_text()
+    return leakcheck.snapshot(text).to_dict()
+
+
+CLEAN_OWNERS = ("before", "cycle-1", "cycle-2")
+LEAK_OWNERS = ("leak-before", "leak-cycle-1", "leak-cycle-2")
+
+
+def cycle_run(memtotal=(1011164,) * 2, memfree=(972548,) * 2, tables=None,
+              page_owner=CLEAN_OWNERS) -> MethodRun:
     run = make_run()
     base = run.phase(REMOVED)
-    cycles = []
+    snaps = [owners(n) if isinstance(n, str) else n for n in page_owner]
+    phases = [dataclasses.replace(p, page_owner=snaps[0]) if p.name == "before" else p
+              for p in run.phases]
     for n, (total, free) in enumerate(zip(memtotal, memfree), 1):
         info = dict(base.meminfo, MemTotal=total, MemFree=free)
         walks = walks_of(base.ptdump, (tables or {}).get(n, TABLES["before"]))
-        cycles.append(dataclasses.replace(base, name=f"cycle-{n}", meminfo=info,
-                                          walks=walks))
-    return dataclasses.replace(run, phases=run.phases + tuple(cycles))
+        phases.append(dataclasses.replace(base, name=f"cycle-{n}", meminfo=info,
+                                          walks=walks, page_owner=snaps[min(n, 2)]))
+    return dataclasses.replace(run, phases=tuple(phases),
+                               options={"walker": True, "cycles": len(memtotal)})
 
 
 def test_cycles_skip_below_two():
@@ -444,25 +459,45 @@ def test_cycles_skip_below_two():
     assert c.verdict == SKIP and "1 cycle phase(s)" in c.evidence
 
 
-def test_cycles_pass_within_tolerance():
-    c = by_name(cycle_run(memfree=(972548, 972048, 971548)))["no-leak-across-cycles"]
-    assert c.verdict == PASS
-    assert "+500 kB lost per cycle on average (tolerance 1024 kB per cycle)" in c.evidence
-    assert "MemTotal 1011164 kB in all 3 cycles" in c.evidence
+def test_cycles_pass_on_page_owner_and_memfree_is_context_only():
+    # MemFree moving by 2 MB per cycle is noise on the clean kernel: not judged
+    c = by_name(cycle_run(memfree=(972548, 970500)))["no-leak-across-cycles"]
+    assert c.verdict == PASS, c.evidence
+    assert "page_owner: cycle-1: no vmemmap or linear-map table stack" in c.evidence
+    assert "context, not judged: MemFree 972548 kB at cycle-1 -> 970500 kB at cycle-2 " \
+           "(+2048 kB per cycle)" in c.evidence
+    assert "MemTotal 1011164 kB in all 2 cycles" in c.evidence
+
+
+def test_cycles_fail_on_a_page_owner_leak_with_its_stack():
+    c = by_name(cycle_run(page_owner=LEAK_OWNERS))["no-leak-across-cycles"]
+    assert c.verdict == FAIL and c.step == "cycle-1"
+    assert "leaked pages by cycle: cycle-1 +" in c.evidence
+    assert "vmemmap_populate" in c.evidence or "vmemmap" in c.evidence
+
+
+def test_cycles_cannot_pass_without_page_owner():
+    off = {"unavailable": leakcheck.NOT_ENABLED}
+    c = checks.check_no_leak_across_cycles(cycle_run(page_owner=(off, off, off)))
+    assert c.verdict == SKIP and "page_owner: could not look" in c.evidence
+    assert "--config leak" in c.evidence
+    # needed with --cycles 2: a check that could not look is an ERROR, not a PASS
+    judged = by_name(cycle_run(page_owner=(off, off, off)))["no-leak-across-cycles"]
+    assert judged.verdict == ERROR
 
 
 def test_cycles_fail_on_drifting_memtotal():
-    c = by_name(cycle_run(memtotal=(1011164, 1011036, 1010908)))["no-leak-across-cycles"]
+    c = by_name(cycle_run(memtotal=(1011164, 1011036, 1010908),
+                          memfree=(972548,) * 3))["no-leak-across-cycles"]
     assert c.verdict == FAIL and c.step == "cycle-2"     # no 'inspect cycle-2' step
     assert "cycle-3: MemTotal 1010908 kB, before 1011164 kB" in c.evidence
 
 
-def test_cycles_fail_on_memfree_loss_and_table_growth():
-    run = cycle_run(memfree=(972548, 970500, 968452),
+def test_cycles_fail_on_table_growth():
+    run = cycle_run(memtotal=(1011164,) * 3, memfree=(972548,) * 3,
                     tables={3: dict(TABLES["before"], PTE=4)})
     c = by_name(run)["no-leak-across-cycles"]
     assert c.verdict == FAIL
-    assert "+2048 kB lost per cycle" in c.evidence
     assert "cycle-3 vs cycle-1, Linear Mapping PTE tables: 3 -> 4" in c.evidence
 
 

@@ -37,7 +37,7 @@ def boot_options(base: BootOptions) -> BootOptions:
 
 
 def drive(rec: Recorder, opts: Options) -> None:
-    rec.phase("before")
+    rec.phase("before", leak=opts.cycles > 1)
     for cycle in range(1, opts.cycles + 1):
         suffix = "" if cycle == 1 else f"@{cycle}"
         dimms = [plug(rec, i, opts, suffix) for i in range(1, opts.dimms + 1)]
@@ -55,7 +55,7 @@ def drive(rec: Recorder, opts: Options) -> None:
             rec.removed(phase, addr, addr + size, baseline="before" if last else "")
         rec.step("free memory", lambda: rec.sh("rm -f /tmp/harness-fill"))
         if opts.cycles > 1:
-            rec.phase(f"cycle-{cycle}")
+            rec.phase(f"cycle-{cycle}", leak=True)
 
 
 def plug(rec: Recorder, index: int, opts: Options, suffix: str):

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from .. import leakcheck
 from ..build import KernelArtifacts
 from ..errors import HarnessError
 from ..inspect import ptdump, sysfs
@@ -143,7 +144,9 @@ class Recorder:
         return self.guest.check(command, deadline, blame=blame)
 
     # -- phases --------------------------------------------------------------
-    def phase(self, name: str, note: str = "") -> Phase:
+    def phase(self, name: str, note: str = "", leak: bool = False) -> Phase:
+        """Inspect the guest now. ``leak``: also take page_owner's hotplug-path
+        allocation stacks (harness.leakcheck), for the leak check across cycles."""
         start = time.monotonic()
         text = self.sh(sysfs.MEMORY_BLOCKS_CMD)
         blocks = sysfs.parse_memory_blocks(text)
@@ -155,7 +158,8 @@ class Recorder:
         self._save(f"ptdump-{name}.txt", dump_text)
         self._learn_geometry(snap, iomem)
         walks = self._walk(snap) if self.walk else ()
-        phase = Phase(name, blocks, meminfo, ram, snap, walks, note)
+        owners = self._page_owner(name) if leak else None
+        phase = Phase(name, blocks, meminfo, ram, snap, walks, note, owners)
         self.phases.append(phase)
         step = Step(f"inspect {name}", round(time.monotonic() - start, 3),
                     self.guest.transport.name)
@@ -166,6 +170,13 @@ class Recorder:
                           f"({len(blocks.blocks)} blocks, MemTotal "
                           f"{meminfo.get('MemTotal', 0)} kB{walked})")
         return phase
+
+    def _page_owner(self, name: str) -> dict:
+        """Only the hotplug-path stacks are kept (a few of ~1-2 thousand)."""
+        text = leakcheck.collect(self)
+        if text is None:
+            return {"unavailable": leakcheck.NOT_ENABLED}
+        return leakcheck.snapshot(text).to_dict()
 
     def removed(self, phase: str, pa_start: int, pa_end: int, baseline: str = "") -> None:
         self.removals.append(Removal(phase, pa_start, pa_end, baseline))

@@ -55,7 +55,7 @@ def drive(rec: Recorder, opts: Options) -> None:
     have = rec.guest.run(f"test -e {MEMROOT}/probe && test -e {MEMROOT}/remove", 10)
     if not have.ok:
         raise_missing(rec)
-    before = rec.phase("before")
+    before = rec.phase("before", leak=opts.cycles > 1)
     bs = block_size(rec)
     if opts.blocks * bs > HIDDEN_MB << 20:
         from ..errors import HarnessError
@@ -83,7 +83,7 @@ def drive(rec: Recorder, opts: Options) -> None:
             rec.phase(phase)
             rec.removed(phase, a, a + bs, baseline="before" if n == len(addrs) else "")
         if opts.cycles > 1:
-            rec.phase(f"cycle-{cycle}")
+            rec.phase(f"cycle-{cycle}", leak=True)
     rec.bootmem = rec.step("offline boot memory (must fail)",
                            lambda: try_bootmem_offline(rec, before))
 

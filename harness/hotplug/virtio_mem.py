@@ -46,7 +46,7 @@ def boot_options(base: BootOptions) -> BootOptions:
 
 def drive(rec: Recorder, opts: Options) -> None:
     machine = rec.guest.machine
-    rec.phase("before")
+    rec.phase("before", leak=opts.cycles > 1)
     addr = int(memory_device(machine, DEVICE)["memaddr"])
     rec.backings.append((addr, str(Path(machine.spec.run_dir) / "vmem0")))
     size = opts.size_mb << 20
@@ -63,7 +63,7 @@ def drive(rec: Recorder, opts: Options) -> None:
         rec.phase(phase)
         rec.removed(phase, addr, addr + size, baseline="before")
         if opts.cycles > 1:
-            rec.phase(f"cycle-{cycle}")
+            rec.phase(f"cycle-{cycle}", leak=True)
     rec.notes.append("virtio-mem: blocks are plugged and onlined by the guest "
                      "driver, so there is no separate 'added' (offline) phase")
 
