@@ -5,6 +5,7 @@ Layout of a report directory::
 
     DIR/report.json             verdict, exit_code, kernel, methods[], extra keys
     DIR/junit.xml               one testsuite per method, one testcase per check
+    DIR/report.html             the run pictured, from report.json alone (htmlreport)
     DIR/METHOD/steps.txt        each step: seconds, transport, ok, detail
     DIR/METHOD/ptdump-P.txt     the page-table dump of phase P
     DIR/METHOD/ptdump-A-to-B.diff   Linear Mapping and vmemmap changes A -> B
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -66,6 +68,9 @@ def write_report(dir: Path, kernel: dict, runs: list[MethodRun],
     """Write everything under ``dir`` (created); returns the report.json path."""
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
+    context = _console_context(out, runs)
+    if context:      # the console lines around each splat, for report.html
+        extra = {**(extra or {}), "console_context": context}
     report = build_report(kernel, runs, checks, extra)
     for run in runs:
         write_method_files(out / safe_name(run.method), run)
@@ -76,7 +81,26 @@ def _write_main(out: Path, report: dict) -> Path:
     (out / JUNIT_XML).write_text(junit_xml(report))
     path = out / REPORT_JSON
     path.write_text(json.dumps(report, indent=1) + "\n")
+    _write_html(out, report)
     return path
+
+
+def _write_html(out: Path, report: dict) -> None:
+    """report.html next to report.json; a page that cannot be drawn is said,
+    never a reason to lose the report itself."""
+    from . import htmlreport
+    try:
+        htmlreport.write_report_html(out, report)
+    except Exception as exc:     # the JSON report is what counts
+        print(f"hotplug-harness: report.html not written: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+
+
+def _console_context(out: Path, runs: list[MethodRun]) -> dict:
+    from . import htmlreport
+    found = {r.method: htmlreport.console_context(out / safe_name(r.method), r)
+             for r in runs}
+    return {k: v for k, v in found.items() if v}
 
 
 def safe_name(name: str) -> str:
