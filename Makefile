@@ -2,6 +2,7 @@
 # make test       the whole test suite (unit tests + real kernel + real QEMU)
 # make test-unit  the tests that need no kernel and no QEMU
 # make test-qemu  deps, build the default kernel, run every scenario, verdict
+# make test-matrix  every page-table geometry x every method (6 kernel builds)
 # make bench      benchmarks: build, boot, walker (prints figures)
 # make lint       ruff over the whole tree (config in pyproject.toml)
 #
@@ -11,8 +12,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HARNESS ?= $(PY) -m harness.cli
 RUN_ARGS ?=
+MATRIX_ARGS ?=
 
-.PHONY: deps venv test test-unit test-qemu bench build clean-cache lint
+.PHONY: deps venv test test-unit test-qemu test-matrix bench build clean-cache lint
 
 deps:
 	VENV=$(VENV) sh ./scripts/install-deps
@@ -35,6 +37,9 @@ build: deps
 
 test-qemu: deps
 	$(HARNESS) run --method all --report reports/latest $(RUN_ARGS)
+
+test-matrix: deps
+	$(HARNESS) matrix --report reports/matrix $(MATRIX_ARGS)
 
 bench: deps
 	$(PY) bench/run_all.py

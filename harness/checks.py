@@ -832,13 +832,33 @@ def _selftest_problems(log: SelftestLog, hot: set) -> list[str]:
 
 
 def check_kselftest(run: MethodRun) -> Check:
+    """Each cycle's mem-on-off-test.sh run (``kselftest["cycles"]`` with
+    ``--cycles``; one record otherwise); the worst cycle decides."""
     name, ks = "kselftest", run.kselftest
     if ks is None:
         return Check(name, SKIP, "mem-on-off-test.sh did not run")
+    records = ks.get("cycles") or [ks]
+    if len(records) == 1:
+        return _kselftest_once(run, records[0])
+    rank = {FAIL: 0, ERROR: 1, SKIP: 2, PASS: 3}
+    judged = sorted(((r.get("cycle", n), _kselftest_once(run, r, r.get("cycle", n)))
+                     for n, r in enumerate(records, 1)),
+                    key=lambda c: (rank[c[1].verdict], c[0]))
+    worst = judged[0][1]
+    return Check(name, worst.verdict,
+                 "\n".join(f"cycle {n}: {c.evidence}" for n, c in judged), worst.step)
+
+
+def _kselftest_once(run: MethodRun, ks: dict, cycle: int = 1) -> Check:
+    name = "kselftest"
     output = ks.get("output") or "\n".join(ks.get("lines") or ())   # either form
     code = ks.get("exit_code")
     log, hot = parse_mem_on_off(output), set(ks.get("hotplugged_blocks") or ())
-    exercised, step = log.touched & hot, _named_step(run, "mem-on-off-test", "kselftest")
+    suffix = "" if cycle == 1 else f"@{cycle}"
+    step = next((st.name for st in run.steps
+                 if st.name == f"run mem-on-off-test.sh{suffix}"), "") \
+        or _named_step(run, "mem-on-off-test", "kselftest")
+    exercised = log.touched & hot
     if not exercised:
         tail = output.strip().splitlines()[-5:]
         return Check(name, ERROR, f"mem-on-off-test.sh exercised no hot-plugged block "

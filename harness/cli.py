@@ -142,6 +142,8 @@ def _add_later_commands(sub) -> None:
     cli_run.register(sub, add_kernel_options, build_request)
     from . import cli_repro
     cli_repro.register(sub, add_kernel_options)
+    from . import cli_matrix
+    cli_matrix.register(sub, add_kernel_options)
 
 
 def version() -> str:

@@ -6,7 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from . import build as build_mod
 from . import progress as ui
 from . import repro
 
@@ -92,23 +91,8 @@ def cmd_repro(args) -> int:
 
 
 def _runner(kernel_src: str):
+    from .cli_run import run_to_report
+
     def run(configs, patches, append, methods, cycles, folder: Path) -> dict:
-        from . import checks, leakcheck, report, runner
-        from .session import BootOptions
-        configs, append, note = leakcheck.for_cycles(cycles, configs, append)
-        if note:
-            ui.info(note)
-        art = build_mod.build(build_mod.BuildRequest(kernel_src=kernel_src,
-                                                     configs=configs,
-                                                     patches=tuple(patches)),
-                              progress=False if ui.quiet() else None)
-        ropts = runner.RunOptions(methods=runner.resolve_methods(",".join(methods)),
-                                  boot=BootOptions(cmdline=append), cycles=cycles,
-                                  kernel_src=kernel_src)
-        folder.mkdir(parents=True, exist_ok=True)
-        runs = runner.run_all(art, ropts, folder)
-        from .cli_run import kernel_identity
-        report.write_report(folder, kernel_identity(art), runs,
-                            {r.method: checks.judge(r) for r in runs})
-        return json.loads((folder / "report.json").read_text())
+        return run_to_report(kernel_src, configs, patches, append, methods, cycles, folder)
     return run

@@ -364,6 +364,28 @@ def cmd_run(args, build_request) -> int:
     return data["exit_code"]
 
 
+def run_to_report(kernel_src: str, configs, patches, append, methods, cycles: int,
+                  folder: Path, order_check: str = "on") -> dict:
+    """Build, run ``methods`` and write a report folder; returns report.json.
+    For the commands that run many kernels (repro, matrix): no signal handling
+    or folder swap of their own, the caller's folder is used as it is."""
+    from . import checks, report, runner
+    configs, append, note = leakcheck.for_cycles(cycles, configs, append)
+    if note:
+        ui.info(note)
+    art = build_mod.build(build_mod.BuildRequest(kernel_src=kernel_src, configs=configs,
+                                                 patches=tuple(patches)),
+                          progress=False if ui.quiet() else None)
+    ropts = runner.RunOptions(methods=runner.resolve_methods(",".join(methods)),
+                              boot=BootOptions(cmdline=append), cycles=cycles,
+                              kernel_src=kernel_src, order_check=order_check)
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = runner.run_all(art, ropts, folder)
+    report.write_report(folder, kernel_identity(art), runs,
+                        {r.method: checks.judge(r) for r in runs})
+    return json.loads((folder / "report.json").read_text())
+
+
 def kernel_identity(art) -> dict:
     """What report.json's "kernel" says of the artifacts a run booted."""
     return {"source": art.source, "patches": [list(p) for p in art.patches],

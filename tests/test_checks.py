@@ -547,6 +547,23 @@ def test_kselftest_fails_on_a_hot_plugged_block():
     assert "memory18: online_memory_expect_success: unexpected fail" in c.evidence
 
 
+def test_kselftest_judges_every_cycle():
+    ok = {"cycle": 1, "exit_code": 1, "hotplugged_blocks": [16, 17, 18, 19],
+          "output": kselftest_output(boot_refused_hot_ok())}
+    bad = dict(ok, cycle=2, output=kselftest_output({**boot_refused_hot_ok(),
+                                                     17: "Failure"}, online=(16, 18, 19)))
+    steps = (Step("run mem-on-off-test.sh", 9.0, "ssh"),
+             Step("run mem-on-off-test.sh@2", 9.0, "ssh"))
+    run = make_run(kselftest=dict(ok, cycles=[ok, bad]), steps=steps)
+    c = checks.check_kselftest(run)
+    assert c.verdict == FAIL and c.step == "run mem-on-off-test.sh@2"
+    assert c.evidence.startswith("cycle 2: mem-on-off-test.sh: hot-plugged memory17")
+    assert "\ncycle 1: hot-plugged memory16-memory19 exercised" in c.evidence
+    both_ok = checks.check_kselftest(make_run(kselftest=dict(ok, cycles=[ok, dict(ok, cycle=2)]),
+                                              steps=steps))
+    assert both_ok.verdict == PASS and both_ok.evidence.count("exercised") == 2
+
+
 def test_kselftest_fails_when_an_offlined_block_never_comes_back():
     ks = {"exit_code": 1, "hotplugged_blocks": [16, 17, 18, 19],
           "output": kselftest_output(boot_refused_hot_ok(), online=(16, 17, 18))}

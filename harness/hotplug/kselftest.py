@@ -27,6 +27,7 @@ class Options:
     dimm_mb: int = 512
     kernel_src: str = "debian"
     ratio: int = 100
+    cycles: int = 1
 
 
 def boot_options(base: BootOptions) -> BootOptions:
@@ -43,22 +44,33 @@ def script_text(kernel_src: str) -> str:
 
 
 def drive(rec: Recorder, opts: Options) -> None:
-    rec.phase("before")
-    name, addr, size = acpi_dimm.plug(rec, 1, acpi_dimm.Options(dimm_mb=opts.dimm_mb), "")
-    blocks = blocks_in(rec, addr, addr + size)
-    rec.step("online dimm1", lambda: set_state(rec, blocks, "online_movable"))
-    rec.phase("online")
+    rec.phase("before", leak=opts.cycles > 1)
     text = script_text(opts.kernel_src)
     rec.step("copy mem-on-off-test.sh", lambda: rec.guest.put_text(GUEST_PATH, text))
-    result = rec.step("run mem-on-off-test.sh",
-                      lambda: rec.guest.run(f"sh {GUEST_PATH} -r {opts.ratio} 2>&1", 600))
-    rec.kselftest = {"exit_code": result.exit_code, "output": result.stdout,
-                     "hotplugged_blocks": [b.index for b in blocks]}
-    # the script may leave blocks offline; put ours back online, then remove
-    for b in blocks:
-        rec.guest.run(f"echo online_movable > /sys/devices/system/memory/"
-                      f"memory{b.index}/state", 60)
-    rec.phase("after-selftest")
-    acpi_dimm.unplug(rec, name, addr, size)
-    rec.phase("removed-1")
-    rec.removed("removed-1", addr, addr + size, baseline="before")
+    results = []
+    for cycle in range(1, opts.cycles + 1):
+        suffix = "" if cycle == 1 else f"@{cycle}"
+        name, addr, size = acpi_dimm.plug(rec, 1, acpi_dimm.Options(dimm_mb=opts.dimm_mb),
+                                          suffix)
+        blocks = blocks_in(rec, addr, addr + size)
+        rec.step(f"online dimm1{suffix}",
+                 lambda b=blocks: set_state(rec, b, "online_movable"))
+        rec.phase("online" + suffix)
+        result = rec.step(f"run mem-on-off-test.sh{suffix}",
+                          lambda: rec.guest.run(f"sh {GUEST_PATH} -r {opts.ratio} 2>&1", 600))
+        results.append({"cycle": cycle, "exit_code": result.exit_code,
+                        "output": result.stdout,
+                        "hotplugged_blocks": [b.index for b in blocks]})
+        # the first cycle's result is the record (the check reads one run);
+        # later cycles add theirs under "cycles"
+        rec.kselftest = dict(results[0], cycles=results)
+        # the script may leave blocks offline; put ours back online, then remove
+        for b in blocks:
+            rec.guest.run(f"echo online_movable > /sys/devices/system/memory/"
+                          f"memory{b.index}/state", 60)
+        rec.phase("after-selftest" + suffix)
+        acpi_dimm.unplug(rec, name, addr, size)
+        rec.phase("removed-1" + suffix)
+        rec.removed("removed-1" + suffix, addr, addr + size, baseline="before")
+        if opts.cycles > 1:
+            rec.phase(f"cycle-{cycle}", leak=True)

@@ -1,0 +1,100 @@
+"""``hotplug-harness matrix``: every page-table geometry × the hotplug methods."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import geomatrix
+from . import progress as ui
+from .errors import HarnessError
+
+EPILOG = """\
+Each geometry fragment (kernel-configs/*.config starting with '# kind:
+geometry') is built once (its own O= tree and cache entry: a second matrix run
+builds nothing) and every method runs on it. The table shows each cell's
+verdict; below it, the shape the harness saw (levels, page size, memory block
+size, sizeof(struct page)) and the host walker's table pages per level before
+the add, at online and after the last removal.
+
+A geometry that does not build or boot is a row with the reason, not dropped.
+Results known to fail on the stock kernel are XFAIL with the reason
+(harness/geomatrix.py EXPECTED); XPASS means one passed and the list is stale.
+
+examples:
+  hotplug-harness matrix                               # 6 geometries x 4 methods
+  hotplug-harness matrix --geometry 64k-42,16k-47 --method probe
+  hotplug-harness matrix --patch my-fix.patch          # your patch on every geometry
+  hotplug-harness matrix --json > g.json               # machine-readable
+  hotplug-harness matrix --markdown g.json             # the README table; no run
+
+exit codes: 0 every cell PASS or XFAIL, 1 a kernel failed a check (or an XFAIL
+passed), 2 a cell could not be judged (build, boot, harness), 130/143
+interrupted.
+"""
+
+
+def register(sub, add_kernel_options) -> None:
+    p = sub.add_parser("matrix", help="run the methods on every page-table geometry",
+                       description="Build the kernel for each page-table geometry "
+                                   "fragment, run the hotplug methods on it and print "
+                                   "geometry x method with verdicts and table counts.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--geometry", default="all", metavar="NAME[,NAME]|all",
+                   help="geometry fragments (default all: "
+                        + ", ".join(geomatrix.geometries()) + ")")
+    p.add_argument("--method", default=",".join(geomatrix.DEFAULT_METHODS),
+                   metavar="NAME[,NAME]",
+                   help="methods per geometry (default: "
+                        + ", ".join(geomatrix.DEFAULT_METHODS) + ")")
+    p.add_argument("--patch", action="append", default=[], metavar="FILE",
+                   help="apply this patch after patches/series on every geometry")
+    p.add_argument("--append", action="append", default=[], metavar="PARAM",
+                   help="extra kernel parameter (repeatable)")
+    p.add_argument("--order-check", choices=["on", "full", "off"], default="on",
+                   help="gdb around every removal (see 'run --help')")
+    p.add_argument("--report", metavar="DIR", type=Path, default=None,
+                   help="keep each geometry's report folder here "
+                        "(default: ./runs/matrix-...)")
+    p.add_argument("--json", action="store_true", help="print the matrix as JSON")
+    p.add_argument("--markdown", metavar="MATRIX_JSON", type=Path, default=None,
+                   help="print the README table for a matrix saved with --json; no run")
+    p.add_argument("--kernel-src", default="debian", metavar="debian|DIR|TARBALL")
+    p.set_defaults(func=cmd_matrix)
+
+
+def _names(spec: str, known: list, what: str) -> tuple:
+    if spec == "all":
+        return tuple(known)
+    names = tuple(s.strip() for s in spec.split(",") if s.strip())
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise HarnessError(f"unknown {what}(s) {', '.join(unknown)}; choose from "
+                           f"{', '.join(known)}", step="matrix")
+    return names
+
+
+def cmd_matrix(args) -> int:
+    if args.markdown:
+        print(geomatrix.matrix_markdown(geomatrix.from_json(
+            json.loads(args.markdown.read_text()))), end="")
+        return 0
+    from . import runner
+    from .cli_run import default_dir, make_private_dirs, run_to_report
+    geos = _names(args.geometry, geomatrix.geometries(), "geometry")
+    methods = _names(args.method, list(runner.METHODS), "method")
+    out = args.report or default_dir("matrix")
+    make_private_dirs(out)
+
+    def run(configs, methods, folder: Path) -> dict:
+        return run_to_report(args.kernel_src, configs, args.patch, args.append, methods,
+                             1, folder, order_check=args.order_check)
+    cells = geomatrix.run_matrix(geos, methods, out, run, progress=ui.info)
+    data = geomatrix.to_json(cells)
+    (out / "matrix.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out / "matrix.txt").write_text(geomatrix.matrix_text(cells))
+    if args.json:
+        print(json.dumps(data, indent=1))
+    else:
+        print(geomatrix.matrix_text(cells) + f"matrix: {out / 'matrix.json'}")
+    return data["exit_code"]
