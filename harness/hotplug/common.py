@@ -21,7 +21,7 @@ REGIONS = ("Linear Mapping", "vmemmap")
 # entries were followed (block-mapped removals clear 1-4 entries each, cheap; a
 # page-mapped one clears 64, ~3 s of watchpoints); "full": on every removal
 FLUSH_CLEARS_ENOUGH = 16
-STRUCT_PAGE_SIZE = 64
+STRUCT_PAGE_SIZE = 64    # only when the kernel's layout does not say (see below)
 RAM_BASE = 0x40000000   # QEMU virt
 
 
@@ -200,8 +200,8 @@ class Recorder:
                          "linear_end": linear[1] if linear else None,
                          "vmemmap_start": vmemmap[0] if vmemmap else None,
                          "vmemmap_end": vmemmap[1] if vmemmap else None,
-                         "struct_page_size": STRUCT_PAGE_SIZE,
                          "linear_offset": None, "memstart": None}
+        self.geometry.update(struct_page_geometry(linear, vmemmap, geo.granule))
         try:
             syms = walk_mod.symbol_addresses(self.art.vmlinux,
                                              ["swapper_pg_dir", "_text", "memstart_addr"])
@@ -308,6 +308,23 @@ def wait_for(predicate: Callable[[], bool], deadline: float, what: str,
             raise HarnessError(f"timed out after {deadline:.0f}s waiting for {what}",
                                step="wait", blame="infra")
         time.sleep(interval)
+
+
+def struct_page_geometry(linear, vmemmap, granule: int) -> dict:
+    """``sizeof(struct page)`` as the kernel lays out its vmemmap: arm64 sizes
+    the vmemmap region as the linear region >> (PAGE_SHIFT - STRUCT_PAGE_MAX_SHIFT)
+    (arch/arm64/include/asm/memory.h), and ptdump prints both regions' bounds.
+    STRUCT_PAGE_MAX_SHIFT is order_base_2(sizeof(struct page)): exact for the
+    64-byte struct page of these configs (gdb's order checks calibrate the exact
+    value from a free and say when it differs)."""
+    if linear and vmemmap:
+        ratio, rem = divmod(linear[1] - linear[0], vmemmap[1] - vmemmap[0])
+        if rem == 0 and ratio > 0 and ratio & (ratio - 1) == 0 and granule % ratio == 0:
+            return {"struct_page_size": granule // ratio,
+                    "struct_page_size_from": "ptdump: Linear Mapping / vmemmap region sizes"}
+    return {"struct_page_size": STRUCT_PAGE_SIZE,
+            "struct_page_size_from": f"assumed {STRUCT_PAGE_SIZE} (ptdump shows no usable "
+                                     "Linear Mapping and vmemmap bounds)"}
 
 
 def block_size(rec: Recorder) -> int:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from ..session import BootOptions
 from .common import (
-    BOOTMEM_MOVABLE,
     MEMROOT,
     REMOVAL_CHECKS,
     Recorder,
@@ -35,6 +34,10 @@ RAM_BASE = 0x40000000
 # included) is mapped with pages, so a removal frees PTE tables (64 per 128 MiB
 # block), where the other methods' block-mapped removals free a PMD table at most
 PAGE_MAPPED = "rodata=full"
+# arm64's boot-memory rule is reached only by offlining a whole boot block in
+# ZONE_MOVABLE: 512 MiB is one block with 64K pages (SECTION_SIZE_BITS 29), four
+# with 4K or 16K (27); common.BOOTMEM_MOVABLE's 256 MiB covers no 64K block
+BOOTMEM_MOVABLE_PROBE = "movablecore=512M"
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Options:
 def boot_options(base: BootOptions) -> BootOptions:
     from dataclasses import replace
     return replace(base, mode=MODE, mem_mb=VISIBLE_MB + HIDDEN_MB,
-                   cmdline=base.cmdline + (f"mem={VISIBLE_MB}M", BOOTMEM_MOVABLE,
+                   cmdline=base.cmdline + (f"mem={VISIBLE_MB}M", BOOTMEM_MOVABLE_PROBE,
                                            PAGE_MAPPED))
 
 
