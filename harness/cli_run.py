@@ -287,12 +287,19 @@ methods:
               /sys/devices/system/memory/probe, removed via .../remove
   virtio-mem  a virtio-mem-pci device grown and shrunk through QMP
   kselftest   the tree's own mem-on-off-test.sh after hot-adding a DIMM
+  ('all' is the four above; these two are asked for by name:)
+  split-leaf  remove one 128 MiB block out of a 1 GiB linear-map leaf (the
+              upstream PUD-split bug: expected to fail on stock 6.12)
+  race        probe-flow add/remove loop for --race-seconds under concurrent
+              page-table dump readers and memory pressure; build with
+              --config kasan --config debug-vm so a race becomes a kernel report
 
 checks (each PASS/FAIL/SKIP/ERROR with evidence; a check a method needs that
 could not look is an ERROR, never a PASS):
   blocks-lifecycle no-stale-linear-map no-stale-vmemmap tables-freed
   online-memory-mapped bootmem-not-removable no-kernel-splat
-  no-leak-across-cycles walker-agrees-with-ptdump walker-no-bad-entries
+  no-leak-across-cycles (page_owner; --cycles >= 2 adds --config leak)
+  walker-agrees-with-ptdump walker-no-bad-entries
   no-table-freed-while-linked tlb-flushed-before-free kselftest
   The last two attach gdb-multiarch to QEMU's gdbstub around each removal
   (--no-order-check turns them off, and the summary says so).
@@ -332,7 +339,8 @@ def cmd_run(args, build_request) -> int:
                 boot=boot_options(args, slots=max(args.slots, args.dimms), cmdline=cmdline),
                 cycles=args.cycles, online_type=args.online_type, dimms=args.dimms,
                 dimm_mb=args.dimm_size, kernel_src=args.kernel_src,
-                walk=not args.no_walker, order_check=args.order_check)
+                walk=not args.no_walker, order_check=args.order_check,
+                race_seconds=args.race_seconds)
             start = time.monotonic()
             runs = runner.run_all(art, ropts, out)
         except (KeyboardInterrupt, HarnessError) as e:
@@ -415,8 +423,11 @@ def register_run(sub, add_kernel_options, build_request) -> None:
     add_boot_options(r)
     g = r.add_argument_group("scenario")
     g.add_argument("--method", default="all", metavar="NAME[,NAME]|all",
-                   help="acpi-dimm, probe, virtio-mem, kselftest or all (default)")
+                   help="acpi-dimm, probe, virtio-mem, kselftest, split-leaf, race "
+                        "or all (default: the first four)")
     g.add_argument("--cycles", type=int, default=1, help="add->remove cycles (default 1)")
+    g.add_argument("--race-seconds", type=int, default=45, metavar="S",
+                   help="race: how long the add/remove loop runs (default 45)")
     g.add_argument("--online-type", default="online_movable",
                    choices=["online", "online_movable", "online_kernel"])
     g.add_argument("--dimms", type=int, default=2, help="DIMMs for acpi-dimm (default 2)")

@@ -261,9 +261,13 @@ def _options_lines(report: dict) -> list[str]:
                      "from the kernel's ptdump and memstart_addr only; the walker's "
                      "checks were not required")
     if off("order_check"):
-        lines.append(f"order checks: off (--no-order-check) for "
-                     f"{', '.join(off('order_check'))}: no gdb around removals; a table "
-                     "freed while linked or before its TLB flush goes unseen")
+        methods = off("order_check")
+        why = ("race: gdb stops would serialise the concurrency it needs"
+               if methods == ["race"] else "--no-order-check"
+               + (", race cannot run them" if "race" in methods else ""))
+        lines.append(f"order checks: off ({why}) for {', '.join(methods)}: no gdb around "
+                     "removals; a table freed while linked or before its TLB flush goes "
+                     "unseen")
     return lines
 
 

@@ -12,12 +12,13 @@ from . import signals
 from .build import KernelArtifacts
 from .crashwatch import KernelCrash
 from .errors import HarnessError
-from .hotplug import acpi_dimm, kselftest, probe, split_leaf, virtio_mem
+from .hotplug import acpi_dimm, kselftest, probe, race, split_leaf, virtio_mem
 from .hotplug.common import Recorder
 from .records import MethodRun
 from .session import BootOptions, boot
 
-METHODS = {m.NAME: m for m in (acpi_dimm, probe, virtio_mem, kselftest, split_leaf)}
+METHODS = {m.NAME: m for m in (acpi_dimm, probe, virtio_mem, kselftest, split_leaf,
+                                race)}
 ORDER = ("acpi-dimm", "probe", "virtio-mem", "kselftest")
 
 
@@ -32,6 +33,7 @@ class RunOptions:
     kernel_src: str = "debian"
     walk: bool = True
     order_check: str = "on"           # gdb around every removal: "on", "full", "off"
+    race_seconds: int = 45            # the race method's add/remove loop bound
 
 
 def resolve_methods(spec: str) -> tuple:
@@ -48,7 +50,7 @@ def resolve_methods(spec: str) -> tuple:
 def method_options(module, ropts: RunOptions):
     wanted = {"cycles": ropts.cycles, "online_type": ropts.online_type,
               "dimms": ropts.dimms, "dimm_mb": ropts.dimm_mb or None,
-              "kernel_src": ropts.kernel_src}
+              "kernel_src": ropts.kernel_src, "seconds": ropts.race_seconds}
     names = {f.name for f in dataclasses.fields(module.Options)}
     return module.Options(**{k: v for k, v in wanted.items()
                              if k in names and v is not None})
@@ -58,6 +60,8 @@ def run_method(name: str, art: KernelArtifacts, ropts: RunOptions,
                out: Path) -> MethodRun:
     module = METHODS[name]
     out.mkdir(parents=True, exist_ok=True)
+    if not getattr(module, "ORDER_CHECKS", True):    # e.g. race: gdb would serialise it
+        ropts = replace(ropts, order_check="off")
     bopts = module.boot_options(replace(ropts.boot, mode=module.MODE,
                                         gdb=ropts.order_check != "off"))
     state = {"rec": None, "error": None, "crashes": (), "offset": 0,

@@ -1,0 +1,172 @@
+"""race: add/remove loops under concurrent page-table readers and memory pressure.
+
+Review point (g) of the 2017 review asked who else walks the kernel's tables
+while a removal frees them. On 6.12 the answer is the memory hotplug lock:
+``ptdump_walk_pgd()`` takes ``get_online_mems()``, so a read of
+``/sys/kernel/debug/kernel_page_tables`` never overlaps ``free_empty_tables()``.
+A kernel that drops it (``patches/repro/0012``) walks table pages while they are
+freed: a use-after-free that only shows when the two really run at once.
+
+Flow (DT boot, the probe flow: ``mem=`` hides 1 GiB, ``rodata=full`` so every
+removal frees 64 PTE tables per 128 MiB block: the most frees per removal):
+
+1. phase ``before``;
+2. start the load in the guest, in the background (after the probe, before
+   the online): :data:`READERS` loops reading the page-table dump, one loop
+   writing and deleting 64 MiB files in /tmp (memory pressure: page cache and
+   reclaim next to the hotplug paths);
+3. the first round step by step (probe both hidden blocks, phase ``added``,
+   online them under load, phase ``online``: what blocks-lifecycle and
+   online-memory-mapped judge), then one guest-side loop (no round trip per
+   step, so removals come as fast as the guest can do them): offline and
+   remove both blocks, probe and online them again, until
+   :attr:`Options.seconds` have passed; each iteration prints one line
+   (``race-iter N ok`` or the failing operation);
+4. stop the load; phase ``removed-1`` against ``before`` (the removal checks
+   then judge the end state as for any method); the number of iterations and
+   of completed dump reads go to the run's notes, so a pass says how much
+   concurrency it was made of.
+
+What catches a race is the kernel itself: boot the ``kasan`` and ``debug-vm``
+fragments (KASAN reports a use-after-free of a freed table page in the walker;
+soft-lockup, hung-task and RCU-stall detectors turn a deadlock into a kernel
+report the crash watcher blames on the kernel) and ``no-kernel-splat`` FAILs.
+The gdb ordering checks are not run here: a breakpoint stop per free would
+serialise the very concurrency this scenario needs (``ORDER_CHECKS = False``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from ..errors import KERNEL, HarnessError
+from ..session import BootOptions
+from .common import (
+    MEMROOT,
+    PTDUMP,
+    REMOVAL_CHECKS,
+    Recorder,
+    block_size,
+    blocks_in,
+    set_state,
+)
+from .probe import HIDDEN_MB, PAGE_MAPPED, RAM_BASE, VISIBLE_MB, raise_missing
+
+NAME = "race"
+MODE = "dt"
+REQUIRED_CHECKS = REMOVAL_CHECKS
+ORDER_CHECKS = False       # gdb stops would serialise the race (see above)
+READERS = 2                # concurrent page-table dump readers
+PRESSURE_MB = 64           # written and deleted in a loop by the pressure job
+LOAD_DIR = "/tmp/race"
+LOOP = "/tmp/race-loop.sh"   # outside LOAD_DIR, which load_script recreates
+_ITER = re.compile(r"^race-iter (\d+) (ok|FAIL .*)$", re.M)
+
+
+@dataclass(frozen=True)
+class Options:
+    blocks: int = 2
+    seconds: int = 45          # the add/remove loop's time bound
+    online_type: str = "online_movable"
+
+
+def boot_options(base: BootOptions) -> BootOptions:
+    return replace(base, mode=MODE, mem_mb=VISIBLE_MB + HIDDEN_MB,
+                   cmdline=base.cmdline + (f"mem={VISIBLE_MB}M", PAGE_MAPPED))
+
+
+def load_script(readers: int = READERS, pressure_mb: int = PRESSURE_MB) -> str:
+    """Start the background load; each job counts its rounds in a file and
+    its PID goes to ``pids`` (for stop_script)."""
+    jobs = [f"(n=0; while [ ! -e {LOAD_DIR}/stop ]; do cat {PTDUMP} > /dev/null && "
+            f"n=$((n+1)); echo $n > {LOAD_DIR}/reads-{i}; done) "
+            f"</dev/null >/dev/null 2>&1 & echo $! >> {LOAD_DIR}/pids;"
+            for i in range(readers)]
+    jobs.append(f"(while [ ! -e {LOAD_DIR}/stop ]; do dd if=/dev/zero "
+                f"of={LOAD_DIR}/fill bs=1M count={pressure_mb} 2>/dev/null; "
+                f"rm -f {LOAD_DIR}/fill; done) </dev/null >/dev/null 2>&1 & "
+                f"echo $! >> {LOAD_DIR}/pids;")
+    return f"rm -rf {LOAD_DIR}; mkdir -p {LOAD_DIR}; " + " ".join(jobs) + " echo started"
+
+
+def stop_script(readers: int = READERS, wait_s: int = 60) -> str:
+    """Stop the load, wait (bounded) for its jobs, print each reader's reads."""
+    counts = " ".join(f"$(cat {LOAD_DIR}/reads-{i} 2>/dev/null || echo 0)"
+                      for i in range(readers))
+    return (f"touch {LOAD_DIR}/stop; end=$(( $(date +%s) + {wait_s} )); "
+            f"for p in $(cat {LOAD_DIR}/pids); do while kill -0 $p 2>/dev/null && "
+            f"[ $(date +%s) -lt $end ]; do sleep 0.2; done; done; "
+            f"rm -f {LOAD_DIR}/fill; echo reads {counts}")
+
+
+def loop_script(addrs: list, bs: int, seconds: int, online_type: str) -> str:
+    """The add/remove loop, run in the guest as one command."""
+    def blocks(a: int) -> str:       # one block per address (bs apart)
+        return f"memory{a // bs}"
+
+    lines = [f"end=$(( $(date +%s) + {seconds} )); n=0",
+             "fail() { echo \"race-iter $n FAIL $1\"; exit 1; }",
+             "while [ $(date +%s) -lt $end ]; do",
+             "  n=$((n+1))",
+             "  if [ $n -gt 1 ]; then     # the first round starts from online"]
+    for a in addrs:
+        lines.append(f"    echo {a:#x} > {MEMROOT}/probe || fail 'probe {a:#x}'")
+    for a in addrs:
+        lines.append(f"    echo {online_type} > {MEMROOT}/{blocks(a)}/state "
+                     f"|| fail 'online {a:#x}'")
+    lines.append("  fi")
+    for a in addrs:
+        lines.append(f"  echo offline > {MEMROOT}/{blocks(a)}/state || fail 'offline {a:#x}'")
+        lines.append(f"  echo {a:#x} > {MEMROOT}/remove || fail 'remove {a:#x}'")
+    lines += ["  echo \"race-iter $n ok\"", "done", "echo race-done $n"]
+    return "\n".join(lines)
+
+
+def drive(rec: Recorder, opts: Options) -> None:
+    have = rec.guest.run(f"test -e {MEMROOT}/probe && test -e {MEMROOT}/remove", 10)
+    if not have.ok:
+        raise_missing(rec)
+    rec.phase("before")
+    bs = block_size(rec)
+    if opts.blocks * bs > HIDDEN_MB << 20:
+        raise HarnessError(f"{opts.blocks} blocks of {bs >> 20} MiB do not fit in the "
+                           f"{HIDDEN_MB} MiB hidden with mem=", step="race")
+    base = RAM_BASE + (VISIBLE_MB << 20)
+    addrs = [base + i * bs for i in range(opts.blocks)]
+    for a in addrs:
+        rec.step(f"probe {a:#x}", lambda a=a: rec.sh(f"echo {a:#x} > {MEMROOT}/probe",
+                                                    blame=KERNEL))
+    rec.phase("added")
+    rec.step("start load", lambda: rec.sh(load_script()))
+    for a in addrs:
+        rec.step(f"online {a:#x}", lambda a=a: set_state(
+            rec, blocks_in(rec, a, a + bs), opts.online_type))
+    rec.phase("online")                  # under load already
+    script = loop_script(addrs, bs, opts.seconds, opts.online_type)
+    rec.step("copy the loop", lambda: rec.guest.put_text(LOOP, script))
+    result = rec.step(f"add/remove loop ({opts.seconds} s)",
+                      lambda: rec.guest.run(f"sh {LOOP}", opts.seconds + 120))
+    stopped = rec.step("stop load", lambda: rec.sh(stop_script(), 90))
+    reads = [int(x) for x in stopped.split()[1:] if x.isdigit()]
+    done = _ITER.findall(result.stdout)
+    ok = sum(1 for _, what in done if what == "ok")
+    rec.notes.append(f"race: {ok} add/remove iteration(s) of {len(addrs)} blocks in "
+                     f"{opts.seconds} s, under {sum(reads)} concurrent page-table dump "
+                     f"reads ({READERS} readers) and a {PRESSURE_MB} MiB write/delete loop")
+    if not result.ok:
+        failed = next((what for _, what in done if what != "ok"), "")
+        # leave what is still plugged for the end phase: it shows as a FAIL there
+        raise HarnessError(f"add/remove loop stopped at iteration {len(done)}: "
+                           f"{failed or 'exit code ' + str(result.exit_code)}",
+                           step=f"add/remove loop ({opts.seconds} s)", blame=KERNEL,
+                           evidence=(result.stdout + result.stderr)[-2000:])
+    if ok == 0:
+        raise HarnessError("the add/remove loop ran no iteration: nothing was raced",
+                           step=f"add/remove loop ({opts.seconds} s)",
+                           evidence=result.stdout[-2000:])
+    rec.phase("removed-1")
+    for a in addrs:
+        if blocks_in(rec, a, a + bs):
+            raise HarnessError(f"block at {a:#x} still present after the loop",
+                               step="race", blame=KERNEL)
+    rec.removed("removed-1", addrs[0], addrs[-1] + bs, baseline="before")

@@ -1,0 +1,56 @@
+"""The race method's guest scripts (harness.hotplug.race) and its wiring. The
+scenario itself runs against the real kernel in tests/test_qemu.py
+(test_race_method_runs_under_load) and its detection rate of repro 0012 is
+measured by bench/bench_race.py (README, "Races")."""
+import subprocess
+
+import pytest
+
+from harness import checks, report, runner
+from harness.hotplug import race
+from harness.records import MethodRun
+
+
+def test_loop_script_starts_from_online_then_cycles_both_blocks():
+    text = race.loop_script([0x80000000, 0x88000000], 0x8000000, 30, "online_movable")
+    body = text.splitlines()
+    assert body[0] == "end=$(( $(date +%s) + 30 )); n=0"
+    assert "  if [ $n -gt 1 ]; then     # the first round starts from online" in body
+    assert ("    echo online_movable > /sys/devices/system/memory/memory17/state "
+            "|| fail 'online 0x88000000'") in body
+    assert ("  echo 0x80000000 > /sys/devices/system/memory/remove "
+            "|| fail 'remove 0x80000000'") in body
+    assert body[-1] == "echo race-done $n"
+
+
+@pytest.mark.parametrize("script", [
+    race.loop_script([0x80000000, 0x88000000], 0x8000000, 30, "online_movable"),
+    race.load_script(), race.stop_script()])
+def test_scripts_are_valid_posix_sh(script):
+    subprocess.run(["sh", "-n", "-c", script], check=True)
+
+
+def test_load_records_pids_and_stop_waits_for_them_with_a_bound():
+    load = race.load_script(readers=2, pressure_mb=16)
+    assert load.count("echo $! >> /tmp/race/pids;") == 3
+    assert "cat /sys/kernel/debug/kernel_page_tables > /dev/null" in load
+    assert "bs=1M count=16" in load
+    stop = race.stop_script(readers=2, wait_s=5)
+    assert stop.startswith("touch /tmp/race/stop; end=$(( $(date +%s) + 5 ));")
+    assert stop.endswith("echo reads $(cat /tmp/race/reads-0 2>/dev/null || echo 0) "
+                         "$(cat /tmp/race/reads-1 2>/dev/null || echo 0)")
+
+
+def test_race_is_named_only_and_runs_without_gdb():
+    assert "race" in runner.METHODS and "race" not in runner.ORDER
+    assert race.ORDER_CHECKS is False
+    opts = runner.method_options(race, runner.RunOptions(race_seconds=12))
+    assert opts.seconds == 12
+
+
+def test_summary_says_why_order_checks_are_off_for_race():
+    run = MethodRun("race", {}, options={"walker": True, "order_check": "off"})
+    rep = report.build_report({}, [run], {"race": checks.judge(run)})
+    text = report.summary(rep)
+    assert "order checks: off (race: gdb stops would serialise the concurrency it " \
+           "needs) for race" in text
