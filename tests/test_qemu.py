@@ -135,7 +135,7 @@ def test_race_method_runs_under_load(kernel, tmp_path):
                        "--report", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     run = json.loads((tmp_path / "report.json").read_text())["methods"][0]
-    note = next(n for n in run["run"]["notes"] if n.startswith("race: "))
+    note = next(n for n in run["run"]["notes"] if n.startswith("race: ") and "iteration" in n)
     iterations, reads = int(note.split()[1]), int(note.split("under ")[1].split()[0])
     assert iterations >= 1 and reads >= 1, note
     verdicts = {c["name"]: c["verdict"] for c in run["checks"]}

@@ -144,6 +144,10 @@ def drive(rec: Recorder, opts: Options) -> None:
     rec.phase("online")                  # under load already
     script = loop_script(addrs, bs, opts.seconds, opts.online_type)
     rec.step("copy the loop", lambda: rec.guest.put_text(LOOP, script))
+    # the kernel's clock at the loop's start: a report's console timestamp minus
+    # this is how long the race took to show (bench/bench_race.py)
+    uptime = rec.sh("cut -d' ' -f1 /proc/uptime").strip()
+    rec.notes.append(f"race: loop started at uptime {uptime} s")
     result = rec.step(f"add/remove loop ({opts.seconds} s)",
                       lambda: rec.guest.run(f"sh {LOOP}", opts.seconds + 120))
     stopped = rec.step("stop load", lambda: rec.sh(stop_script(), 90))
