@@ -1,5 +1,23 @@
-"""Serial console transport: framed shell commands over a pexpect spawn object,
-with every line read shown to a CrashWatcher.
+"""The guest's serial console: one pipeline, and what is built on it.
+
+**The pipeline** (``ConsoleReader``). One thread reads the console stream (the
+QEMU serial socket, or any ``ConsoleStream``) and, for each chunk, tees the
+bytes to ``console.log``; for each line, numbers it once (from 1: line N is
+line N of console.log), drops the terminal's echo of a line the harness typed,
+feeds the one ``CrashWatcher``, calls the listeners (``-v`` printing, steps
+that keep the kernel's words) and queues it for the serial transport. Lines
+are split at ``\\n``, trailing ``\\r`` dropped, decoded as UTF-8 (bad bytes
+replaced); a last line without a newline counts at end of file, when the
+watcher is also flushed. ``read``/``send`` give the raw bytes to an interactive
+shell (``boot --transport serial``).
+
+Built on it:
+
+* ``CrashGate``: notices crash reports (finished or still being printed) and
+  raises them as ``crashwatch.KernelCrash``; SSH steps and QMP waits call it,
+  the serial transport has one of its own.
+* ``SerialConsole``: the serial transport (framed commands), and the
+  readiness wait (``wait_ready``).
 
 Framing (labgrid style). For command CMD and a fresh random id, one line is sent::
 
@@ -36,36 +54,38 @@ shell is never sent more than one short line ahead, and a failed write is seen),
 decoded with ``base64 -d`` and sourced with ``.`` (its first line deletes it).
 The guest needs ``base64`` and a writable ``tmpdir``.
 
-The watcher sees every line read, minus the terminal's echo of a line the
-console sent (recognised verbatim), so a command that prints kernel-like text
-does not trigger on its own echo.
+The watcher sees every line, minus the terminal's echo of a line the console
+sent (recognised verbatim), so a command that prints kernel-like text does not
+trigger on its own echo.
 
 Crashes: when the watcher sees a crash signature of a kind in ``fatal_kinds``,
-the console keeps reading until the output is quiet for ``quiet`` seconds (at
-most ``settle`` seconds, within the deadline) or QEMU exits, so the report and
-whatever follows it (an oops, then the panic) are complete, then raises
-``crashwatch.KernelCrash`` (a GuestCrash, blame kernel). A deadline raises
-MachineError (blame infra) with the last ``tail_lines`` console lines, or
+the console waits until no report is open and the output is quiet for ``quiet``
+seconds (at most ``settle`` seconds, within the deadline) or QEMU exits, so the
+report and whatever follows it (an oops, then the panic) are complete, then
+raises ``crashwatch.KernelCrash`` (a GuestCrash, blame kernel). A deadline
+raises MachineError (blame infra) with the last ``tail_lines`` console lines, or
 KernelCrash if the kernel had reported a crash or warning by then. End of file
 (QEMU died) raises MachineError likewise.
 """
 from __future__ import annotations
 
 import base64
-import codecs
+import os
 import re
 import secrets
+import select
 import shlex
+import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from re import Pattern
-from typing import NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Protocol, Union
 
-import pexpect
-
-from .crashwatch import KINDS, CrashWatcher, KernelCrash, split_kernel_line
+from . import progress
+from .crashwatch import KINDS, CrashReport, CrashWatcher, KernelCrash, split_kernel_line
 from .errors import MachineError
 from .host import Deadline
 from .transport import CommandResult, Transport, as_deadline
@@ -73,10 +93,344 @@ from .transport import CommandResult, Transport, as_deadline
 MARKER = "HHMARK"
 MAX_LINE = 900
 CHUNK = 600
-READ_SIZE = 4096
-_NEWLINE = re.compile(r"\r*\n")
+QUEUE_LINES = 20000      # lines kept for the serial transport until it reads them
+TAIL_LINES = 200         # lines kept for error evidence
+RAW_KEEP = 1 << 20       # bytes kept for an interactive shell (read())
+SETTLE_S = 1.5           # after a crash signature, let the report finish
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
+
+# ------------------------------------------------------------ streams -------
+
+class ConsoleStream(Protocol):
+    """Where the console's bytes come from and go to."""
+
+    def recv(self) -> bytes:
+        """The next bytes (blocking); b"" at end of file."""
+        ...
+
+    def send(self, data: bytes) -> None: ...
+
+    def shutdown(self) -> None:
+        """Make a blocked ``recv`` return b"" (from another thread)."""
+        ...
+
+    def close(self) -> None:
+        """Release the stream (after the reading thread ended)."""
+        ...
+
+
+class SocketStream:
+    """A connected socket: QEMU's ``-serial chardev:`` UNIX socket."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def recv(self) -> bytes:
+        return self.sock.recv(65536)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def shutdown(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class FdStream:
+    """A file descriptor, e.g. a pty master (a local shell in the tests); a
+    duplicate is kept, so the caller's descriptor stays the caller's."""
+
+    def __init__(self, fd: int):
+        self.fd = os.dup(fd)
+        self._stop = False
+
+    def recv(self) -> bytes:
+        while not self._stop:
+            if select.select([self.fd], [], [], 0.1)[0]:
+                try:
+                    return os.read(self.fd, 65536)
+                except OSError:        # EIO: the other side of the pty closed
+                    return b""
+        return b""
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def shutdown(self) -> None:
+        self._stop = True
+
+    def close(self) -> None:
+        self._stop = True
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+# ------------------------------------------------------------ pipeline ------
+
+class ConsoleLine(NamedTuple):
+    """One console line as the pipeline saw it."""
+
+    no: int      # line number in console.log (from 1)
+    text: str    # the line as printed
+    scan: str    # the line minus the echo of a line the harness typed (what
+                 # the crash watcher was fed)
+
+
+class ConsoleReader:
+    """The console pipeline (see the module docstring). ``start()`` it; the
+    thread ends at end of file or ``close()``."""
+
+    def __init__(self, stream: ConsoleStream, log_path: Union[str, Path, None] = None, *,
+                 watcher: Optional[CrashWatcher] = None, queue_lines: int = QUEUE_LINES,
+                 tail_lines: int = TAIL_LINES):
+        self.stream = stream
+        # "wb": console.log is this console only, so a line number in the
+        # evidence (CrashReport.first_line_no) is a line of this file
+        self.log = open(log_path, "wb", buffering=0) if log_path is not None else None
+        self.watcher = watcher or CrashWatcher()
+        self.listeners: list = [progress.console_line] if progress.verbose() else []
+        self.lines_seen = 0
+        self.eof = False
+        self.last_data = time.monotonic()
+        self._cond = threading.Condition()
+        self._queue: deque = deque(maxlen=queue_lines)
+        self._tail: deque = deque(maxlen=tail_lines)
+        self._sent: deque = deque(maxlen=8)    # lines typed whose echo may still come
+        self._partial = b""
+        self._raw: Optional[bytearray] = None  # bytes kept for read(), once asked
+        self._closed = False
+        self._thread = threading.Thread(target=self._pump, daemon=True,
+                                        name="console-reader")
+
+    def start(self) -> ConsoleReader:
+        self._thread.start()
+        return self
+
+    # -- the reading thread ----------------------------------------------------
+    def _pump(self) -> None:
+        while True:
+            try:
+                data = self.stream.recv()
+            except (OSError, ValueError):
+                data = b""
+            if not data:
+                break
+            if self.log is not None:
+                try:
+                    self.log.write(data)
+                except (OSError, ValueError):
+                    pass
+            self._take(data)
+        self._finish()
+
+    def _take(self, data: bytes) -> None:
+        chunks = (self._partial + data).split(b"\n")
+        self._partial = chunks.pop()
+        with self._cond:
+            self.last_data = time.monotonic()
+            if self._raw is not None:
+                self._raw += data
+                del self._raw[:-RAW_KEEP]
+            lines = [self._number(raw) for raw in chunks]
+            self._cond.notify_all()
+        self._tell(lines)
+
+    def _finish(self) -> None:
+        with self._cond:
+            lines = [self._number(self._partial)] if self._partial else []
+            self._partial = b""
+            self.watcher.flush()
+            self.eof = True
+            self._cond.notify_all()
+        self._tell(lines)
+
+    def _number(self, raw: bytes) -> ConsoleLine:
+        """Number one line and feed the watcher (with the lock held)."""
+        text = raw.decode("utf-8", "replace").rstrip("\r")
+        self.lines_seen += 1
+        scan = self._without_echo(text)
+        self.watcher.feed(scan)
+        line = ConsoleLine(self.lines_seen, text, scan)
+        self._queue.append(line)
+        self._tail.append(text)
+        return line
+
+    def _without_echo(self, text: str) -> str:
+        for sent in self._sent:
+            if sent in text:
+                self._sent.remove(sent)
+                return text.replace(sent, "", 1)
+        return text
+
+    def _tell(self, lines: list) -> None:
+        for line in lines:
+            for listener in list(self.listeners):
+                try:
+                    listener(line.text)
+                except Exception:   # a listener must not stop the console
+                    pass
+
+    # -- the serial transport's side ---------------------------------------------
+    def send_line(self, text: str) -> None:
+        """Type one line; its echo is kept from the watcher. Raises OSError if
+        the console is gone."""
+        with self._cond:
+            self._sent.append(text)
+        self.stream.send((text + "\n").encode())
+
+    def next_line(self, timeout: float) -> Optional[ConsoleLine]:
+        """The oldest unread line (waiting up to ``timeout`` s); None on timeout;
+        EOFError once the console closed and every line was read."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while not self._queue:
+                if self.eof:
+                    raise EOFError
+                left = end - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+            return self._queue.popleft()
+
+    def unread(self) -> list:
+        """Take every line not read yet."""
+        with self._cond:
+            lines = list(self._queue)
+            self._queue.clear()
+        return lines
+
+    def wait_quiet(self, deadline: Deadline, quiet: float,
+                   until: Callable[[], bool] = lambda: True) -> None:
+        """Wait until nothing arrived for ``quiet`` s (counted from now at the
+        earliest) and ``until()`` holds, the console closes, or ``deadline``."""
+        start = time.monotonic()
+        with self._cond:
+            while not self.eof:
+                left = deadline.remaining()
+                idle = time.monotonic() - max(self.last_data, start)
+                if left <= 0 or (idle >= quiet and until()):
+                    return
+                self._cond.wait(min(left, max(quiet - idle, 0.05)))
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait (woken by every line) until ``predicate()`` or the timeout."""
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout)
+
+    def tail(self, lines: int = 50) -> str:
+        """The last ``lines`` console lines (the unfinished one included)."""
+        with self._cond:
+            last = list(self._tail)[-lines:]
+            partial = self._partial.decode("utf-8", "replace").rstrip("\r")
+        if partial:
+            last = last[1 - lines:] + [partial] if lines > 1 else [partial]
+        return "\n".join(last)
+
+    # -- raw bytes (an interactive shell) ------------------------------------------
+    def discard(self) -> None:
+        """Forget the bytes kept for ``read`` (and keep them from now on)."""
+        with self._cond:
+            self._raw = bytearray()
+
+    def read(self, size: int, timeout: float) -> bytes:
+        """Up to ``size`` bytes received since the first ``discard``/``read``;
+        b"" on timeout; EOFError at end of file."""
+        with self._cond:
+            if self._raw is None:
+                self._raw = bytearray()
+            if not self._raw and not self.eof:
+                self._cond.wait(timeout)
+            if self._raw:
+                out = bytes(self._raw[:size])
+                del self._raw[:size]
+                return out
+            if self.eof:
+                raise EOFError
+            return b""
+
+    def send(self, data: bytes) -> None:
+        self.stream.send(data)
+
+    # -- end -------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.stream.shutdown()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+        self.stream.close()
+        if self.log is not None:
+            self.log.close()
+
+
+# ------------------------------------------------------------ crash gate ----
+
+class CrashGate:
+    """Raises the crash reports the console shows as KernelCrash.
+
+    Pending when the watcher holds a report of a kind in ``fatal_kinds`` not
+    raised yet, or is collecting one. Raising first lets the report finish: it
+    waits until no report is open and the console was quiet for ``quiet`` s, at
+    most ``settle`` s, or the console closed. ``step_of()`` names the step the
+    KernelCrash blames. Called (``gate()``) by SSH steps and QMP waits.
+    """
+
+    def __init__(self, reader: ConsoleReader, *, fatal_kinds: Sequence[str] = KINDS,
+                 settle: float = SETTLE_S, quiet: float = 0.0,
+                 step_of: Callable[[], str] = lambda: "boot"):
+        self.reader, self.watcher = reader, reader.watcher
+        self.fatal_kinds = frozenset(fatal_kinds)
+        self.settle_s, self.quiet = settle, quiet
+        self.step_of = step_of
+        self.seen = 0    # watcher reports already raised
+
+    def pending(self) -> bool:
+        if self.watcher.open_kind in self.fatal_kinds:
+            return True
+        return any(r.kind in self.fatal_kinds for r in self.watcher.reports[self.seen:])
+
+    def wait(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a crash to show (after a lost connection);
+        gives up early when the console closed."""
+        self.reader.wait_for(lambda: self.pending() or self.reader.eof, seconds)
+        return self.pending()
+
+    def settle(self, deadline: Optional[Deadline] = None) -> None:
+        """Let the open report (and what follows it) finish."""
+        limit = Deadline(self.settle_s) if deadline is None else deadline.sub(self.settle_s)
+        self.reader.wait_quiet(limit, self.quiet, until=lambda: self.watcher.open_kind is None)
+
+    def raise_new(self, step: str, doing: str = "") -> None:
+        """Raise the reports not raised yet (closing an open one) if one is fatal."""
+        self.watcher.flush()
+        reports = self.watcher.reports
+        new: tuple = reports[self.seen:]
+        self.seen = len(reports)
+        first: Optional[CrashReport] = next(
+            (r for r in new if r.kind in self.fatal_kinds), None)
+        if first is None:
+            return
+        message = f"kernel {first.summary()} (while {doing})" if doing else ""
+        raise KernelCrash(new, step=step, message=message)
+
+    def __call__(self) -> None:
+        if self.pending():
+            self.settle()
+            self.raise_new(self.step_of())
+
+
+# ------------------------------------------------------------ transport -----
 
 class Line(NamedTuple):
     """A logical console line; ``kernel`` if it is a timestamped kernel message."""
@@ -103,38 +457,30 @@ def _needs_script(command: str, max_line: int) -> bool:
 
 
 class SerialConsole(Transport):
-    """Transport over the guest's serial console (see the module docstring).
-
-    ``spawn`` is any pexpect spawn object (``pexpect.spawn`` of a pty,
-    ``pexpect.fdpexpect.fdspawn`` of a socket), bytes or text mode. ``logfile``
-    (a path, or a file opened in the spawn's mode) receives everything read, via
-    pexpect's ``logfile_read``. The spawn stays the caller's unless ``own_spawn``.
-    """
+    """Transport over the guest's serial console (see the module docstring),
+    reading the lines of a ``ConsoleReader``. The reader stays the caller's
+    unless ``own_reader``."""
 
     name = "serial"
 
-    def __init__(self, spawn, *, logfile=None, watcher: Optional[CrashWatcher] = None,
-                 fatal_kinds: Sequence[str] = KINDS, settle: float = 5.0,
-                 quiet: float = 1.0, tail_lines: int = 50, tmpdir: str = "/tmp",
-                 max_line: int = MAX_LINE, own_spawn: bool = False):
-        self.spawn = spawn
-        self.watcher = watcher or CrashWatcher()
-        self.fatal_kinds = frozenset(fatal_kinds)
-        self.settle, self.quiet = settle, quiet
+    def __init__(self, reader: ConsoleReader, *, fatal_kinds: Sequence[str] = KINDS,
+                 settle: float = 5.0, quiet: float = 1.0, tail_lines: int = 50,
+                 tmpdir: str = "/tmp", max_line: int = MAX_LINE, own_reader: bool = False):
+        self.reader = reader
+        self.gate = CrashGate(reader, fatal_kinds=fatal_kinds, settle=settle, quiet=quiet)
+        self.quiet, self.tail_lines = quiet, tail_lines
         self.tmpdir, self.max_line = tmpdir, max_line
         self.kernel_log: list = []
-        self._tail: deque = deque(maxlen=tail_lines)
-        self._queue: deque = deque()
-        self._sent: deque = deque(maxlen=8)  # lines sent whose echo may still come
-        self._partial = ""   # read, not yet a whole line
         self._cut = ""       # shell text cut short by a kernel message
-        self._eof = False
-        self._raised = 0     # watcher reports already raised as KernelCrash
-        self._own_spawn = own_spawn
-        self._decoder = (codecs.getincrementaldecoder("utf-8")("replace")
-                         if getattr(spawn, "encoding", None) is None else None)
-        self._own_log = self._attach_log(logfile)
-        self._take_spawn_buffer()
+        self._own_reader = own_reader
+
+    @property
+    def watcher(self) -> CrashWatcher:
+        return self.reader.watcher
+
+    @property
+    def fatal_kinds(self) -> frozenset:
+        return self.gate.fatal_kinds
 
     # --- public API ---------------------------------------------------------
 
@@ -171,17 +517,15 @@ class SerialConsole(Transport):
 
     def interrupt(self) -> None:
         """Send Ctrl-C, e.g. after a command timed out."""
-        self.spawn.send("\x03")
+        self.reader.send(b"\x03")
 
     def drain(self, deadline: Union[Deadline, float], quiet: Optional[float] = None) -> tuple:
-        """Read until the guest is quiet, QEMU exits or the deadline; never raises
+        """Wait until the guest is quiet, QEMU exits or the deadline; never raises
         for a crash. Returns every report seen. Call before tearing down so that
         console.log and the watcher get the last lines."""
         deadline = as_deadline(deadline)
-        self._read_until_quiet(deadline, self.quiet if quiet is None else quiet)
-        if self._eof:
-            self.watcher.flush()
-        self._queue.clear()
+        self.reader.wait_quiet(deadline, self.quiet if quiet is None else quiet)
+        self._skip_unread()
         return self.watcher.reports
 
     @property
@@ -190,33 +534,28 @@ class SerialConsole(Transport):
         return self.watcher.reports
 
     def tail(self) -> str:
-        """The last console lines read (``tail_lines`` of them)."""
-        return "\n".join(self._tail)
+        """The last console lines (``tail_lines`` of them)."""
+        return self.reader.tail(self.tail_lines)
 
     def close(self) -> None:
-        if self._own_log is not None:
-            self.spawn.logfile_read = None
-            self._own_log.close()
-            self._own_log = None
-        if self._own_spawn and not getattr(self.spawn, "closed", True):
-            self.spawn.close()
+        if self._own_reader:
+            self.reader.close()
 
     # --- commands -----------------------------------------------------------
 
     def _exchange(self, body: str, deadline: Deadline, *, what: str,
                   strip_kernel: bool = True, null_stdin: bool = True) -> tuple:
         token = secrets.token_hex(4)
-        self._send(frame_command(token, body, null_stdin=null_stdin) + "\n", what)
+        self._send(frame_command(token, body, null_stdin=null_stdin), what)
         return self._collect(token, deadline, what, strip_kernel)
 
-    def _send(self, text: str, what: str) -> None:
-        if not self._eof:
+    def _send(self, line: str, what: str) -> None:
+        if not self.reader.eof:
             try:
-                self._sent.append(text.rstrip("\n"))
-                self.spawn.send(text)
+                self.reader.send_line(line)
                 return
             except (OSError, ValueError):
-                self._at_eof()
+                pass
         raise self._failure(f"serial console closed (QEMU exited?) before {what}")
 
     def _collect(self, token: str, deadline: Deadline, what: str,
@@ -258,84 +597,40 @@ class SerialConsole(Transport):
     def _next_line(self, deadline: Deadline, what: str) -> Line:
         while True:
             self._raise_if_crashed(deadline, what)
-            if self._queue:
-                return self._queue.popleft()
-            if self._eof:
-                raise self._failure(f"serial console closed (QEMU exited?) while {what}")
+            try:
+                line = self.reader.next_line(deadline.remaining())
+            except EOFError:
+                raise self._failure(
+                    f"serial console closed (QEMU exited?) while {what}") from None
+            if line is not None:
+                return self._logical(line)
             if deadline.expired():
                 raise self._failure(f"no answer within {deadline.seconds:.1f}s while {what}")
-            self._pump(deadline.remaining())
 
-    def _pump(self, timeout: float) -> bool:
-        """Read what arrives within ``timeout``; False on timeout or EOF."""
-        if self._eof:
-            return False
-        try:
-            data = self.spawn.read_nonblocking(READ_SIZE, timeout)
-        except pexpect.TIMEOUT:
-            return False
-        except (pexpect.EOF, ValueError, OSError):
-            self._at_eof()
-            return False
-        self._take_text(self._decoder.decode(data) if self._decoder else data)
-        return True
-
-    def _take_text(self, text: str) -> None:
-        pieces = _NEWLINE.split(self._partial + text)
-        self._partial = pieces.pop()
-        for piece in pieces:
-            self._take_line(piece.rstrip("\r"))
-
-    def _take_line(self, line: str) -> None:
-        self._tail.append(line)
-        scan = self._without_echo(line)
-        self.watcher.feed(scan)
-        split = split_kernel_line(scan)
+    def _logical(self, line: ConsoleLine) -> Line:
+        """Shell text (rejoined if a kernel message cut it) or a kernel message."""
+        split = split_kernel_line(line.scan)
         if split.message is None:
-            self._queue.append(Line(self._cut + line, False))
+            logical = Line(self._cut + line.text, False)
             self._cut = ""
-            return
+            return logical
         self._cut += split.prefix
-        kernel = scan[len(split.prefix):]
+        kernel = line.scan[len(split.prefix):]
         self.kernel_log.append(kernel)
-        self._queue.append(Line(kernel, True))
+        return Line(kernel, True)
 
-    def _without_echo(self, line: str) -> str:
-        """``line`` minus the terminal's echo of a line we sent, so that text typed
-        as part of a command is never taken for a kernel message."""
-        for sent in self._sent:
-            if sent in line:
-                self._sent.remove(sent)
-                return line.replace(sent, "", 1)
-        return line
-
-    def _at_eof(self) -> None:
-        self._eof = True
-        if self._partial:
-            self._take_line(self._partial.rstrip("\r"))
-            self._partial = ""
-        self.watcher.flush()
-
-    def _read_until_quiet(self, deadline: Deadline, quiet: float) -> None:
-        while not self._eof and not deadline.expired():
-            if not self._pump(min(quiet, deadline.remaining())):
-                return
+    def _skip_unread(self) -> None:
+        for line in self.reader.unread():
+            self._logical(line)
 
     # --- failures -----------------------------------------------------------
 
     def _raise_if_crashed(self, deadline: Deadline, what: str) -> None:
-        new = self.watcher.reports[self._raised:]
-        if self.watcher.open_kind not in self.fatal_kinds and not any(
-                r.kind in self.fatal_kinds for r in new):
+        if not self.gate.pending():
             return
-        self._read_until_quiet(deadline.sub(self.settle), self.quiet)
-        self.watcher.flush()
-        new = self.watcher.reports[self._raised:]
-        self._raised = len(self.watcher.reports)
-        self._queue.clear()
-        first = next(r for r in new if r.kind in self.fatal_kinds)
-        raise KernelCrash(new, step="serial",
-                          message=f"kernel {first.summary()} (while {what})")
+        self.gate.settle(deadline)
+        self._skip_unread()
+        self.gate.raise_new("serial", doing=what)
 
     def _failure(self, message: str) -> Exception:
         """MachineError with the console tail, or KernelCrash if the kernel complained."""
@@ -345,24 +640,3 @@ class SerialConsole(Transport):
             return KernelCrash(self.watcher.reports, step="serial", extra=tail,
                                message=f"{message}; the kernel had reported {last.summary()}")
         return MachineError(message, step="serial", evidence=tail)
-
-    # --- setup --------------------------------------------------------------
-
-    def _attach_log(self, logfile):
-        """Point the spawn's logfile_read at ``logfile``; return it if we opened it."""
-        if logfile is None:
-            return None
-        owned = None
-        if isinstance(logfile, (str, Path)):
-            binary = self._decoder is not None
-            owned = logfile = (open(logfile, "ab") if binary
-                               else open(logfile, "a", encoding="utf-8"))
-        self.spawn.logfile_read = logfile
-        return owned
-
-    def _take_spawn_buffer(self) -> None:
-        """Data the caller's own ``expect`` calls left unread is ours now."""
-        pending = getattr(self.spawn, "buffer", None)
-        if pending:
-            self.spawn.buffer = self.spawn.string_type()
-            self._take_text(self._decoder.decode(pending) if self._decoder else pending)

@@ -39,6 +39,7 @@ console replays the kernel log) does not open a second report.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,7 +154,7 @@ def format_reports(reports: Sequence[CrashReport]) -> str:
 
 
 class KernelCrash(GuestCrash):
-    """GuestCrash raised by the serial console; ``reports`` holds what was seen."""
+    """GuestCrash for crash reports seen on the console; ``reports`` holds them."""
 
     def __init__(self, reports: Sequence[CrashReport], *, step: str = "serial",
                  message: str = "", extra: str = ""):
@@ -263,7 +264,9 @@ def _last_symbol(text: str) -> Optional[str]:
 
 
 class CrashWatcher:
-    """Consumes console lines incrementally and collects CrashReports."""
+    """Consumes console lines incrementally and collects CrashReports. ``feed``
+    and ``flush`` may be called from different threads (the console reader
+    feeds, a step that gives up flushes)."""
 
     def __init__(self, *, max_lines: int = 500, post_trace_lines: int = 30):
         self.max_lines = max_lines
@@ -272,6 +275,7 @@ class CrashWatcher:
         self._open: Optional[_Open] = None
         self._reports: list = []
         self._seen: set = set()
+        self._lock = threading.RLock()
 
     @property
     def reports(self) -> tuple:
@@ -287,6 +291,10 @@ class CrashWatcher:
 
     def feed(self, line: str) -> list:
         """Take one console line (without its newline); return reports it completed."""
+        with self._lock:
+            return self._feed(line)
+
+    def _feed(self, line: str) -> list:
         self.lines_fed += 1
         split = split_kernel_line(line.rstrip("\r\n"))
         message = (split.prefix if split.message is None else split.message).rstrip()
@@ -303,7 +311,8 @@ class CrashWatcher:
 
     def flush(self) -> list:
         """End of input: close the open report, return it (as a list)."""
-        return self._close()
+        with self._lock:
+            return self._close()
 
     def _signature(self, kind: str, message: str, timestamp) -> list:
         if self._open is not None and self._open.absorbs(kind, message):

@@ -1,11 +1,13 @@
 """The QEMU machine: VmSpec -> argv (pure), and Machine, a context manager.
 
-Machine owns everything a run creates: a private run folder (mode 0700, on
-/dev/shm) holding the QMP and console sockets and the guest-RAM files, the
-QEMU process, the QMP connection and the console tap. Leaving the ``with``
+Machine owns the QEMU process and what a run creates for it: a private run
+folder (mode 0700, on /dev/shm) holding the QMP and console sockets and the
+guest-RAM files, the process, the QMP connection, and the console reader
+(``harness.console.ConsoleReader``, started on the serial socket once QEMU
+connects; the console pipeline itself lives there). Leaving the ``with``
 block, normally or by exception, SIGINT or SIGTERM, shuts QEMU down (QMP
-``quit``, then SIGKILL) and removes the folder. QEMU also gets
-PR_SET_PDEATHSIG, so it cannot outlive a harness that is killed outright.
+``quit``, then SIGKILL), closes the console and removes the folder. QEMU also
+gets PR_SET_PDEATHSIG, so it cannot outlive a harness that is killed outright.
 """
 from __future__ import annotations
 
@@ -18,22 +20,18 @@ import socket
 import stat
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
-
-import pexpect
-from pexpect.spawnbase import SpawnBase
+from typing import Callable, Optional
 
 from . import progress
+from .console import ConsoleReader, SocketStream
 from .errors import HarnessError, MachineError
 from .host import FIRMWARE, FIRMWARE_PACKAGE, Deadline, require_file, require_tool
 
 RAM_BASE = 0x40000000          # guest physical address of RAM on QEMU virt
 SHM = Path("/dev/shm")
-CONSOLE_KEEP = 1 << 20         # bytes of console kept for the serial transport
 
 
 @dataclass(frozen=True)
@@ -171,129 +169,6 @@ def sweep_run_dirs(base: Path = SHM, prefix: str = RUN_PREFIX) -> list:
     return removed
 
 
-# ------------------------------------------------------------ console -------
-
-class ConsoleTap:
-    """Reads the serial socket in a thread: tees bytes to console.log, feeds
-    whole lines to listeners (the crash watcher), and keeps a bounded buffer
-    for the serial transport's pexpect spawn."""
-
-    def __init__(self, sock: socket.socket, log_path: Path):
-        self.sock = sock
-        # "wb": console.log is this machine's console only, so a line number
-        # in the evidence (CrashReport.first_line_no) is a line of this file
-        self.log = open(log_path, "wb", buffering=0)
-        self.cond = threading.Condition()
-        self.buffer = bytearray()
-        self.eof = False
-        self.listeners = [progress.console_line] if progress.verbose() else []
-        self.lines_seen = 0
-        self._partial = b""
-        self.thread = threading.Thread(target=self._pump, daemon=True,
-                                       name="console-tap")
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def _pump(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                break
-            self.log.write(data)
-            with self.cond:
-                self.buffer += data
-                del self.buffer[:-CONSOLE_KEEP]
-                self.cond.notify_all()
-            self._lines(data)
-        with self.cond:
-            self.eof = True
-            self.cond.notify_all()
-
-    def _lines(self, data: bytes) -> None:
-        chunks = (self._partial + data).split(b"\n")
-        self._partial = chunks.pop()
-        for raw in chunks:
-            line = raw.decode("utf-8", "replace").rstrip("\r")
-            self.lines_seen += 1
-            for listener in list(self.listeners):
-                listener(line)
-
-    def read(self, size: int, timeout: float) -> bytes:
-        """Up to ``size`` buffered bytes; b"" on timeout; raises EOFError at EOF."""
-        with self.cond:
-            if not self.buffer and not self.eof:
-                self.cond.wait(timeout)
-            if self.buffer:
-                out = bytes(self.buffer[:size])
-                del self.buffer[:size]
-                return out
-            if self.eof:
-                raise EOFError
-            return b""
-
-    def discard(self) -> None:
-        with self.cond:
-            self.buffer.clear()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self.thread.join(timeout=2)
-        self.log.close()
-
-
-class TapSpawn(SpawnBase):
-    """A pexpect spawn over a ConsoleTap (what fdspawn is for a descriptor)."""
-
-    def __init__(self, tap: ConsoleTap, timeout: float = 30, logfile=None):
-        super().__init__(timeout=timeout, maxread=65536, encoding="utf-8",
-                         codec_errors="replace", logfile=logfile)
-        self.tap = tap
-        self.name = "<serial console>"
-        self.child_fd = -1
-        self.closed = False
-
-    def read_nonblocking(self, size=1, timeout=-1):
-        if timeout == -1:
-            timeout = self.timeout
-        try:
-            data = self.tap.read(size, timeout if timeout is not None else 3600)
-        except EOFError:
-            self.flag_eof = True
-            raise pexpect.EOF("console closed (QEMU exited)") from None
-        if not data:
-            raise pexpect.TIMEOUT("timeout reading the console")
-        text = self._decoder.decode(data, final=False)
-        self._log(text, "read")
-        return text
-
-    def send(self, s):
-        s = self._coerce_send_string(s)
-        self._log(s, "send")
-        b = self._encoder.encode(s, final=False)
-        self.tap.send(b)
-        return len(b)
-
-    def sendline(self, s=""):
-        return self.send(s + "\n")
-
-    def isalive(self):
-        return not self.tap.eof
-
-    def close(self):
-        self.closed = True
-
-
 # ------------------------------------------------------------ machine -------
 
 def _pdeathsig() -> None:  # runs in the child, before exec
@@ -319,15 +194,21 @@ class Machine:
         self.boot_timeout = boot_timeout
         self.proc: subprocess.Popen | None = None
         self.qmp = None
-        self.tap: ConsoleTap | None = None
+        self.reader: ConsoleReader | None = None
         self.times = MachineTimes()
         self.argv = qemu_argv(spec)
         self.stderr_path = self.out_dir / "qemu.stderr"
         self.console_log = self.out_dir / "console.log"
         self._closed = False
-        # set by the session: raises KernelCrash when the console shows one, so a
-        # QMP wait ends at once with blame on the kernel (not at its timeout)
-        self.crash_check = None
+        # set by the session (a console.CrashGate): raises KernelCrash when the
+        # console shows one, so a QMP wait ends at once with blame on the kernel
+        # (not at its timeout)
+        self.crash_check: Callable[[], None] | None = None
+
+    @property
+    def tap(self) -> ConsoleReader | None:
+        """The console reader (its older name, still used by callers)."""
+        return self.reader
 
     # -- launch ------------------------------------------------------------
     def __enter__(self) -> Machine:
@@ -371,6 +252,9 @@ class Machine:
             listener.close()
 
     def _reset_for_retry(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
         try:
             self.qmp.close()
         except Exception:
@@ -399,17 +283,16 @@ class Machine:
                 conn, _ = listener.accept()
                 break
             except socket.timeout:
-                self._check_alive("connecting to the console")
+                self.check_alive("connecting to the console")
                 if deadline.expired():
                     raise MachineError("QEMU did not connect to the console socket",
                                        step="boot", evidence=self._stderr_tail()) from None
         conn.settimeout(None)
-        self.tap = ConsoleTap(conn, self.console_log)
-        self.tap.start()
+        self.reader = ConsoleReader(SocketStream(conn), self.console_log).start()
         try:
             self.qmp.accept(timeout=max(deadline.remaining(), 1.0))
         except Exception as e:  # qemu.qmp raises several kinds
-            self._check_alive("connecting QMP")
+            self.check_alive("connecting QMP")
             raise MachineError(f"QMP connection failed: {e}", step="boot",
                                evidence=self._stderr_tail()) from e
 
@@ -417,7 +300,17 @@ class Machine:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def _check_alive(self, doing: str, step: str = "boot") -> None:
+    def wait_exit(self, seconds: float) -> None:
+        """Give a QEMU that is on its way out up to ``seconds`` to exit."""
+        end = time.monotonic() + seconds
+        while self.alive() and time.monotonic() < end:
+            time.sleep(0.05)
+
+    def check_alive(self, doing: str, step: str = "boot", grace: float = 0.0) -> None:
+        """MachineError with QEMU's exit code, stderr and console tail if QEMU
+        exited; waits up to ``grace`` s for it to exit (a connection may drop
+        just before QEMU does)."""
+        self.wait_exit(grace)
         if self.proc is not None and self.proc.poll() is not None:
             raise MachineError(
                 f"QEMU exited with code {self.proc.returncode} while {doing}",
@@ -439,10 +332,6 @@ class Machine:
             return ""
         return "\n".join(l.rstrip("\r") for l in text.splitlines()[-lines:])
 
-    def spawn(self, timeout: float = 30) -> TapSpawn:
-        """A pexpect spawn over the serial console."""
-        return TapSpawn(self.tap, timeout=timeout)
-
     # -- QMP -------------------------------------------------------------------
     def qmp_cmd(self, name: str, **args):
         from qemu.qmp import ExecuteError
@@ -462,16 +351,13 @@ class Machine:
         then QEMU gone (MachineError)."""
         if self.crash_check is not None:
             self.crash_check()
-        self._check_alive(doing, step="qmp")
+        self.check_alive(doing, step="qmp")
 
     def _qmp_lost(self, name: str, exc: Exception) -> None:
         """After a broken QMP call: a kernel crash on the console (KernelCrash),
         QEMU gone (MachineError with its exit code, stderr and console tail, as
         for an SSH step), else a MachineError naming the call."""
-        for _ in range(40):      # the socket may close just before QEMU exits
-            if not self.alive():
-                break
-            time.sleep(0.05)
+        self.wait_exit(2.0)      # the socket may close just before QEMU exits
         self._guard(f"running QMP {name}")
         raise MachineError(f"QMP {name}: the connection failed: "
                            f"{type(exc).__name__}: {exc}", step="qmp",
@@ -504,8 +390,8 @@ class Machine:
         try:
             self._stop_qemu()
         finally:
-            if self.tap is not None:
-                self.tap.close()
+            if self.reader is not None:
+                self.reader.close()
             if self.qmp is not None:
                 try:
                     self.qmp.close()

@@ -1,8 +1,11 @@
 """The only module that wires the stages together: artifacts -> booted guest.
 
-``boot(art, opts)`` is a context manager yielding a ``Guest``: the Machine, the
-serial console, the SSH transport (unless disabled) and the console's crash
-watcher, which sees every console line whichever transport runs the steps.
+``boot(art, opts)`` is a context manager yielding a ``Guest``: the Machine (the
+QEMU process, its QMP connection and console reader), the serial console, the
+SSH transport (unless disabled) and the console's one crash watcher, which sees
+every console line whichever transport runs the steps. A crash on the console
+ends an SSH step or a QMP wait through a ``console.CrashGate`` naming the
+guest's current step.
 """
 from __future__ import annotations
 
@@ -17,15 +20,13 @@ from typing import Optional
 
 from . import guest_image, progress
 from .build import KernelArtifacts
-from .console import SerialConsole
-from .crashwatch import CrashWatcher, KernelCrash
+from .console import SETTLE_S, ConsoleReader, CrashGate, SerialConsole
+from .crashwatch import CrashWatcher
 from .errors import MachineError
 from .host import Deadline
 from .machine import Machine, VmSpec, free_port, make_run_dir
 from .ssh import SshTransport, generate_key
 from .transport import CommandResult, Transport
-
-SETTLE_S = 1.5   # after a crash signature, let the report finish before raising
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class BootOptions:
 
 @dataclass
 class Guest:
+    """A booted guest: the machine, both transports, the console's one crash
+    watcher, and the step being run (which a KernelCrash blames)."""
+
     machine: Machine
     console: SerialConsole
     ssh: Optional[SshTransport]
@@ -53,11 +57,16 @@ class Guest:
     out_dir: Path
     times: dict = field(default_factory=dict)
     step: str = "boot"
-    line_offset: int = 0   # console lines read before the watcher was attached
+
+    @property
+    def reader(self) -> ConsoleReader:
+        """The console pipeline (numbered lines, listeners, raw bytes)."""
+        return self.console.reader
 
     def console_line(self) -> int:
-        """The crash watcher's current line number (CrashReport.first_line_no)."""
-        return self.machine.tap.lines_seen - self.line_offset
+        """Lines the console has shown so far (CrashReport.first_line_no counts
+        the same lines: console.log's)."""
+        return self.reader.lines_seen
 
     def run(self, command: str, deadline=30.0, via: Optional[Transport] = None
             ) -> CommandResult:
@@ -91,53 +100,6 @@ class Guest:
         """Name the current step, and write a marker line into the kernel log."""
         self.step = step
         self.run(f"echo 'harness: step {step}' > /dev/kmsg", 10)
-
-
-class CrashGate:
-    """For SSH: notices crash reports on the console (finished or still being
-    printed) and raises them as KernelCrash."""
-
-    def __init__(self, watcher: CrashWatcher, guest_ref: list, tap=None):
-        self.watcher, self.guest_ref, self.tap, self.seen = watcher, guest_ref, tap, 0
-
-    def pending(self) -> bool:
-        return (len(self.watcher.reports) > self.seen
-                or self.watcher.open_kind is not None)
-
-    def wait(self, seconds: float) -> bool:
-        """Wait up to ``seconds`` for a crash to show (after a lost connection)."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            if self.pending():
-                return True
-            time.sleep(0.05)
-        return self.pending()
-
-    def __call__(self) -> None:
-        if not self.pending():
-            return
-        end = time.monotonic() + SETTLE_S  # let the trace arrive
-        while time.monotonic() < end and self.watcher.open_kind is not None:
-            if self.tap is not None and self.tap.eof:
-                break
-            time.sleep(0.05)
-        if self.watcher.open_kind is not None:
-            self.watcher.flush()
-        reports = self.watcher.reports
-        new = reports[self.seen:]
-        self.seen = len(reports)
-        step = self.guest_ref[0].step if self.guest_ref else "boot"
-        raise KernelCrash(new, step=step)
-
-
-def _qemu_alive(machine: Machine, guest_ref: list) -> None:
-    """MachineError with QEMU's exit code, stderr and console tail if it died."""
-    step = guest_ref[0].step if guest_ref else "boot"
-    for _ in range(20):   # the connection may drop just before QEMU exits
-        if not machine.alive():
-            break
-        time.sleep(0.05)
-    machine._check_alive(f"running step {step!r}")
 
 
 def _sigterm_as_interrupt():
@@ -186,10 +148,8 @@ def boot(art: KernelArtifacts, opts: BootOptions, out_dir: Path, progress=True):
 
 def _bring_up(machine: Machine, key, opts: BootOptions, out_dir: Path) -> Guest:
     deadline = Deadline(opts.boot_timeout)
-    watcher = CrashWatcher()
-    offset = machine.tap.lines_seen
-    machine.tap.listeners.append(watcher.feed)
-    console = SerialConsole(machine.spawn(), settle=SETTLE_S)
+    reader = machine.reader
+    console = SerialConsole(reader, settle=SETTLE_S)
     times = {}
     try:
         ready = console.wait_ready(deadline)
@@ -200,17 +160,16 @@ def _bring_up(machine: Machine, key, opts: BootOptions, out_dir: Path) -> Guest:
     words = ready.split()
     if "uptime" in words[:-1]:   # the guest's own clock: kernel + init time
         times["guest_uptime_at_ready_s"] = float(words[words.index("uptime") + 1])
-    guest_ref: list = []
-    gate = CrashGate(watcher, guest_ref, machine.tap)
+    guest = Guest(machine, console, None, reader.watcher, console, out_dir, times)
+    gate = CrashGate(reader, settle=SETTLE_S, step_of=lambda: guest.step)
     machine.crash_check = gate     # QMP waits end at a crash too
-    ssh = None
     if opts.ssh:
         ssh = SshTransport(machine.spec.ssh_port, key, crash_check=gate,
-                           alive_check=lambda: _qemu_alive(machine, guest_ref))
-        ssh.connect(deadline, alive=lambda: machine._check_alive("connecting SSH"))
+                           alive_check=lambda: machine.check_alive(
+                               f"running step {guest.step!r}", grace=1.0))
+        ssh.connect(deadline, alive=lambda: machine.check_alive("connecting SSH"))
         times["boot_to_ssh_s"] = time.monotonic() - machine.times.launched
-    transport = ssh if (opts.transport == "ssh" and ssh) else console
-    guest = Guest(machine, console, ssh, watcher, transport, out_dir, times,
-                  line_offset=offset)
-    guest_ref.append(guest)
+        guest.ssh = ssh
+        if opts.transport == "ssh":
+            guest.transport = ssh
     return guest

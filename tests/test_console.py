@@ -1,5 +1,7 @@
-"""SerialConsole framing, kernel-line handling and crash detection, driven through
-a real local /bin/sh on a pty (pexpect.spawn): no QEMU needed."""
+"""The console pipeline (ConsoleReader, CrashGate) and the SerialConsole
+transport built on it: framing, kernel-line handling and crash detection, driven
+through a real local /bin/sh on a pty (pexpect.spawn) or a replayed recording
+(tests/fakes.ReplayStream): no QEMU needed."""
 from __future__ import annotations
 
 import os
@@ -9,8 +11,16 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from fakes import ReplayStream, replay_reader
 from harness import console as console_module
-from harness.console import MAX_LINE, SerialConsole, frame_command
+from harness.console import (
+    MAX_LINE,
+    ConsoleReader,
+    CrashGate,
+    FdStream,
+    SerialConsole,
+    frame_command,
+)
 from harness.crashwatch import KernelCrash
 from harness.errors import CommandError, GuestCrash, MachineError
 from harness.host import Deadline
@@ -29,12 +39,13 @@ def spawn_shell(tmp_path, *args, encoding=None):
 def make_console(tmp_path):
     made = []
 
-    def make(*args, encoding=None, **kw):
-        child = spawn_shell(tmp_path, *args, encoding=encoding)
+    def make(*args, **kw):
+        child = spawn_shell(tmp_path, *args)
         kw.setdefault("quiet", 0.2)
         kw.setdefault("settle", 2.0)
         kw.setdefault("tmpdir", str(tmp_path))
-        console = SerialConsole(child, logfile=tmp_path / "console.log", **kw)
+        reader = ConsoleReader(FdStream(child.child_fd), tmp_path / "console.log").start()
+        console = SerialConsole(reader, own_reader=True, **kw)
         made.append((console, child))
         return console
 
@@ -134,8 +145,7 @@ def test_echo_off(console, tmp_path):
     assert "eval 'echo quiet please'" not in log_text(tmp_path)
 
 
-def test_text_mode_spawn(make_console):
-    console = make_console(encoding="utf-8")
+def test_utf8_output(console):
     assert console.run("echo héllo", T).stdout == "héllo\n"
 
 
@@ -273,13 +283,15 @@ def test_wait_ready_timeout(make_console):
     assert "HARNESS-READY" in info.value.message and "booting" in info.value.evidence
 
 
-def test_spawn_buffer_left_by_expect_is_used(tmp_path, make_console):
+def test_lines_read_before_the_transport_exists_are_kept(tmp_path):
     child = spawn_shell(tmp_path, "-c", "echo one; echo two; exec /bin/sh -i")
-    child.expect("one")
-    console = SerialConsole(child, quiet=0.2)
+    reader = ConsoleReader(FdStream(child.child_fd)).start()
     try:
+        assert reader.wait_for(lambda: reader.lines_seen >= 2, T)
+        console = SerialConsole(reader, quiet=0.2)
         assert console.wait_ready(T, pattern="^two$") == "two"
     finally:
+        reader.close()
         child.close(force=True)
 
 
@@ -295,35 +307,10 @@ def test_drain_collects_late_reports_without_raising(make_console):
 DATA = Path(__file__).parent / "data"
 
 
-class ReplaySpawn:
-    """Stands in for a pexpect spawn: serves a recorded console.log in small chunks."""
-
-    encoding = None
-    string_type = bytes
-
-    def __init__(self, data: bytes, chunk: int = 37):
-        self.chunks = [data[i:i + chunk] for i in range(0, len(data), chunk)]
-        self.buffer = b""
-        self.logfile_read = None
-        self.sent = []
-        self.closed = False
-
-    def send(self, text):
-        self.sent.append(text)
-
-    def read_nonblocking(self, size, timeout):
-        if not self.chunks:
-            raise pexpect.EOF("end of recording")
-        data = self.chunks.pop(0)
-        if self.logfile_read is not None:
-            self.logfile_read.write(data)
-        return data
-
-
-def replay(name, token, monkeypatch, **kw):
+def replay(name, token, monkeypatch, logfile=None, **kw):
     monkeypatch.setattr(console_module.secrets, "token_hex", lambda n: token)
-    spawn = ReplaySpawn((DATA / name).read_bytes())
-    return SerialConsole(spawn, quiet=0.05, settle=1.0, **kw)
+    reader = ConsoleReader(ReplayStream.of(name), logfile).start()
+    return SerialConsole(reader, quiet=0.05, settle=1.0, own_reader=True, **kw)
 
 
 def test_replay_oops_mid_output(monkeypatch):
@@ -361,3 +348,111 @@ def test_replay_panic_then_eof_is_guest_crash(monkeypatch):
     assert info.value.report.kind == "panic"
     assert info.value.report.lines[-1] == "Memory Limit: none"
 
+
+
+# --- the pipeline: one reader, one watcher, numbered lines ----------------------
+
+def test_reader_numbers_lines_as_in_console_log(tmp_path):
+    """Every report's first_line_no is its line in console.log, whatever the
+    chunking (ReplayStream cuts lines in 37-byte pieces)."""
+    reader = replay_reader("console-warn-hotplug.log", tmp_path / "console.log")
+    reader.stream.release_all()
+    try:
+        assert reader.wait_for(lambda: reader.eof, T)
+        log = (tmp_path / "console.log").read_bytes()
+        assert log == (DATA / "console-warn-hotplug.log").read_bytes()
+        lines = log.decode().split("\n")
+        assert reader.lines_seen == len(lines) - (lines[-1] == "")
+        reports = reader.watcher.reports
+        assert [r.kind for r in reports] == ["warning", "oops"]
+        for r in reports:
+            assert r.lines[0] in lines[r.first_line_no - 1]
+    finally:
+        reader.close()
+
+
+def test_reader_listeners_unread_lines_and_tail():
+    seen = []
+    data = b"one\r\ntwo\r\n[    1.000000] three\r\nfour"   # no newline at the end
+    reader = ConsoleReader(ReplayStream(data, chunk=5))
+    reader.listeners.append(seen.append)
+    reader.listeners.append(lambda line: 1 / 0)   # a broken listener is ignored
+    reader.start()
+    try:
+        assert reader.wait_for(lambda: reader.eof, T)
+        assert seen == ["one", "two", "[    1.000000] three", "four"]
+        assert [(l.no, l.text) for l in reader.unread()] == [
+            (1, "one"), (2, "two"), (3, "[    1.000000] three"), (4, "four")]
+        assert reader.tail(2) == "[    1.000000] three\nfour"
+        with pytest.raises(EOFError):
+            reader.next_line(0.1)
+    finally:
+        reader.close()
+
+
+def test_reader_keeps_the_echo_of_a_sent_line_from_the_watcher():
+    """A typed line that looks like a kernel message, echoed back, is no crash;
+    the same text printed by the kernel is."""
+    typed = "echo '[   15.000000] Kernel panic - not syncing: typed'"
+    echo = f"# {typed}\r\n".encode()
+    stream = ReplayStream(b"HARNESS-READY\r\n" + echo
+                          + b"[   16.000000] Kernel panic - not syncing: real\r\n")
+    reader = ConsoleReader(stream).start()
+    try:
+        assert reader.wait_for(lambda: reader.lines_seen >= 1, T)
+        reader.send_line(typed)          # releases the rest of the recording
+        assert reader.wait_for(lambda: reader.eof, T)
+        assert [r.title for r in reader.watcher.reports] == [
+            "Kernel panic - not syncing: real"]
+        assert [l.scan for l in reader.unread()][1] == "# "
+    finally:
+        reader.close()
+
+
+def test_raw_bytes_for_an_interactive_shell():
+    stream = ReplayStream(b"HARNESS-READY\r\n# ", chunk=4)
+    reader = ConsoleReader(stream)
+    reader.discard()                     # keep raw bytes from the start
+    stream.release_all()
+    reader.start()
+    try:
+        got = b""
+        for _ in range(20):
+            got += reader.read(3, T)
+            if len(got) >= len(stream.data):
+                break
+        assert got == stream.data
+        with pytest.raises(EOFError):
+            reader.read(10, T)
+    finally:
+        reader.close()
+
+
+def test_crash_gate_raises_each_report_once_naming_the_step():
+    reader = replay_reader("console-warn-hotplug.log")
+    step = ["remove dimm1"]
+    gate = CrashGate(reader, step_of=lambda: step[0])
+    try:
+        gate()                            # nothing shown yet: HARNESS-READY only
+        reader.stream.release_all()
+        assert gate.wait(T)
+        with pytest.raises(KernelCrash) as info:
+            gate()
+        assert info.value.step == "remove dimm1" and info.value.blame == "kernel"
+        assert [r.kind for r in info.value.reports] == ["warning", "oops"]
+        assert not gate.pending()
+        gate()                            # already raised: nothing new
+    finally:
+        reader.close()
+
+
+def test_crash_gate_wait_ends_when_the_console_closes():
+    reader = replay_reader(b"HARNESS-READY\r\nbye\r\n")
+    gate = CrashGate(reader)
+    try:
+        reader.stream.release_all()
+        start = time.monotonic()
+        assert gate.wait(5.0) is False
+        assert time.monotonic() - start < 2.0
+    finally:
+        reader.close()
