@@ -455,6 +455,7 @@ class _Agent:
         self.counts = {"free": 0, "free_dup": 0, "clear": 0, "watch_other": 0, "tlbi": 0,
                        "other": 0}
         self.calibrated = None
+        self.swapper_bp = None             # set_swapper_pgd breakpoint (root entries)
 
     # -- output
     def emit(self, d: dict) -> None:
@@ -615,6 +616,26 @@ class _Agent:
                 self.watches[wp.number] = (w, wp, old)
                 self.bps.append(wp)
                 self.event(w)
+                if spec["root_pa"] <= link.entry_pa < root_end:
+                    self.watch_root_writes()
+
+    def watch_root_writes(self) -> None:
+        """swapper_pg_dir is read-only in the kernel image: arm64 writes its
+        entries through a fixmap alias (set_pgd -> set_swapper_pgd ->
+        pgd_set_fixmap), which a watchpoint on the image address never sees.
+        So the write is observed at set_swapper_pgd(pgdp, pgd) instead: x0 is
+        the image address of the entry (the watch's entry_va), x1 the value."""
+        if self.swapper_bp is not None:
+            return
+        try:
+            addr = self.sym_addr("set_swapper_pgd")
+        except Exception:          # not in this kernel: the watchpoint stays alone
+            self.swapper_bp = False
+            return
+        bp = self.gdb.Breakpoint(f"*{addr:#x}", internal=True)
+        self.roles[bp.number] = "set_swapper_pgd"
+        self.bps.append(bp)
+        self.swapper_bp = bp
 
     # -- the loop
     def on_stop(self, ev) -> None:
@@ -655,6 +676,8 @@ class _Agent:
         if "watch" in roles:
             for n in roles["watch"]:
                 self.on_watch(n)
+        if "set_swapper_pgd" in roles:
+            self.on_swapper_write()
         if "tlbi" in roles:
             self.on_tlbi(roles["tlbi"])
         if "free_pages" in roles:
@@ -667,14 +690,29 @@ class _Agent:
             self.counts["other"] += 1
 
     def on_watch(self, number: int) -> None:
+        w, _wp, _old = self.watches[number]
+        new = int.from_bytes(self.mem.read(w.link.entry_pa, 8), "little")
+        self.record_write(number, new, self.reg("pc"))
+
+    def on_swapper_write(self) -> None:
+        """At set_swapper_pgd's entry: the write is about to happen through the
+        fixmap; the caller (lr) is the code that clears the entry."""
+        entry_va, new = self.reg("x0"), self.reg("x1")
+        number = next((n for n, (w, _wp, _old) in self.watches.items()
+                       if w.entry_va == entry_va), None)
+        if number is None:
+            self.counts["other"] += 1
+            return
+        self.record_write(number, new, self.reg("lr"))
+
+    def record_write(self, number: int, new: int, pc: int) -> None:
+        """A watched entry was written: a Clear unless it still links its table."""
         w, wp, old = self.watches[number]
         link = w.link
-        new = int.from_bytes(self.mem.read(link.entry_pa, 8), "little")
         codec = self.walker._Codec(self.geo)
         if new & 3 == 3 and codec.addr(new) == link.table_pa:
             self.counts["watch_other"] += 1
             return
-        pc = self.reg("pc")
         c = self.order.Clear(self.next_seq(), self.step, link.table_pa, w.entry_va,
                              old=old, new=new, pc=pc, pc_sym=self.symbolise(pc))
         self.event(c)

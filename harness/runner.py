@@ -63,7 +63,7 @@ def run_method(name: str, art: KernelArtifacts, ropts: RunOptions,
     if not getattr(module, "ORDER_CHECKS", True):    # e.g. race: gdb would serialise it
         ropts = replace(ropts, order_check="off")
     bopts = module.boot_options(replace(ropts.boot, mode=module.MODE,
-                                        gdb=ropts.order_check != "off"))
+                                        gdb=ropts.order_check != "off"), art.kconfig)
     state = {"rec": None, "error": None, "crashes": (), "offset": 0,
              "required": tuple(getattr(module, "REQUIRED_CHECKS", ())),
              "options": _recorded_options(module, ropts)}

@@ -224,12 +224,12 @@ def test_runner_keeps_the_steps_of_an_interrupted_method(monkeypatch, tmp_path):
         rec.step("online 0x80000000", lambda: (_ for _ in ()).throw(signals.Terminated()))
 
     module = SimpleNamespace(NAME="probe", MODE="dt", Options=FakeOptions, drive=drive,
-                             boot_options=lambda b: b)
+                             boot_options=lambda b, kconfig=None: b)
     monkeypatch.setattr(runner, "boot", boot)
     monkeypatch.setitem(runner.METHODS, "probe", module)
     ropts = runner.RunOptions(methods=("probe", "virtio-mem"))
     with pytest.raises(signals.Terminated) as e:
-        runner.run_all(SimpleNamespace(), ropts, tmp_path)
+        runner.run_all(SimpleNamespace(kconfig={}), ropts, tmp_path)
     assert closed == [True]
     run = e.value.runs[0]
     assert [(s.name, s.ok) for s in run.steps] == [("add 0x80000000", True),

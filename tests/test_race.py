@@ -54,3 +54,19 @@ def test_summary_says_why_order_checks_are_off_for_race():
     text = report.summary(rep)
     assert "order checks: off (race: gdb stops would serialise the concurrency it " \
            "needs) for race" in text
+
+
+@pytest.mark.parametrize("page,visible,movable,block", [
+    ("CONFIG_ARM64_4K_PAGES", 1024, 256, 128), ("CONFIG_ARM64_16K_PAGES", 1024, 256, 128),
+    ("CONFIG_ARM64_64K_PAGES", 2048, 1024, 512)])
+def test_probe_layout_follows_the_kernels_block_size(page, visible, movable, block):
+    """arch/arm64/include/asm/sparsemem.h: 512 MiB sections with 64K pages; a
+    whole movable boot block free of early reservations needs 2 of 4 blocks."""
+    from harness.hotplug import probe
+    from harness.session import BootOptions
+    kconfig = {page: "y"}
+    assert probe.layout(kconfig) == (visible, movable, block)
+    opts = probe.boot_options(BootOptions(), kconfig)
+    assert opts.mem_mb == visible + probe.HIDDEN_MB
+    assert f"mem={visible}M" in opts.cmdline and f"movablecore={movable}M" in opts.cmdline
+    assert race.boot_options(BootOptions(), kconfig) == opts

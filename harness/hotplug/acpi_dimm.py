@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from ..inspect import sysfs
 from ..session import BootOptions
@@ -32,7 +33,7 @@ class Options:
     fill_mb: int = 128           # data written into the hot-added memory
 
 
-def boot_options(base: BootOptions) -> BootOptions:
+def boot_options(base: BootOptions, kconfig: Optional[dict] = None) -> BootOptions:
     return base
 
 

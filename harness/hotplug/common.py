@@ -327,6 +327,27 @@ def struct_page_geometry(linear, vmemmap, granule: int) -> dict:
                                      "Linear Mapping and vmemmap bounds)"}
 
 
+def section_mb(kconfig: dict) -> int:
+    """The memory block (= section) size the kernel will use, from its config,
+    as arch/arm64/include/asm/sparsemem.h sets it in 6.12: SECTION_SIZE_BITS 29
+    (512 MiB) with 64K pages, 27 (128 MiB) with 4K and 16K. What a method must
+    know before boot (memory layout); the booted kernel's block_size_bytes is
+    checked against it (check_section_size)."""
+    return 512 if (kconfig or {}).get("CONFIG_ARM64_64K_PAGES") == "y" else 128
+
+
+def check_section_size(rec: Recorder, want_mb: int) -> int:
+    """block_size_bytes of the booted kernel; an error if the layout chosen at
+    boot (section_mb) assumed another size."""
+    bs = block_size(rec)
+    if bs != want_mb << 20:
+        raise HarnessError(f"the memory layout was sized for {want_mb} MiB blocks, "
+                           f"but the kernel's block_size_bytes is {bs >> 20} MiB "
+                           "(harness.hotplug.common.section_mb is out of date for "
+                           "this kernel)", step="layout")
+    return bs
+
+
 def block_size(rec: Recorder) -> int:
     return int(rec.sh(f"cat {MEMROOT}/block_size_bytes").strip(), 16)
 

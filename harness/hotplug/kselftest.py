@@ -9,6 +9,7 @@ lines: hot-added blocks must pass, boot blocks failing is expected.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from .. import source as src
 from ..session import BootOptions
@@ -30,7 +31,7 @@ class Options:
     cycles: int = 1
 
 
-def boot_options(base: BootOptions) -> BootOptions:
+def boot_options(base: BootOptions, kconfig: Optional[dict] = None) -> BootOptions:
     # The script onlines with plain "online": let the kernel pick ZONE_MOVABLE
     # (as online_movable would), or the block can never be offlined again.
     from dataclasses import replace

@@ -11,15 +11,18 @@ refuse to offline it).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 
+from ..errors import HarnessError
 from ..session import BootOptions
 from .common import (
     MEMROOT,
     REMOVAL_CHECKS,
     Recorder,
-    block_size,
     blocks_in,
+    check_section_size,
+    section_mb,
     set_state,
     try_bootmem_offline,
 )
@@ -27,17 +30,24 @@ from .common import (
 NAME = "probe"
 MODE = "dt"
 REQUIRED_CHECKS = REMOVAL_CHECKS + ("bootmem-not-removable",)
-VISIBLE_MB = 1024       # what mem= leaves to the kernel at boot
-HIDDEN_MB = 1024        # RAM beyond it, probed at run time (2 blocks of 512 MiB with 64K pages)
+HIDDEN_MB = 1024        # RAM beyond mem=, probed at run time (2 blocks of 512 MiB with 64K pages)
 RAM_BASE = 0x40000000
 # the other linear-map shape: with rodata=full the linear map (hot-added memory
 # included) is mapped with pages, so a removal frees PTE tables (64 per 128 MiB
 # block), where the other methods' block-mapped removals free a PMD table at most
 PAGE_MAPPED = "rodata=full"
-# arm64's boot-memory rule is reached only by offlining a whole boot block in
-# ZONE_MOVABLE: 512 MiB is one block with 64K pages (SECTION_SIZE_BITS 29), four
-# with 4K or 16K (27); common.BOOTMEM_MOVABLE's 256 MiB covers no 64K block
-BOOTMEM_MOVABLE_PROBE = "movablecore=512M"
+
+
+def layout(kconfig: Optional[dict] = None) -> tuple[int, int, int]:
+    """(visible MiB, movable MiB, block MiB) for this kernel's memory blocks.
+
+    arm64's boot-memory rule is reached only by offlining a whole boot block in
+    ZONE_MOVABLE that holds no memblock reservation (early allocations come
+    top-down, the kernel image sits low): ``movablecore=`` covers two blocks,
+    and the boot memory holds at least four. 4K/16K (128 MiB blocks): mem=1024M,
+    movablecore=256M; 64K (512 MiB blocks): mem=2048M, movablecore=1024M."""
+    block = section_mb(kconfig or {})
+    return max(1024, 4 * block), 2 * block, block
 
 
 @dataclass(frozen=True)
@@ -47,11 +57,16 @@ class Options:
     online_type: str = "online_movable"
 
 
-def boot_options(base: BootOptions) -> BootOptions:
-    from dataclasses import replace
-    return replace(base, mode=MODE, mem_mb=VISIBLE_MB + HIDDEN_MB,
-                   cmdline=base.cmdline + (f"mem={VISIBLE_MB}M", BOOTMEM_MOVABLE_PROBE,
+def boot_options(base: BootOptions, kconfig: Optional[dict] = None) -> BootOptions:
+    visible, movable, _block = layout(kconfig)
+    return replace(base, mode=MODE, mem_mb=visible + HIDDEN_MB,
+                   cmdline=base.cmdline + (f"mem={visible}M", f"movablecore={movable}M",
                                            PAGE_MAPPED))
+
+
+def hidden_base(phase) -> int:
+    """Where the hidden RAM starts: the end of the boot System RAM."""
+    return max(end for _start, end in phase.system_ram)
 
 
 def drive(rec: Recorder, opts: Options) -> None:
@@ -59,12 +74,11 @@ def drive(rec: Recorder, opts: Options) -> None:
     if not have.ok:
         raise_missing(rec)
     before = rec.phase("before", leak=opts.cycles > 1)
-    bs = block_size(rec)
+    bs = check_section_size(rec, layout(rec.art.kconfig)[2])
     if opts.blocks * bs > HIDDEN_MB << 20:
-        from ..errors import HarnessError
         raise HarnessError(f"{opts.blocks} blocks of {bs >> 20} MiB do not fit in the "
                            f"{HIDDEN_MB} MiB hidden with mem=", step="probe")
-    base = RAM_BASE + (VISIBLE_MB << 20)
+    base = hidden_base(before)
     addrs = [base + i * bs for i in range(opts.blocks)]
     for cycle in range(1, opts.cycles + 1):
         suffix = "" if cycle == 1 else f"@{cycle}"
@@ -92,7 +106,6 @@ def drive(rec: Recorder, opts: Options) -> None:
 
 
 def raise_missing(rec: Recorder) -> None:
-    from ..errors import HarnessError
     raise HarnessError(
         f"{MEMROOT}/probe or remove is missing: this kernel lacks "
         "patches/0001 (ARCH_MEMORY_PROBE) or 0002 (memory/remove)",

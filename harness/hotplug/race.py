@@ -37,20 +37,22 @@ serialise the very concurrency this scenario needs (``ORDER_CHECKS = False``).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Optional
 
 from ..errors import KERNEL, HarnessError
 from ..session import BootOptions
+from . import probe
 from .common import (
     MEMROOT,
     PTDUMP,
     REMOVAL_CHECKS,
     Recorder,
-    block_size,
     blocks_in,
+    check_section_size,
     set_state,
 )
-from .probe import HIDDEN_MB, PAGE_MAPPED, RAM_BASE, VISIBLE_MB, raise_missing
+from .probe import HIDDEN_MB, raise_missing
 
 NAME = "race"
 MODE = "dt"
@@ -70,9 +72,9 @@ class Options:
     online_type: str = "online_movable"
 
 
-def boot_options(base: BootOptions) -> BootOptions:
-    return replace(base, mode=MODE, mem_mb=VISIBLE_MB + HIDDEN_MB,
-                   cmdline=base.cmdline + (f"mem={VISIBLE_MB}M", PAGE_MAPPED))
+def boot_options(base: BootOptions, kconfig: Optional[dict] = None) -> BootOptions:
+    """The probe method's boot: mem= hides 1 GiB, rodata=full."""
+    return probe.boot_options(base, kconfig)
 
 
 def load_script(readers: int = READERS, pressure_mb: int = PRESSURE_MB) -> str:
@@ -126,12 +128,12 @@ def drive(rec: Recorder, opts: Options) -> None:
     have = rec.guest.run(f"test -e {MEMROOT}/probe && test -e {MEMROOT}/remove", 10)
     if not have.ok:
         raise_missing(rec)
-    rec.phase("before")
-    bs = block_size(rec)
+    before = rec.phase("before")
+    bs = check_section_size(rec, probe.layout(rec.art.kconfig)[2])
     if opts.blocks * bs > HIDDEN_MB << 20:
         raise HarnessError(f"{opts.blocks} blocks of {bs >> 20} MiB do not fit in the "
                            f"{HIDDEN_MB} MiB hidden with mem=", step="race")
-    base = RAM_BASE + (VISIBLE_MB << 20)
+    base = probe.hidden_base(before)
     addrs = [base + i * bs for i in range(opts.blocks)]
     for a in addrs:
         rec.step(f"probe {a:#x}", lambda a=a: rec.sh(f"echo {a:#x} > {MEMROOT}/probe",

@@ -86,7 +86,7 @@ class Options:
     fill_mb: int = 384           # written after the remove: > the boot ZONE_MOVABLE
 
 
-def boot_options(base: BootOptions) -> BootOptions:
+def boot_options(base: BootOptions, kconfig: Optional[dict] = None) -> BootOptions:
     return replace(base, slots=max(base.slots, 1),
                    maxmem_mb=max(base.maxmem_mb, base.mem_mb + DIMM_MB),
                    cmdline=base.cmdline + (BOOTMEM_MOVABLE,))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 from ..inspect import sysfs
 from ..session import BootOptions
@@ -35,7 +36,7 @@ class Options:
     online_type: str = "online_movable"
 
 
-def boot_options(base: BootOptions) -> BootOptions:
+def boot_options(base: BootOptions, kconfig: Optional[dict] = None) -> BootOptions:
     path = "{run_dir}/vmem0"
     devices = ("-object", f"memory-backend-file,id=vmem0,size={REGION_MB}M,"
                           f"mem-path={path},share=on",
