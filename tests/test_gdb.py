@@ -3,6 +3,7 @@ stand-in gdb), and the real thing against a real guest (``qemu`` mark)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -228,3 +229,69 @@ def test_real_guest_survives_a_killed_gdb(tmp_path):
             assert guest.check("uname -r", 20).strip() == art.kernel_release
         assert guest.machine.qmp_cmd("query-status")["status"] == "running"
         assert s.stats["rescue_detach"] is True
+
+
+# ------------------------------------------------------------------ the agent's
+# root-table writes: swapper_pg_dir is written through a fixmap alias, so the
+# agent observes set_swapper_pgd(pgdp, pgd) instead of a watchpoint hit
+
+class _FakeBp:
+    count = 100
+
+    def __init__(self, spec, **kw):
+        _FakeBp.count += 1
+        self.number, self.spec, self.enabled = _FakeBp.count, spec, True
+        self.deleted = False
+
+    def delete(self):
+        self.deleted = True
+
+
+def _agent(monkeypatch, regs: dict, mem: dict):
+    import io
+    import types
+
+    fake = types.SimpleNamespace(Breakpoint=_FakeBp, BP_WATCHPOINT=6, WP_WRITE=1,
+                                 BP_HARDWARE_WATCHPOINT=7, error=RuntimeError)
+    monkeypatch.setitem(sys.modules, "gdb", fake)
+    spec = {"step": "remove 0xc0000000", "geometry": [65536, 42, 2, 48]}
+    agent = gdb._Agent(spec, io.StringIO())
+    agent.reg = lambda name: regs[name]
+    agent.sym_addr = lambda name: {"set_swapper_pgd": 0xffff800080123000}[name]
+    agent.symbolise = lambda addr: f"sym@{addr:#x}"
+    agent.mem = types.SimpleNamespace(read=lambda pa, n: mem[pa].to_bytes(8, "little"))
+    link = order.Link(table_pa=0x5fae0000, entry_pa=0x41230008, va=0xfffffc0040000000,
+                      span=1 << 29, level="PGD")
+    watch = order.Watch(1, spec["step"], link, entry_va=0xffff800081230008)
+    wp = _FakeBp("*(unsigned long *)0xffff800081230008")
+    agent.watches[wp.number] = (watch, wp, 0x5fae0003)
+    agent.bps.append(wp)
+    agent.watch_root_writes()
+    return agent, wp
+
+
+def test_agent_sees_a_root_entry_cleared_through_set_swapper_pgd(monkeypatch):
+    regs = {"x0": 0xffff800081230008, "x1": 0, "lr": 0xffff800080456789}
+    agent, wp = _agent(monkeypatch, regs, {})
+    assert agent.roles[agent.swapper_bp.number] == "set_swapper_pgd"
+    agent.handle([agent.swapper_bp.number])
+    clears = [json.loads(line) for line in agent.out.getvalue().splitlines()
+              if json.loads(line).get("kind") == "clear"]
+    assert len(clears) == 1 and clears[0]["pc_sym"] == "sym@0xffff800080456789"
+    assert agent.pending and 0x5fae0000 in agent.pending and wp.deleted
+    assert agent.counts["clear"] == 1
+
+
+def test_agent_ignores_a_root_write_that_keeps_the_table(monkeypatch):
+    regs = {"x0": 0xffff800081230008, "x1": 0x5fae0003, "lr": 0}
+    agent, wp = _agent(monkeypatch, regs, {})
+    agent.handle([agent.swapper_bp.number])
+    assert agent.counts == dict(agent.counts, clear=0, watch_other=1)
+    assert not wp.deleted and not agent.pending
+
+
+def test_agent_counts_a_root_write_to_an_unwatched_entry_as_other(monkeypatch):
+    regs = {"x0": 0xffff800081230010, "x1": 0, "lr": 0}
+    agent, _wp = _agent(monkeypatch, regs, {})
+    agent.handle([agent.swapper_bp.number])
+    assert agent.counts["other"] == 1 and agent.counts["clear"] == 0
