@@ -62,6 +62,7 @@ READERS = 2                # concurrent page-table dump readers
 PRESSURE_MB = 64           # written and deleted in a loop by the pressure job
 LOAD_DIR = "/tmp/race"
 LOOP = "/tmp/race-loop.sh"   # outside LOAD_DIR, which load_script recreates
+ITER_FILE = "/tmp/race-iter"   # iterations done, for a loop a kernel report ended
 _ITER = re.compile(r"^race-iter (\d+) (ok|FAIL .*)$", re.M)
 
 
@@ -120,8 +121,23 @@ def loop_script(addrs: list, bs: int, seconds: int, online_type: str) -> str:
     for a in addrs:
         lines.append(f"  echo offline > {MEMROOT}/{blocks(a)}/state || fail 'offline {a:#x}'")
         lines.append(f"  echo {a:#x} > {MEMROOT}/remove || fail 'remove {a:#x}'")
-    lines += ["  echo \"race-iter $n ok\"", "done", "echo race-done $n"]
+    lines += ["  echo \"race-iter $n ok\"", f"  echo $n > {ITER_FILE}", "done",
+              "echo race-done $n"]
     return "\n".join(lines)
+
+
+def _note_progress(rec: Recorder, seconds: int) -> None:
+    """Best effort, after the loop was cut short: the iterations it finished
+    (the guest may be past answering; then nothing is added)."""
+    try:
+        done = rec.guest.run(f"cat {ITER_FILE} 2>/dev/null || echo 0", 5).stdout.strip()
+        reads = rec.guest.run(f"cat {LOAD_DIR}/reads-* 2>/dev/null", 5).stdout.split()
+    except Exception:
+        return
+    total = sum(int(r) for r in reads if r.isdigit())
+    rec.notes.append(f"race: {done or '?'} add/remove iteration(s) finished before the "
+                     f"loop was cut short (bound {seconds} s), {total} page-table dump "
+                     "reads meanwhile")
 
 
 def drive(rec: Recorder, opts: Options) -> None:
@@ -150,8 +166,12 @@ def drive(rec: Recorder, opts: Options) -> None:
     # this is how long the race took to show (bench/bench_race.py)
     uptime = rec.sh("cut -d' ' -f1 /proc/uptime").strip()
     rec.notes.append(f"race: loop started at uptime {uptime} s")
-    result = rec.step(f"add/remove loop ({opts.seconds} s)",
-                      lambda: rec.guest.run(f"sh {LOOP}", opts.seconds + 120))
+    try:
+        result = rec.step(f"add/remove loop ({opts.seconds} s)",
+                          lambda: rec.guest.run(f"sh {LOOP}", opts.seconds + 120))
+    except HarnessError:          # e.g. a kernel report ended the step: say how far
+        _note_progress(rec, opts.seconds)
+        raise
     stopped = rec.step("stop load", lambda: rec.sh(stop_script(), 90))
     reads = [int(x) for x in stopped.split()[1:] if x.isdigit()]
     done = _ITER.findall(result.stdout)
