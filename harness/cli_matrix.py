@@ -59,6 +59,8 @@ def register(sub, add_kernel_options) -> None:
     p.add_argument("--json", action="store_true", help="print the matrix as JSON")
     p.add_argument("--markdown", metavar="MATRIX_JSON", type=Path, default=None,
                    help="print the README table for a matrix saved with --json; no run")
+    p.add_argument("--html", metavar="MATRIX_JSON", type=Path, default=None,
+                   help="print the HTML page (matrix.html) for a saved matrix; no run")
     p.add_argument("--kernel-src", default="debian", metavar="debian|DIR|TARBALL")
     p.set_defaults(func=cmd_matrix)
 
@@ -75,6 +77,11 @@ def _names(spec: str, known: list, what: str) -> tuple:
 
 
 def cmd_matrix(args) -> int:
+    if args.html:
+        from . import htmlreport
+        print(htmlreport.render_matrix(geomatrix.html_matrix(geomatrix.from_json(
+            json.loads(args.html.read_text())), args.html.parent)), end="")
+        return 0
     if args.markdown:
         print(geomatrix.matrix_markdown(geomatrix.from_json(
             json.loads(args.markdown.read_text()))), end="")
@@ -93,6 +100,9 @@ def cmd_matrix(args) -> int:
     data = geomatrix.to_json(cells)
     (out / "matrix.json").write_text(json.dumps(data, indent=1) + "\n")
     (out / "matrix.txt").write_text(geomatrix.matrix_text(cells))
+    from . import htmlreport
+    htmlreport.write_matrix_html(out / htmlreport.MATRIX_HTML,
+                                 geomatrix.html_matrix(cells, out))
     if args.json:
         print(json.dumps(data, indent=1))
     else:

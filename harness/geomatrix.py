@@ -263,6 +263,38 @@ def matrix_markdown(cells: list[Cell]) -> str:
     return "\n".join(out) + "\n"
 
 
+def html_matrix(cells: list[Cell], folder: Optional[Path] = None) -> dict:
+    """The matrix as harness.htmlreport.render_matrix's input (MATRIX_SCHEMA):
+    one row per geometry, one column per method; a row links to the geometry's
+    report.html when ``folder`` (where the matrix was written) holds one."""
+    geos, methods, at = _grid(cells)
+    rows = []
+    for g in geos:
+        statuses = [at[(g, m)].status for m in methods if (g, m) in at]
+        worst = next((s for s in (FAIL, XPASS, ERROR, SKIP, XFAIL) if s in statuses), PASS)
+        link = f"{g}/report.html" if folder and (Path(folder) / g / "report.html").exists() \
+            else ""
+        cells_out = {}
+        for m in methods:
+            c = at.get((g, m))
+            if c is None:
+                continue
+            first = c.problems[0] if c.problems else ""
+            cells_out[m] = {"verdict": c.status, "text": first[:120],
+                            "title": "\n".join(c.problems[:6]) or c.status,
+                            "expected": bool(c.expected)}
+        rows.append({"name": g, "status": worst, "link": link,
+                     "info": {"shape": _shape(cells, g)},
+                     "note": "; ".join(sorted({c.expected for c in cells
+                                               if c.geometry == g and c.expected}))})
+        rows[-1]["cells"] = cells_out
+    return {"title": "geometry × method", "row_header": "geometry",
+            "subtitle": "hotplug-harness matrix: every page-table geometry fragment",
+            "info_columns": ["shape"], "columns": list(methods), "rows": rows,
+            "legend": "XFAIL: known to fail on the stock kernel, with the reason; "
+                      "XPASS: a listed failure passed (the list is stale)"}
+
+
 def to_json(cells: list[Cell]) -> dict:
     return {"cells": [c.to_dict() for c in cells], "exit_code": matrix_exit_code(cells)}
 

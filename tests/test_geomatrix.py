@@ -86,3 +86,15 @@ def test_unknown_geometry_is_refused_with_the_choices(capsys):
 def test_geometry_selection(spec, want):
     from harness.cli_matrix import _names
     assert len(_names(spec, geomatrix.geometries(), "geometry")) == want
+
+
+def test_html_page_from_saved_json_escapes_and_marks_xfail(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(geomatrix.EXPECTED, ("4k-48", "*"), "known <b>bad</b>")
+    cells = [geomatrix.cell_of("4k-48", STALE["methods"][0])]
+    saved = tmp_path / "matrix.json"
+    saved.write_text(json.dumps(geomatrix.to_json(cells)))
+    assert main(["matrix", "--html", str(saved)]) == 0
+    page = capsys.readouterr().out
+    assert page.startswith("<!DOCTYPE html>") or page.lstrip().startswith("<!")
+    assert "XFAIL" in page and "4k-48" in page
+    assert "known <b>bad</b>" not in page and "known &lt;b&gt;bad&lt;/b&gt;" in page
