@@ -60,7 +60,7 @@ def cmd_repro(args) -> int:
     if args.html:
         from . import htmlreport
         print(htmlreport.render_matrix(htmlreport.repro_matrix(
-            json.loads(args.html.read_text()))), end="")
+            json.loads(args.html.read_text()), args.html.parent)), end="")
         return 0
     if not args.names and not args.all and not args.list:
         from .errors import HarnessError
@@ -82,7 +82,8 @@ def cmd_repro(args) -> int:
     (out / "matrix.json").write_text(json.dumps(data, indent=1) + "\n")
     (out / "matrix.txt").write_text(repro.matrix_text(rows))
     from . import htmlreport
-    htmlreport.write_matrix_html(out / htmlreport.MATRIX_HTML, htmlreport.repro_matrix(data))
+    htmlreport.write_matrix_html(out / htmlreport.MATRIX_HTML,
+                                 htmlreport.repro_matrix(data, out))
     if args.json:
         print(json.dumps(data, indent=1))
     else:

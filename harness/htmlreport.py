@@ -37,6 +37,8 @@ REPORT_HTML, MATRIX_HTML = "report.html", "matrix.html"
 TEMPLATES = Path(__file__).with_name("templates")
 PLOT_W, LABEL_W, RIGHT_W, LANE_H, LANE_GAP, AXIS_H = 760, 96, 104, 18, 7, 30
 GIB = 1 << 30
+_ALERT_WORDS = {"stale": "✗ stale", "unmapped": "✗ unmapped", "kept": "✗ table kept",
+                "order": "✗ order"}
 CONTEXT_LINES = 8          # console lines kept before and after a splat
 MAX_SPLATS = 4             # splats shown in full per method (the rest listed)
 MAX_DETAIL = 1500          # characters of a step's detail kept in the page
@@ -47,7 +49,7 @@ MATRIX_SCHEMA = """\
  "info_columns": [str]?,                                  # shown before the cells
  "columns": [str | {"name": str, "title": str?}],         # one per cell column
  "rows": [{"name": str, "status": str?, "tone": str?,     # tone: good bad error neutral
-           "info": {column: str}?, "note": str?,
+           "info": {column: str}?, "note": str?, "link": str?,   # link: a relative URL
            "cells": {column: {"verdict": str, "text": str?, "title": str?,
                               "expected": bool?, "tone": str?}}}],
  "legend": str?, "footer": str?}"""
@@ -323,7 +325,9 @@ class _Panel:
             lane["status_tone"] = "good" if same else "bad"
         else:
             lane["status"] = "= before" if same else "changed"
-        if lane["alerts"] or lane["marks"]:
+        kinds = [a["cls"] for a in lane["alerts"]] + ["order"] * bool(lane["marks"])
+        if kinds:
+            lane["status"] = ", ".join(dict.fromkeys(_ALERT_WORDS[k] for k in kinds))
             lane["status_tone"] = "bad"
 
     def figure(self) -> dict:
@@ -463,12 +467,14 @@ def _method_view(method: dict, context: dict) -> dict:
     return {"name": method["method"], "verdict": method["verdict"], "figures": figures,
             "note": note, "chart": walker_chart(run), "checks": checks, "steps": steps,
             "seconds": sum(s["seconds"] for s in method["steps"]), "error": run.error,
-            "notes": list(run.notes), "options": run.options,
+            "notes": list(run.notes),
             "splats": _splats(run, context.get(method["method"], [])),
             "more_splats": max(0, len(run.crashes) - MAX_SPLATS),
             "geometry": {k: geo.get(k) for k in ("granule", "va_bits", "levels")},
             "removals": [{"phase": r.phase, "range": _span(r.pa_start, r.pa_end),
-                          "baseline": r.baseline or "-"} for r in run.removals]}
+                          "baseline": r.baseline} for r in run.removals],
+            "options": {k: ("on" if v is True else "off" if v is False else v)
+                        for k, v in run.options.items()}}
 
 
 def render_report(report: dict, title: str = "") -> str:
@@ -516,7 +522,7 @@ def render_matrix(matrix: dict) -> str:
                 "title": cell.get("title", ""), "expected": bool(cell.get("expected")),
                 "tone": cell.get("tone") or tone(cell.get("verdict", ""))})
         rows.append({"name": r.get("name", ""), "status": r.get("status", ""),
-                     "tone": r.get("tone") or tone(r.get("status", "")),
+                     "link": r.get("link", ""), "tone": r.get("tone") or tone(r.get("status", "")),
                      "info": r.get("info") or {}, "note": r.get("note", ""),
                      "cells": cells})
     return _env().get_template("matrix.html.j2").render(
@@ -526,9 +532,11 @@ def render_matrix(matrix: dict) -> str:
         footer=matrix.get("footer", ""))
 
 
-def repro_matrix(data: dict) -> dict:
+def repro_matrix(data: dict, folder: Optional[Path] = None) -> dict:
     """``repro``'s matrix.json as a :func:`render_matrix` input: one row per
-    kernel, one column per check expected or seen failing."""
+    kernel, one column per check expected or seen failing. With ``folder``
+    (where the matrix was written), a row whose run folder holds a report.html
+    links to it."""
     rows_in = data.get("rows", ())
     wanted = [n for r in rows_in for n in r.get("expect", ())]
     failed = [n for r in rows_in for n, c in (r.get("cells") or {}).items()
@@ -547,7 +555,9 @@ def repro_matrix(data: dict) -> dict:
                             "title": f"{c.get('method', '')}: {c.get('evidence', '')}"}
         note = r.get("error") or (f"not expected to be caught: {r['why']}" if r.get("why")
                                   else "")
+        page = Path(folder) / r.get("name", "") / REPORT_HTML if folder else None
         rows.append({"name": r.get("name", ""), "status": r.get("status", ""),
+                     "link": f"{r['name']}/{REPORT_HTML}" if page and page.is_file() else "",
                      "info": {"review point": r.get("point", ""), "run with": run,
                               "seconds": str(r.get("seconds", ""))},
                      "note": note, "cells": cells})
