@@ -146,6 +146,36 @@ def test_order_violations_are_marked_on_the_removal_phase():
     assert "PA 0x4321000 freed while linked" in lane(lm, phase)
 
 
+RECORDED_ALERTS = {       # every recorded run: (Linear Mapping, vmemmap) marks
+    "recorded-4k-48-acpi-dimm/methodrun.json": (0, 0),
+    "recorded-4k-48-probe/probe.json": (0, 0),
+    "recorded-4k-48-virtio-mem/virtio-mem.json": (0, 0),
+    "recorded-4k-48-kselftest.json": (0, 0),
+    "recorded-64k-42/acpi-dimm.json": (0, 0),
+    "recorded-64k-42/probe.json": (0, 0),
+    "recorded-64k-42/virtio-mem.json": (0, 0),
+    "recorded-64k-42/kselftest.json": (0, 0),
+    "recorded-repro/acpi-dimm-0001-leak-linear-map-tables.json": (1, 0),
+    "recorded-repro/acpi-dimm-0002-stale-linear-map.json": (0, 0),     # oops in the remove
+    "recorded-repro/acpi-dimm-0003-stale-vmemmap.json": (0, 2),
+    "recorded-repro/acpi-dimm-0004-over-remove-linear-map.json": (0, 0),   # oops
+    "recorded-run-0002-stale-linear-map/report.json": (0, 0),
+    "recorded-run-0004-over-remove-linear-map/report.json": (1, 0),    # dimm2 unmapped
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED_ALERTS))
+def test_every_recorded_run_is_pictured(name):
+    data = json.loads((DATA / name).read_text())
+    if "methods" not in data:
+        data = report.build_report(KERNEL, [MethodRun.from_dict(data)])
+    page = htmlreport.render_report(data)
+    marks = tuple(int(n) for n in re.findall(r'data-alerts="(\d+)"', page))
+    assert marks == RECORDED_ALERTS[name]
+    if name.startswith("recorded-run-0004"):
+        assert "✗ unmapped" in lane(figure(page, "Linear Mapping"), "removed-1")
+
+
 def test_walker_chart_flags_counts_that_differ_from_before():
     page = htmlreport.render_report(report_of(TABLES_KEPT))
     chart = re.search(r'<svg class="chart".*?</svg>', page, re.S).group(0)
