@@ -3,25 +3,27 @@ session lifecycle, the runner and ``cli.main`` run in unit tests.
 
 * ``ReplayStream``: a console stream serving a recorded console.log the way the
   guest printed it: in turns, each released by the command the harness sends.
-* ``FakeQmp``: a QMP connection answering from a table, recording the calls.
-* ``FakeMachine``: what ``session.boot`` makes of QEMU (``spec``, ``reader``,
-  ``qmp_cmd``, ``wait_event``, ``times``, ``close``), over a ReplayStream.
-* ``FakeShell``: a transport (SSH or serial) answering commands from recorded
-  outputs (``tests/data``) by pattern; unknown commands fail the test.
+* ``FakeQemu``: the real ``Machine`` with the QEMU process left out (a
+  ``FakeProc``), its console a ReplayStream, its QMP a ``FakeQmp``.
+* ``ReplaySsh``: the real ``SshTransport`` with the network left out, answering
+  commands from a ``Script`` of recorded outputs (``tests/data``).
+* ``install``: makes ``harness.session.boot`` use both (and no guest image), so
+  the session, the runner and ``cli.main`` run whole without QEMU.
 """
 from __future__ import annotations
 
 import re
+import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Optional, Union
 
 from harness.console import ConsoleReader
-from harness.errors import HarnessError, MachineError
-from harness.transport import CommandResult, Transport
+from harness.machine import Machine
+from harness.ssh import SshTransport
 
 DATA = Path(__file__).resolve().parent / "data"
 READY = re.compile(rb"HARNESS-READY[^\n]*\n")
@@ -102,123 +104,219 @@ def replay_reader(data: Union[bytes, str], log_path=None, **kw) -> ConsoleReader
 # ------------------------------------------------------------ QMP / QEMU ----
 
 class FakeQmp:
-    """Answers QMP commands from ``answers`` (name -> value, or a callable of
-    the arguments); records every call in ``calls``; events are queued with
-    ``emit``. An unknown command is a HarnessError, as QEMU's would be."""
+    """QEMU's QMP as ``qemu.qmp.legacy.QEMUMonitorProtocol`` offers it to
+    Machine: ``cmd`` answers from ``answers`` (name -> value, or a callable of
+    the arguments) and records the call; ``pull_event`` serves ``emit``ted
+    events. An unknown command raises AssertionError (a test without an answer)."""
 
     def __init__(self, answers: Optional[dict] = None):
-        self.answers = dict(answers or {})
+        self.answers = {"quit": {}, **(answers or {})}
         self.calls: list = []
         self.events: list = []
+        self.closed = False
 
     def emit(self, event: str, **data) -> None:
         self.events.append({"event": event, "data": data})
 
-    def qmp_cmd(self, name: str, **args):
+    def cmd(self, name: str, **args):
         self.calls.append((name, args))
         if name not in self.answers:
-            raise HarnessError(f"QMP {name} failed: unknown command (fake)", step="qmp")
+            raise AssertionError(f"FakeQmp: no answer for {name} {args}")
         answer = self.answers[name]
         return answer(**args) if callable(answer) else answer
 
-    def wait_event(self, name: str, match: Optional[dict] = None, deadline=10.0) -> dict:
-        for event in self.events:
-            data = event.get("data", {})
-            if event["event"] == name and all(data.get(k) == v
-                                              for k, v in (match or {}).items()):
-                self.events.remove(event)
-                return event
-        raise MachineError(f"no QMP event {name} {match or ''} (fake)", step="qmp")
+    def pull_event(self, wait: float = 0.0):
+        if self.events:
+            return self.events.pop(0)
+        time.sleep(min(float(wait or 0), 0.01))
+        return None
 
-
-@dataclass
-class FakeMachine:
-    """Stands in for harness.machine.Machine after launch."""
-
-    reader: ConsoleReader
-    run_dir: str = "/nonexistent-run"
-    qmp: FakeQmp = field(default_factory=FakeQmp)
-    crash_check: Optional[Callable[[], None]] = None
-    closed: bool = False
-    dead: bool = False
-
-    def __post_init__(self):
-        self.spec = SimpleNamespace(run_dir=self.run_dir, ssh_port=2222, gdb_port=None,
-                                    ram_path=f"{self.run_dir}/ram0")
-        self.times = SimpleNamespace(launched=time.monotonic(), shutdown_s=0.0)
-        self.proc = SimpleNamespace(pid=0)
-
-    @property
-    def tap(self) -> ConsoleReader:
-        return self.reader
-
-    def qmp_cmd(self, name: str, **args):
-        if self.crash_check is not None:
-            self.crash_check()
-        return self.qmp.qmp_cmd(name, **args)
-
-    def wait_event(self, name: str, match=None, deadline=10.0) -> dict:
-        if self.crash_check is not None:
-            self.crash_check()
-        return self.qmp.wait_event(name, match, deadline)
-
-    def alive(self) -> bool:
-        return not self.dead
-
-    def check_alive(self, doing: str, step: str = "boot", grace: float = 0.0) -> None:
-        if self.dead:
-            raise MachineError(f"QEMU exited with code -9 while {doing}", step=step,
-                               evidence="--- console tail ---\n" + self.console_tail())
-
-    def console_tail(self, lines: int = 50) -> str:
-        return self.reader.tail(lines)
+    def settimeout(self, seconds) -> None:
+        pass
 
     def close(self) -> None:
         self.closed = True
-        self.reader.close()
+
+
+class FakeProc:
+    """A QEMU process that never ran: alive until ``returncode`` is set."""
+
+    pid = None
+
+    def __init__(self):
+        self.returncode: Optional[int] = None
+
+    def poll(self) -> Optional[int]:
+        return self.returncode
+
+    def wait(self, timeout=None) -> int:
+        if self.returncode is None:
+            self.returncode = 0
+        return self.returncode
+
+    def kill(self) -> None:
+        self.returncode = -9
+
+
+class FakeQemu(Machine):
+    """harness.machine.Machine with QEMU left out: ``launch`` starts no process;
+    the serial console replays ``console`` (bytes, or a file name in tests/data)
+    through the real ConsoleReader; QMP is a FakeQmp. QMP guards, alive checks,
+    the console tail and the shutdown are the real Machine's."""
+
+    made: list = []     # every FakeQemu, newest last (tests look at the last)
+
+    def __init__(self, spec, out_dir, boot_timeout: float = 60.0, *,
+                 console: Union[bytes, str], qmp: Optional[FakeQmp] = None,
+                 hold_open: bool = True):
+        super().__init__(spec, out_dir, boot_timeout)
+        self.recording = (DATA / console).read_bytes() if isinstance(console, str) else console
+        self.fake_qmp = qmp or FakeQmp()
+        self.hold_open = hold_open
+        self.stream: Optional[ReplayStream] = None
+        FakeQemu.made.append(self)
+
+    def launch(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.times.launched = time.monotonic()
+        self.proc = FakeProc()
+        self.qmp = self.fake_qmp
+        self.stream = ReplayStream(self.recording, hold_open=self.hold_open)
+        self.reader = ConsoleReader(self.stream, self.console_log).start()
+
+    def die(self, code: int = -9) -> None:
+        """QEMU exits: its process ends and the console closes."""
+        self.proc.returncode = code
+        self.stream.shutdown()
+
+    def show_rest(self) -> None:
+        """The guest prints the rest of the recording (a crash, say)."""
+        self.stream.release_all()
 
 
 # ------------------------------------------------------------ transports ----
 
 @dataclass
 class Answer:
-    """A recorded answer: stdout (text or a tests/data file name), exit code."""
+    """A recorded answer: stdout (text or a tests/data file name), exit code.
+    ``lost``: the connection drops instead (exit status -1, as a guest that
+    died mid-command leaves it); ``then`` runs first (the guest's side effects,
+    e.g. ``FakeQemu.show_rest``)."""
 
     stdout: str = ""
     exit_code: int = 0
     stderr: str = ""
     file: Optional[str] = None
+    lost: bool = False
+    then: Optional[Callable[[], None]] = None
 
     def text(self) -> str:
         return (DATA / self.file).read_text() if self.file else self.stdout
 
 
-class FakeShell(Transport):
-    """A transport answering from ``script``: a list of (regex, Answer or a
-    callable(command) -> Answer); the first regex that matches (``re.search``)
-    answers. ``before(command)`` runs first (a crash gate, say). Every command
-    is kept in ``commands``; one nothing answers fails with ``unknown``."""
+class Script:
+    """Recorded answers by pattern: (regex, Answer or callable(command) ->
+    Answer); the first regex that ``re.search``es the command answers. Every
+    command is kept in ``commands``; one nothing answers fails the test."""
 
-    def __init__(self, script: list, name: str = "ssh",
-                 before: Optional[Callable[[], None]] = None):
-        self.script = [(re.compile(p), a) for p, a in script]
-        self.name, self.before = name, before
+    def __init__(self, rules: list):
+        self.rules = [(re.compile(p), a) for p, a in rules]
         self.commands: list = []
-        self.closed = False
 
-    def run(self, command: str, deadline=30.0) -> CommandResult:
+    def answer(self, command: str) -> Answer:
         self.commands.append(command)
-        if self.before is not None:
-            self.before()
-        for regex, answer in self.script:
+        for regex, answer in self.rules:
             if regex.search(command):
                 got = answer(command) if callable(answer) else answer
-                return CommandResult(command, got.text(), got.stderr, got.exit_code,
-                                     0.0, self.name)
-        raise AssertionError(f"FakeShell: no recorded answer for {command!r}")
+                if got.then is not None:
+                    got.then()
+                return got
+        raise AssertionError(f"Script: no recorded answer for {command!r}")
 
-    def put_text(self, path: str, text: str) -> None:
-        self.commands.append(f"put_text {path}")
+
+class _Link:
+    def __init__(self):
+        self.active = True
+
+    def is_active(self) -> bool:
+        return self.active
 
     def close(self) -> None:
-        self.closed = True
+        self.active = False
+
+
+class _Client:
+    def __init__(self):
+        self.link = _Link()
+
+    def get_transport(self) -> _Link:
+        return self.link
+
+    def close(self) -> None:
+        self.link.close()
+
+
+class ReplaySsh(SshTransport):
+    """The real SshTransport (crash gate before and after, the watchdog, the
+    wait for a crash and the alive check after a lost connection) with the
+    network left out: ``connect`` makes a fake client, ``_exchange`` answers
+    from ``script``."""
+
+    script: Script = Script([])
+    made: list = []
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        ReplaySsh.made.append(self)
+
+    def connect(self, deadline, alive=lambda: None) -> float:
+        alive()
+        self.client = _Client()
+        return 0.0
+
+    def _exchange(self, command: str, out: bytearray, err: bytearray) -> int:
+        got = self.script.answer(command)
+        if got.lost:
+            self.client.link.close()
+            return -1
+        out += got.text().encode()
+        err += got.stderr.encode()
+        return got.exit_code
+
+    def put_text(self, remote: str, text: str, deadline: float = 30.0) -> None:
+        self.script.answer(f"put_text {remote}")
+
+
+def install(monkeypatch, tmp_path: Path, console: Union[bytes, str], ssh: list = (),
+            qmp: Optional[FakeQmp] = None, hold_open: bool = True) -> SimpleNamespace:
+    """Make ``harness.session.boot`` boot FakeQemu and ReplaySsh: no QEMU, no
+    guest image, no network. Returns what the test may look at: ``script``,
+    ``qemu()`` (the last FakeQemu), ``ssh()`` (the last ReplaySsh), ``run_dirs``."""
+    from harness import guest_image, session
+    script = Script(list(ssh) + [(r"> /dev/kmsg$", Answer())])
+    FakeQemu.made, ReplaySsh.made = [], []
+    run_dirs: list = []
+
+    def make_run_dir():
+        path = Path(tempfile.mkdtemp(prefix="run-", dir=tmp_path))
+        run_dirs.append(path)
+        return path
+
+    def machine(spec, out_dir, boot_timeout=60.0):
+        return FakeQemu(spec, out_dir, boot_timeout, console=console, qmp=qmp,
+                        hold_open=hold_open)
+    monkeypatch.setattr(session, "make_run_dir", make_run_dir)
+    monkeypatch.setattr(session, "Machine", machine)
+    monkeypatch.setattr(guest_image, "prepare_initrd",
+                        lambda key, path: SimpleNamespace(path=path))
+    monkeypatch.setattr(ReplaySsh, "script", script)
+    monkeypatch.setattr(session, "SshTransport", ReplaySsh)
+    return SimpleNamespace(script=script, run_dirs=run_dirs,
+                           qemu=lambda: FakeQemu.made[-1], ssh=lambda: ReplaySsh.made[-1])
+
+
+# a built kernel as the stages after the build see it (no file is read)
+ART = SimpleNamespace(image="/k/Image", vmlinux="/nonexistent/vmlinux",
+                      source="debian 6.12", patches=(("0001-x.patch", "ab"),),
+                      config_digest="cd", cache_key="ef" * 32, kernel_release="6.12.0",
+                      fragments=("base", "4k-48"), seconds=0.1, rebuilt=False, kconfig={})
