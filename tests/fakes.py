@@ -214,6 +214,17 @@ class Answer:
         return (DATA / self.file).read_text() if self.file else self.stdout
 
 
+def crash_answer() -> Answer:
+    """The command kills the kernel: the guest prints the rest of its console
+    recording (the crash) and the connection drops."""
+    return Answer(lost=True, then=lambda: FakeQemu.made[-1].show_rest())
+
+
+def qemu_dies_answer() -> Answer:
+    """QEMU exits during the command: the connection drops, the console closes."""
+    return Answer(lost=True, then=lambda: FakeQemu.made[-1].die())
+
+
 class Script:
     """Recorded answers by pattern: (regex, Answer or callable(command) ->
     Answer); the first regex that ``re.search``es the command answers. Every

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fakes import ART, DATA, Answer, install
+from fakes import ART, DATA, Answer, crash_answer, install, qemu_dies_answer
 from harness import checks, cli, cli_run, progress, runner, signals
 from harness.records import FAIL, PASS, MethodRun
 from harness.session import BootOptions
@@ -59,10 +59,15 @@ ROPTS = runner.RunOptions(methods=("probe",), order_check="off",
                           boot=BootOptions(boot_timeout=5.0))
 
 
-def test_a_replayed_clean_run_passes(monkeypatch, tmp_path):
-    fake = install(monkeypatch, tmp_path, CLEAN, ssh=[(r"^: ", Answer())])
+def run_probe(monkeypatch, tmp_path, console, ssh=(), ropts=ROPTS):
+    """runner.run_method of the replaying "probe" over the fakes."""
+    fake = install(monkeypatch, tmp_path, console, ssh=list(ssh) + [(r"^: ", Answer())])
     monkeypatch.setitem(runner.METHODS, "probe", replaying_method())
-    run = runner.run_method("probe", ART, ROPTS, tmp_path / "probe")
+    return fake, runner.run_method("probe", ART, ropts, tmp_path / "probe")
+
+
+def test_a_replayed_clean_run_passes(monkeypatch, tmp_path):
+    fake, run = run_probe(monkeypatch, tmp_path, CLEAN)
     recorded = MethodRun.from_dict(json.loads(RECORDED.read_text()))
     assert run.error is None and run.crashes == ()
     assert [s.name for s in run.steps] == [s.name for s in recorded.steps]
@@ -77,13 +82,8 @@ def test_a_replayed_clean_run_passes(monkeypatch, tmp_path):
 
 
 def test_a_crash_in_a_step_is_the_kernels_and_attributed_to_it(monkeypatch, tmp_path):
-    holder = {}
-    fake = install(monkeypatch, tmp_path, WARN_OOPS, ssh=[
-        (r"^: remove 0x80000000$", Answer(lost=True, then=lambda: holder["qemu"]())),
-        (r"^: ", Answer())])
-    holder["qemu"] = lambda: fake.qemu().show_rest()
-    monkeypatch.setitem(runner.METHODS, "probe", replaying_method())
-    run = runner.run_method("probe", ART, ROPTS, tmp_path / "probe")
+    _, run = run_probe(monkeypatch, tmp_path, WARN_OOPS,
+                       [(r"^: remove 0x80000000$", crash_answer())])
     assert run.error["blame"] == "kernel" and run.error["step"] == "remove 0x80000000"
     assert [s.name for s in run.steps][-1] == "remove 0x80000000"
     assert not run.steps[-1].ok
@@ -99,11 +99,10 @@ def test_a_crash_in_a_step_is_the_kernels_and_attributed_to_it(monkeypatch, tmp_
 
 
 def test_a_guest_that_never_gets_ready_is_a_run_without_steps(monkeypatch, tmp_path):
-    install(monkeypatch, tmp_path, b"EFI stub: Booting Linux Kernel...\r\n")
-    monkeypatch.setitem(runner.METHODS, "probe", replaying_method())
     ropts = runner.RunOptions(methods=("probe",), order_check="off",
                               boot=BootOptions(boot_timeout=0.5))
-    run = runner.run_method("probe", ART, ropts, tmp_path / "probe")
+    _, run = run_probe(monkeypatch, tmp_path, b"EFI stub: Booting Linux Kernel...\r\n",
+                       ropts=ropts)
     assert run.steps == () and run.phases == () and run.crashes == ()
     assert run.error["blame"] == "infra" and run.error["step"] == "boot"
     assert "never became ready" in run.error["message"]
@@ -111,13 +110,8 @@ def test_a_guest_that_never_gets_ready_is_a_run_without_steps(monkeypatch, tmp_p
 
 
 def test_qemu_dying_mid_method_blames_the_machine(monkeypatch, tmp_path):
-    holder = {}
-    fake = install(monkeypatch, tmp_path, CLEAN, ssh=[
-        (r"^: online 0x80000000$", Answer(lost=True, then=lambda: holder["die"]())),
-        (r"^: ", Answer())])
-    holder["die"] = lambda: fake.qemu().die()
-    monkeypatch.setitem(runner.METHODS, "probe", replaying_method())
-    run = runner.run_method("probe", ART, ROPTS, tmp_path / "probe")
+    _, run = run_probe(monkeypatch, tmp_path, CLEAN,
+                       [(r"^: online 0x80000000$", qemu_dies_answer())])
     assert run.error["blame"] == "infra" and run.crashes == ()
     assert "QEMU exited with code -9 while running step 'online 0x80000000'" \
         in run.error["message"]
@@ -161,11 +155,8 @@ def test_cli_run_passes_with_exit_code_0(cli_fakes, monkeypatch, capsys):
 
 
 def test_cli_run_kernel_crash_exits_1_naming_the_check(cli_fakes, monkeypatch, capsys):
-    holder = {}
-    fake = install(monkeypatch, cli_fakes, WARN_OOPS, ssh=[
-        (r"^: remove 0x80000000$", Answer(lost=True, then=lambda: holder["show"]())),
-        (r"^: ", Answer())])
-    holder["show"] = lambda: fake.qemu().show_rest()
+    install(monkeypatch, cli_fakes, WARN_OOPS, ssh=[
+        (r"^: remove 0x80000000$", crash_answer()), (r"^: ", Answer())])
     code = cli.main(["run", "--method", "probe", "--no-order-check", "--report", "out",
                      "--json"])
     data = json.loads(capsys.readouterr().out)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from fakes import ART, Answer, FakeQmp, install
+from fakes import ART, Answer, FakeQmp, crash_answer, install, qemu_dies_answer
 from harness import console as console_module
 from harness.crashwatch import KernelCrash
 from harness.errors import MachineError
@@ -69,12 +69,9 @@ def test_serial_transport_frames_commands_and_blames_a_crash(monkeypatch, tmp_pa
 def test_a_crash_during_an_ssh_step_names_the_step(monkeypatch, tmp_path):
     """The connection drops as the kernel dies; the gate waits for the report
     and blames the step the guest was in (not 'boot', not 'ssh')."""
-    holder = {}
-    remove = Answer(lost=True, then=lambda: holder["qemu"].show_rest())
-    fake = install(monkeypatch, tmp_path, WARN_OOPS, ssh=[(r"/remove$", remove)])
+    install(monkeypatch, tmp_path, WARN_OOPS, ssh=[(r"/remove$", crash_answer())])
     with pytest.raises(KernelCrash) as info:
         with boot(ART, BootOptions(), tmp_path / "out", progress=False) as guest:
-            holder["qemu"] = fake.qemu()
             guest.mark("remove dimm1")
             guest.run("echo 0x80000000 > /sys/devices/system/memory/remove", T)
     err = info.value
@@ -99,13 +96,10 @@ def test_a_qmp_wait_ends_at_a_console_crash(monkeypatch, tmp_path):
 
 
 def test_qemu_dying_mid_step_is_a_machine_error_naming_the_step(monkeypatch, tmp_path):
-    holder = {}
-    fake = install(monkeypatch, tmp_path, PANIC,
-                   ssh=[(r"^sleep", Answer(lost=True, then=lambda: holder["qemu"].die()))])
+    install(monkeypatch, tmp_path, PANIC, ssh=[(r"^sleep", qemu_dies_answer())])
     start = time.monotonic()
     with pytest.raises(MachineError) as info:
         with boot(ART, BootOptions(mode="dt"), tmp_path / "out", progress=False) as guest:
-            holder["qemu"] = fake.qemu()
             guest.step = "use memory"
             guest.run("sleep 5", 30)
     assert time.monotonic() - start < 5   # the console closed: no 2 s crash wait
