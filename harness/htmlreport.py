@@ -42,7 +42,7 @@ _ALERT_WORDS = {"stale": "✗ stale", "unmapped": "✗ unmapped", "kept": "✗ t
 CONTEXT_LINES = 8          # console lines kept before and after a splat
 MAX_SPLATS = 4             # splats shown in full per method (the rest listed)
 MAX_DETAIL = 1500          # characters of a step's detail kept in the page
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]|\x1b\[[0-9;?]*[A-Za-z]")
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 
 MATRIX_SCHEMA = """\
 {"title": str, "subtitle": str?, "row_header": str?,      # "kernel", "geometry"
@@ -380,9 +380,12 @@ def method_figures(run: MethodRun) -> tuple[list, str]:
 
 # ---------------------------------------------------------------- walker chart
 
+EMPTY = "empty"
+
+
 def walker_chart(run: MethodRun) -> Optional[dict]:
-    """Table pages per level per phase, per region; bars that differ from
-    'before' are flagged."""
+    """Table pages per level per phase, per region (and the empty ones, when a
+    phase has any); bars that differ from 'before' are flagged."""
     walked = [p for p in run.phases if p.walks]
     if not walked:
         return None
@@ -391,11 +394,15 @@ def walker_chart(run: MethodRun) -> Optional[dict]:
     for region in rules.REGIONS:
         levels = [lv for lv in ptdump.LEVELS
                   if any(lv in w.tables for p in walked for w in p.walks if w.region == region)]
+        if any(w.empty_tables for p in walked for w in p.walks if w.region == region):
+            levels.append(EMPTY)     # all-zero tables: ones the kernel should have freed
         for level in levels:
             values = []
             for p in walked:
                 w = next((w for w in p.walks if w.region == region), None)
-                values.append((p.name, w.tables.get(level) if w else None))
+                count = None if w is None else (
+                    w.empty_tables if level == EMPTY else w.tables.get(level))
+                values.append((p.name, count))
             base = values[0][1] if walked[0].name == "before" else None
             groups.append({"region": region, "level": level, "x": x, "values": [
                 {"phase": n, "value": v, "differs": base is not None and v is not None

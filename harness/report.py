@@ -300,11 +300,16 @@ def load_report(dir: Path) -> dict:
 
 
 def rejudge(dir: Path) -> tuple[dict, int]:
-    """Judge the saved runs again with the current rules; rewrite report.json
-    and junit.xml (the method folders do not depend on the rules)."""
+    """Judge the saved runs again with the current rules; rewrite report.json,
+    junit.xml and report.html (the method folders do not depend on the rules).
+    A report saved without the console lines around its splats gets them from
+    the method folders' console.log."""
     old = load_report(dir)
     runs = [MethodRun.from_dict(m["run"]) for m in old["methods"]]
     extra = {k: v for k, v in old.items() if k not in RESERVED}
+    if "console_context" not in extra:      # a report saved before report.html
+        context = _console_context(Path(dir), runs)
+        extra.update({"console_context": context} if context else {})
     report = build_report(old.get("kernel") or {}, runs, None, extra)
     _write_main(Path(dir), report)
     return report, report["exit_code"]

@@ -181,6 +181,8 @@ def test_walker_chart_flags_counts_that_differ_from_before():
     chart = re.search(r'<svg class="chart".*?</svg>', page, re.S).group(0)
     assert 'class="bar differs"' in chart
     assert "Linear Mapping PMD tables in removed-2: 2" in chart
+    assert "Linear Mapping empty tables in removed-2: 1" in chart    # the kept PMD table
+    assert "vmemmap empty" not in chart
 
 
 # ---------------------------------------------------------------- the rest of the page
@@ -220,6 +222,18 @@ def test_console_lines_around_a_splat_come_from_the_log_and_stay_in_report_json(
     assert '<tr class=""><td class="muted">201</td>' in page
 
 
+def test_report_command_adds_the_console_lines_to_an_older_report(tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(SPLAT_RUN, folder)
+    assert "console_context" not in json.loads((folder / "report.json").read_text())
+    assert cli.main(["-q", "report", str(folder)]) == 1
+    saved = json.loads((folder / "report.json").read_text())
+    assert [c["first_line_no"] for c in saved["console_context"]["acpi-dimm"]] == [202, 236]
+    page = (folder / "report.html").read_text()
+    assert '<td class="muted">195</td><td><pre># [    2.273514] harness: step add dimm1' \
+        in page
+
+
 def test_hostile_kernel_output_is_escaped(tmp_path):
     runs = runs_of(STALE_VMEMMAP)
     crash = {"kind": "oops", "title": HOSTILE, "first_line_no": 3, "pc_symbol": HOSTILE,
@@ -237,7 +251,8 @@ def test_hostile_kernel_output_is_escaped(tmp_path):
     assert "<script" not in page and "<img" not in page and "onerror=alert(1)>" not in page
     assert "&lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;" in page
     assert "&amp;amp;" in page            # an entity in kernel text stays text
-    assert "\x1b" not in page
+    assert "\x1b" not in page and "[31m" not in page and "red" in page
+    assert htmlreport.clean_text("# \x1b[6n[    2.27] x\r") == "# [    2.27] x"
 
 
 def test_the_page_is_self_contained_small_and_fast():
