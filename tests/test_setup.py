@@ -366,7 +366,9 @@ def test_pip_install_non_editable_ships_the_data(tmp_path):
              "'series': [x.name for x in s.read_series()], "
              "'repro': sorted(x.name for x in (p.PATCH_DIR / 'repro').glob('*.patch')), "
              "'fragments': k.available_fragments(), "
-             "'scripts': {n: m for n, (m, _) in g.guest_script_files().items()}}))")
+             "'scripts': {n: m for n, (m, _) in g.guest_script_files().items()}, "
+             "'templates': sorted(x.name for x in __import__('harness.htmlreport')"
+             ".htmlreport.TEMPLATES.glob('*.j2'))}))")
     r = subprocess.run([vpy, "-c", probe], cwd=tmp_path, capture_output=True,
                        text=True, check=True)
     import json
@@ -378,3 +380,4 @@ def test_pip_install_non_editable_ships_the_data(tmp_path):
     assert len(got["repro"]) >= 1
     assert {"base", "4k-48", "64k-42"} <= set(got["fragments"])
     assert got["scripts"]["init"] == 0o755   # the executable bit survives the wheel
+    assert got["templates"] == ["base.css.j2", "matrix.html.j2", "report.html.j2"]
