@@ -4,7 +4,8 @@
 # make test-qemu  deps, build the default kernel, run every scenario, verdict
 # make test-matrix  every page-table geometry x every method (6 kernel builds)
 # make bench      benchmarks: build, boot, walker (prints figures)
-# make lint       ruff over the whole tree (config in pyproject.toml)
+# make lint       ruff over the whole tree, mypy --strict on the typed modules
+#                 (both configured in pyproject.toml)
 #
 # Every Python step runs with $(VENV)/bin/python, made by scripts/install-deps
 # from /usr/bin/python3 (Debian 12's own python3 refuses pip: PEP 668).
@@ -31,6 +32,7 @@ test-unit: venv
 
 lint: venv
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 build: deps
 	$(HARNESS) build

@@ -198,14 +198,15 @@ class ConsoleReader:
         # evidence (CrashReport.first_line_no) is a line of this file
         self.log = open(log_path, "wb", buffering=0) if log_path is not None else None
         self.watcher = watcher or CrashWatcher()
-        self.listeners: list = [progress.console_line] if progress.verbose() else []
+        self.listeners: list[Callable[[str], object]] = (
+            [progress.console_line] if progress.verbose() else [])
         self.lines_seen = 0
         self.eof = False
         self.last_data = time.monotonic()
         self._cond = threading.Condition()
-        self._queue: deque = deque(maxlen=queue_lines)
-        self._tail: deque = deque(maxlen=tail_lines)
-        self._sent: deque = deque(maxlen=8)    # lines typed whose echo may still come
+        self._queue: deque[ConsoleLine] = deque(maxlen=queue_lines)
+        self._tail: deque[str] = deque(maxlen=tail_lines)
+        self._sent: deque[str] = deque(maxlen=8)   # lines typed whose echo may still come
         self._partial = b""
         self._raw: Optional[bytearray] = None  # bytes kept for read(), once asked
         self._closed = False
@@ -272,7 +273,7 @@ class ConsoleReader:
                 return text.replace(sent, "", 1)
         return text
 
-    def _tell(self, lines: list) -> None:
+    def _tell(self, lines: list[ConsoleLine]) -> None:
         for line in lines:
             for listener in list(self.listeners):
                 try:
@@ -300,9 +301,10 @@ class ConsoleReader:
                 if left <= 0:
                     return None
                 self._cond.wait(left)
-            return self._queue.popleft()
+            line: ConsoleLine = self._queue.popleft()
+            return line
 
-    def unread(self) -> list:
+    def unread(self) -> list[ConsoleLine]:
         """Take every line not read yet."""
         with self._cond:
             lines = list(self._queue)
@@ -415,7 +417,7 @@ class CrashGate:
         """Raise the reports not raised yet (closing an open one) if one is fatal."""
         self.watcher.flush()
         reports = self.watcher.reports
-        new: tuple = reports[self.seen:]
+        new: tuple[CrashReport, ...] = reports[self.seen:]
         self.seen = len(reports)
         first: Optional[CrashReport] = next(
             (r for r in new if r.kind in self.fatal_kinds), None)
@@ -470,7 +472,7 @@ class SerialConsole(Transport):
         self.gate = CrashGate(reader, fatal_kinds=fatal_kinds, settle=settle, quiet=quiet)
         self.quiet, self.tail_lines = quiet, tail_lines
         self.tmpdir, self.max_line = tmpdir, max_line
-        self.kernel_log: list = []
+        self.kernel_log: list[str] = []
         self._cut = ""       # shell text cut short by a kernel message
         self._own_reader = own_reader
 
@@ -479,7 +481,7 @@ class SerialConsole(Transport):
         return self.reader.watcher
 
     @property
-    def fatal_kinds(self) -> frozenset:
+    def fatal_kinds(self) -> frozenset[str]:
         return self.gate.fatal_kinds
 
     # --- public API ---------------------------------------------------------
@@ -498,7 +500,7 @@ class SerialConsole(Transport):
                              self.name)
 
     def wait_ready(self, deadline: Union[Deadline, float],
-                   pattern: Union[str, Pattern] = "HARNESS-READY") -> str:
+                   pattern: Union[str, Pattern[str]] = "HARNESS-READY") -> str:
         """Wait for a console line matching ``pattern`` (regex); return the line."""
         deadline = as_deadline(deadline)
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
@@ -519,7 +521,8 @@ class SerialConsole(Transport):
         """Send Ctrl-C, e.g. after a command timed out."""
         self.reader.send(b"\x03")
 
-    def drain(self, deadline: Union[Deadline, float], quiet: Optional[float] = None) -> tuple:
+    def drain(self, deadline: Union[Deadline, float],
+              quiet: Optional[float] = None) -> tuple[CrashReport, ...]:
         """Wait until the guest is quiet, QEMU exits or the deadline; never raises
         for a crash. Returns every report seen. Call before tearing down so that
         console.log and the watcher get the last lines."""
@@ -529,7 +532,7 @@ class SerialConsole(Transport):
         return self.watcher.reports
 
     @property
-    def crashes(self) -> tuple:
+    def crashes(self) -> tuple[CrashReport, ...]:
         """Every crash/warning report seen on this console so far."""
         return self.watcher.reports
 
@@ -544,7 +547,7 @@ class SerialConsole(Transport):
     # --- commands -----------------------------------------------------------
 
     def _exchange(self, body: str, deadline: Deadline, *, what: str,
-                  strip_kernel: bool = True, null_stdin: bool = True) -> tuple:
+                  strip_kernel: bool = True, null_stdin: bool = True) -> tuple[str, int]:
         token = secrets.token_hex(4)
         self._send(frame_command(token, body, null_stdin=null_stdin), what)
         return self._collect(token, deadline, what, strip_kernel)
@@ -559,14 +562,14 @@ class SerialConsole(Transport):
         raise self._failure(f"serial console closed (QEMU exited?) before {what}")
 
     def _collect(self, token: str, deadline: Deadline, what: str,
-                 strip_kernel: bool) -> tuple:
+                 strip_kernel: bool) -> tuple[str, int]:
         start = f"{MARKER}-{token}-S"
         end = re.compile(re.escape(f"{MARKER}-{token}-E ") + r"(\d+)")
         while True:
             line = self._next_line(deadline, what)
             if not line.kernel and start in line.text:
                 break
-        out = []
+        out: list[str] = []
         while True:
             line = self._next_line(deadline, what)
             found = None if line.kernel else end.search(line.text)

@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from . import progress
 from .console import ConsoleReader, SocketStream
@@ -46,8 +46,8 @@ class VmSpec:
     maxmem_mb: int = 8192
     smp: int = 2
     ssh_port: int = 0                  # 0: no network
-    cmdline: tuple = ()                # extra kernel parameters
-    devices: tuple = ()                # extra argv pairs, e.g. ("-device", "...")
+    cmdline: tuple[str, ...] = ()      # extra kernel parameters
+    devices: tuple[str, ...] = ()      # extra argv pairs, e.g. ("-device", "...")
     firmware: str = str(FIRMWARE)
     qemu: str = "qemu-system-aarch64"
     gdb_port: Optional[int] = None     # QEMU gdbstub on 127.0.0.1:PORT (harness.gdb)
@@ -69,7 +69,7 @@ class VmSpec:
         return " ".join(base + list(self.cmdline))
 
 
-def qemu_argv(spec: VmSpec) -> list:
+def qemu_argv(spec: VmSpec) -> list[str]:
     """The QEMU command line for a spec. Pure: no I/O, no randomness."""
     if spec.mode not in ("acpi", "dt"):
         raise HarnessError(f"unknown boot mode {spec.mode!r} (acpi or dt)", step="boot")
@@ -103,7 +103,8 @@ def qemu_argv(spec: VmSpec) -> list:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 RUN_PREFIX = "hotplug-harness-"
@@ -143,11 +144,11 @@ def run_dir_owner_alive(path: Path) -> bool | None:
     return b"harness" in cmdline
 
 
-def sweep_run_dirs(base: Path = SHM, prefix: str = RUN_PREFIX) -> list:
+def sweep_run_dirs(base: Path = SHM, prefix: str = RUN_PREFIX) -> list[Path]:
     """Remove run folders (RAM files, keys, sockets) left by harness runs that
     died without cleaning up: only folders of ours (prefix, our uid, a real
     folder, an owner file) whose owner process is gone."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(base.iterdir())
     except OSError:
@@ -192,8 +193,9 @@ class Machine:
         self.spec = spec
         self.out_dir = Path(out_dir)
         self.boot_timeout = boot_timeout
-        self.proc: subprocess.Popen | None = None
-        self.qmp = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        # qemu.qmp.legacy.QEMUMonitorProtocol once launched (a fake in tests)
+        self.qmp: Any = None
         self.reader: ConsoleReader | None = None
         self.times = MachineTimes()
         self.argv = qemu_argv(spec)
@@ -219,7 +221,7 @@ class Machine:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def launch(self) -> None:
@@ -240,7 +242,7 @@ class Machine:
                     raise
                 self._reset_for_retry()
 
-    def _launch_once(self, qmp_class) -> None:
+    def _launch_once(self, qmp_class: Callable[..., Any]) -> None:
         self.qmp = qmp_class(self.spec.qmp_path, server=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(self.spec.console_path)
@@ -333,7 +335,7 @@ class Machine:
         return "\n".join(l.rstrip("\r") for l in text.splitlines()[-lines:])
 
     # -- QMP -------------------------------------------------------------------
-    def qmp_cmd(self, name: str, **args):
+    def qmp_cmd(self, name: str, **args: Any) -> Any:
         from qemu.qmp import ExecuteError
         self._guard(f"sending QMP {name}")
         try:
@@ -363,8 +365,8 @@ class Machine:
                            f"{type(exc).__name__}: {exc}", step="qmp",
                            evidence=self._stderr_tail()) from exc
 
-    def wait_event(self, name: str, match: dict | None = None,
-                   deadline: Deadline | float = 10.0) -> dict:
+    def wait_event(self, name: str, match: dict[str, Any] | None = None,
+                   deadline: Deadline | float = 10.0) -> dict[str, Any]:
         """Wait for a QMP event whose data contains ``match`` (partial dict)."""
         if not isinstance(deadline, Deadline):
             deadline = Deadline(deadline)
@@ -376,7 +378,7 @@ class Machine:
                 continue
             if event and event.get("event") == name and _partial_match(
                     match or {}, event.get("data", {})):
-                return event
+                return dict(event)
         raise MachineError(f"no QMP event {name} {match or ''} within "
                            f"{deadline.seconds:.0f}s", step="qmp",
                            evidence=self.console_tail(20))
@@ -416,7 +418,7 @@ class Machine:
             self.proc.wait()
 
 
-def _partial_match(want: dict, got: dict) -> bool:
+def _partial_match(want: dict[str, Any], got: dict[str, Any]) -> bool:
     for key, value in want.items():
         if key not in got:
             return False

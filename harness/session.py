@@ -13,19 +13,21 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from types import FrameType
+from typing import Any, Optional, Union
 
 from . import guest_image, progress
 from .build import KernelArtifacts
 from .console import SETTLE_S, ConsoleReader, CrashGate, SerialConsole
-from .crashwatch import CrashWatcher
+from .crashwatch import CrashReport, CrashWatcher
 from .errors import MachineError
 from .host import Deadline
 from .machine import Machine, VmSpec, free_port, make_run_dir
-from .ssh import SshTransport, generate_key
+from .ssh import KeyPair, SshTransport, generate_key
 from .transport import CommandResult, Transport
 
 
@@ -37,8 +39,8 @@ class BootOptions:
     slots: int = 4
     maxmem_mb: int = 8192
     smp: int = 2
-    cmdline: tuple = ()
-    devices: tuple = ()
+    cmdline: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
     boot_timeout: float = 60.0
     ssh: bool = True                   # bring up SSH at all
     gdb: bool = False                  # a gdbstub on 127.0.0.1 (the ordering checks)
@@ -55,7 +57,7 @@ class Guest:
     watcher: CrashWatcher
     transport: Transport
     out_dir: Path
-    times: dict = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=dict)
     step: str = "boot"
 
     @property
@@ -68,18 +70,18 @@ class Guest:
         the same lines: console.log's)."""
         return self.reader.lines_seen
 
-    def run(self, command: str, deadline=30.0, via: Optional[Transport] = None
-            ) -> CommandResult:
+    def run(self, command: str, deadline: Union[Deadline, float] = 30.0,
+            via: Optional[Transport] = None) -> CommandResult:
         """Run a command over the scenario transport (or ``via``)."""
         transport = via or self.transport
         progress.detail(f"{transport.name}$ {command}")
         return transport.run(command, deadline)
 
-    def check(self, command: str, deadline=30.0, step: str = "",
+    def check(self, command: str, deadline: Union[Deadline, float] = 30.0, step: str = "",
               blame: Optional[str] = None) -> str:
         return self.run(command, deadline).check(step or self.step, blame=blame).stdout
 
-    def crashes(self) -> tuple:
+    def crashes(self) -> tuple[CrashReport, ...]:
         return self.watcher.reports
 
     def put_text(self, path: str, text: str) -> None:
@@ -102,13 +104,13 @@ class Guest:
         self.run(f"echo 'harness: step {step}' > /dev/kmsg", 10)
 
 
-def _sigterm_as_interrupt():
+def _sigterm_as_interrupt() -> Any:
     """SIGTERM unwinds like Ctrl-C, so every ``with`` block cleans up."""
     from .signals import Terminated, installed
     if installed():   # the CLI's handler does this already (and more)
         return None
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: Optional[FrameType]) -> None:
         raise Terminated()
     try:
         return signal.signal(signal.SIGTERM, handler)
@@ -117,7 +119,8 @@ def _sigterm_as_interrupt():
 
 
 @contextmanager
-def boot(art: KernelArtifacts, opts: BootOptions, out_dir: Path, progress=True):
+def boot(art: KernelArtifacts, opts: BootOptions, out_dir: Path,
+         progress: bool = True) -> Iterator[Guest]:
     """Boot ``art`` and yield a ready Guest; everything is torn down on exit."""
     previous = _sigterm_as_interrupt()
     run_dir = make_run_dir()
@@ -146,9 +149,10 @@ def boot(art: KernelArtifacts, opts: BootOptions, out_dir: Path, progress=True):
             signal.signal(signal.SIGTERM, previous)
 
 
-def _bring_up(machine: Machine, key, opts: BootOptions, out_dir: Path) -> Guest:
+def _bring_up(machine: Machine, key: KeyPair, opts: BootOptions, out_dir: Path) -> Guest:
     deadline = Deadline(opts.boot_timeout)
     reader = machine.reader
+    assert reader is not None, "a launched Machine has a console reader"
     console = SerialConsole(reader, settle=SETTLE_S)
     times = {}
     try:

@@ -1,4 +1,5 @@
-"""`make lint` as a test: ruff (configured in pyproject.toml) finds nothing."""
+"""`make lint` as tests: ruff finds nothing in the tree, mypy --strict nothing
+in the modules pyproject.toml lists (both configured there)."""
 import importlib.util
 import subprocess
 import sys
@@ -9,10 +10,22 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ruff") is None,
-                    reason="ruff is not installed (pip install -e '.[test]' adds it)")
+def tool(name: str):
+    return pytest.mark.skipif(importlib.util.find_spec(name) is None,
+                              reason=f"{name} is not installed "
+                                     f"(pip install -e '.[test]' adds it)")
+
+
+@tool("ruff")
 def test_ruff_is_clean():
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache",
                            "--output-format", "concise", "."],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+@tool("mypy")
+def test_mypy_is_clean():
+    proc = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
