@@ -16,11 +16,30 @@ def test_loop_script_starts_from_online_then_cycles_both_blocks():
     body = text.splitlines()
     assert body[0] == "end=$(( $(date +%s) + 30 )); n=0"
     assert "  if [ $n -gt 1 ]; then     # the first round starts from online" in body
-    assert ("    echo online_movable > /sys/devices/system/memory/memory17/state "
-            "|| fail 'online 0x88000000'") in body
+    assert "  if [ $((n % 4)) -eq 1 ]; then   # a full round: online, offline (migration)" \
+        in body
+    assert ("    [ $n -eq 1 ] || echo online_movable > /sys/devices/system/memory/memory17/"
+            "state || fail 'online 0x88000000'") in body
     assert ("  echo 0x80000000 > /sys/devices/system/memory/remove "
             "|| fail 'remove 0x80000000'") in body
     assert body[-1] == "echo race-done $n"
+
+
+def test_loop_script_runs_in_a_shell(tmp_path):
+    """The loop's control flow in a real sh, against a fake sysfs: the first
+    round offlines and removes what is online, later rounds probe and remove,
+    every 4th onlines and offlines in between."""
+    root = tmp_path / "memory"
+    root.mkdir()
+    script = race.loop_script([0x80000000], 0x8000000, 2, "online_movable")
+    script = script.replace("/sys/devices/system/memory", str(root))
+    script = script.replace("/tmp/race-iter", str(tmp_path / "iter"))
+    (root / "memory16").mkdir()
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "race-iter 1 ok" and lines[-1].startswith("race-done ")
+    assert (root / "remove").read_text().strip() == "0x80000000"
 
 
 @pytest.mark.parametrize("script", [

@@ -18,10 +18,13 @@ removal frees 64 PTE tables per 128 MiB block: the most frees per removal):
 3. the first round step by step (probe both hidden blocks, phase ``added``,
    online them under load, phase ``online``: what blocks-lifecycle and
    online-memory-mapped judge), then one guest-side loop (no round trip per
-   step, so removals come as fast as the guest can do them): offline and
-   remove both blocks, probe and online them again, until
-   :attr:`Options.seconds` have passed; each iteration prints one line
-   (``race-iter N ok`` or the failing operation);
+   step, so removals come as fast as the guest can do them): probe both
+   blocks and remove them again, until :attr:`Options.seconds` have passed;
+   every :data:`FULL_EVERY`-th round (the first included) onlines and
+   offlines them in between (page migration under load), the others go
+   straight from add to remove (the linear map and its tables exist from the
+   add: every removal frees them, which is what the readers race with); each
+   iteration prints one line (``race-iter N ok`` or the failing operation);
 4. stop the load; phase ``removed-1`` against ``before`` (the removal checks
    then judge the end state as for any method); the number of iterations and
    of completed dump reads go to the run's notes, so a pass says how much
@@ -62,6 +65,9 @@ READERS = 2                # concurrent page-table dump readers
 PRESSURE_MB = 64           # written and deleted in a loop by the pressure job
 LOAD_DIR = "/tmp/race"
 LOOP = "/tmp/race-loop.sh"   # outside LOAD_DIR, which load_script recreates
+FULL_EVERY = 4              # every 4th round onlines and offlines; the others
+# only add and remove (the linear map exists from the add: each removal frees
+# its tables), so removals come several times faster under KASAN
 ITER_FILE = "/tmp/race-iter"   # iterations done, for a loop a kernel report ended
 _ITER = re.compile(r"^race-iter (\d+) (ok|FAIL .*)$", re.M)
 
@@ -114,12 +120,17 @@ def loop_script(addrs: list, bs: int, seconds: int, online_type: str) -> str:
              "  if [ $n -gt 1 ]; then     # the first round starts from online"]
     for a in addrs:
         lines.append(f"    echo {a:#x} > {MEMROOT}/probe || fail 'probe {a:#x}'")
+    lines.append("  fi")
+    lines.append(f"  if [ $((n % {FULL_EVERY})) -eq 1 ]; then   # a full round: online, "
+                 "offline (migration)")
     for a in addrs:
-        lines.append(f"    echo {online_type} > {MEMROOT}/{blocks(a)}/state "
+        lines.append(f"    [ $n -eq 1 ] || echo {online_type} > {MEMROOT}/{blocks(a)}/state "
                      f"|| fail 'online {a:#x}'")
+    for a in addrs:
+        lines.append(f"    echo offline > {MEMROOT}/{blocks(a)}/state "
+                     f"|| fail 'offline {a:#x}'")
     lines.append("  fi")
     for a in addrs:
-        lines.append(f"  echo offline > {MEMROOT}/{blocks(a)}/state || fail 'offline {a:#x}'")
         lines.append(f"  echo {a:#x} > {MEMROOT}/remove || fail 'remove {a:#x}'")
     lines += ["  echo \"race-iter $n ok\"", f"  echo $n > {ITER_FILE}", "done",
               "echo race-done $n"]
