@@ -43,7 +43,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from .errors import GuestCrash, HarnessError, ToolMissing
 from .host import require_tool, run
@@ -120,10 +120,10 @@ class CrashReport:
 
     kind: str
     title: str
-    lines: tuple
+    lines: tuple[str, ...]
     first_line_no: int
     pc_symbol: Optional[str]
-    call_trace: tuple
+    call_trace: tuple[str, ...]
     lr_symbol: Optional[str] = None
     timestamp: Optional[float] = None
     complete: bool = True
@@ -135,7 +135,7 @@ class CrashReport:
     def text(self) -> str:
         return "\n".join(self.lines)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "title": self.title,
                 "first_line_no": self.first_line_no, "pc_symbol": self.pc_symbol,
                 "lr_symbol": self.lr_symbol, "call_trace": list(self.call_trace),
@@ -178,10 +178,10 @@ class _Open:
     title: str
     first_line_no: int
     timestamp: Optional[float]
-    lines: list = field(default_factory=list)
-    trace: list = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    trace: list[str] = field(default_factory=list)
     trace_state: str = "none"  # none -> in -> done
-    regs: dict = field(default_factory=dict)
+    regs: dict[str, str] = field(default_factory=dict)
     saw_cut: bool = False
     saw_internal: bool = False
     after_trace: int = 0
@@ -236,7 +236,9 @@ class _Open:
         if message == "Call trace:" and self.trace_state == "none":
             self.trace_state = "in"
         elif self.trace_state == "in":
-            self.trace.append(_TRACE_ENTRY.match(message).group(1))
+            entry = _TRACE_ENTRY.match(message)
+            assert entry is not None   # step() ends the trace at a non-entry line
+            self.trace.append(entry.group(1))
 
     def _is_end(self, message: str) -> bool:
         if self.kind == "panic":
@@ -273,12 +275,12 @@ class CrashWatcher:
         self.post_trace_lines = post_trace_lines
         self.lines_fed = 0
         self._open: Optional[_Open] = None
-        self._reports: list = []
-        self._seen: set = set()
+        self._reports: list[CrashReport] = []
+        self._seen: set[str] = set()
         self._lock = threading.RLock()
 
     @property
-    def reports(self) -> tuple:
+    def reports(self) -> tuple[CrashReport, ...]:
         """Every completed report so far, in order."""
         return tuple(self._reports)
 
@@ -289,12 +291,12 @@ class CrashWatcher:
             return None
         return "warning" if self._open.kind == _CUT else self._open.kind
 
-    def feed(self, line: str) -> list:
+    def feed(self, line: str) -> list[CrashReport]:
         """Take one console line (without its newline); return reports it completed."""
         with self._lock:
             return self._feed(line)
 
-    def _feed(self, line: str) -> list:
+    def _feed(self, line: str) -> list[CrashReport]:
         self.lines_fed += 1
         split = split_kernel_line(line.rstrip("\r\n"))
         message = (split.prefix if split.message is None else split.message).rstrip()
@@ -309,12 +311,13 @@ class CrashWatcher:
         verdict = self._open.step(message, self.max_lines, self.post_trace_lines)
         return self._close() if verdict != "more" else []
 
-    def flush(self) -> list:
+    def flush(self) -> list[CrashReport]:
         """End of input: close the open report, return it (as a list)."""
         with self._lock:
             return self._close()
 
-    def _signature(self, kind: str, message: str, timestamp) -> list:
+    def _signature(self, kind: str, message: str,
+                   timestamp: Optional[float]) -> list[CrashReport]:
         if self._open is not None and self._open.absorbs(kind, message):
             self._open.absorb(kind, message)
             return []
@@ -334,7 +337,7 @@ class CrashWatcher:
         self._seen.add(key)
         return False
 
-    def _close(self) -> list:
+    def _close(self) -> list[CrashReport]:
         if self._open is None:
             return []
         report = self._open.report()
@@ -343,7 +346,7 @@ class CrashWatcher:
         return [report]
 
 
-def classify_log(text: str) -> list:
+def classify_log(text: str) -> list[CrashReport]:
     """All crash reports in a console log's text (``\\r\\r\\n`` line ends are fine;
     read files with ``classify_file`` or ``newline=""``, or line numbers drift)."""
     watcher = CrashWatcher()
@@ -353,7 +356,7 @@ def classify_log(text: str) -> list:
     return list(watcher.reports)
 
 
-def classify_file(path: Path) -> list:
+def classify_file(path: Path) -> list[CrashReport]:
     """``classify_log`` of a saved console.log."""
     return classify_log(Path(path).read_bytes().decode("utf-8", errors="replace"))
 
@@ -361,6 +364,7 @@ def classify_file(path: Path) -> list:
 # --- symbolisation -----------------------------------------------------------
 
 Resolver = Callable[[str, int], Optional[str]]
+SymbolTable = dict[str, list[tuple[int, int]]]   # name -> [(address, size)]
 
 
 @dataclass(frozen=True)
@@ -372,7 +376,7 @@ class Frame:
     location: Optional[str]  # 'arch/arm64/lib/copy_page.S:42', None if unknown
 
 
-def parse_symbol(text: str) -> Optional[tuple]:
+def parse_symbol(text: str) -> Optional[tuple[str, int, int]]:
     """'copy_page+0x30/0xd0' -> ('copy_page', 0x30, 0xd0); None for raw addresses."""
     m = _SYMBOL.fullmatch(text.strip())
     if m is None:
@@ -380,7 +384,7 @@ def parse_symbol(text: str) -> Optional[tuple]:
     return m.group(1), int(m.group(2), 16), int(m.group(3), 16)
 
 
-def symbolize(report: CrashReport, resolve: Resolver) -> tuple:
+def symbolize(report: CrashReport, resolve: Resolver) -> tuple[Frame, ...]:
     """Map the report's pc, lr and call-trace entries to source lines.
 
     ``resolve(func, offset)`` returns 'file:line' or None. lr and call-trace
@@ -420,8 +424,8 @@ class Addr2lineResolver:
         if not self.vmlinux.is_file():
             raise HarnessError(f"vmlinux not found: {self.vmlinux}", step="symbolize")
         self.command = (require_tool(addr2line[0]), *addr2line[1:])
-        self._symbols: Optional[dict] = None
-        self._cache: dict = {}
+        self._symbols: Optional[SymbolTable] = None
+        self._cache: dict[int, Optional[str]] = {}
 
     def __call__(self, func: str, offset: int) -> Optional[str]:
         address = self.address(func, offset)
@@ -438,7 +442,7 @@ class Addr2lineResolver:
                 return start + offset
         return None
 
-    def _symbol_table(self) -> dict:
+    def _symbol_table(self) -> SymbolTable:
         if self._symbols is None:
             self._symbols = load_function_symbols(self.vmlinux)
         return self._symbols
@@ -454,15 +458,15 @@ class Addr2lineResolver:
         return None if not location or location.startswith("??") else location
 
 
-def load_function_symbols(elf_path: Path) -> dict:
+def load_function_symbols(elf_path: Path) -> SymbolTable:
     """name -> [(address, size)] for the functions in an ELF's .symtab."""
     try:
         from elftools.elf.elffile import ELFFile
     except ImportError as exc:
         raise ToolMissing("pyelftools (python module)", "python3-pyelftools") from exc
-    table: dict = {}
+    table: SymbolTable = {}
     with open(elf_path, "rb") as f:
-        symtab = ELFFile(f).get_section_by_name(".symtab")
+        symtab: Any = ELFFile(f).get_section_by_name(".symtab")   # a SymbolTableSection
         if symtab is None:
             raise HarnessError(f"{elf_path} has no .symtab", step="symbolize")
         for sym in symtab.iter_symbols():

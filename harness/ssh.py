@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Optional, Union
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
@@ -72,7 +73,7 @@ class _Watchdog:
         self.thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join()
 
@@ -81,13 +82,16 @@ class SshTransport(Transport):
     name = "ssh"
 
     def __init__(self, port: int, key: KeyPair, host: str = "127.0.0.1",
-                 crash_check=None, alive_check=None):
+                 crash_check: Optional[Callable[[], None]] = None,
+                 alive_check: Optional[Callable[[], None]] = None):
         self.port, self.key, self.host = port, key, host
-        self.crash_check = crash_check   # callable raising GuestCrash, or None
-        self.alive_check = alive_check   # callable raising MachineError if QEMU died
-        self.client: paramiko.SSHClient | None = None
+        # raises GuestCrash; a console.CrashGate also has pending() and wait()
+        self.crash_check = crash_check
+        self.alive_check = alive_check   # raises MachineError if QEMU died
+        self.client: Any = None          # a paramiko.SSHClient once connected
 
-    def connect(self, deadline: Deadline, alive=lambda: None) -> float:
+    def connect(self, deadline: Deadline,
+                alive: Callable[[], None] = lambda: None) -> float:
         """Retry until dropbear answers or the deadline passes; returns seconds."""
         start = time.monotonic()
         pkey = paramiko.Ed25519Key.from_private_key(
@@ -111,17 +115,20 @@ class SshTransport(Transport):
         raise MachineError(f"no SSH answer on 127.0.0.1:{self.port} within "
                            f"{deadline.seconds:.0f}s: {last}", step="boot")
 
-    def run(self, command: str, deadline=30.0) -> CommandResult:
+    def run(self, command: str, deadline: Union[Deadline, float] = 30.0) -> CommandResult:
         if not isinstance(deadline, Deadline):
             deadline = Deadline(deadline)
-        if self.crash_check:
-            self.crash_check()
+        gate = self.crash_check
+        if gate:
+            gate()
         if self.client is None or not self.client.get_transport() \
                 or not self.client.get_transport().is_active():
             raise MachineError("the SSH connection is gone (the guest died or "
                                "an earlier command timed out)", step="ssh")
         start = time.monotonic()
         out, err = bytearray(), bytearray()
+        code: Optional[int] = None
+        failure: object = None
         with _Watchdog(self, deadline) as dog:
             try:
                 code = self._exchange(command, out, err)
@@ -131,10 +138,10 @@ class SshTransport(Transport):
         if code == -1:      # the channel died without an exit status
             code = None
             failure = "the connection closed without an exit status"
-        if code is None and self.crash_check and hasattr(self.crash_check, "wait"):
-            self.crash_check.wait(2.0)
-        if dog.reason == "crash" or (self.crash_check and code is None):
-            self.crash_check()
+        if code is None and gate and hasattr(gate, "wait"):
+            gate.wait(2.0)
+        if gate and (dog.reason == "crash" or code is None):
+            gate()
         if code is None and self.alive_check:
             self.alive_check()
         if dog.reason == "timeout" or code is None:
@@ -142,8 +149,8 @@ class SshTransport(Transport):
                    else f"failed: {failure}")
             raise MachineError(f"command {why} over ssh: {command}", step="ssh",
                                evidence=out.decode(errors="replace")[-2000:])
-        if self.crash_check:
-            self.crash_check()
+        if gate:
+            gate()
         return CommandResult(command=command, stdout=out.decode(errors="replace"),
                              stderr=err.decode(errors="replace"), exit_code=code,
                              seconds=time.monotonic() - start, transport=self.name)
@@ -157,12 +164,12 @@ class SshTransport(Transport):
             if chan.closed and not chan.exit_status_ready():
                 raise EOFError("channel closed")
         self._drain(chan, out, err)
-        code = chan.recv_exit_status()
+        code: int = chan.recv_exit_status()
         chan.close()
         return code
 
     @staticmethod
-    def _drain(chan, out: bytearray, err: bytearray) -> None:
+    def _drain(chan: Any, out: bytearray, err: bytearray) -> None:
         try:
             while chan.recv_ready():
                 out += chan.recv(65536)

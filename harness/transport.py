@@ -81,8 +81,8 @@ class Transport(abc.ABC):
     def close(self) -> None:  # noqa: B027 (optional hook, not abstract)
         """Release the transport (idempotent)."""
 
-    def __enter__(self):
+    def __enter__(self) -> Transport:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
