@@ -407,14 +407,15 @@ def walker_chart(run: MethodRun) -> Optional[dict]:
             groups.append({"region": region, "level": level, "x": x, "values": [
                 {"phase": n, "value": v, "differs": base is not None and v is not None
                  and v != base} for n, v in values]})
-            x += len(values) * bar_w + gap
+            x += max(len(values) * bar_w, 44) + gap     # room for the labels
     top = max([v["value"] or 0 for g in groups for v in g["values"]] + [1])
     for g in groups:
         for i, v in enumerate(g["values"]):
             v["x"] = g["x"] + i * bar_w
             v["h"] = round(40 * (v["value"] or 0) / top, 1) if v["value"] else 0
     return {"groups": groups, "width": max(x, 100), "bar_w": bar_w - 2,
-            "phases": [p.name for p in walked]}
+            "phases": [p.name for p in walked],
+            "empty": any(g["level"] == EMPTY for g in groups)}
 
 
 # ---------------------------------------------------------------- splats
