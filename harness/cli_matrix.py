@@ -87,7 +87,7 @@ def cmd_matrix(args) -> int:
             json.loads(args.markdown.read_text()))), end="")
         return 0
     from . import runner
-    from .cli_run import default_dir, make_private_dirs, run_to_report
+    from .cli_run import default_dir, make_private_dirs, run_to_report, write_matrix
     geos = _names(args.geometry, geomatrix.geometries(), "geometry")
     methods = _names(args.method, list(runner.METHODS), "method")
     out = args.report or default_dir("matrix")
@@ -97,14 +97,5 @@ def cmd_matrix(args) -> int:
         return run_to_report(args.kernel_src, configs, args.patch, args.append, methods,
                              1, folder, order_check=args.order_check)
     cells = geomatrix.run_matrix(geos, methods, out, run, progress=ui.info)
-    data = geomatrix.to_json(cells)
-    (out / "matrix.json").write_text(json.dumps(data, indent=1) + "\n")
-    (out / "matrix.txt").write_text(geomatrix.matrix_text(cells))
-    from . import htmlreport
-    htmlreport.write_matrix_html(out / htmlreport.MATRIX_HTML,
-                                 geomatrix.html_matrix(cells, out))
-    if args.json:
-        print(json.dumps(data, indent=1))
-    else:
-        print(geomatrix.matrix_text(cells) + f"matrix: {out / 'matrix.json'}")
-    return data["exit_code"]
+    return write_matrix(out, geomatrix.to_json(cells), geomatrix.matrix_text(cells),
+                        geomatrix.html_matrix(cells, out), args.json)

@@ -73,22 +73,15 @@ def cmd_repro(args) -> int:
                   f"{' --config ' + '+'.join(r.configs) if r.configs else ''}"
                   f"{' ' + ' '.join(r.append) if r.append else ''}\n    expect: {expect}")
         return 0
-    from .cli_run import default_dir, make_private_dirs
+    from .cli_run import default_dir, make_private_dirs, write_matrix
     out = args.report or default_dir("repro")
     make_private_dirs(out)
     rows = repro.run_matrix(regs, out, _runner(args.kernel_src), progress=ui.info,
                             clean=not args.no_clean)
     data = {"rows": [r.to_dict() for r in rows], "exit_code": repro.matrix_exit_code(rows)}
-    (out / "matrix.json").write_text(json.dumps(data, indent=1) + "\n")
-    (out / "matrix.txt").write_text(repro.matrix_text(rows))
     from . import htmlreport
-    htmlreport.write_matrix_html(out / htmlreport.MATRIX_HTML,
-                                 htmlreport.repro_matrix(data, out))
-    if args.json:
-        print(json.dumps(data, indent=1))
-    else:
-        print(repro.matrix_text(rows) + f"matrix: {out / 'matrix.json'}")
-    return data["exit_code"]
+    return write_matrix(out, data, repro.matrix_text(rows), htmlreport.repro_matrix(data, out),
+                        args.json)
 
 
 def _runner(kernel_src: str):

@@ -394,6 +394,18 @@ def run_to_report(kernel_src: str, configs, patches, append, methods, cycles: in
     return json.loads((folder / "report.json").read_text())
 
 
+def write_matrix(out: Path, data: dict, text: str, page: dict, as_json: bool) -> int:
+    """What repro and matrix leave in their folder (matrix.json, matrix.txt,
+    matrix.html from ``page``, htmlreport's MATRIX_SCHEMA) and print; returns
+    the matrix's exit code."""
+    from . import htmlreport
+    (out / "matrix.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out / "matrix.txt").write_text(text)
+    htmlreport.write_matrix_html(out / htmlreport.MATRIX_HTML, page)
+    print(json.dumps(data, indent=1) if as_json else text + f"matrix: {out / 'matrix.json'}")
+    return data["exit_code"]
+
+
 def kernel_identity(art) -> dict:
     """What report.json's "kernel" says of the artifacts a run booted."""
     return {"source": art.source, "patches": [list(p) for p in art.patches],
