@@ -204,8 +204,11 @@ def _order_marks(run: MethodRun) -> dict:
 
 
 def _unflushed(events: list, order) -> list:
+    """Watched tables freed with no covering TLB invalidation between the clear
+    of their entry and the free (or freed before the clear): what
+    order.check_tlb_flushed_before_free counts as violations."""
     watched = {e.link.table_pa: e.link for e in events if isinstance(e, order.Watch)}
-    cleared, flushed, out = {}, set(), []
+    cleared, flushed, done, out = {}, set(), set(), []
     for e in events:
         if isinstance(e, order.Clear) and e.table_pa in watched:
             cleared.setdefault(e.table_pa, e.seq)
@@ -213,12 +216,17 @@ def _unflushed(events: list, order) -> list:
             flushed |= {pa for pa, seq in cleared.items()
                         if e.seq > seq and e.covers(watched[pa].va, watched[pa].span)}
         elif isinstance(e, order.Free):
-            for pa in [p for p in watched if e.pa <= p < e.pa_end and p in cleared
-                       and p not in flushed]:
-                link = watched.pop(pa)
-                out.append((link.va, link.span, link.level, f"table PA 0x{pa:x} freed "
-                            f"with no TLB invalidation after its {link.level} entry "
-                            f"was cleared"))
+            for pa in [p for p in watched if e.pa <= p < e.pa_end and p not in done]:
+                done.add(pa)             # a later free of the page is a reuse
+                link = watched[pa]
+                if pa in cleared and pa not in flushed:
+                    why = "cleared, then freed with no TLB invalidation in between"
+                elif pa not in cleared and e.linked:
+                    why = "freed before its entry was cleared"
+                else:
+                    continue
+                out.append((link.va, link.span, link.level,
+                            f"table PA 0x{pa:x} of this {link.level} entry not flushed: {why}"))
     return out
 
 
@@ -563,9 +571,10 @@ def repro_matrix(data: dict, folder: Optional[Path] = None) -> dict:
                             "title": f"{c.get('method', '')}: {c.get('evidence', '')}"}
         note = r.get("error") or (f"not expected to be caught: {r['why']}" if r.get("why")
                                   else "")
-        page = Path(folder) / r.get("name", "") / REPORT_HTML if folder else None
+        sub = _repro_folder(r)
+        page = Path(folder) / sub / REPORT_HTML if folder else None
         rows.append({"name": r.get("name", ""), "status": r.get("status", ""),
-                     "link": f"{r['name']}/{REPORT_HTML}" if page and page.is_file() else "",
+                     "link": f"{sub}/{REPORT_HTML}" if page and page.is_file() else "",
                      "info": {"review point": r.get("point", ""), "run with": run,
                               "seconds": str(r.get("seconds", ""))},
                      "note": note, "cells": cells})
@@ -578,6 +587,16 @@ def repro_matrix(data: dict, folder: Optional[Path] = None) -> dict:
             "columns": columns, "rows": rows,
             "legend": "a ringed cell is a check the regression is expected to FAIL; "
                       "hover a cell for its evidence"}
+
+
+def _repro_folder(row: dict) -> str:
+    """The run folder repro.run_matrix gave this row."""
+    from . import repro
+    if row.get("point") != "(clean kernel)":
+        return row.get("name", "")
+    return "clean-" + repro._shape_slug(tuple(row.get("configs", ())),
+                                        tuple(row.get("append", ())),
+                                        tuple(row.get("methods", ())))
 
 
 def write_matrix_html(path: Path, matrix: dict) -> Path:

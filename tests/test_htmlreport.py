@@ -144,6 +144,7 @@ def test_order_violations_are_marked_on_the_removal_phase():
     phase = next(p.name for p in run.phases if p.name.startswith("removed"))
     assert 'class="mk"' in lane(lm, phase)
     assert "PA 0x4321000 freed while linked" in lane(lm, phase)
+    assert f"order VA 0x{va:x}<title>" in lane(lm, phase)
 
 
 RECORDED_ALERTS = {       # every recorded run: (Linear Mapping, vmemmap) marks
@@ -174,6 +175,33 @@ def test_every_recorded_run_is_pictured(name):
     assert marks == RECORDED_ALERTS[name]
     if name.startswith("recorded-run-0004"):
         assert "✗ unmapped" in lane(figure(page, "Linear Mapping"), "removed-1")
+
+
+@pytest.mark.parametrize("name", ["order-clean-rodata-full.jsonl",
+                                  "order-free-before-clear-rodata-full.jsonl",
+                                  "order-no-flush-rodata-full.jsonl"])
+def test_recorded_order_events_are_marked_as_the_checks_count_them(name):
+    """gdb's recorded events of a real removal (tests/data/README), placed on the
+    recorded probe run of the same geometry: one mark per violation the
+    ordering checks count, on removed-1."""
+    from harness import order
+    lines = (DATA / name).read_text().splitlines()
+    events = order.events_from_lines(lines)
+    step = "remove 0x80000000"
+    linked = order.check_no_table_freed_while_linked(events, step).counts.get("linked", 0)
+    unflushed = order.check_tlb_flushed_before_free(events, step).counts.get("violations", 0)
+    run = runs_of(CLEAN[1])[0]
+    rec = {"step": step, "flush_check": True, "events": [e.to_dict() for e in events]}
+    page = htmlreport.render_report(report.build_report(
+        KERNEL, [type(run)(**{**run.__dict__, "order": (rec,)})]))
+    titles = re.findall(r'<path class="mk"[^>]*><title>([^<]*)</title>',
+                        lane(figure(page, "Linear Mapping"), "removed-1"))
+    assert sum("freed while linked" in x for x in titles) == sum(
+        len(e.linked) for e in events if isinstance(e, order.Free))
+    assert sum("not flushed:" in x for x in titles) == unflushed
+    assert bool(titles) == bool(linked or unflushed)
+    if name.startswith("order-clean"):
+        assert 'class="mk"' not in page
 
 
 def test_walker_chart_flags_counts_that_differ_from_before():
@@ -330,6 +358,10 @@ def test_repro_matrix_page_from_matrix_json(tmp_path):
     page = htmlreport.render_matrix(htmlreport.repro_matrix(data, tmp_path))
     assert '<a href="0003-stale-vmemmap/report.html">0003-stale-vmemmap</a>' in page
     assert "clean 4k-48 acpi-dimm</td>" in page          # no folder: no link
+    (tmp_path / "clean-default-acpi-dimm").mkdir()
+    (tmp_path / "clean-default-acpi-dimm" / "report.html").write_text("page")
+    page = htmlreport.render_matrix(htmlreport.repro_matrix(data, tmp_path))
+    assert '<a href="clean-default-acpi-dimm/report.html">clean 4k-48 acpi-dimm</a>' in page
     assert '<span class="badge good">caught</span>' in page
     assert 'class="cell bad expected" title="acpi-dimm: removed-1: struct pages' in page
     assert "every expected regression caught" in page
