@@ -314,6 +314,15 @@ def test_a_report_html_failure_keeps_report_json(tmp_path, monkeypatch, capsys):
     assert "report.html not written: RuntimeError: template exploded" in capsys.readouterr().err
 
 
+def test_a_picture_that_cannot_be_drawn_leaves_the_rest_of_the_page(monkeypatch):
+    def broken(run):
+        raise ValueError("no axis")
+    monkeypatch.setattr(htmlreport, "method_figures", broken)
+    page = htmlreport.render_report(report_of(STALE_VMEMMAP))
+    assert "picture not drawn (ValueError: no axis)" in page
+    assert '<table class="checks"' in page
+
+
 def test_a_run_that_stopped_before_the_add_says_why_instead_of_a_picture():
     run = runs_of(STALE_VMEMMAP)[0]
     run = type(run)(**{**run.__dict__, "phases": run.phases[:1], "removals": (),
