@@ -98,3 +98,9 @@ def test_html_page_from_saved_json_escapes_and_marks_xfail(tmp_path, capsys, mon
     assert page.startswith("<!DOCTYPE html>") or page.lstrip().startswith("<!")
     assert "XFAIL" in page and "4k-48" in page
     assert "known <b>bad</b>" not in page and "known &lt;b&gt;bad&lt;/b&gt;" in page
+
+
+def test_split_leaf_is_expected_to_fail_everywhere_with_a_reason():
+    assert "unfixed in 6.12" in geomatrix.expected_reason("4k-48", "split-leaf")
+    assert "nothing to split" in geomatrix.expected_reason("64k-42", "split-leaf")
+    assert geomatrix.expected_reason("4k-48", "probe") == ""
