@@ -106,6 +106,24 @@ def test_a_stale_linear_map_is_red_in_the_linear_mapping_panel():
     assert "✗ stale" in lane(lm, "removed-2")
 
 
+def test_cycles_plugging_the_range_back_is_not_stale():
+    """Phases as --cycles 2 names them (checked on a real run: cycle-1, added@2,
+    ..., removed-2@2, cycle-2), built from the recorded clean run: after the
+    re-add the range is mapped again, which is no stale mapping."""
+    run = runs_of(CLEAN[0])[0]
+    again = tuple(type(p)(**{**p.__dict__, "name": f"{p.name}@2"})
+                  for p in run.phases if p.name != "before")
+    removals = run.removals + tuple(type(r)(**{**r.__dict__, "phase": f"{r.phase}@2"})
+                                    for r in run.removals)
+    run = type(run)(**{**run.__dict__, "phases": run.phases + again, "removals": removals})
+    page = htmlreport.render_report(report.build_report(KERNEL, [run]))
+    for region in ("Linear Mapping", "vmemmap"):
+        svg = figure(page, region)
+        assert 'data-alerts="0"' in svg
+        assert "= before" in lane(svg, "removed-2@2")
+        assert 'class="map PMD"' in lane(svg, "online@2")
+
+
 def test_a_kept_table_is_marked_where_the_hole_went_one_level_deeper():
     page = htmlreport.render_report(report_of(TABLES_KEPT))
     lm = lane(figure(page, "Linear Mapping"), "removed-2")
