@@ -531,6 +531,60 @@ def check_online_memory_mapped(run: MethodRun) -> Check:
     return combine(run, name, parts, "no phases recorded")
 
 
+# ---------------------------------------------------------------- contiguous groups
+
+# arm64's contiguous hint (arch/arm64/include/asm/pgtable-hwdef.h): a leaf with
+# the CON bit belongs to an aligned group of CONT_PTES / CONT_PMDS entries that
+# must all be valid with the same attributes. Removing part of a group without
+# rewriting the rest (break-before-make) is contiguous-bit misprogramming: TLB
+# conflicts on hardware, which TCG does not model, so the dump is what shows it.
+CONT_SPAN = {  # granule -> {level: bytes one group maps}
+    4096: {"PTE": 16 << 12, "PMD": 16 << 21},
+    16384: {"PTE": 128 << 14, "PMD": 32 << 25},
+    65536: {"PTE": 32 << 16, "PMD": 32 << 29},
+}
+_CONT_REGIONS = ("Linear Mapping", "vmemmap")
+
+
+def _broken_groups(phase: Phase, granule: int) -> list[str]:
+    spans = CONT_SPAN.get(granule, {})
+    out = []
+    for region in _CONT_REGIONS:
+        if region not in phase.ptdump.regions:
+            continue
+        for e in phase.ptdump.region(region).entries:
+            span = spans.get(e.level)
+            if not e.is_valid or "CON" not in e.attrs or not span:
+                continue
+            if e.start % span or e.end % span:
+                unit = f"{span >> 30}G" if span >= 1 << 30 else (
+                    f"{span >> 20}M" if span >= 1 << 20 else f"{span >> 10}K")
+                out.append(f"{region} VA {_span(e.start, e.end)} ({e.size} {e.level} CON) "
+                           f"is not whole {unit}-aligned contiguous groups")
+    return out
+
+
+def _contiguous_part(run: MethodRun, phase: Phase) -> Part:
+    if phase.ptdump is None:
+        raise _Skip("no ptdump")
+    granule = int(run.geometry.get("granule") or 0)
+    if granule not in CONT_SPAN:
+        raise _Skip(f"granule {granule} unknown")
+    broken = _broken_groups(phase, granule)
+    if broken:
+        return Part(FAIL, f"{phase.name}: a contiguous (CON) group is only partly mapped: "
+                    f"{broken[0]}" + _more(broken[1:]), phase.name)
+    return Part(PASS, f"{phase.name}: every CON range is whole groups", phase.name)
+
+
+def check_contiguous_groups_whole(run: MethodRun) -> Check:
+    """No phase shows a leaf with the contiguous bit whose aligned group is
+    only partly mapped (a removal that cut through a CONT range)."""
+    name = "contiguous-groups-whole"
+    parts = [_guard(p.name, lambda p=p: _contiguous_part(run, p)) for p in run.phases]
+    return combine(run, name, parts, "no phases recorded")
+
+
 # ---------------------------------------------------------------- bootmem, crashes
 
 _BOOTMEM_RULE = re.compile(r"Boot memory \[([0-9a-f]+) ([0-9a-f]+)\] offlining attempted")
@@ -885,6 +939,7 @@ RULES: tuple = (
     ("no-stale-vmemmap", check_no_stale_vmemmap),
     ("tables-freed", check_tables_freed),
     ("online-memory-mapped", check_online_memory_mapped),
+    ("contiguous-groups-whole", check_contiguous_groups_whole),
     ("bootmem-not-removable", check_bootmem_not_removable),
     ("no-kernel-splat", check_no_kernel_splat),
     ("no-leak-across-cycles", check_no_leak_across_cycles),

@@ -297,7 +297,8 @@ methods:
 checks (each PASS/FAIL/SKIP/ERROR with evidence; a check a method needs that
 could not look is an ERROR, never a PASS):
   blocks-lifecycle no-stale-linear-map no-stale-vmemmap tables-freed
-  online-memory-mapped bootmem-not-removable no-kernel-splat
+  online-memory-mapped contiguous-groups-whole bootmem-not-removable
+  no-kernel-splat
   no-leak-across-cycles (page_owner; --cycles >= 2 adds --config leak)
   walker-agrees-with-ptdump walker-no-bad-entries
   no-table-freed-while-linked tlb-flushed-before-free kselftest

@@ -132,10 +132,12 @@ def _geometry_seen(run: dict) -> dict:
 def cell_of(geometry: str, method: dict) -> Cell:
     """One cell from a report.json method entry."""
     verdict = method.get("verdict", ERROR)
+    required = set((method.get("run") or {}).get("required") or ())
     problems = []
     for c in method.get("checks", ()):
-        # a SKIP matters only when it cost the method its PASS
+        # a SKIP matters only for a check the method needed (it then cost the PASS)
         if c["verdict"] in (FAIL, ERROR) or (c["verdict"] == SKIP and verdict != PASS
+                                              and c["name"] in required
                                               and not c.get("evidence", "").startswith(
                                                   NOT_APPLICABLE)):
             first = (c.get("evidence") or "").strip().split("\n", 1)[0]
@@ -260,7 +262,8 @@ def matrix_markdown(cells: list[Cell]) -> str:
             c = at.get((g, m))
             mark = c.status if c else "-"
             if c and c.status in (FAIL, ERROR, XFAIL, XPASS, SKIP) and c.problems:
-                mark += f" ({c.problems[0].split(':', 1)[0]})"
+                named = [p for p in c.problems if " FAIL: " in p] or list(c.problems)
+                mark += f" ({named[0].split(':', 1)[0].split(' at step ')[0]})"
             marks.append(mark)
         first = next((c for c in cells if c.geometry == g and c.tables), None)
         tables = " → ".join(_levels(r.get("Linear Mapping", {}))

@@ -15,7 +15,8 @@ PASS, FAIL, SKIP, ERROR = "PASS", "FAIL", "SKIP", "ERROR"
 # checks every method that removes memory needs; one that cannot look is an
 # error of the run, never a PASS (checks.judge)
 REMOVAL_CHECKS = ("blocks-lifecycle", "no-stale-linear-map", "no-stale-vmemmap",
-                  "tables-freed", "online-memory-mapped", "no-kernel-splat")
+                  "tables-freed", "online-memory-mapped", "contiguous-groups-whole",
+                  "no-kernel-splat")
 
 
 @dataclass(frozen=True)

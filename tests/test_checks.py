@@ -162,6 +162,7 @@ def test_good_run_passes_every_check():
                            if n not in ("kselftest",) + checks._ORDER_CHECKS]
     verdicts = {n: c.verdict for n, c in found.items()}
     assert verdicts == {"blocks-lifecycle": PASS, "no-stale-linear-map": PASS,
+                        "contiguous-groups-whole": PASS,
                         "no-stale-vmemmap": PASS, "tables-freed": PASS,
                         "online-memory-mapped": PASS, "bootmem-not-removable": SKIP,
                         "no-kernel-splat": PASS, "no-leak-across-cycles": SKIP,
@@ -499,6 +500,37 @@ def test_cycles_fail_on_table_growth():
     c = by_name(run)["no-leak-across-cycles"]
     assert c.verdict == FAIL
     assert "cycle-3 vs cycle-1, Linear Mapping PTE tables: 3 -> 4" in c.evidence
+
+
+# ---------------------------------------------------------------- contiguous groups
+
+def _recorded_16k(phase: str):
+    text = (Path(__file__).resolve().parent / "data"
+            / f"recorded-16k-47-split-leaf-ptdump-{phase}.txt").read_text()
+    return dataclasses.replace(make_run().phase("before"), name=phase,
+                               ptdump=ptdump.parse(text))
+
+
+def test_contiguous_groups_whole_on_a_real_16k_split():
+    """Recorded on 16k-47: stock 6.12 removes one 128 MiB block out of a 1G run
+    of CON PMDs and leaves two partial groups mapped (TCG does not fault)."""
+    online, removed = _recorded_16k("online"), _recorded_16k("removed-1")
+    run = dataclasses.replace(make_run(), phases=(online, removed),
+                              geometry=dict(GEOMETRY, granule=16384))
+    c = checks.check_contiguous_groups_whole(run)
+    assert c.verdict == FAIL and c.step == "removed-1"     # no such step in make_run
+    assert c.evidence.startswith(
+        "removed-1: a contiguous (CON) group is only partly mapped: Linear Mapping VA "
+        "0xffff800080000000-0xffff800088000000 (128M PMD CON) is not whole 1G-aligned "
+        "contiguous groups")
+    assert "0xffff800090000000-0xffff8000c0000000 (768M PMD CON)" in c.evidence
+    ok = checks.check_contiguous_groups_whole(dataclasses.replace(run, phases=(online,)))
+    assert ok.verdict == PASS and "every CON range is whole groups" in ok.evidence
+
+
+def test_contiguous_groups_skip_an_unknown_granule():
+    run = dataclasses.replace(make_run(), geometry=dict(GEOMETRY, granule=8192))
+    assert checks.check_contiguous_groups_whole(run).verdict == SKIP
 
 
 # ---------------------------------------------------------------- walker vs ptdump

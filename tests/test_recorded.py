@@ -235,7 +235,10 @@ def test_recorded_report_rejudged_gives_the_recorded_verdicts(folder, tmp_path):
     assert (again["verdict"], code) == (saved["verdict"], saved["exit_code"]) == (FAIL, 1)
     for old, new in zip(saved["methods"], again["methods"], strict=True):
         assert new["verdict"] == old["verdict"]
-        assert verdicts_of(new) == verdicts_of(old)
+        before, now = verdicts_of(old), verdicts_of(new)
+        assert {k: now.get(k) for k in before} == before
+        # checks added since the recording judge the same real data: they pass
+        assert {v for k, v in now.items() if k not in before} <= {PASS}
     # the folder itself is left as recorded
     assert json.loads((folder / "report.json").read_text()) == saved
 
