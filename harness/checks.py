@@ -656,7 +656,24 @@ def check_no_kernel_splat(run: MethodRun) -> Check:
     step = next((c.get("step") for c in run.crashes if c.get("step")), "")
     count = len(run.crashes)
     head = f"{count} kernel reports, the first: {crash_line(run.crashes[0])}\n"
+    span = _step_range(run, step)
+    if span:     # a WARNING carries no address: say what the step was removing
+        lines.append(f"step {step!r} was removing PA {_span(*span)}")
     return Check(name, FAIL, (head if count > 1 else "") + "\n".join(lines), step)
+
+
+def _step_range(run: MethodRun, step: str) -> Optional[tuple[int, int]]:
+    """The physical range a removal step removes: from the ordering records
+    (their step names), else from the removal whose phase that step led to."""
+    if not step:
+        return None
+    for record in run.order:
+        if record.get("step") == step and record.get("pa_end"):
+            return int(record["pa_start"]), int(record["pa_end"])
+    for removal in run.removals:
+        if phase_step(run, removal.phase) == step:
+            return removal.pa_start, removal.pa_end
+    return None
 
 
 # ---------------------------------------------------------------- cycles

@@ -426,6 +426,18 @@ def test_no_kernel_splat_lists_each_crash_with_its_step():
     assert checks.method_verdict(run, [Check("x", PASS)]) == FAIL
 
 
+def test_no_kernel_splat_names_the_range_its_removal_step_was_removing():
+    """A WARNING carries no address; the step it happened in says what was
+    being removed (from the step that led to the removal's phase)."""
+    crashes = [dict(r.to_dict(), step="remove dimm1")
+               for r in classify_file(DATA / "console-warn-hotplug.log")]
+    c = checks.check_no_kernel_splat(make_run(crashes=tuple(crashes)))
+    assert c.evidence.endswith("step 'remove dimm1' was removing PA 0x80000000-0xa0000000")
+    other = [dict(r, step="online dimm1") for r in crashes]
+    assert "was removing" not in checks.check_no_kernel_splat(
+        make_run(crashes=tuple(other))).evidence
+
+
 # ---------------------------------------------------------------- cycles
 
 def owners(name: str) -> dict:
