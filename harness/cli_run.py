@@ -227,28 +227,28 @@ def _interactive(guest) -> int:
         subprocess.call(argv)
         return 0
     print("serial console: Ctrl-] stops the guest", file=sys.stderr)
-    _serial_shell(guest.machine.tap)
+    _serial_shell(guest.reader)
     return 0
 
 
-def _serial_shell(tap) -> None:
+def _serial_shell(reader) -> None:
     """Raw terminal <-> console until Ctrl-]."""
     fd = sys.stdin.fileno()
     old = termios.tcgetattr(fd) if os.isatty(fd) else None
-    tap.discard()
-    tap.send(b"\n")
+    reader.discard()
+    reader.send(b"\n")
     try:
         if old:
             tty.setraw(fd)
-        while not tap.eof:
-            data = tap.read(65536, 0.05)
+        while not reader.eof:
+            data = reader.read(65536, 0.05)
             if data:
                 os.write(sys.stdout.fileno(), data)
             if select.select([fd], [], [], 0)[0]:
                 key = os.read(fd, 1024)
                 if b"\x1d" in key or not key:
                     break
-                tap.send(key)
+                reader.send(key)
     except EOFError:
         pass
     finally:

@@ -207,11 +207,6 @@ class Machine:
         # (not at its timeout)
         self.crash_check: Callable[[], None] | None = None
 
-    @property
-    def tap(self) -> ConsoleReader | None:
-        """The console reader (its older name, still used by callers)."""
-        return self.reader
-
     # -- launch ------------------------------------------------------------
     def __enter__(self) -> Machine:
         try:

@@ -391,8 +391,8 @@ def try_bootmem_offline(rec: Recorder, boot_phase: Phase) -> dict:
     size = boot_phase.blocks.block_size
     block, hole_free = bootmem_candidate(boot_phase, size)
     lines: list = []
-    tap, listener = rec.guest.machine.tap, lines.append
-    tap.listeners.append(listener)
+    reader, listener = rec.guest.reader, lines.append
+    reader.listeners.append(listener)
     try:
         res = rec.guest.run(f"echo offline > {MEMROOT}/memory{block.index}/state", 60)
         after = rec.sh(f"cat {MEMROOT}/memory{block.index}/state").strip()
@@ -402,7 +402,7 @@ def try_bootmem_offline(rec: Recorder, boot_phase: Phase) -> dict:
                 break
             time.sleep(0.05)
     finally:
-        tap.listeners.remove(listener)
+        reader.listeners.remove(listener)
     said = [l for l in lines if "Boot memory" in l or "offlin" in l.lower()]
     return {"block": block.index, "exit_code": res.exit_code,
             "output": (res.stdout + res.stderr).strip()[-500:], "state_after": after,

@@ -221,8 +221,8 @@ def _try_remove(rec: Recorder, pa: int) -> dict:
     """Write ``pa`` to the remove file; keep the console lines printed meanwhile
     (the refusal's reason, or the start of the crash)."""
     lines: list = []
-    tap, listener = rec.guest.machine.tap, lines.append
-    tap.listeners.append(listener)
+    reader, listener = rec.guest.reader, lines.append
+    reader.listeners.append(listener)
     try:
         res = rec.guest.run(f"echo {pa:#x} > {MEMROOT}/remove", 120)
         if res.exit_code != 0:       # the console may lag the shell
@@ -230,7 +230,7 @@ def _try_remove(rec: Recorder, pa: int) -> dict:
             while time.monotonic() < end and not any(REFUSAL_TEXT in l for l in lines):
                 time.sleep(0.05)
     finally:
-        tap.listeners.remove(listener)
+        reader.listeners.remove(listener)
     text = (res.stdout + res.stderr).strip()
     kind, name = outcome(res.exit_code, text)
     console = [l.strip() for l in lines
