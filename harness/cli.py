@@ -144,6 +144,8 @@ def _add_later_commands(sub) -> None:
     cli_repro.register(sub, add_kernel_options)
     from . import cli_matrix
     cli_matrix.register(sub, add_kernel_options)
+    from . import cli_bisect
+    cli_bisect.register(sub)
 
 
 def version() -> str:
