@@ -120,3 +120,23 @@ def test_run_scripts_parser():
     scripts = run_scripts(text)
     assert scripts[0] == "make deps"
     assert commands(scripts[1]) == ["a  b", "d", "e"]
+
+
+def test_readme_caller_example_lints(tmp_path):
+    """The README's reusable-workflow call, against this workflow's inputs."""
+    actionlint = find_actionlint()
+    if actionlint is None or shutil.which("git") is None:
+        pytest.skip("actionlint or git not installed (see test_actionlint_clean)")
+    block = re.search(r"```yaml\n(jobs:\n.*?uses: OWNER/hotplug-harness.*?)```", README,
+                      re.S)
+    assert block, "README has no reusable-workflow example"
+    caller = "on: push\n" + block.group(1).replace(
+        "OWNER/hotplug-harness/.github/workflows/ci.yml@main", "./.github/workflows/ci.yml")
+    flows = tmp_path / ".github" / "workflows"
+    flows.mkdir(parents=True)
+    shutil.copy(WORKFLOWS / "ci.yml", flows / "ci.yml")
+    (flows / "caller.yml").write_text(caller)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    proc = subprocess.run([actionlint, "-no-color"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
