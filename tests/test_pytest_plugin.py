@@ -41,3 +41,28 @@ def test_example_user_test_passes():
     proc = pytest_run("-q", "examples/", cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "1 passed" in proc.stdout
+
+
+def test_hotplug_guest_judges_what_it_recorded():
+    """HotplugGuest.judge/assert_pass on a recorded probe run (no guest): the
+    harness's checks see the phases and removals the test recorded."""
+    import json
+    from types import SimpleNamespace
+
+    from harness.pytest_plugin import HotplugGuest
+    from harness.records import MethodRun
+
+    run = MethodRun.from_dict(json.loads(
+        (ROOT / "tests" / "data" / "recorded-4k-48-probe" / "probe.json").read_text()))
+    rec = SimpleNamespace(geometry=run.geometry, steps=list(run.steps),
+                          phases=list(run.phases), removals=list(run.removals), notes=[],
+                          walk=True, step_lines=[])
+    guest = SimpleNamespace(watcher=SimpleNamespace(reports=()))
+    g = HotplugGuest(guest, rec, "my-test")
+    checks = g.assert_pass("no-stale-linear-map", "no-stale-vmemmap", "tables-freed",
+                           "online-memory-mapped", "no-kernel-splat")
+    assert checks["tables-freed"].verdict == "PASS"
+    # a removal the kernel did not really do: the removed range is still mapped
+    rec.removals = [type(run.removals[0])(run.phases[-1].name, 0x40000000, 0x48000000)]
+    with pytest.raises(AssertionError, match="no-stale-linear-map: FAIL"):
+        g.assert_pass("no-stale-linear-map")
