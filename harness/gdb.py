@@ -350,7 +350,9 @@ def _detach(session: Session, timeout: Optional[float] = None) -> None:
             raise GdbError(f"gdb exited with code {proc.returncode} before detaching",
                            step=session.spec.step, evidence=session.stderr_tail())
         if "error" in kinds and "detached" not in kinds:
-            raise GdbError("gdb agent failed while recording",
+            why = next((d.get("message", "") for d in session._read()
+                        if d.get("kind") == "error"), "")
+            raise GdbError(f"gdb agent failed while recording: {why}".rstrip(": "),
                            step=session.spec.step, evidence=session.stderr_tail())
         now = time.monotonic()
         if now > end:

@@ -151,6 +151,8 @@ def test_agent_error_is_reported(tmp_path, fake_gdb, monkeypatch):
         with gdb.attach(_spec(tmp_path, gdb=fake_gdb), progress=lambda l: None):
             pass
     assert "no swapper" in e.value.evidence
+    if "while recording" in e.value.message:     # the cause is in the message too
+        assert "no swapper" in e.value.message
     assert not _alive(int((tmp_path / "fake.pid").read_text()))
 
 
