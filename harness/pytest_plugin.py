@@ -90,8 +90,11 @@ class HotplugGuest:
         fn = (lambda: self.sh(action)) if isinstance(action, str) else action
         return self.recorder.step(name, fn)
 
-    def removed(self, phase: str, pa_start: int, pa_end: int, baseline: str = "") -> None:
-        """Tell the removal checks that ``phase`` follows removing [start, end)."""
+    def removed(self, phase: str, pa_start: int, pa_end: int,
+                baseline: str = "before") -> None:
+        """Tell the removal checks that ``phase`` follows removing [start, end);
+        ``tables-freed`` compares it with ``baseline`` ("" when a neighbour
+        stays online: nothing to compare)."""
         self.recorder.removed(phase, pa_start, pa_end, baseline)
 
     def block_size(self) -> int:
