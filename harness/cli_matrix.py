@@ -7,6 +7,7 @@ from pathlib import Path
 
 from . import geomatrix
 from . import progress as ui
+from .cli_run import add_matrix_outputs
 from .errors import HarnessError
 
 EPILOG = """\
@@ -56,12 +57,7 @@ def register(sub, add_kernel_options) -> None:
     p.add_argument("--report", metavar="DIR", type=Path, default=None,
                    help="keep each geometry's report folder here "
                         "(default: ./runs/matrix-...)")
-    p.add_argument("--json", action="store_true", help="print the matrix as JSON")
-    p.add_argument("--markdown", metavar="MATRIX_JSON", type=Path, default=None,
-                   help="print the README table for a matrix saved with --json; no run")
-    p.add_argument("--html", metavar="MATRIX_JSON", type=Path, default=None,
-                   help="print the HTML page (matrix.html) for a saved matrix; no run")
-    p.add_argument("--kernel-src", default="debian", metavar="debian|DIR|TARBALL")
+    add_matrix_outputs(p)
     p.set_defaults(func=cmd_matrix)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import progress as ui
 from . import repro
+from .cli_run import add_matrix_outputs
 
 EPILOG = """\
 Each patches/repro/*.patch names, in its header, the review point it plants,
@@ -43,12 +44,7 @@ def register(sub, add_kernel_options) -> None:
     p.add_argument("--list", action="store_true", help="list the regressions and exit")
     p.add_argument("--report", metavar="DIR", type=Path, default=None,
                    help="keep every run's report folder here (default: ./runs/repro-...)")
-    p.add_argument("--json", action="store_true", help="print the matrix as JSON")
-    p.add_argument("--markdown", metavar="MATRIX_JSON", type=Path, default=None,
-                   help="print the README table for a matrix saved with --json; no run")
-    p.add_argument("--html", metavar="MATRIX_JSON", type=Path, default=None,
-                   help="print the HTML page (matrix.html) for a saved matrix; no run")
-    p.add_argument("--kernel-src", default="debian", metavar="debian|DIR|TARBALL")
+    add_matrix_outputs(p)
     p.set_defaults(func=cmd_repro)
 
 

@@ -395,6 +395,16 @@ def run_to_report(kernel_src: str, configs, patches, append, methods, cycles: in
     return json.loads((folder / "report.json").read_text())
 
 
+def add_matrix_outputs(p) -> None:
+    """The options repro and matrix share: output forms and the kernel source."""
+    p.add_argument("--json", action="store_true", help="print the matrix as JSON")
+    p.add_argument("--markdown", metavar="MATRIX_JSON", type=Path, default=None,
+                   help="print the README table for a matrix saved with --json; no run")
+    p.add_argument("--html", metavar="MATRIX_JSON", type=Path, default=None,
+                   help="print the HTML page (matrix.html) for a saved matrix; no run")
+    p.add_argument("--kernel-src", default="debian", metavar="debian|DIR|TARBALL")
+
+
 def write_matrix(out: Path, data: dict, text: str, page: dict, as_json: bool) -> int:
     """What repro and matrix leave in their folder (matrix.json, matrix.txt,
     matrix.html from ``page``, htmlreport's MATRIX_SCHEMA) and print; returns
