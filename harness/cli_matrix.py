@@ -8,7 +8,6 @@ from pathlib import Path
 from . import geomatrix
 from . import progress as ui
 from .cli_run import add_matrix_outputs
-from .errors import HarnessError
 
 EPILOG = """\
 Each geometry fragment (kernel-configs/*.config starting with '# kind:
@@ -61,17 +60,6 @@ def register(sub, add_kernel_options) -> None:
     p.set_defaults(func=cmd_matrix)
 
 
-def _names(spec: str, known: list, what: str) -> tuple:
-    if spec == "all":
-        return tuple(known)
-    names = tuple(s.strip() for s in spec.split(",") if s.strip())
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise HarnessError(f"unknown {what}(s) {', '.join(unknown)}; choose from "
-                           f"{', '.join(known)}", step="matrix")
-    return names
-
-
 def cmd_matrix(args) -> int:
     if args.html:
         from . import htmlreport
@@ -84,8 +72,8 @@ def cmd_matrix(args) -> int:
         return 0
     from . import runner
     from .cli_run import default_dir, make_private_dirs, run_to_report, write_matrix
-    geos = _names(args.geometry, geomatrix.geometries(), "geometry")
-    methods = _names(args.method, list(runner.METHODS), "method")
+    geos = runner.select_names(args.geometry, geomatrix.geometries(), "geometry", "matrix")
+    methods = runner.select_names(args.method, list(runner.METHODS), "method", "matrix")
     out = args.report or default_dir("matrix")
     make_private_dirs(out)
 

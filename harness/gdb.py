@@ -120,15 +120,19 @@ class GdbSpec:
     def for_removal(cls, vmlinux, *, port: int, out_dir, step: str, pa_start: int,
                     pa_end: int, backings, geometry, root_pa: int,
                     vmemmap_start: Optional[int] = None, flush_check: bool = True,
-                    tag: Optional[str] = None, **kw) -> GdbSpec:
+                    tag: Optional[str] = None, occurrence: int = 1, **kw) -> GdbSpec:
         """``geometry``: a walker Geometry (or its 4-tuple). ``tlbi_sites`` are
-        found (cached per vmlinux) when ``flush_check`` is on."""
+        found (cached per vmlinux) when ``flush_check`` is on. ``occurrence``:
+        the how-many-th watch of a step of this name (``--cycles`` repeats step
+        names); from the second on, the files get ``-N`` so none is overwritten."""
         if hasattr(geometry, "granule"):
             geometry = (geometry.granule, geometry.va_bits, geometry.levels,
                         geometry.pa_bits)
         sites = tuple(s for s in tlbi_sites(vmlinux) if s[3]) if flush_check else ()
         sites = tuple((a, op, rt) for a, op, rt, _ in sites)
         tag = tag or "order-" + "".join(c if c.isalnum() else "-" for c in step).strip("-")
+        if occurrence > 1:
+            tag += f"-{occurrence}"
         return cls(str(vmlinux), int(port), str(out_dir), step, int(pa_start), int(pa_end),
                    tuple((int(b), str(p)) for b, p in backings), tuple(geometry),
                    int(root_pa), flush_check, sites, vmemmap_start, tag=tag, **kw)

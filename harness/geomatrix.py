@@ -301,8 +301,8 @@ def html_matrix(cells: list[Cell], folder: Optional[Path] = None) -> dict:
         rows.append({"name": g, "status": worst, "link": link,
                      "info": {"shape": _shape(cells, g)},
                      "note": "; ".join(sorted({c.expected for c in cells
-                                               if c.geometry == g and c.expected}))})
-        rows[-1]["cells"] = cells_out
+                                               if c.geometry == g and c.expected})),
+                     "cells": cells_out})
     return {"title": "geometry × method", "row_header": "geometry",
             "subtitle": "hotplug-harness matrix: every page-table geometry fragment",
             "info_columns": ["shape"], "columns": list(methods), "rows": rows,

@@ -36,15 +36,24 @@ class RunOptions:
     race_seconds: int = 45            # the race method's add/remove loop bound
 
 
-def resolve_methods(spec: str) -> tuple:
+def select_names(spec: str, known, what: str, step: str, everything=None,
+                 listed: str = "") -> tuple:
+    """``NAME[,NAME]|all`` against ``known``: 'all' is ``everything`` (default:
+    every known name); an unknown name is refused with the choices (``listed``,
+    default: the known names)."""
     if spec == "all":
-        return ORDER
+        return tuple(known if everything is None else everything)
     names = tuple(s.strip() for s in spec.split(",") if s.strip())
-    unknown = [n for n in names if n not in METHODS]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise HarnessError(f"unknown method(s) {', '.join(unknown)}; choose from "
-                           f"{', '.join(ORDER)} or all", step="run")
+        raise HarnessError(f"unknown {what}(s) {', '.join(unknown)}; choose from "
+                           f"{listed or ', '.join(known)}", step=step)
     return names
+
+
+def resolve_methods(spec: str) -> tuple:
+    return select_names(spec, METHODS, "method", "run", everything=ORDER,
+                        listed=f"{', '.join(ORDER)} or all")
 
 
 def method_options(module, ropts: RunOptions):

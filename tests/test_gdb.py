@@ -297,3 +297,13 @@ def test_agent_counts_a_root_write_to_an_unwatched_entry_as_other(monkeypatch):
     agent, _wp = _agent(monkeypatch, regs, {})
     agent.handle([agent.swapper_bp.number])
     assert agent.counts["other"] == 1 and agent.counts["clear"] == 0
+
+
+def test_a_repeated_step_gets_its_own_gdb_files(tmp_path):
+    def spec(n):
+        return gdb.GdbSpec.for_removal("vmlinux", port=1234, out_dir=tmp_path,
+                                       step="remove 0x80000000", pa_start=0, pa_end=1,
+                                       backings=(), geometry=(4096, 48, 4, 48), root_pa=0,
+                                       flush_check=False, occurrence=n)
+    assert spec(1).tag == "order-remove-0x80000000"
+    assert spec(2).events_path.endswith("gdb-order-remove-0x80000000-2.events.jsonl")

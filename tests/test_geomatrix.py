@@ -84,8 +84,8 @@ def test_unknown_geometry_is_refused_with_the_choices(capsys):
 
 @pytest.mark.parametrize("spec,want", [("all", 6), ("4k-48,64k-42", 2)])
 def test_geometry_selection(spec, want):
-    from harness.cli_matrix import _names
-    assert len(_names(spec, geomatrix.geometries(), "geometry")) == want
+    from harness.runner import select_names
+    assert len(select_names(spec, geomatrix.geometries(), "geometry", "matrix")) == want
 
 
 def test_html_page_from_saved_json_escapes_and_marks_xfail(tmp_path, capsys, monkeypatch):

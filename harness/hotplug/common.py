@@ -97,13 +97,11 @@ class Recorder:
             return self.step(name, action, transport)
         from .. import gdb, progress
         flush = self.order_check == "full" or self._flush_clears() < FLUSH_CLEARS_ENOUGH
-        # a step name repeats with --cycles: each watch keeps its own gdb files
-        seen = sum(1 for r in self.order if r.get("step") == name)
-        tag = "order-" + "".join(c if c.isalnum() else "-" for c in name).strip("-") \
-            + (f"-{seen + 1}" if seen else "")
+        seen = sum(1 for r in self.order if r.get("step") == name)   # --cycles repeats
         spec = gdb.GdbSpec.for_removal(
             self.art.vmlinux, port=machine.spec.gdb_port, out_dir=self.guest.out_dir,
-            step=name, tag=tag, pa_start=pa_start, pa_end=pa_end, backings=self.backings,
+            step=name, occurrence=seen + 1, pa_start=pa_start, pa_end=pa_end,
+            backings=self.backings,
             geometry=self._walk_geo, root_pa=self._root_pa,
             vmemmap_start=self.geometry.get("vmemmap_start"), flush_check=flush,
             memstart=self.geometry.get("memstart"),
