@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -49,6 +50,9 @@ def main() -> int:
     p.add_argument("--cycles", type=int, default=2)
     p.add_argument("--method", default="all")
     p.add_argument("--max-minutes", type=float, default=0.0)
+    p.add_argument("--keep", metavar="DIR", type=Path,
+                   help="keep the report folder of every run that did not PASS under DIR "
+                        "(console log, gdb-*.events.jsonl with the agent's traceback)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args()
     bl.header(f"false alarms: clean kernel, run --method {args.method} --cycles {args.cycles}")
@@ -64,6 +68,12 @@ def main() -> int:
             res, report = one(Path(tmp) / f"run-{i}", args)
             command = res.command
             verdicts.append(report["verdict"])
+            if args.keep and report["verdict"] != "PASS":
+                args.keep.mkdir(parents=True, exist_ok=True)
+                kept = args.keep / f"run-{i + 1}"
+                shutil.rmtree(kept, ignore_errors=True)
+                shutil.copytree(Path(tmp) / f"run-{i}", kept, symlinks=True)
+                bl.note(f"run {i + 1}: {report['verdict']}, folder kept in {kept}")
             walls.append(res.wall)
             for m in report["methods"]:
                 for c in m["checks"]:
