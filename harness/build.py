@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import kconfig
+from . import progress as progress_mod
 from . import source as src
 from .errors import BuildError, HarnessError
 from .host import cache_root, require_tool, show_command
@@ -200,7 +201,7 @@ def verify_entry(key: str):
 
 
 def cache_message(text: str) -> None:
-    print(f"cache: {text}", file=sys.stderr, flush=True)
+    progress_mod.warn(text, "cache")
 
 
 def sha256_file(path: Path) -> str:
@@ -250,7 +251,7 @@ def locked(name: str):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"[build] waiting for another run holding {path}", file=sys.stderr)
+            progress_mod.warn(f"waiting for another run holding {path}", "build")
             fcntl.flock(f, fcntl.LOCK_EX)
         yield
 

@@ -71,7 +71,6 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -271,9 +270,10 @@ def _pdeathsig() -> None:
 @contextmanager
 def attach(spec: GdbSpec, progress: Optional[Callable[[str], None]] = None):
     """Attach gdb for the duration of the block; yields a :class:`Session`."""
+    from . import progress as ui
     from .host import require_tool
     from .order import events_from_lines
-    say = progress or (lambda line: print(line, file=sys.stderr))
+    say = progress or ui.stage("gdb")
     require_tool_pkg = GDB_PACKAGE
     try:
         require_tool(spec.gdb)

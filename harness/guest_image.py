@@ -21,13 +21,13 @@ import json
 import os
 import shutil
 import stat
-import sys
 import tempfile
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import progress
 from .build import cache_message, check_file, file_record
 from .errors import INFRA, HarnessError
 from .host import cache_root, require_tool, run
@@ -486,4 +486,4 @@ def prepare_initrd(pubkey_text: str, dest: os.PathLike, **build_kw) -> GuestImag
 
 
 def _progress(msg: str) -> None:
-    print(f"guest-image: {msg}", file=sys.stderr, flush=True)
+    progress.info(msg, "guest-image")

@@ -6,7 +6,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,8 +91,11 @@ def show_command(argv: Sequence[str], cwd: Path | None = None, stream=None) -> s
     if cwd is not None:
         text = f"(cd {shlex.quote(str(cwd))}) " + text
     from . import progress
-    if not progress.quiet():
-        print(text, file=stream or sys.stderr, flush=True)
+    if stream is not None:
+        if not progress.quiet():
+            print(text, file=stream, flush=True)
+    else:
+        progress.info(text)
     return text
 
 

@@ -166,7 +166,7 @@ def sweep_run_dirs(base: Path = SHM, prefix: str = RUN_PREFIX) -> list[Path]:
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
-        progress.info(f"hotplug-harness: removed {path}, left by a run that died")
+        progress.warn(f"removed {path}, left by a run that died", "machine")
     return removed
 
 

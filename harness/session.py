@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from types import FrameType
 from typing import Any, Optional, Union
 
 from . import guest_image, progress
+from . import progress as ui
 from .build import KernelArtifacts
 from .console import SETTLE_S, ConsoleReader, CrashGate, SerialConsole
 from .crashwatch import CrashReport, CrashWatcher
@@ -135,8 +135,8 @@ def boot(art: KernelArtifacts, opts: BootOptions, out_dir: Path,
                       devices=tuple(opts.devices),
                       gdb_port=free_port() if opts.gdb else None)
         machine = Machine(spec, out_dir, boot_timeout=opts.boot_timeout)
-        if progress:
-            print("$ " + " ".join(machine.argv), file=sys.stderr)
+        if progress:    # the parameter (show the command line), not the module
+            ui.info("$ " + " ".join(machine.argv), "machine")
         with machine:
             guest = _bring_up(machine, key, opts, out_dir)
             try:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
+
+from . import progress
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -70,9 +71,8 @@ def exit_code(exc: BaseException | None = None) -> int:
 
 def _handler(signum, frame):
     if _state["signum"] is not None:
-        print(f"hotplug-harness: {signal.Signals(signum).name} again: still "
-              f"stopping QEMU and the build (SIGKILL ends everything at once)",
-              file=sys.stderr, flush=True)
+        progress.warn(f"{signal.Signals(signum).name} again: still stopping QEMU and "
+                      "the build (SIGKILL ends everything at once)", "signals")
         return
     _state["signum"] = signum
     try:

@@ -19,12 +19,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import progress
 from .errors import HarnessError, PatchError
 from .host import (
     DEBIAN_SOURCE_PACKAGE,
@@ -133,7 +133,7 @@ def pristine_tree(source: Source) -> Path:
     require_tool("xz")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{source.short}.", dir=dest.parent))
-    print(f"[source] unpacking {source.path} into the cache (once)", file=sys.stderr)
+    progress.info(f"unpacking {source.path} into the cache (once)", "source")
     try:
         run(["tar", "-C", tmp, "-xf", source.path])
     except BaseException:

@@ -80,7 +80,7 @@ def test_truncated_image_is_named_and_rebuilt(fake_build, capsys):
     with open(d / "Image", "r+b") as f:
         f.truncate(123)
     again, err = _built(capsys)
-    assert f"cache: {label}/Image is 123 bytes, expected {len(IMAGE)}: rebuilding" in err
+    assert f"[cache] {label}/Image is 123 bytes, expected {len(IMAGE)}: rebuilding" in err
     assert len(fake_build) == 2 and again.rebuilt
     assert Path(again.image).read_bytes() == IMAGE       # what gets booted is whole
     third, err = _built(capsys)
@@ -98,7 +98,7 @@ def test_flipped_byte_is_detected_by_digest(fake_build, capsys):
         f.write(bytes([byte[0] ^ 0x01]))
     os.utime(d / "vmlinux", ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime put back
     again, err = _built(capsys)
-    assert f"cache: {label}/vmlinux has sha256 " in err
+    assert f"[cache] {label}/vmlinux has sha256 " in err
     assert "(right size, corrupt content): rebuilding" in err
     assert len(fake_build) == 2 and Path(again.vmlinux).read_bytes() == VMLINUX
 
@@ -110,7 +110,7 @@ def test_entry_without_digest_record_is_rebuilt(fake_build, capsys):
     del meta["files"]                        # as stored before this change
     (d / "meta.json").write_text(json.dumps(meta))
     assert build.lookup(art.cache_key) is None
-    assert f"cache: {label} has no recorded sizes or digests" in capsys.readouterr().err
+    assert f"[cache] {label} has no recorded sizes or digests" in capsys.readouterr().err
     again, err = _built(capsys)
     assert "has no recorded sizes or digests" in err and again.rebuilt
     assert len(fake_build) == 2
@@ -122,10 +122,10 @@ def test_missing_file_and_unreadable_meta_are_rebuilt(fake_build, capsys):
     d, label = _entry(art.cache_key)
     (d / "System.map").unlink()
     _, err = _built(capsys)
-    assert f"cache: {label}/System.map is missing: rebuilding" in err
+    assert f"[cache] {label}/System.map is missing: rebuilding" in err
     (d / "meta.json").write_text('{"image": ')  # truncated
     _, err = _built(capsys)
-    assert f"cache: {label}/meta.json is unreadable" in err
+    assert f"[cache] {label}/meta.json is unreadable" in err
     assert len(fake_build) == 3
 
 
@@ -196,7 +196,7 @@ def test_truncated_guest_image_is_named_and_rebuilt(fake_guest, capsys):
         f.truncate(size // 2)
     again = make()
     err = capsys.readouterr().err
-    assert (f"cache: guest-image/{image.path.name} is {size // 2} bytes, "
+    assert (f"[cache] guest-image/{image.path.name} is {size // 2} bytes, "
             f"expected {size}: rebuilding") in err
     assert len(built) == 2 and again.size == size
     assert gi.read_initrd(again.path)["bin/busybox"].data == bytes(range(256)) * 64
@@ -212,7 +212,7 @@ def test_corrupt_or_unrecorded_guest_image_is_rebuilt(fake_guest, capsys):
     assert f"guest-image/{image.path.name} has sha256" in capsys.readouterr().err
     image.path.with_name(image.path.name + ".json").unlink()  # stored before records
     make()
-    assert (f"cache: guest-image/{image.path.name} has no recorded size or digest"
+    assert (f"[cache] guest-image/{image.path.name} has no recorded size or digest"
             in capsys.readouterr().err)
     assert len(built) == 3
 
@@ -246,4 +246,4 @@ def test_cache_clean_all_leaves_what_the_harness_did_not_make(private_cache, cap
     (private_cache / "notes.txt").write_text("mine")
     assert cli.main(["cache", "clean", "--all"]) == 0
     assert sorted(os.listdir(private_cache)) == ["locks", "notes.txt"]
-    assert f"cache: left {private_cache / 'notes.txt'}: not something" in capsys.readouterr().err
+    assert f"[cache] left {private_cache / 'notes.txt'}: not something" in capsys.readouterr().err
