@@ -1,17 +1,21 @@
 """An example user test (the pytest plugin's fixtures): probe one hidden block,
 online it, offline and remove it, and judge the removal with the harness's checks.
+Parametrised over the first two hidden blocks: two tests, two guests, which
+``pytest -n 2`` (pytest-xdist) runs at the same time.
 
-    .venv/bin/python -m pytest examples/ [--hh-patch my-fix.patch] [--hh-config 64k-42]
+    .venv/bin/python -m pytest examples/ [-n 2] [--hh-patch my-fix.patch] [--hh-config 64k-42]
 """
 import pytest
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
 
 
-def test_probe_online_remove_one_block(hh_guest):
+@pytest.mark.parametrize("nth", [0, 1])              # which hidden block
+def test_probe_online_remove_one_block(hh_guest, nth):
     g = hh_guest(method="probe")             # DT boot, 1 GiB hidden with mem=, rodata=full
     before = g.phase("before")
-    addr, size = max(end for _, end in before.system_ram), g.block_size()
+    size = g.block_size()
+    addr = max(end for _, end in before.system_ram) + nth * size
     block = f"/sys/devices/system/memory/memory{addr // size}"
     g.step("probe", f"echo {addr:#x} > /sys/devices/system/memory/probe")
     g.step("online", f"echo online_movable > {block}/state")

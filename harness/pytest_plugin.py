@@ -29,6 +29,7 @@ the cache's locks (the second worker finds the kernel cached).
 from __future__ import annotations
 
 import itertools
+import time
 from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any, Callable, Optional
@@ -143,26 +144,42 @@ _GUESTS = itertools.count(1)
 
 
 @pytest.fixture
-def hh_guest(hh_kernel, tmp_path) -> Any:
+def hh_guest(hh_kernel, tmp_path, request) -> Any:
     """Factory: ``hh_guest(method=None, walk=True, **BootOptions fields)`` boots a
     guest for this test. ``method`` ("probe", "acpi-dimm", ...) boots it the way
-    that method does (its mode, ``mem=``, ``rodata=full``...)."""
+    that method does (its mode, ``mem=``, ``rodata=full``...).
+
+    Each guest's folder (console.log, qemu.cmdline) is under the test's
+    ``tmp_path``; its SSH forward is a free port and its RAM files live in a
+    private run folder, so parallel workers (``pytest -n N``) do not collide.
+    The test's ``user_properties`` (JUnit ``<properties>``) get one
+    ``hh_guest`` entry per guest: ``FOLDER BOOT_START READY STOPPED`` (epoch
+    seconds), which shows whether guests of different tests overlapped."""
     from .hotplug.common import Recorder
     from .runner import METHODS
     from .session import BootOptions, boot
     stack = ExitStack()
+    booted: list = []
 
     def make(method: Optional[str] = None, walk: bool = True, **opts) -> HotplugGuest:
         bopts = BootOptions(**opts)
         if method is not None:
             module = METHODS[method]
-            bopts = module.boot_options(replace(bopts, mode=opts.get("mode", module.MODE)),
+            bopts = module.boot_options(replace(bopts, mode=opts.get("mode", module.mode)),
                                         hh_kernel.kconfig)
         out = tmp_path / f"guest-{next(_GUESTS)}"
+        start = time.time()
         guest = stack.enter_context(boot(hh_kernel, bopts, out, progress=False))
+        booted.append([str(out), start, time.time()])
         rec = Recorder(guest, hh_kernel, walk=walk, order_check="off")
         return HotplugGuest(guest, rec, method or "user-test")
 
     maker: Callable[..., HotplugGuest] = make
-    with stack:
-        yield maker
+    try:
+        with stack:
+            yield maker
+    finally:
+        stopped = time.time()
+        for folder, start, ready in booted:
+            request.node.user_properties.append(
+                ("hh_guest", f"{folder} {start:.3f} {ready:.3f} {stopped:.3f}"))

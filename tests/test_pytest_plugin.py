@@ -40,7 +40,124 @@ def test_fixtures_and_options_in_any_project(tmp_path):
 def test_example_user_test_passes():
     proc = pytest_run("-q", "examples/", cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "1 passed" in proc.stdout
+    assert "2 passed" in proc.stdout
+
+
+def guest_intervals(junit: Path) -> dict:
+    """{test id: [(boot start, stopped)]} from the hh_guest properties."""
+    import xml.etree.ElementTree as ET
+    out: dict = {}
+    for case in ET.parse(junit).iter("testcase"):
+        name = f"{case.get('classname')}::{case.get('name')}"
+        for prop in case.iter("property"):
+            if prop.get("name") == "hh_guest":
+                _, start, _, stopped = prop.get("value").split()
+                out.setdefault(name, []).append((float(start), float(stopped)))
+    return out
+
+
+@pytest.mark.kernel
+@pytest.mark.qemu
+def test_example_user_tests_in_two_workers(tmp_path):
+    """pytest -n 2 (pytest-xdist): the two example tests run in two workers, each
+    with its own guest, at the same time (their QEMU lifetimes overlap), and both
+    pass: no port, run folder or cache collision."""
+    pytest.importorskip("xdist")
+    junit = tmp_path / "junit.xml"
+    proc = pytest_run("-n", "2", "-v", "examples/", f"--junitxml={junit}",
+                      f"--basetemp={tmp_path / 'base'}", cwd=ROOT, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "2 passed" in proc.stdout
+    workers = {line.split()[0] for line in proc.stdout.splitlines()
+               if " PASSED " in line and line.startswith("[gw")}
+    assert workers == {"[gw0]", "[gw1]"}, proc.stdout[-4000:]
+    guests = guest_intervals(junit)
+    assert len(guests) == 2 and all(len(v) == 1 for v in guests.values()), guests
+    (a_start, a_end), (b_start, b_end) = (v[0] for v in guests.values())
+    assert max(a_start, b_start) < min(a_end, b_end), f"the guests did not overlap: {guests}"
+
+
+FAKE_BUILD_CONFTEST = """\
+# synthetic: build.build() with fixed inputs and a fake 'make Image' that takes
+# 4 s and logs its PID, so two xdist workers asking for the same kernel race
+import os
+import time
+from pathlib import Path
+
+from harness import build, kconfig
+from harness import source as src
+from harness.source import PreparedTree
+
+HERE = Path(__file__).parent
+(HERE / "x.patch").write_text("a")
+_frags = tuple(kconfig.resolve_fragments([]))
+_inputs = build.Inputs(src.Source("dir", HERE, "0" * 64),
+                       tuple(src.load_patches([HERE / "x.patch"])), _frags,
+                       kconfig.merge(_frags), "gcc 12", False)
+build.gather_inputs = lambda req: _inputs
+build.src.prepare = lambda source, patches: PreparedTree(source, HERE, ())
+build.configure = lambda maker, inputs, stamp="": None
+
+
+def _build_image(maker):
+    with open(HERE / "makes.log", "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(4)
+    boot = maker.outdir / "arch" / "arm64" / "boot"
+    boot.mkdir(parents=True, exist_ok=True)
+    (boot / "Image").write_bytes(b"image")
+    (maker.outdir / "vmlinux").write_bytes(b"\\x7fELF")
+    (maker.outdir / "System.map").write_text("ffff800080000000 T _text\\n")
+    (maker.outdir / ".config").write_text("CONFIG_ARM64=y\\n")
+
+
+build.Make.build_image = _build_image
+"""
+
+FAKE_BUILD_TESTS = """\
+import os
+from pathlib import Path
+
+
+def _record(kernel, tag):
+    Path(__file__).with_name(f"{tag}-{os.getpid()}").write_text(
+        f"{kernel.image} {kernel.rebuilt}")
+
+
+def test_a(hh_kernel):
+    _record(hh_kernel, "a")
+
+
+def test_b(hh_kernel):
+    _record(hh_kernel, "b")
+"""
+
+
+def test_two_workers_build_the_same_kernel_once(tmp_path):
+    """pytest -n 2: both workers' session-scoped hh_kernel ask for one kernel at
+    once; the cache's per-source lock makes the second wait, and it then takes
+    the kernel the first built (one make, the same Image for both tests)."""
+    import os
+    pytest.importorskip("xdist")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "conftest.py").write_text(FAKE_BUILD_CONFTEST)
+    (project / "test_k.py").write_text(FAKE_BUILD_TESTS)
+    env = dict(os.environ, HOTPLUG_HARNESS_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                           "-n", "2", "-rA", "test_k.py"], capture_output=True,
+                          text=True, cwd=project, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "2 passed" in proc.stdout
+    assert len((project / "makes.log").read_text().split()) == 1     # one build
+    seen = {p.name.split("-")[0]: p.read_text().split()
+            for p in project.iterdir() if p.name[:2] in ("a-", "b-")}
+    assert set(seen) == {"a", "b"}
+    assert seen["a"][0] == seen["b"][0]                  # the same cached Image
+    assert sorted(s[1] for s in seen.values()) == ["False", "True"]
+    pids = {p.name.split("-")[1] for p in project.iterdir() if p.name[:2] in ("a-", "b-")}
+    assert len(pids) == 2                                # two worker processes
+    assert "waiting for another run holding" in proc.stdout   # -rA: setup stderr
 
 
 def test_hotplug_guest_judges_what_it_recorded():
