@@ -1,6 +1,7 @@
 """Subcommands that boot a guest: boot (and later run/report)."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -19,6 +20,7 @@ from . import build as build_mod
 from . import leakcheck, signals
 from . import progress as ui
 from .errors import HarnessError
+from .hotplug import method as method_mod
 from .session import BootOptions, boot
 
 BOOT_EPILOG = """\
@@ -280,19 +282,16 @@ def register(sub, add_kernel_options, build_request) -> None:
 
 
 RUN_EPILOG = """\
-methods:
-  acpi-dimm   pc-dimm hot-add/remove over ACPI (edk2 boot); 2 adjacent DIMMs, the
-              first removed while its neighbour stays online
-  probe       the 2017 series' flow (DT boot): memory hidden with mem=, added via
-              /sys/devices/system/memory/probe, removed via .../remove
-  virtio-mem  a virtio-mem-pci device grown and shrunk through QMP
-  kselftest   the tree's own mem-on-off-test.sh after hot-adding a DIMM
-  ('all' is the four above; these two are asked for by name:)
-  split-leaf  remove one 128 MiB block out of a 1 GiB linear-map leaf (the
-              upstream PUD-split bug: expected to fail on stock 6.12)
-  race        probe-flow add/remove loop for --race-seconds under concurrent
-              page-table dump readers and memory pressure; build with
-              --config kasan --config debug-vm so a race becomes a kernel report
+methods (generated from the registry, harness/hotplug/method.py: [boot mode;
+the options each takes]):
+{methods}
+
+options a method cannot honour are refused, never replaced: an explicit --mode
+other than the method's boot, --mem for a method that sets its own boot memory
+(no --mem), --order-check on|full for one that runs without gdb, or a scenario
+option it does not take stops the run (exit 2) when no selected method can
+honour it; when only some can (e.g. --dimms with --method all), the others run
+without it and the run says so on stderr. Defaults are never refused.
 
 checks (each PASS/FAIL/SKIP/ERROR with evidence; a check a method needs that
 could not look is an ERROR, never a PASS):
@@ -326,6 +325,9 @@ marked "interrupted": true (verdict ERROR) is written.
 def cmd_run(args, build_request) -> int:
     from . import checks, report, runner
     methods = runner.resolve_methods(args.method)
+    given, args = given_options(args)
+    for line in method_mod.check_given([runner.METHODS[m] for m in methods], given):
+        ui.warn(line, "run")
     configs, cmdline, note = leakcheck.for_cycles(args.cycles, args.config, args.append)
     if note:
         ui.info(note)
@@ -339,8 +341,7 @@ def cmd_run(args, build_request) -> int:
                 methods=methods,
                 boot=boot_options(args, slots=max(args.slots, args.dimms), cmdline=cmdline),
                 cycles=args.cycles, online_type=args.online_type, dimms=args.dimms,
-                dimm_mb=args.dimm_size, kernel_src=args.kernel_src,
-                walk=not args.no_walker, order_check=args.order_check,
+                dimm_mb=args.dimm_size, walk=not args.no_walker, order_check=args.order_check,
                 race_seconds=args.race_seconds)
             start = time.monotonic()
             runs = runner.run_all(art, ropts, out)
@@ -387,7 +388,7 @@ def run_to_report(kernel_src: str, configs, patches, append, methods, cycles: in
                           progress=False if ui.quiet() else None)
     ropts = runner.RunOptions(methods=runner.resolve_methods(",".join(methods)),
                               boot=BootOptions(cmdline=append), cycles=cycles,
-                              kernel_src=kernel_src, order_check=order_check)
+                              order_check=order_check)
     folder.mkdir(parents=True, exist_ok=True)
     runs = runner.run_all(art, ropts, folder)
     report.write_report(folder, kernel_identity(art), runs,
@@ -434,28 +435,63 @@ def cmd_report(args) -> int:
     return code
 
 
+# run's options judged against each method when given (argparse dest -> the
+# key of harness.hotplug.method.OPTION_FLAGS)
+GIVEN = {"mode": "mode", "mem": "mem_mb", "order_check": "order_check",
+         "cycles": "cycles", "online_type": "online_type", "dimms": "dimms",
+         "dimm_size": "dimm_mb", "race_seconds": "seconds"}
+
+
+def _takers(key: str) -> str:
+    return "taken by " + ", ".join(method_mod.takers(key, None))
+
+
+def track_given(parser) -> None:
+    """Make the options of GIVEN default to None, so that the run can tell an
+    option the user gave from its default; the defaults are kept in
+    ``run_defaults`` (given_options puts them back)."""
+    defaults = {dest: parser.get_default(dest) for dest in GIVEN}
+    parser.set_defaults(run_defaults=defaults, **{dest: None for dest in GIVEN})
+
+
+def given_options(args):
+    """({key: value} of the GIVEN options the user gave, args with every
+    default filled in)."""
+    defaults = getattr(args, "run_defaults", {})
+    given = {GIVEN[d]: getattr(args, d) for d in defaults if getattr(args, d) is not None}
+    filled = argparse.Namespace(**vars(args))
+    for dest, default in defaults.items():
+        if getattr(filled, dest) is None:
+            setattr(filled, dest, default)
+    return given, filled
+
+
 def register_run(sub, add_kernel_options, build_request) -> None:
     import argparse
     r = sub.add_parser("run", help="run hotplug scenarios and judge them",
                        description="Boot the kernel once per method, drive memory "
                                    "hot-add and hot-remove, inspect page tables, "
                                    "print the verdict.",
-                       epilog=RUN_EPILOG,
+                       epilog=RUN_EPILOG.replace("{methods}", method_mod.help_table()),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_kernel_options(r)
     add_boot_options(r)
     g = r.add_argument_group("scenario")
     g.add_argument("--method", default="all", metavar="NAME[,NAME]|all",
-                   help="acpi-dimm, probe, virtio-mem, kselftest, split-leaf, race "
-                        "or all (default: the first four)")
-    g.add_argument("--cycles", type=int, default=1, help="add->remove cycles (default 1)")
+                   help=method_mod.method_choices())
+    g.add_argument("--cycles", type=int, default=1,
+                   help=f"add->remove cycles (default 1; {_takers('cycles')})")
     g.add_argument("--race-seconds", type=int, default=45, metavar="S",
-                   help="race: how long the add/remove loop runs (default 45)")
+                   help=f"how long the add/remove loop runs (default 45; "
+                        f"{_takers('seconds')})")
     g.add_argument("--online-type", default="online_movable",
-                   choices=["online", "online_movable", "online_kernel"])
-    g.add_argument("--dimms", type=int, default=2, help="DIMMs for acpi-dimm (default 2)")
+                   choices=["online", "online_movable", "online_kernel"],
+                   help=_takers("online_type"))
+    g.add_argument("--dimms", type=int, default=2,
+                   help=f"DIMMs to plug (default 2; {_takers('dimms')})")
     g.add_argument("--dimm-size", type=int, default=0, metavar="MIB",
-                   help="DIMM size (default 512; a multiple of the block size)")
+                   help="DIMM size (default: the method's own; a multiple of the "
+                        f"block size; {_takers('dimm_mb')})")
     g.add_argument("--order-check", choices=["on", "full", "off"], default="on",
                    help="gdb around every removal: 'on' (default) checks every free and "
                         "follows the TLB-flush order until 16 cleared table entries were "
@@ -467,6 +503,7 @@ def register_run(sub, add_kernel_options, build_request) -> None:
                    help="skip the host-side page-table walk (ptdump only)")
     g.add_argument("--report", metavar="DIR", help="write the report here")
     g.add_argument("--json", action="store_true", help="print report.json")
+    track_given(r)
     r.set_defaults(func=lambda a: cmd_run(a, build_request))
     p = sub.add_parser("report", help="re-print and re-judge a saved run",
                        description="Re-judge a saved run (report.json) without booting.")

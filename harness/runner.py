@@ -1,25 +1,27 @@
 """Run hotplug methods against a built kernel: one fresh guest per method."""
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from . import progress as ui
 from . import signals
+from . import source as src
 from .build import KernelArtifacts
 from .crashwatch import KernelCrash
 from .errors import HarnessError
-from .hotplug import acpi_dimm, kselftest, probe, race, split_leaf, virtio_mem
+from .hotplug import method as registry
 from .hotplug.common import Recorder
+from .hotplug.method import Method
 from .records import MethodRun
 from .session import BootOptions, boot
 
-METHODS = {m.NAME: m for m in (acpi_dimm, probe, virtio_mem, kselftest, split_leaf,
-                                race)}
-ORDER = ("acpi-dimm", "probe", "virtio-mem", "kselftest")
+# name -> Method: the registry itself (harness.hotplug.method; a test may put a
+# stand-in into it), and what --method all runs
+METHODS = registry.load()
+ORDER = registry.default_order()
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,6 @@ class RunOptions:
     online_type: str = "online_movable"
     dimms: int = 2
     dimm_mb: int = 0                  # 0: the method's default
-    kernel_src: str = "debian"
     walk: bool = True
     order_check: str = "on"           # gdb around every removal: "on", "full", "off"
     race_seconds: int = 45            # the race method's add/remove loop bound
@@ -56,34 +57,54 @@ def resolve_methods(spec: str) -> tuple:
                         listed=f"{', '.join(ORDER)} or all")
 
 
-def method_options(module, ropts: RunOptions):
-    wanted = {"cycles": ropts.cycles, "online_type": ropts.online_type,
+def method_options(method: Method[Any], ropts: RunOptions,
+                   art: Optional[KernelArtifacts] = None) -> Any:
+    """The method's Options: the run options it honours (method.honours), and
+    the kernel's source tree from the artifacts if it asks for it."""
+    values = {"cycles": ropts.cycles, "online_type": ropts.online_type,
               "dimms": ropts.dimms, "dimm_mb": ropts.dimm_mb or None,
-              "kernel_src": ropts.kernel_src, "seconds": ropts.race_seconds}
-    names = {f.name for f in dataclasses.fields(module.Options)}
-    return module.Options(**{k: v for k, v in wanted.items()
-                             if k in names and v is not None})
+              "seconds": ropts.race_seconds}
+    if "kernel_tree" in method.honours:
+        if art is None:
+            raise HarnessError(f"{method.name} needs the kernel's source tree: no "
+                               "artifacts given", step="source")
+        values["kernel_tree"] = str(kernel_tree(art))
+    return method.make_options(values)
+
+
+def kernel_tree(art: KernelArtifacts) -> Path:
+    """The unpatched source tree ``art`` was built from (for files a method
+    copies into the guest): ``art.source`` is ``Source.describe()``,
+    ``KIND:PATH@SHORT``; a tarball is unpacked into the cache once, as the
+    build did (``pristine_tree`` needs the kind, the path and the identity's
+    short form, which is all describe() keeps)."""
+    kind, _, rest = art.source.partition(":")
+    path, _, short = rest.rpartition("@")
+    if kind not in ("dir", "tarball") or not path or not short:
+        raise HarnessError(f"cannot tell the kernel's source tree from the artifacts' "
+                           f"source {art.source!r}", step="source")
+    return src.pristine_tree(src.Source(kind, Path(path), short))
 
 
 def run_method(name: str, art: KernelArtifacts, ropts: RunOptions,
                out: Path) -> MethodRun:
-    module = METHODS[name]
+    method = METHODS[name]
     out.mkdir(parents=True, exist_ok=True)
-    if not getattr(module, "ORDER_CHECKS", True):    # e.g. race: gdb would serialise it
+    if not method.order_checks:    # e.g. race: gdb would serialise it
         ropts = replace(ropts, order_check="off")
-    bopts = module.boot_options(replace(ropts.boot, mode=module.MODE,
-                                        gdb=ropts.order_check != "off"), art.kconfig)
+    bopts = method.boot(replace(ropts.boot, gdb=ropts.order_check != "off"), art.kconfig)
     state = {"rec": None, "error": None, "crashes": (), "offset": 0,
-             "required": tuple(getattr(module, "REQUIRED_CHECKS", ())),
-             "options": _recorded_options(module, ropts)}
+             "required": tuple(method.required_checks),
+             "options": _recorded_options(method, ropts)}
     _progress(f"[{name}] booting ({bopts.mode})")
     try:
+        opts = method_options(method, ropts, art)
         with boot(art, bopts, out, progress=ui.verbose()) as guest:
             rec = Recorder(guest, art, walk=ropts.walk, progress=_progress,
                            order_check=ropts.order_check)
             state["rec"] = rec
             try:
-                module.drive(rec, method_options(module, ropts))
+                method.drive(rec, opts)
             except HarnessError as e:
                 state["error"] = e
             finally:
@@ -107,12 +128,11 @@ def run_method(name: str, art: KernelArtifacts, ropts: RunOptions,
     return _method_run(name, state, out)
 
 
-def _recorded_options(module, ropts: RunOptions) -> dict:
+def _recorded_options(method: Method[Any], ropts: RunOptions) -> dict:
     """The options the checks must know: was the walker asked for, how many
     cycles does this method run."""
-    fields = {f.name for f in dataclasses.fields(module.Options)}
     return {"walker": ropts.walk,
-            "cycles": ropts.cycles if "cycles" in fields else 1,
+            "cycles": ropts.cycles if "cycles" in method.honours else 1,
             "order_check": ropts.order_check}
 
 

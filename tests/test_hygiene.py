@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from harness import cli, cli_run, machine, progress, runner, signals
+from harness.hotplug.method import Method
 from harness.records import MethodRun, Step
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,10 +224,10 @@ def test_runner_keeps_the_steps_of_an_interrupted_method(monkeypatch, tmp_path):
         rec.step("add 0x80000000", lambda: "ok")
         rec.step("online 0x80000000", lambda: (_ for _ in ()).throw(signals.Terminated()))
 
-    module = SimpleNamespace(NAME="probe", MODE="dt", Options=FakeOptions, drive=drive,
-                             boot_options=lambda b, kconfig=None: b)
+    method = Method(name="probe", mode="dt", summary="", options=FakeOptions, drive=drive,
+                    honours=frozenset({"cycles"}))
     monkeypatch.setattr(runner, "boot", boot)
-    monkeypatch.setitem(runner.METHODS, "probe", module)
+    monkeypatch.setitem(runner.METHODS, "probe", method)
     ropts = runner.RunOptions(methods=("probe", "virtio-mem"))
     with pytest.raises(signals.Terminated) as e:
         runner.run_all(SimpleNamespace(kconfig={}), ropts, tmp_path)

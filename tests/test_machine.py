@@ -59,7 +59,8 @@ def test_partial_match():
 
 
 def test_methods_resolution():
-    assert runner.resolve_methods("all") == runner.ORDER
+    assert runner.resolve_methods("all") == runner.ORDER \
+        == ("acpi-dimm", "probe", "virtio-mem", "kselftest")
     assert runner.resolve_methods("probe,virtio-mem") == ("probe", "virtio-mem")
     with pytest.raises(HarnessError, match="unknown method"):
         runner.resolve_methods("nope")

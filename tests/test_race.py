@@ -61,9 +61,9 @@ def test_load_records_pids_and_stop_waits_for_them_with_a_bound():
 
 
 def test_race_is_named_only_and_runs_without_gdb():
-    assert "race" in runner.METHODS and "race" not in runner.ORDER
-    assert race.ORDER_CHECKS is False
-    opts = runner.method_options(race, runner.RunOptions(race_seconds=12))
+    assert runner.METHODS["race"] is race.METHOD and "race" not in runner.ORDER
+    assert race.METHOD.order_checks is False
+    opts = runner.method_options(race.METHOD, runner.RunOptions(race_seconds=12))
     assert opts.seconds == 12
 
 

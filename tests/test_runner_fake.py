@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from fakes import ART, DATA, Answer, crash_answer, install, qemu_dies_answer
 from harness import checks, cli, cli_run, progress, runner, signals
+from harness.hotplug.method import Method
 from harness.records import FAIL, PASS, MethodRun
 from harness.session import BootOptions
 
@@ -35,7 +35,7 @@ class Options:
 
 
 def replaying_method(name: str = "probe", mode: str = "dt"):
-    """A method module (runner.METHODS' protocol) replaying RECORDED: each
+    """A method (harness.hotplug.method.Method) replaying RECORDED: each
     recorded step runs again over the guest transport, each recorded
     inspection is put back as it was."""
     recorded = MethodRun.from_dict(json.loads(RECORDED.read_text()))
@@ -51,8 +51,8 @@ def replaying_method(name: str = "probe", mode: str = "dt"):
         rec.geometry.update(recorded.geometry)
         rec.removals.extend(recorded.removals)
         rec.bootmem = recorded.bootmem_offline
-    return SimpleNamespace(NAME=name, MODE=mode, Options=Options, REQUIRED_CHECKS=(),
-                           drive=drive, boot_options=lambda b, *kconfig: b)
+    return Method(name=name, mode=mode, summary="replays a recorded run", options=Options,
+                  drive=drive, required_checks=(), honours=frozenset({"cycles"}))
 
 
 ROPTS = runner.RunOptions(methods=("probe",), order_check="off",

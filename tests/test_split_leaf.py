@@ -119,8 +119,8 @@ def test_outcome_of_the_remove_write(code, output, want):
 
 
 def test_registered_as_a_method_with_room_for_one_1g_dimm():
-    assert runner.METHODS["split-leaf"] is split_leaf
-    assert split_leaf.MODE == "acpi"
+    assert runner.METHODS["split-leaf"] is split_leaf.METHOD
+    assert split_leaf.METHOD.mode == "acpi"
     opts = split_leaf.boot_options(BootOptions(mem_mb=1024, slots=0, maxmem_mb=1024))
     assert opts.slots >= 1 and opts.maxmem_mb >= 1024 + split_leaf.DIMM_MB
     assert "movablecore=256M" in opts.cmdline

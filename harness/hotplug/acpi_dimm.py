@@ -15,13 +15,7 @@ from typing import Optional
 from ..inspect import sysfs
 from ..session import BootOptions
 from .common import MEMROOT, REMOVAL_CHECKS, Recorder, blocks_in, memory_device, set_state, wait_for
-
-NAME = "acpi-dimm"
-MODE = "acpi"
-# arm64's boot-memory rule is tested by the probe method: testing it needs boot
-# memory in ZONE_MOVABLE (movablecore=), and then the data written here lands
-# there instead of in the DIMMs, so offline would migrate nothing
-REQUIRED_CHECKS = REMOVAL_CHECKS
+from .method import Method, register
 
 
 @dataclass(frozen=True)
@@ -109,3 +103,15 @@ def unplug(rec: Recorder, name: str, addr: int, size: int) -> None:
         wait_for(lambda: blocks_gone(rec, blocks), 10, f"the blocks of {name} to disappear")
     rec.removal_step(f"remove {name}", addr, addr + size, delete, transport="qmp")
     rec.backings[:] = [b for b in rec.backings if b[0] != addr]
+
+
+METHOD = register(Method(
+    name="acpi-dimm", mode="acpi", options=Options, drive=drive, boot_options=boot_options,
+    summary="pc-dimm hot-add/remove over ACPI (edk2 boot); 2 adjacent DIMMs, the first "
+            "removed while its neighbour stays online",
+    # arm64's boot-memory rule is tested by the probe method: testing it needs boot
+    # memory in ZONE_MOVABLE (movablecore=), and then the data written here lands
+    # there instead of in the DIMMs, so offline would migrate nothing
+    required_checks=REMOVAL_CHECKS,
+    honours=frozenset({"dimms", "dimm_mb", "cycles", "online_type"}),
+    rank=10, in_all=True))

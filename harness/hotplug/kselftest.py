@@ -8,17 +8,16 @@ lines: hot-added blocks must pass, boot blocks failing is expected.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Optional
 
-from .. import source as src
+from ..errors import HARNESS, HarnessError
 from ..session import BootOptions
 from . import acpi_dimm
 from .common import REMOVAL_CHECKS, Recorder, blocks_in, set_state
+from .method import Method, register
 
-NAME = "kselftest"
-MODE = "acpi"
-REQUIRED_CHECKS = REMOVAL_CHECKS + ("kselftest",)
 SCRIPT = "tools/testing/selftests/memory-hotplug/mem-on-off-test.sh"
 GUEST_PATH = "/tmp/mem-on-off-test.sh"
 
@@ -26,7 +25,8 @@ GUEST_PATH = "/tmp/mem-on-off-test.sh"
 @dataclass(frozen=True)
 class Options:
     dimm_mb: int = 512
-    kernel_src: str = "debian"
+    kernel_tree: str = ""    # the source tree the kernel was built from (the runner
+    # takes it from the artifacts: runner.kernel_tree)
     ratio: int = 100
     cycles: int = 1
 
@@ -34,19 +34,26 @@ class Options:
 def boot_options(base: BootOptions, kconfig: Optional[dict] = None) -> BootOptions:
     # The script onlines with plain "online": let the kernel pick ZONE_MOVABLE
     # (as online_movable would), or the block can never be offlined again.
-    from dataclasses import replace
     return replace(base, cmdline=base.cmdline
                    + ("memory_hotplug.online_policy=auto-movable",))
 
 
-def script_text(kernel_src: str) -> str:
-    tree = src.pristine_tree(src.resolve_source(kernel_src))
-    return (tree / SCRIPT).read_text()
+def script_text(kernel_tree: str) -> str:
+    """The selftest script of the kernel's own source tree."""
+    if not kernel_tree:
+        raise HarnessError("kselftest: no kernel source tree was given (Options."
+                           "kernel_tree)", step="kselftest", blame=HARNESS)
+    path = Path(kernel_tree) / SCRIPT
+    try:
+        return path.read_text()
+    except OSError as e:
+        raise HarnessError(f"kselftest: cannot read {path}: {e.strerror}",
+                           step="kselftest", blame=HARNESS) from None
 
 
 def drive(rec: Recorder, opts: Options) -> None:
     rec.phase("before", leak=opts.cycles > 1)
-    text = script_text(opts.kernel_src)
+    text = script_text(opts.kernel_tree)
     rec.step("copy mem-on-off-test.sh", lambda: rec.guest.put_text(GUEST_PATH, text))
     results = []
     for cycle in range(1, opts.cycles + 1):
@@ -75,3 +82,12 @@ def drive(rec: Recorder, opts: Options) -> None:
         rec.removed("removed-1" + suffix, addr, addr + size, baseline="before")
         if opts.cycles > 1:
             rec.phase(f"cycle-{cycle}", leak=True)
+
+
+METHOD = register(Method(
+    name="kselftest", mode="acpi", options=Options, drive=drive, boot_options=boot_options,
+    summary="the tree's own mem-on-off-test.sh -r 100 after hot-adding a DIMM; judged by "
+            "its per-block lines",
+    required_checks=REMOVAL_CHECKS + ("kselftest",),
+    honours=frozenset({"dimm_mb", "kernel_tree", "cycles"}),
+    rank=40, in_all=True))

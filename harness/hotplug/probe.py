@@ -26,10 +26,9 @@ from .common import (
     set_state,
     try_bootmem_offline,
 )
+from .method import Method, register
 
-NAME = "probe"
 MODE = "dt"
-REQUIRED_CHECKS = REMOVAL_CHECKS + ("bootmem-not-removable",)
 HIDDEN_MB = 1024        # RAM beyond mem=, probed at run time (2 blocks of 512 MiB with 64K pages)
 RAM_BASE = 0x40000000
 # the other linear-map shape: with rodata=full the linear map (hot-added memory
@@ -110,3 +109,14 @@ def raise_missing(rec: Recorder) -> None:
         f"{MEMROOT}/probe or remove is missing: this kernel lacks "
         "patches/0001 (ARCH_MEMORY_PROBE) or 0002 (memory/remove)",
         step="probe", evidence=rec.guest.run(f"ls {MEMROOT}", 10).stdout)
+
+
+METHOD = register(Method(
+    name="probe", mode=MODE, options=Options, drive=drive, boot_options=boot_options,
+    summary="the 2017 series' flow (DT boot): memory hidden with mem=, added via "
+            "/sys/devices/system/memory/probe, removed via .../remove; rodata=full",
+    required_checks=REMOVAL_CHECKS + ("bootmem-not-removable",),
+    honours=frozenset({"cycles", "online_type"}),
+    own_memory=f"mem= hides {HIDDEN_MB} MiB above the boot RAM for the probe file, "
+               "sized by the kernel's block size",
+    rank=20, in_all=True))

@@ -35,7 +35,7 @@ fragments (KASAN reports a use-after-free of a freed table page in the walker;
 soft-lockup, hung-task and RCU-stall detectors turn a deadlock into a kernel
 report the crash watcher blames on the kernel) and ``no-kernel-splat`` FAILs.
 The gdb ordering checks are not run here: a breakpoint stop per free would
-serialise the very concurrency this scenario needs (``ORDER_CHECKS = False``).
+serialise the very concurrency this scenario needs (``order_checks=False``).
 """
 from __future__ import annotations
 
@@ -55,12 +55,9 @@ from .common import (
     check_section_size,
     set_state,
 )
+from .method import Method, register
 from .probe import HIDDEN_MB, raise_missing
 
-NAME = "race"
-MODE = "dt"
-REQUIRED_CHECKS = REMOVAL_CHECKS
-ORDER_CHECKS = False       # gdb stops would serialise the race (see above)
 READERS = 2                # concurrent page-table dump readers
 PRESSURE_MB = 64           # written and deleted in a loop by the pressure job
 LOAD_DIR = "/tmp/race"
@@ -207,3 +204,15 @@ def drive(rec: Recorder, opts: Options) -> None:
             raise HarnessError(f"block at {a:#x} still present after the loop",
                                step="race", blame=KERNEL)
     rec.removed("removed-1", addrs[0], addrs[-1] + bs, baseline="before")
+
+
+METHOD = register(Method(
+    name="race", mode=probe.MODE, options=Options, drive=drive, boot_options=boot_options,
+    summary="probe-flow add/remove loop for --race-seconds under concurrent page-table "
+            "dump readers and memory pressure; build with --config kasan --config "
+            "debug-vm so a race becomes a kernel report",
+    required_checks=REMOVAL_CHECKS,
+    order_checks=False,        # gdb stops would serialise the race (see above)
+    honours=frozenset({"seconds", "online_type"}),
+    own_memory=probe.METHOD.own_memory,
+    rank=60))

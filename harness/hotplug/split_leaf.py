@@ -59,10 +59,8 @@ from ..inspect import ptdump
 from ..session import BootOptions
 from . import acpi_dimm
 from .common import BOOTMEM_MOVABLE, MEMROOT, REMOVAL_CHECKS, Recorder, blocks_in, set_state
+from .method import Method, register
 
-NAME = "split-leaf"
-MODE = "acpi"
-REQUIRED_CHECKS = REMOVAL_CHECKS
 DIMM_MB = 1024
 REFUSALS = ("EINVAL", "EBUSY", "EPERM")   # a refusal of the removal as such
 EXPECTED_FAIL = ("unfixed kernels (stock 6.12.117): online-memory-mapped FAILs at "
@@ -287,3 +285,12 @@ def _after_refusal(rec: Recorder, opts: Options, name: str, addr: int, size: int
     acpi_dimm.unplug(rec, name, addr, size)
     rec.removed("removed-2", addr, addr + size, baseline="before")
     rec.phase("removed-2")
+
+
+METHOD = register(Method(
+    name="split-leaf", mode="acpi", options=Options, drive=drive, boot_options=boot_options,
+    summary=f"remove one 128 MiB block out of a {DIMM_MB // 1024} GiB linear-map leaf "
+            "(the upstream PUD-split bug: expected to fail on stock 6.12)",
+    required_checks=REMOVAL_CHECKS,
+    honours=frozenset({"dimm_mb", "online_type"}),
+    rank=50))

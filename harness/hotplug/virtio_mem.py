@@ -21,10 +21,9 @@ from .common import (
     memory_device,
     wait_for,
 )
+from .method import Method, register
 
-NAME = "virtio-mem"
 MODE = "dt"
-REQUIRED_CHECKS = REMOVAL_CHECKS
 DEVICE = "vm0"
 REGION_MB = 1024
 
@@ -98,3 +97,12 @@ def wait_online(rec: Recorder, addr: int, size: int) -> int:
                           if b.state == "online"]) == want,
              30, f"{want} online blocks of virtio-mem at {addr:#x}")
     return want
+
+
+METHOD = register(Method(
+    name="virtio-mem", mode=MODE, options=Options, drive=drive, boot_options=boot_options,
+    summary=f"a virtio-mem-pci device ({REGION_MB} MiB region) grown and shrunk through "
+            "QMP requested-size",
+    required_checks=REMOVAL_CHECKS,
+    honours=frozenset({"cycles", "online_type"}),
+    rank=30, in_all=True))
