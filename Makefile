@@ -1,6 +1,8 @@
 # make deps       host packages (root or sudo) + the project's .venv (system python3)
 # make test       the whole test suite (unit tests + real kernel + real QEMU)
 # make test-unit  the tests that need no kernel and no QEMU
+#                 (both write JUnit, TEST_JUNIT / UNIT_JUNIT, and end with a
+#                 per-file summary of it: scripts/run_tests.py)
 # make test-qemu  deps, build the default kernel, run every scenario, verdict
 # make test-matrix  every page-table geometry x every method (6 kernel builds)
 # make bench      benchmarks: build, boot, walker (prints figures)
@@ -14,6 +16,8 @@ PY := $(VENV)/bin/python
 HARNESS ?= $(PY) -m harness.cli
 RUN_ARGS ?=
 MATRIX_ARGS ?=
+TEST_JUNIT ?= reports/suite/junit.xml
+UNIT_JUNIT ?= reports/unit/junit.xml
 
 .PHONY: deps venv test test-unit test-qemu test-matrix bench build clean-cache lint
 
@@ -24,11 +28,12 @@ deps:
 venv:
 	VENV=$(VENV) sh ./scripts/install-deps --venv
 
+# -v: each test's name and result as it finishes (a CI log shows where a run is)
 test: deps
-	$(PY) -m pytest -ra tests
+	$(PY) scripts/run_tests.py $(TEST_JUNIT) -v -ra tests
 
 test-unit: venv
-	$(PY) -m pytest -ra -m "not kernel and not qemu" tests
+	$(PY) scripts/run_tests.py $(UNIT_JUNIT) -q -ra -m "not kernel and not qemu" tests
 
 lint: venv
 	$(PY) -m ruff check .
