@@ -201,6 +201,9 @@ def cmd_bisect_run(args) -> int:
                                methods, args.cycles, folder, order_check=args.order_check)
     except HarnessError as e:       # does not build, series does not apply, machine
         code, reason = SKIP, f"{e.blame} error{f' in {e.step}' if e.step else ''}: {e.message}"
+        first = next((line.strip() for line in e.evidence.splitlines() if line.strip()), "")
+        if first:                   # e.g. the compiler's first error line
+            reason += f": {first[:300]}"
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:          # a harness bug: untestable, not the commit's fault

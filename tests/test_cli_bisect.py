@@ -164,6 +164,21 @@ def test_bisect_run_untestable_commits_are_skipped(tree, monkeypatch, error):
 
 
 @needs_git
+def test_bisect_run_skip_names_the_build_error(tree, monkeypatch):
+    """The log line carries the evidence's first line: the compiler's error."""
+    fake_run(monkeypatch, BuildError(
+        "the kernel does not build (make exit 2)", step="build", blame="kernel",
+        evidence="arch/arm64/mm/mmu.c:1335:9: error: implicit declaration of function "
+                 "'unmap_hotplug_rang'\nfull log: /cache/build/x/build.log"))
+    log = tree.parent / "bisect.log"
+    assert cli.main(["bisect-run", "--kernel-src", str(tree), "--log", str(log)]) == 125
+    reason = log.read_text().splitlines()[-1].split("\t")[5]
+    assert reason == ("kernel error in build: the kernel does not build (make exit 2): "
+                      "arch/arm64/mm/mmu.c:1335:9: error: implicit declaration of "
+                      "function 'unmap_hotplug_rang'")
+
+
+@needs_git
 def test_bisect_run_chosen_check(tree, monkeypatch):
     fake_run(monkeypatch, report(LEAKY, verdict="FAIL", exit_code=1))
     assert cli.main(["bisect-run", "--kernel-src", str(tree),
