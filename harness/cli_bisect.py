@@ -24,8 +24,9 @@ import argparse
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from . import progress as ui
 from .errors import HarnessError
@@ -62,7 +63,7 @@ runs the command from the tree's top folder):
 """
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     from . import kconfig
     p = sub.add_parser("bisect-run", help="one 'git bisect run' step: build this tree, "
                                           "run, exit 0 good / 1 bad / 125 skip",
@@ -97,7 +98,7 @@ def register(sub) -> None:
         print(f"hotplug-harness bisect-run: error: {message} (exit {ABORT}: aborts "
               f"git bisect)", file=sys.stderr)
         sys.exit(ABORT)
-    p.error = usage_error     # type: ignore[method-assign]
+    p.error = usage_error     # argparse's own error() exits 2
 
 
 def git(tree: Path, *args: str) -> Optional[str]:
@@ -109,7 +110,8 @@ def git(tree: Path, *args: str) -> Optional[str]:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def classify(report: dict, chosen=()) -> tuple[int, list, str]:
+def classify(report: dict[str, Any], chosen: Iterable[str] = ()
+             ) -> tuple[int, list[str], str]:
     """report.json -> (exit code, failing ``method:check`` names, reason)."""
     from .records import ERROR, FAIL, PASS
     if report.get("interrupted"):
@@ -156,7 +158,8 @@ def classify(report: dict, chosen=()) -> tuple[int, list, str]:
                                                   f"{', '.join(others)})" if others else ""))
 
 
-def log_line(commit: str, code: int, failing, reason: str, folder) -> str:
+def log_line(commit: str, code: int, failing: Iterable[str], reason: str,
+             folder: Optional[Path]) -> str:
     verdict = VERDICT_NAMES.get(code, "abort")
     fields = [time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), commit, verdict,
               str(code), ",".join(failing) or "-",
@@ -170,7 +173,7 @@ def _abort(message: str) -> int:
     return ABORT
 
 
-def cmd_bisect_run(args) -> int:
+def cmd_bisect_run(args: argparse.Namespace) -> int:
     from . import checks, runner
     from .cli_run import run_to_report
     tree = Path(args.kernel_src).expanduser().resolve()
@@ -195,7 +198,7 @@ def cmd_bisect_run(args) -> int:
         n += 1
         folder = folder.with_name(f"{folder.name.rsplit('.', 1)[0]}.{n}")
     ui.info(f"bisect-run: {commit[:12]} in {tree}: {', '.join(methods)}")
-    failing: list = []
+    failing: list[str] = []
     try:
         report = run_to_report(str(tree), args.config, args.patch, tuple(args.append),
                                methods, args.cycles, folder, order_check=args.order_check)
