@@ -9,9 +9,9 @@ that raises becomes an ERROR check instead of stopping the others.
 Phase names (set by the scenarios): ``before``, ``added`` (optional),
 ``online``, one phase per removal (``Removal.phase``), ``cycle-N``.
 
-Geometry keys used (any may be missing or None; rules that need one SKIP and
-say which): ``granule``, ``linear_offset`` (va = pa + linear_offset),
-``vmemmap_start``, ``memstart``, ``struct_page_size``.
+Geometry used (:class:`records.Geometry`; any value may be None, and rules
+that need one SKIP and say which): ``granule``, ``linear_offset`` (va = pa +
+linear_offset), ``vmemmap_start``, ``memstart``, ``struct_page_size``.
 
 ``Phase.system_ram`` is read as inclusive ends (``/proc/iomem``) when the end
 is odd and as half-open when it is even (``sysfs.system_ram``): RAM is
@@ -22,13 +22,32 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Callable, NamedTuple, Optional
+from functools import partial
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 from . import leakcheck
 from .errors import KERNEL, HarnessError
 from .inspect import ptdump
-from .records import ERROR, FAIL, PASS, REMOVAL_CHECKS, SKIP, Check, MethodRun, Phase, Removal
+from .inspect.walker import leaves_covering_pa, leaves_covering_va
+from .records import (
+    ERROR,
+    FAIL,
+    PASS,
+    REMOVAL_CHECKS,
+    SKIP,
+    Check,
+    Crash,
+    KselftestResult,
+    Leaf,
+    MethodRun,
+    Phase,
+    Removal,
+    Verdict,
+    WalkSummary,
+)
 
+Span = tuple[int, int]
+Rule = Callable[[MethodRun], Check]
 LINEAR, VMEMMAP = "Linear Mapping", "vmemmap"
 REGIONS = (LINEAR, VMEMMAP)
 MAX_LINES = 12                   # evidence lines listed before "... and N more"
@@ -50,7 +69,7 @@ class _NotApplicable(_Skip):
 class Part(NamedTuple):
     """One judged piece of a check (a phase, a removal, a region).
     ``looked`` is False for a SKIP that does not apply (see _NotApplicable)."""
-    verdict: str
+    verdict: Verdict
     text: str
     step: str = ""
     looked: bool = True
@@ -81,7 +100,7 @@ def _indent(lines: Iterable[str]) -> str:
     return "\n".join("    " + line for line in lines)
 
 
-def coalesce(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+def coalesce(ranges: Iterable[Span]) -> list[Span]:
     """Sorted, merged ``[start, end)`` ranges (adjacent ones joined)."""
     out: list[list[int]] = []
     for start, end in sorted(r for r in ranges if r[0] < r[1]):
@@ -92,13 +111,12 @@ def coalesce(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in out]
 
 
-def subtract(want: Iterable[tuple[int, int]],
-             have: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+def subtract(want: Iterable[Span], have: Iterable[Span]) -> list[Span]:
     """The parts of ``want`` not covered by ``have``."""
-    have = coalesce(have)
+    covered = coalesce(have)
     out = []
     for start, end in coalesce(want):
-        for h_start, h_end in have:
+        for h_start, h_end in covered:
             if h_end <= start or h_start >= end:
                 continue
             if h_start > start:
@@ -109,23 +127,28 @@ def subtract(want: Iterable[tuple[int, int]],
     return out
 
 
-def clip(ranges: Iterable[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
+def clip(ranges: Iterable[Span], lo: int, hi: int) -> list[Span]:
     return coalesce((max(a, lo), min(b, hi)) for a, b in ranges)
 
 
-def _geo(run: MethodRun, *keys: str):
-    values = [run.geometry.get(k) for k in keys]
-    missing = [k for k, v in zip(keys, values) if v is None]
+def _geo(run: MethodRun, *names: str) -> list[int]:
+    """The geometry's values of ``names``; SKIP naming those not learned."""
+    values = [getattr(run.geometry, n) for n in names]
+    missing = [n for n, v in zip(names, values) if v is None]
     if missing:
         raise _Skip(f"geometry lacks {', '.join(missing)}")
-    return values[0] if len(values) == 1 else values
+    return [int(v) for v in values]
+
+
+def _linear_offset(run: MethodRun) -> int:
+    return _geo(run, "linear_offset")[0]
 
 
 def page_shift(granule: int) -> int:
     return granule.bit_length() - 1
 
 
-def struct_page_range(run: MethodRun, pa_start: int, pa_end: int) -> tuple[int, int]:
+def struct_page_range(run: MethodRun, pa_start: int, pa_end: int) -> Span:
     """VA range of the struct pages describing physical ``[pa_start, pa_end)``."""
     base, memstart, size, granule = _geo(run, "vmemmap_start", "memstart",
                                          "struct_page_size", "granule")
@@ -136,24 +159,18 @@ def struct_page_range(run: MethodRun, pa_start: int, pa_end: int) -> tuple[int, 
             base + (last_pfn - first_pfn) * size)
 
 
-def ram_ranges(phase: Phase) -> list[tuple[int, int]]:
+def ram_ranges(phase: Phase) -> list[Span]:
     """``Phase.system_ram`` as half-open ranges (see the module docstring)."""
     return coalesce((s, e + 1 if e % 2 else e) for s, e in phase.system_ram)
 
 
-def _walks(phase: Phase, region: str) -> list:
+def _walks(phase: Phase, region: str) -> list[WalkSummary]:
     return [w for w in phase.walks if w.region == region]
 
 
-def _leaf_maps_pa(leaf: tuple, pa_start: int, pa_end: int) -> bool:
-    va_start, va_end, pa = leaf[:3]
-    return pa < pa_end and pa_start < pa + va_end - va_start
-
-
-def _leaf_text(leaf: tuple) -> str:
-    va_start, va_end, pa, level = leaf[:4]
-    return (f"walker {level} leaf VA {_span(va_start, va_end)} -> "
-            f"PA {_span(pa, pa + va_end - va_start)}")
+def _leaf_text(leaf: Leaf) -> str:
+    return (f"walker {leaf.level} leaf VA {_span(leaf.va_start, leaf.va_end)} -> "
+            f"PA {_span(leaf.pa, leaf.pa_end)}")
 
 
 def _block_names(indices: Iterable[int]) -> str:
@@ -235,9 +252,11 @@ def _lifecycle_problems(run: MethodRun, removal: Removal,
                         size: int) -> tuple[list[str], list[str]]:
     """(problems in the recorded phases, required phases not recorded)."""
     want = _expected_indices(removal, size)
-    rules = (("before", False, None), ("added", True, "offline"),
-             ("online", True, "online"), (removal.phase, False, None))
-    problems, missing = [], []
+    rules: tuple[tuple[str, bool, Optional[str]], ...] = (
+        ("before", False, None), ("added", True, "offline"),
+        ("online", True, "online"), (removal.phase, False, None))
+    problems: list[str] = []
+    missing: list[str] = []
     for phase_name, present, state in rules:
         phase = run.phase(phase_name)
         if phase is not None:
@@ -316,7 +335,8 @@ def check_blocks_lifecycle(run: MethodRun) -> Check:
 
 # ---------------------------------------------------------------- stale mappings
 
-def _stale_ptdump(snapshot, region: str, va_start: int, va_end: int) -> list[str]:
+def _stale_ptdump(snapshot: ptdump.Snapshot, region: str, va_start: int,
+                  va_end: int) -> list[str]:
     return [f"ptdump: {ptdump.format_entry(e)}"
             for e in ptdump.covering(snapshot, region, va_start, va_end)]
 
@@ -326,13 +346,14 @@ def _stale_linear_part(run: MethodRun, removal: Removal) -> Part:
     if phase.ptdump is None and not phase.walks:
         raise _Skip("no ptdump and no walker output")
     pa = (removal.pa_start, removal.pa_end)
-    found, said = [], []
+    found: list[str] = []
+    said: list[str] = []
     if phase.ptdump is not None:
-        off = _geo(run, "linear_offset")
+        off = _linear_offset(run)
         found += _stale_ptdump(phase.ptdump, LINEAR, pa[0] + off, pa[1] + off)
         said.append(f"ptdump VA {_span(pa[0] + off, pa[1] + off)}")
     for walk in _walks(phase, LINEAR):
-        found += [_leaf_text(x) for x in walk.leaves if _leaf_maps_pa(x, *pa)]
+        found += [_leaf_text(x) for x in leaves_covering_pa(walk, *pa)]
         said.append(f"walker VA {_span(walk.va_start, walk.va_end)}")
     return _stale_part(phase.name, f"removed PA {_span(*pa)}", found, said)
 
@@ -344,8 +365,17 @@ def _stale_part(phase: str, what: str, found: list[str], said: list[str]) -> Par
     return Part(PASS, f"{head}: no valid mapping ({'; '.join(said)})", phase)
 
 
+def _per_removal(run: MethodRun, part: Callable[[MethodRun, Removal], Part]) -> list[Part]:
+    """``part`` of each removal, guarded (see :func:`_guard`)."""
+    return [_guard(r.phase, partial(part, run, r)) for r in run.removals]
+
+
+def _per_phase(run: MethodRun, part: Callable[[MethodRun, Phase], Part]) -> list[Part]:
+    return [_guard(p.name, partial(part, run, p)) for p in run.phases]
+
+
 def check_no_stale_linear_map(run: MethodRun) -> Check:
-    parts = [_guard(r.phase, lambda r=r: _stale_linear_part(run, r)) for r in run.removals]
+    parts = _per_removal(run, _stale_linear_part)
     return combine(run, "no-stale-linear-map", parts, "no removals recorded")
 
 
@@ -354,12 +384,13 @@ def _stale_vmemmap_part(run: MethodRun, removal: Removal) -> Part:
     if phase.ptdump is None and not phase.walks:
         raise _Skip("no ptdump and no walker output")
     va = struct_page_range(run, removal.pa_start, removal.pa_end)
-    found, said = [], []
+    found: list[str] = []
+    said: list[str] = []
     if phase.ptdump is not None:
         found += _stale_ptdump(phase.ptdump, VMEMMAP, *va)
         said.append("ptdump vmemmap")
     for walk in _walks(phase, VMEMMAP):
-        found += [_leaf_text(x) for x in walk.leaves if x[0] < va[1] and va[0] < x[1]]
+        found += [_leaf_text(x) for x in leaves_covering_va(walk, *va)]
         said.append(f"walker VA {_span(walk.va_start, walk.va_end)}")
     what = (f"struct pages VA {_span(*va)} of removed PA "
             f"{_span(removal.pa_start, removal.pa_end)}")
@@ -367,13 +398,14 @@ def _stale_vmemmap_part(run: MethodRun, removal: Removal) -> Part:
 
 
 def check_no_stale_vmemmap(run: MethodRun) -> Check:
-    parts = [_guard(r.phase, lambda r=r: _stale_vmemmap_part(run, r)) for r in run.removals]
+    parts = _per_removal(run, _stale_vmemmap_part)
     return combine(run, "no-stale-vmemmap", parts, "no removals recorded")
 
 
 # ---------------------------------------------------------------- tables-freed
 
-def _hole_notes(before, after, region: str, baseline: str) -> list[str]:
+def _hole_notes(before: ptdump.Snapshot, after: ptdump.Snapshot, region: str,
+                baseline: str) -> list[str]:
     """Holes whose level changed: a table kept alive (deeper) or freed (shallower)."""
     old = set(before.region(region).entries) if region in before.regions else set()
     notes = []
@@ -389,16 +421,17 @@ def _hole_notes(before, after, region: str, baseline: str) -> list[str]:
     return notes
 
 
-def _ptdump_tables_lines(base: Phase, after: Phase,
+def _ptdump_tables_lines(base: ptdump.Snapshot, after: ptdump.Snapshot,
                          baseline: str) -> tuple[list[str], list[str]]:
     """(evidence lines, hole-level notes) for the regions that differ."""
-    lines, all_notes = [], []
+    lines: list[str] = []
+    all_notes: list[str] = []
     for region in REGIONS:
-        if region not in base.ptdump.regions and region not in after.ptdump.regions:
+        if region not in base.regions and region not in after.regions:
             raise _Skip(f"neither ptdump has a {region!r} region")
-        changed = ptdump.diff(base.ptdump, after.ptdump, region)
+        changed = ptdump.diff(base, after, region)
         if changed:
-            notes = _hole_notes(base.ptdump, after.ptdump, region, baseline)
+            notes = _hole_notes(base, after, region, baseline)
             lines.append(f"ptdump {region} differs from {baseline}:")
             shown = _limit(notes) + _limit(changed, 2 * MAX_LINES)
             lines += ["  " + line for line in shown]
@@ -407,7 +440,8 @@ def _ptdump_tables_lines(base: Phase, after: Phase,
 
 
 def _walk_table_lines(base: Phase, after: Phase) -> tuple[list[str], int]:
-    lines, compared = [], 0
+    lines: list[str] = []
+    compared = 0
     for region in REGIONS:
         old, new = _walks(base, region), _walks(after, region)
         if len(old) != 1 or len(new) != 1:
@@ -417,7 +451,7 @@ def _walk_table_lines(base: Phase, after: Phase) -> tuple[list[str], int]:
     return lines, compared
 
 
-def _count_diff(old, new) -> list[str]:
+def _count_diff(old: WalkSummary, new: WalkSummary) -> list[str]:
     out = []
     if (old.va_start, old.va_end) != (new.va_start, new.va_end):
         out.append(f"walked VA {_span(old.va_start, old.va_end)} then "
@@ -447,9 +481,11 @@ def _baseline_pair(run: MethodRun, removal: Removal) -> tuple[Phase, Phase]:
 
 def _tables_part(run: MethodRun, removal: Removal) -> Part:
     base, after = _baseline_pair(run, removal)
-    lines, notes, said = [], [], []
+    lines: list[str] = []
+    notes: list[str] = []
+    said: list[str] = []
     if base.ptdump is not None and after.ptdump is not None:
-        lines, notes = _ptdump_tables_lines(base, after, removal.baseline)
+        lines, notes = _ptdump_tables_lines(base.ptdump, after.ptdump, removal.baseline)
         said.append("ptdump Linear Mapping and vmemmap identical")
     walk_lines, compared = _walk_table_lines(base, after)
     lines += walk_lines
@@ -465,13 +501,13 @@ def _tables_part(run: MethodRun, removal: Removal) -> Part:
 
 
 def check_tables_freed(run: MethodRun) -> Check:
-    parts = [_guard(r.phase, lambda r=r: _tables_part(run, r)) for r in run.removals]
+    parts = _per_removal(run, _tables_part)
     return combine(run, "tables-freed", parts, "no removals recorded")
 
 
 # ---------------------------------------------------------------- online-memory-mapped
 
-def _online_ranges(run: MethodRun, phase: Phase, size: int) -> tuple[list, str]:
+def _online_ranges(run: MethodRun, phase: Phase, size: int) -> tuple[list[Span], str]:
     """PA ranges that must be mapped: online blocks within System RAM. Without a
     System RAM list, only blocks absent in 'before' (hot-added, all RAM) count:
     boot blocks hold no-map holes (reserved firmware memory)."""
@@ -486,15 +522,14 @@ def _online_ranges(run: MethodRun, phase: Phase, size: int) -> tuple[list, str]:
     return clip_to(ranges, ram_ranges(phase)), ""
 
 
-def clip_to(ranges: Iterable[tuple[int, int]],
-            within: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+def clip_to(ranges: Iterable[Span], within: Iterable[Span]) -> list[Span]:
     """The parts of ``ranges`` inside ``within``."""
-    within = list(within)
-    return coalesce((max(a, c), min(b, d)) for a, b in ranges for c, d in within
+    inside = list(within)
+    return coalesce((max(a, c), min(b, d)) for a, b in ranges for c, d in inside
                     if a < d and c < b)
 
 
-def _uncovered(phase: Phase, want: list, off: int) -> list[str]:
+def _uncovered(phase: Phase, want: list[Span], off: int) -> list[str]:
     out = []
     if phase.ptdump is not None:
         have = [(e.start - off, e.end - off) for e in ptdump.mapped(phase.ptdump, LINEAR)
@@ -503,7 +538,7 @@ def _uncovered(phase: Phase, want: list, off: int) -> list[str]:
                 for a, b in subtract(want, have)]
     for walk in _walks(phase, LINEAR):
         inside = clip(want, walk.va_start - off, walk.va_end - off)
-        have = [(x[2], x[2] + x[1] - x[0]) for x in walk.leaves]
+        have = [(x.pa, x.pa_end) for x in walk.leaves]
         out += [f"walker: PA {_span(a, b)} (VA {_span(a + off, b + off)}) not mapped"
                 for a, b in subtract(inside, have)]
     return out
@@ -512,7 +547,7 @@ def _uncovered(phase: Phase, want: list, off: int) -> list[str]:
 def _online_part(run: MethodRun, phase: Phase, size: int) -> Part:
     if phase.ptdump is None and not phase.walks:
         raise _Skip("no ptdump and no walker output")
-    off = _geo(run, "linear_offset")
+    off = _linear_offset(run)
     want, how = _online_ranges(run, phase, size)
     problems = _uncovered(phase, want, off)
     if problems:
@@ -527,7 +562,7 @@ def check_online_memory_mapped(run: MethodRun) -> Check:
     size = _block_size(run)
     if size is None:
         return Check(name, SKIP, "no phase recorded block_size_bytes")
-    parts = [_guard(p.name, lambda p=p: _online_part(run, p, size)) for p in run.phases]
+    parts = _per_phase(run, lambda run, p: _online_part(run, p, size))
     return combine(run, name, parts, "no phases recorded")
 
 
@@ -546,13 +581,13 @@ CONT_SPAN = {  # granule -> {level: bytes one group maps}
 _CONT_REGIONS = ("Linear Mapping", "vmemmap")
 
 
-def _broken_groups(phase: Phase, granule: int) -> list[str]:
+def _broken_groups(dump: ptdump.Snapshot, granule: int) -> list[str]:
     spans = CONT_SPAN.get(granule, {})
     out = []
     for region in _CONT_REGIONS:
-        if region not in phase.ptdump.regions:
+        if region not in dump.regions:
             continue
-        for e in phase.ptdump.region(region).entries:
+        for e in dump.region(region).entries:
             span = spans.get(e.level)
             if not e.is_valid or "CON" not in e.attrs or not span:
                 continue
@@ -567,10 +602,10 @@ def _broken_groups(phase: Phase, granule: int) -> list[str]:
 def _contiguous_part(run: MethodRun, phase: Phase) -> Part:
     if phase.ptdump is None:
         raise _Skip("no ptdump")
-    granule = int(run.geometry.get("granule") or 0)
+    granule = run.geometry.granule or 0
     if granule not in CONT_SPAN:
         raise _Skip(f"granule {granule} unknown")
-    broken = _broken_groups(phase, granule)
+    broken = _broken_groups(phase.ptdump, granule)
     if broken:
         return Part(FAIL, f"{phase.name}: a contiguous (CON) group is only partly mapped: "
                     f"{broken[0]}" + _more(broken[1:]), phase.name)
@@ -581,7 +616,7 @@ def check_contiguous_groups_whole(run: MethodRun) -> Check:
     """No phase shows a leaf with the contiguous bit whose aligned group is
     only partly mapped (a removal that cut through a CONT range)."""
     name = "contiguous-groups-whole"
-    parts = [_guard(p.name, lambda p=p: _contiguous_part(run, p)) for p in run.phases]
+    parts = _per_phase(run, _contiguous_part)
     return combine(run, name, parts, "no phases recorded")
 
 
@@ -599,34 +634,32 @@ def check_bootmem_not_removable(run: MethodRun) -> Check:
     name, attempt = "bootmem-not-removable", run.bootmem_offline
     if attempt is None:
         return Check(name, SKIP, "no boot-memory offline attempt recorded")
-    block, code, state = attempt.get("block"), attempt.get("exit_code"), \
-        attempt.get("state_after")
+    block, code, state = attempt.block, attempt.exit_code, attempt.state_after
     step = _named_step(run, "boot memory", f"offline memory{block}")
     head = (f"echo offline > memory{block}/state: exit code {code}, "
             f"state after: {state}")
-    output = (attempt.get("output") or "").strip()
+    output = (attempt.output or "").strip()
     tail = f"\n    output: {output}" if output else ""
     if code is None or state is None:
         return Check(name, ERROR, f"incomplete record: {head}{tail}", step)
-    span = attempt.get("range")
+    span = attempt.range
     if span:
         head = f"{head} (boot memory PA {_span(*span)})"
     if code == 0 or state != "online":
         return Check(name, FAIL, f"boot memory was offlined or changed state: {head}; "
                                  f"arm64 must refuse (prevent_bootmem_remove_notifier)"
                                  f"{tail}", step)
-    rule = [line for line in attempt.get("console") or () if _BOOTMEM_RULE.search(line)]
+    rule = [line for line in attempt.console or () if _BOOTMEM_RULE.search(line)]
     if rule:
         return Check(name, PASS, f"{head}: refused by arm64's boot-memory rule; "
                                  f"console: {rule[0].strip()}{tail}", step)
-    zones = ",".join(attempt.get("zones") or ()) or "?"
+    zones = ",".join(attempt.zones or ()) or "?"
     why = [f"zones {zones}"]
-    if attempt.get("hole_free") is False:
+    if attempt.hole_free is False:
         why.append("the block has firmware holes (not one System RAM range)")
     if "Movable" not in zones:
         why.append("the block is not in ZONE_MOVABLE (unmovable pages refuse first)")
-    console = attempt.get("console")
-    seen = ("no console record" if console is None else
+    seen = ("no console record" if attempt.console is None else
             "no 'Boot memory [...] offlining attempted' line on the console")
     return Check(name, SKIP, f"not exercised: memory{block} was refused, but not by "
                  f"arm64's rule ({seen}; {'; '.join(why)}): {head}{tail}", step)
@@ -637,11 +670,13 @@ def _named_step(run: MethodRun, needle: str, default: str) -> str:
     return next((s.name for s in run.steps if needle in s.name), default)
 
 
-def crash_line(crash: Mapping) -> str:
-    pc = f" (pc {crash['pc_symbol']})" if crash.get("pc_symbol") else ""
-    step = f", step {crash['step']}" if crash.get("step") else ""
-    line = f", console line {crash['first_line_no']}" if crash.get("first_line_no") else ""
-    return f"{crash.get('kind', '?')}: {crash.get('title', '')}{pc}{step}{line}"
+def crash_line(crash: Union[Crash, Mapping[str, Any]]) -> str:
+    """One line naming a kernel report: kind, title, pc, step, console line."""
+    c = crash if isinstance(crash, Crash) else Crash.from_dict(crash)
+    pc = f" (pc {c.pc_symbol})" if c.pc_symbol else ""
+    step = f", step {c.step}" if c.step else ""
+    line = f", console line {c.first_line_no}" if c.first_line_no else ""
+    return f"{c.kind if 'kind' in c else '?'}: {c.title}{pc}{step}{line}"
 
 
 def check_no_kernel_splat(run: MethodRun) -> Check:
@@ -652,8 +687,8 @@ def check_no_kernel_splat(run: MethodRun) -> Check:
     lines = []
     for crash in run.crashes:
         lines.append(crash_line(crash))
-        lines += ["    " + t for t in list(crash.get("call_trace", ()))[:8]]
-    step = next((c.get("step") for c in run.crashes if c.get("step")), "")
+        lines += ["    " + t for t in crash.call_trace[:8]]
+    step = next((c.step for c in run.crashes if c.step), "")
     count = len(run.crashes)
     head = f"{count} kernel reports, the first: {crash_line(run.crashes[0])}\n"
     span = _step_range(run, step)
@@ -668,8 +703,8 @@ def _step_range(run: MethodRun, step: str) -> Optional[tuple[int, int]]:
     if not step:
         return None
     for record in run.order:
-        if record.get("step") == step and record.get("pa_end"):
-            return int(record["pa_start"]), int(record["pa_end"])
+        if record.step == step and record.pa_end:
+            return int(record.pa_start), int(record.pa_end)
     for removal in run.removals:
         if phase_step(run, removal.phase) == step:
             return removal.pa_start, removal.pa_end
@@ -684,7 +719,7 @@ def _cycles(run: MethodRun) -> list[tuple[int, Phase]]:
     return sorted(found, key=lambda c: c[0])
 
 
-def _memtotal_part(run: MethodRun, cycles: list) -> Part:
+def _memtotal_part(run: MethodRun, cycles: list[tuple[int, Phase]]) -> Part:
     before = run.phase("before")
     if before is None or "MemTotal" not in before.meminfo:
         return Part(SKIP, "MemTotal: no 'before' phase with /proc/meminfo")
@@ -697,12 +732,13 @@ def _memtotal_part(run: MethodRun, cycles: list) -> Part:
     return Part(PASS, f"MemTotal {want} kB in all {len(cycles)} cycles, as before")
 
 
-def _cycle_tables_part(cycles: list) -> Part:
+def _cycle_tables_part(cycles: list[tuple[int, Phase]]) -> Part:
     walked = [(p, {w.region: w for w in p.walks}) for _, p in cycles if p.walks]
     if len(walked) < 2:
         return Part(SKIP, "table counts: fewer than 2 cycles with walker output")
     first, first_walks = walked[0]
-    lines, step = [], ""
+    lines: list[str] = []
+    step = ""
     for phase, walks in walked[1:]:
         for region in (r for r in walks if r in first_walks):
             found = _count_diff(first_walks[region], walks[region])
@@ -714,7 +750,7 @@ def _cycle_tables_part(cycles: list) -> Part:
     return Part(PASS, f"walker table counts equal in {len(walked)} cycles")
 
 
-def _memfree_context(cycles: list) -> str:
+def _memfree_context(cycles: list[tuple[int, Phase]]) -> str:
     """MemFree across the cycles, for the reader only: on the clean kernel it
     moves by -5 to +7 MB per cycle (page cache, per-cpu lists, lazily built
     caches), more than a leaked section's memmap, so it judges nothing."""
@@ -726,7 +762,8 @@ def _memfree_context(cycles: list) -> str:
             f"{p1.meminfo['MemFree']} kB at {p1.name} ({loss:+.0f} kB per cycle)")
 
 
-def _page_owner_part(run: MethodRun, cycles: list, removed: list) -> Part:
+def _page_owner_part(run: MethodRun, cycles: list[tuple[int, Phase]],
+                     removed: list[Span]) -> Part:
     """The exact signal: page_owner's vmemmap and linear-map table stacks after
     each cycle against before the first add (harness.leakcheck)."""
     before = run.phase("before")
@@ -736,7 +773,7 @@ def _page_owner_part(run: MethodRun, cycles: list, removed: list) -> Part:
                    "no page_owner snapshot was taken before the first add and after "
                    "each cycle")
         return Part(SKIP, f"page_owner: could not look: {why}")
-    page_kb = max(1, int(run.geometry.get("granule") or 4096) // 1024)
+    page_kb = max(1, (run.geometry.granule or 4096) // 1024)
     verdict, text, step = leakcheck.check_cycles(
         snaps[0], [(p.name, p.page_owner) for _, p in cycles], page_kb=page_kb,
         removed=removed)
@@ -749,7 +786,7 @@ def check_no_leak_across_cycles(run: MethodRun) -> Check:
         return Check(name, SKIP, f"{len(cycles)} cycle phase(s) recorded; need 2")
     removed = coalesce((r.pa_start, r.pa_end) for r in run.removals)
     tables = _cycle_tables_part(cycles)
-    if tables.verdict == SKIP and not run.options.get("walker", True):
+    if tables.verdict == SKIP and run.options.walker is False:
         tables = Part(SKIP, tables.text + " (--no-walker)", looked=False)
     parts = [_page_owner_part(run, cycles, removed), _memtotal_part(run, cycles), tables]
     check = combine(run, name, parts, "")
@@ -763,10 +800,10 @@ def check_no_leak_across_cycles(run: MethodRun) -> Check:
 
 # ---------------------------------------------------------------- walker vs ptdump
 
-def _agree_part(phase: Phase, walk) -> Part:
+def _agree_part(phase: Phase, dump_: ptdump.Snapshot, walk: WalkSummary) -> Part:
     lo, hi = walk.va_start, walk.va_end
-    dump = clip([(e.start, e.end) for e in phase.ptdump.entries() if e.is_valid], lo, hi)
-    leaves = clip([(x[0], x[1]) for x in walk.leaves], lo, hi)
+    dump = clip([(e.start, e.end) for e in dump_.entries() if e.is_valid], lo, hi)
+    leaves = clip([(x.va_start, x.va_end) for x in walk.leaves], lo, hi)
     where = f"{phase.name} {walk.region} VA {_span(lo, hi)}"
     if dump == leaves:
         return Part(PASS, f"{where}: {len(dump)} mapped range(s) agree", phase.name)
@@ -777,7 +814,7 @@ def _agree_part(phase: Phase, walk) -> Part:
 
 
 def check_walker_agrees_with_ptdump(run: MethodRun) -> Check:
-    parts = [_agree_part(p, w) for p in run.phases if p.ptdump is not None
+    parts = [_agree_part(p, p.ptdump, w) for p in run.phases if p.ptdump is not None
              for w in p.walks if w.region in REGIONS]
     return combine(run, "walker-agrees-with-ptdump", parts,
                    "no phase has both a ptdump and a walk")
@@ -813,19 +850,20 @@ def check_walker_no_bad_entries(run: MethodRun) -> Check:
 
 # ---------------------------------------------------------------- ordering (gdb)
 
-def _order_check(run: MethodRun, name: str, judge_events, flush_only: bool) -> Check:
+def _order_check(run: MethodRun, name: str,
+                 judge_events: Callable[[list[Any], str], Any], flush_only: bool) -> Check:
     """One Part per watched removal (``MethodRun.order``), judged by harness.order."""
     from . import order
     parts = []
     for rec in run.order:
-        step = rec.get("step", "")
-        if rec.get("error"):
-            parts.append(Part(SKIP if "not watched" in rec["error"] else ERROR,
-                              f"{step}: {rec['error']}", step))
+        step = rec.step
+        if rec.error:
+            parts.append(Part(SKIP if "not watched" in rec.error else ERROR,
+                              f"{step}: {rec.error}", step))
             continue
-        if flush_only and not rec.get("flush_check"):
+        if flush_only and not rec.flush_check:
             continue
-        events = [order.event_from_dict(d) for d in rec.get("events", ())]
+        events = [order.event_from_dict(dict(d)) for d in rec.events]
         v = judge_events(events, step)
         parts.append(Part(v.verdict, v.evidence, step, v.applicable))
     if parts and not any(p.looked for p in parts):
@@ -861,17 +899,20 @@ _KS_UNEXPECTED = re.compile(r"(\w+_expect_\w+) (\d+): unexpected (\w+)")
 
 class SelftestLog(NamedTuple):
     """What mem-on-off-test.sh did to each block."""
-    touched: frozenset
-    offlined: frozenset         # "online->offline memoryN" then "-> Success"
-    offline_failed: frozenset   # ... then "-> Failure"
-    onlined: frozenset          # "offline->online memoryN" (failures show as unexpected)
-    unexpected: dict            # block -> ["online_memory_expect_success: unexpected fail"]
+    touched: frozenset[int]
+    offlined: frozenset[int]        # "online->offline memoryN" then "-> Success"
+    offline_failed: frozenset[int]  # ... then "-> Failure"
+    onlined: frozenset[int]         # "offline->online memoryN" (failures show as unexpected)
+    unexpected: dict[int, list[str]]  # block -> ["online_memory_expect_success: ..."]
 
 
 def parse_mem_on_off(output: str) -> SelftestLog:
     """Parse mem-on-off-test.sh output; ``-> Success`` may share the line or follow it."""
-    touched, onlined, results, unexpected = set(), set(), {}, defaultdict(list)
-    pending = None
+    touched: set[int] = set()
+    onlined: set[int] = set()
+    results: dict[int, str] = {}
+    unexpected: defaultdict[int, list[str]] = defaultdict(list)
+    pending: Optional[int] = None
     for line in output.splitlines():
         if m := _KS_STEP.search(line):
             touched.add(int(m[2]))
@@ -890,7 +931,7 @@ def parse_mem_on_off(output: str) -> SelftestLog:
                        frozenset(onlined), dict(unexpected))
 
 
-def _selftest_problems(log: SelftestLog, hot: set) -> list[str]:
+def _selftest_problems(log: SelftestLog, hot: set[int]) -> list[str]:
     out = [f"hot-plugged memory{b}: online->offline -> Failure"
            for b in sorted(log.offline_failed & hot)]
     out += [f"boot-memory memory{b} was offlined: arm64 must refuse"
@@ -903,28 +944,28 @@ def _selftest_problems(log: SelftestLog, hot: set) -> list[str]:
 
 
 def check_kselftest(run: MethodRun) -> Check:
-    """Each cycle's mem-on-off-test.sh run (``kselftest["cycles"]`` with
+    """Each cycle's mem-on-off-test.sh run (``kselftest.cycles`` with
     ``--cycles``; one record otherwise); the worst cycle decides."""
     name, ks = "kselftest", run.kselftest
     if ks is None:
         return Check(name, SKIP, "mem-on-off-test.sh did not run")
-    records = ks.get("cycles") or [ks]
+    records = ks.cycles or (ks,)
     if len(records) == 1:
         return _kselftest_once(run, records[0])
     rank = {FAIL: 0, ERROR: 1, SKIP: 2, PASS: 3}
-    judged = sorted(((r.get("cycle", n), _kselftest_once(run, r, r.get("cycle", n)))
-                     for n, r in enumerate(records, 1)),
+    numbered = [(n if r.cycle is None else r.cycle, r) for n, r in enumerate(records, 1)]
+    judged = sorted(((n, _kselftest_once(run, r, n)) for n, r in numbered),
                     key=lambda c: (rank[c[1].verdict], c[0]))
     worst = judged[0][1]
     return Check(name, worst.verdict,
                  "\n".join(f"cycle {n}: {c.evidence}" for n, c in judged), worst.step)
 
 
-def _kselftest_once(run: MethodRun, ks: dict, cycle: int = 1) -> Check:
+def _kselftest_once(run: MethodRun, ks: KselftestResult, cycle: int = 1) -> Check:
     name = "kselftest"
-    output = ks.get("output") or "\n".join(ks.get("lines") or ())   # either form
-    code = ks.get("exit_code")
-    log, hot = parse_mem_on_off(output), set(ks.get("hotplugged_blocks") or ())
+    output = ks.text
+    code = ks.exit_code
+    log, hot = parse_mem_on_off(output), set(ks.hotplugged_blocks or ())
     suffix = "" if cycle == 1 else f"@{cycle}"
     step = next((st.name for st in run.steps
                  if st.name == f"run mem-on-off-test.sh{suffix}"), "") \
@@ -950,7 +991,7 @@ def _kselftest_once(run: MethodRun, ks: dict, cycle: int = 1) -> Check:
 
 # ---------------------------------------------------------------- verdicts
 
-RULES: tuple = (
+RULES: tuple[tuple[str, Rule], ...] = (
     ("blocks-lifecycle", check_blocks_lifecycle),
     ("no-stale-linear-map", check_no_stale_linear_map),
     ("no-stale-vmemmap", check_no_stale_vmemmap),
@@ -971,17 +1012,17 @@ _WALKER_CHECKS = ("walker-agrees-with-ptdump", "walker-no-bad-entries")
 _ORDER_CHECKS = ("no-table-freed-while-linked", "tlb-flushed-before-free")
 
 
-def required_checks(run: MethodRun) -> tuple:
+def required_checks(run: MethodRun) -> tuple[str, ...]:
     """The checks that must look for this run to PASS: what the method declared
     (``MethodRun.required``), the walker's checks unless the walker was turned
     off on request (``--no-walker``), the leak check with ``--cycles`` > 1."""
     # a run saved before methods declared their checks: the removal checks
     names = list(run.required or (REMOVAL_CHECKS if run.removals else ()))
-    if run.options.get("walker", False):
+    if run.options.walker:
         names += _WALKER_CHECKS
-    if run.options.get("order_check", "off") != "off" and names:
+    if (run.options.order_check or "off") != "off" and names:
         names += _ORDER_CHECKS
-    if int(run.options.get("cycles", 1)) > 1:
+    if int(run.options.cycles or 1) > 1:
         names.append("no-leak-across-cycles")
     return tuple(dict.fromkeys(names))
 
@@ -1018,19 +1059,19 @@ def judge(run: MethodRun) -> list[Check]:
     return out
 
 
-def method_verdict(run: MethodRun, checks: Iterable[Check]) -> str:
+def method_verdict(run: MethodRun, checks: Iterable[Check]) -> Verdict:
     """FAIL: a check failed, a crash, or a kernel-blamed error; ERROR: a harness or
     infrastructure error, or a check ERROR; else PASS."""
     verdicts = {c.verdict for c in checks}
-    blame = (run.error or {}).get("blame")
-    if FAIL in verdicts or run.crashes or (run.error and blame == KERNEL):
+    if FAIL in verdicts or run.crashes or (run.error and run.error.blame == KERNEL):
         return FAIL
     if run.error or ERROR in verdicts:
         return ERROR
     return PASS
 
 
-def overall_verdict(method_verdicts) -> tuple[str, int]:
+def overall_verdict(method_verdicts: Union[Iterable[str], Mapping[str, str]]
+                    ) -> tuple[Verdict, int]:
     """Any FAIL -> ("FAIL", 1); any ERROR, or no method at all -> ("ERROR", 2);
     else ("PASS", 0). Takes verdict strings or a {method: verdict} mapping."""
     verdicts = list(method_verdicts.values() if isinstance(method_verdicts, Mapping)

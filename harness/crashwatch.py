@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
-from .errors import GuestCrash, HarnessError, ToolMissing
+from .errors import GuestCrash, HarnessError
 from .host import require_tool, run
 
 KINDS = ("panic", "oops", "bug", "kasan", "warning", "bad-page", "soft-lockup",
@@ -459,17 +459,10 @@ class Addr2lineResolver:
 
 
 def load_function_symbols(elf_path: Path) -> SymbolTable:
-    """name -> [(address, size)] for the functions in an ELF's .symtab."""
+    """name -> [(address, size)] for the functions in an ELF's .symtab (read by
+    the walker's ELF reader, the harness's only one)."""
+    from .inspect.walker import WalkError, read_symtab
     try:
-        from elftools.elf.elffile import ELFFile
-    except ImportError as exc:
-        raise ToolMissing("pyelftools (python module)", "python3-pyelftools") from exc
-    table: SymbolTable = {}
-    with open(elf_path, "rb") as f:
-        symtab: Any = ELFFile(f).get_section_by_name(".symtab")   # a SymbolTableSection
-        if symtab is None:
-            raise HarnessError(f"{elf_path} has no .symtab", step="symbolize")
-        for sym in symtab.iter_symbols():
-            if sym["st_info"]["type"] in ("STT_FUNC", "STT_NOTYPE") and sym.name:
-                table.setdefault(sym.name, []).append((sym["st_value"], sym["st_size"]))
-    return table
+        return read_symtab(elf_path, types=("STT_FUNC", "STT_NOTYPE"))
+    except WalkError as e:
+        raise HarnessError(e.message, step="symbolize") from None

@@ -5,27 +5,56 @@ Every failure says whom it blames, so the CLI can map it to an exit code:
 * ``kernel``  - the kernel under test misbehaved (exit 1)
 * ``infra``   - the host or the machine failed: missing tool, QEMU died (exit 2)
 * ``harness`` - bad input or a bug in the harness itself (exit 2)
+* ``interrupted`` - SIGINT/SIGTERM stopped the run (exit 2; the CLI exits 130/143)
+
+``Blame`` is a str-valued enum: ``Blame.KERNEL == "kernel"``, it hashes, formats
+and serialises (JSON) as its value, and ``Blame("infra")`` reads a saved one.
 """
 from __future__ import annotations
 
-KERNEL = "kernel"
-INFRA = "infra"
-HARNESS = "harness"
+from collections.abc import Iterable
+from enum import Enum
+from typing import Any, Union
+
+
+class TextEnum(str, Enum):
+    """A str-valued enum that behaves as its value: ``==``, ``hash``, ``str``,
+    ``format`` and ``json.dumps`` give the plain string (saved reports hold the
+    strings, and older code compares with them)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __hash__(self) -> int:
+        return str.__hash__(self)
+
+
+class Blame(TextEnum):
+    """Whom a failure is blamed on; decides the exit code."""
+
+    KERNEL = "kernel"
+    INFRA = "infra"
+    HARNESS = "harness"
+    INTERRUPTED = "interrupted"
+
+
+KERNEL, INFRA, HARNESS, INTERRUPTED = (Blame.KERNEL, Blame.INFRA, Blame.HARNESS,
+                                       Blame.INTERRUPTED)
 
 
 class HarnessError(Exception):
     """Base error. ``step`` names the stage; ``evidence`` is text worth keeping."""
 
-    blame = HARNESS
+    blame: Blame = HARNESS
 
     def __init__(self, message: str, *, step: str = "", evidence: str = "",
-                 blame: str | None = None):
+                 blame: Union[Blame, str, None] = None):
         super().__init__(message)
         self.message = message
         self.step = step
         self.evidence = evidence
         if blame is not None:
-            self.blame = blame
+            self.blame = Blame(blame)
 
     @property
     def exit_code(self) -> int:
@@ -57,7 +86,7 @@ class PatchError(HarnessError):
 class ConfigError(HarnessError):
     """Requested kernel config options were dropped by olddefconfig."""
 
-    def __init__(self, message: str, dropped=(), **kw):
+    def __init__(self, message: str, dropped: Iterable[str] = (), **kw: Any):
         super().__init__(message, **kw)
         self.dropped = list(dropped)
 

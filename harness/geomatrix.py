@@ -29,8 +29,8 @@ from typing import Optional
 from . import kconfig
 from .checks import NOT_APPLICABLE
 from .errors import HarnessError
+from .records import ERROR, FAIL, PASS, SKIP
 
-PASS, FAIL, SKIP, ERROR = "PASS", "FAIL", "SKIP", "ERROR"
 XFAIL, XPASS = "XFAIL", "XPASS"
 DEFAULT_METHODS = ("acpi-dimm", "probe", "virtio-mem", "kselftest")
 # (geometry, method) -> why this is known to fail on the stock 6.12 kernel.

@@ -31,7 +31,8 @@ from typing import Optional
 
 from . import checks as rules
 from .inspect import ptdump
-from .records import MethodRun, Phase
+from .inspect.walker import leaves_covering_va
+from .records import ERROR, FAIL, MethodRun, Phase
 
 REPORT_HTML, MATRIX_HTML = "report.html", "matrix.html"
 TEMPLATES = Path(__file__).with_name("templates")
@@ -153,8 +154,8 @@ def _entries(phase: Phase, region: str, lo: int, hi: int) -> Optional[list]:
     walks = [w for w in phase.walks if w.region == region]
     if not walks:
         return None
-    return [(x[0], x[1], x[3], "map") for w in walks for x in w.leaves
-            if x[0] < hi and lo < x[1]]
+    return [(x.va_start, x.va_end, x.level, "map") for w in walks
+            for x in leaves_covering_va(w, lo, hi)]
 
 
 def _removed_at(run: MethodRun, index: int, phase: Phase) -> list[tuple[int, int]]:
@@ -190,9 +191,9 @@ def _order_marks(run: MethodRun) -> dict:
     from . import order
     out: dict = {}
     for rec in run.order:
-        events = [order.event_from_dict(d) for d in rec.get("events", ())]
+        events = [order.event_from_dict(dict(d)) for d in rec.events]
         events = [e for e in events if e is not None]
-        marks = out.setdefault(rec.get("step", ""), [])
+        marks = out.setdefault(rec.step, [])
         for e in events:
             if isinstance(e, order.Free):
                 marks += [(l.va, l.span, l.level, f"PA 0x{e.pa:x} freed while linked from "
@@ -249,6 +250,13 @@ class _Panel:
         self.marks = marks
         self.baselines = {r.phase: r.baseline for r in run.removals if r.baseline}
 
+    @property
+    def off(self) -> int:
+        """The linear map's VA - PA (method_figures draws nothing without it)."""
+        off = self.run.geometry.linear_offset
+        assert off is not None
+        return off
+
     def lanes(self) -> list[dict]:
         before = self.run.phase("before")
         base = _entries(before, self.region, self.lo, self.hi) if before else None
@@ -277,7 +285,7 @@ class _Panel:
     def _pa_text(self, start: int, end: int) -> str:
         if self.region != rules.LINEAR:
             return ""
-        off = self.run.geometry["linear_offset"]
+        off = self.off
         return f", PA {_span(start - off, end - off)}"
 
     def _alerts(self, index: int, phase: Phase, found: list, lane: dict) -> None:
@@ -320,7 +328,7 @@ class _Panel:
         return rules.subtract(want, mapped)
 
     def hot_pa(self) -> list:
-        off = self.run.geometry["linear_offset"]
+        off = self.off
         return [(a - off, b - off) for a, b in self.hot]
 
     def _status(self, phase: Phase, found: list, base, lane: dict) -> None:
@@ -356,23 +364,22 @@ class _Panel:
 
     def _tick_label(self, va: int) -> str:
         if self.region == rules.LINEAR:
-            return _size(va - self.run.geometry["linear_offset"]) \
-                if va != self.run.geometry["linear_offset"] else "0"
+            return _size(va - self.off) if va != self.off else "0"
         return f"…{va & 0xffffffffff:x}"
 
 
 def method_figures(run: MethodRun) -> tuple[list, str]:
     """(figures, note): one figure per region, or a note saying why none."""
-    geo = run.geometry or {}
+    geo = run.geometry
     hot = hot_ranges(run)
     if not run.phases:
         return [], "no phase recorded"
     if not hot:
         return [], "no hot-plugged range recorded (the run stopped before the add?)"
-    if geo.get("linear_offset") is None:
+    if geo.linear_offset is None:
         return [], "geometry lacks linear_offset: nothing to place on an axis"
-    off = geo["linear_offset"]
-    pa_lo, pa_hi = _window(hot, geo.get("memstart") or 0)
+    off = geo.linear_offset
+    pa_lo, pa_hi = _window(hot, geo.memstart or 0)
     marks = _order_marks(run)
     figures = [_Panel(run, rules.LINEAR, pa_lo, pa_hi,
                       lambda a, b: (a + off, b + off), hot, marks).figure()]
@@ -438,10 +445,10 @@ def console_context(folder: Path, run: MethodRun,
     text = log.read_bytes().decode("utf-8", "replace").splitlines()
     out = []
     for crash in run.crashes[:MAX_SPLATS]:
-        first = crash.get("first_line_no")
+        first = crash.first_line_no
         if not first:
             continue
-        last = first + len(crash.get("lines") or ()) - 1
+        last = first + len(crash.lines) - 1
         lo, hi = max(1, first - lines), min(len(text), last + lines)
         out.append({"first_line_no": first, "start": lo,
                     "lines": [clean_text(t) for t in text[lo - 1:hi]]})
@@ -452,12 +459,12 @@ def _splats(run: MethodRun, context: list) -> list[dict]:
     ctx = {c["first_line_no"]: c for c in context}
     out = []
     for crash in run.crashes[:MAX_SPLATS]:
-        c = ctx.get(crash.get("first_line_no"))
-        first = crash.get("first_line_no") or 0
-        span = range(first, first + len(crash.get("lines") or ()))
+        c = ctx.get(crash.first_line_no)
+        first = crash.first_line_no or 0
+        span = range(first, first + len(crash.lines))
         around = [{"no": c["start"] + i, "text": t, "in": c["start"] + i in span}
                   for i, t in enumerate(c["lines"])] if c else []
-        out.append({**crash, "line": rules.crash_line(crash), "around": around})
+        out.append({**crash.to_dict(), "line": rules.crash_line(crash), "around": around})
     return out
 
 
@@ -482,18 +489,20 @@ def _method_view(method: dict, context: dict) -> dict:
     for c in method["checks"]:
         head, _, rest = (c.get("evidence") or "").partition("\n")
         checks.append({**c, "head": head, "rest": rest})
-    geo = run.geometry or {}
+    geo = run.geometry
     return {"name": method["method"], "verdict": method["verdict"], "figures": figures,
             "note": note, "chart": walker_chart(run), "checks": checks, "steps": steps,
-            "seconds": sum(s["seconds"] for s in method["steps"]), "error": run.error,
+            "seconds": sum(s["seconds"] for s in method["steps"]),
+            "error": run.error.to_dict() if run.error else None,
             "notes": list(run.notes),
             "splats": _splats(run, context.get(method["method"], [])),
             "more_splats": max(0, len(run.crashes) - MAX_SPLATS),
-            "geometry": {k: geo.get(k) for k in ("granule", "va_bits", "levels")},
+            "geometry": {"granule": geo.granule, "va_bits": geo.va_bits,
+                         "levels": geo.levels},
             "removals": [{"phase": r.phase, "range": _span(r.pa_start, r.pa_end),
                           "baseline": r.baseline} for r in run.removals],
             "options": {k: ("on" if v is True else "off" if v is False else v)
-                        for k, v in run.options.items()}}
+                        for k, v in run.options.to_dict().items()}}
 
 
 def render_report(report: dict, title: str = "") -> str:
@@ -559,7 +568,7 @@ def repro_matrix(data: dict, folder: Optional[Path] = None) -> dict:
     rows_in = data.get("rows", ())
     wanted = [n for r in rows_in for n in r.get("expect", ())]
     failed = [n for r in rows_in for n, c in (r.get("cells") or {}).items()
-              if c.get("verdict") in ("FAIL", "ERROR")]
+              if c.get("verdict") in (FAIL, ERROR)]
     columns = list(dict.fromkeys(wanted + failed))
     rows = []
     for r in rows_in:

@@ -20,7 +20,7 @@ from typing import Optional
 
 from .inspect import page_owner
 from .inspect.page_owner import Snapshot
-from .records import FAIL, PASS, SKIP
+from .records import FAIL, PASS, SKIP, Verdict
 
 CONFIG = "leak"                    # kernel-configs/leak.config
 CMDLINE = "page_owner=on"          # boot parameter: page_owner is off by default
@@ -96,7 +96,7 @@ def _as_snapshot(x) -> Optional[Snapshot]:
 
 
 def check(before, after, after_name: str = "after", before_name: str = "before",
-          page_kb: int = 4, removed: Sequence = ()) -> tuple:
+          page_kb: int = 4, removed: Sequence = ()) -> tuple[Verdict, str]:
     """(verdict, evidence) for one pair: PASS, FAIL or SKIP.
 
     ``before``/``after``: Snapshot, show_stacks text, Snapshot.to_dict() or None
@@ -154,7 +154,7 @@ def _first_caller(g) -> str:
 
 
 def check_cycles(before, cycles: Sequence[tuple], page_kb: int = 4,
-                 removed: Sequence = ()) -> tuple:
+                 removed: Sequence = ()) -> tuple[Verdict, str, str]:
     """(verdict, evidence, step) over ``[(phase name, snapshot), ...]``: each
     after-remove snapshot against ``before`` (the phase before the first add).
     FAIL at the first cycle that leaks (its name as ``step``); a leak in cycle 1

@@ -17,7 +17,7 @@ Events (frozen dataclasses, ``to_dict``/``from_dict``, ``event_from_dict``):
   caller, and the table entries that still point into it (live walk of
   ``swapper_pg_dir`` over the guest RAM files, taken at the stop).
 
-Checks return a :class:`Verdict` (``PASS``/``FAIL``/``SKIP``/``ERROR`` and
+Checks return an :class:`OrderVerdict` (a ``records.Verdict`` and
 evidence text a reviewer can paste):
 
 * :func:`check_no_table_freed_while_linked` - no freed page is still the
@@ -37,9 +37,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from .records import ERROR, FAIL, PASS, SKIP, Verdict
+
 _U64 = (1 << 64) - 1
 
-PASS, FAIL, SKIP, ERROR = "PASS", "FAIL", "SKIP", "ERROR"
 NO_TABLE_FREED_WHILE_LINKED = "no-table-freed-while-linked"
 TLB_FLUSHED_BEFORE_FREE = "tlb-flushed-before-free"
 
@@ -238,9 +239,9 @@ def events_from_lines(lines: Iterable[str]) -> list:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class OrderVerdict:
     check: str
-    verdict: str
+    verdict: Verdict
     evidence: str
     counts: dict = field(default_factory=dict)
     applicable: bool = True    # False: a SKIP that looked and found nothing to judge
@@ -251,18 +252,18 @@ class Verdict:
 
 # ---------------------------------------------------------------- checks
 
-def check_no_table_freed_while_linked(events: Sequence, step: str = "") -> Verdict:
+def check_no_table_freed_while_linked(events: Sequence, step: str = "") -> OrderVerdict:
     """FAIL for every freed page that a valid table descriptor still pointed at."""
     frees = [e for e in events if isinstance(e, Free)]
     where = f" during step {step}" if step else ""
     if not frees:
-        return Verdict(NO_TABLE_FREED_WHILE_LINKED, SKIP,
+        return OrderVerdict(NO_TABLE_FREED_WHILE_LINKED, SKIP,
                        f"no free_pages/__free_pages stop was recorded{where}")
     bad = [f for f in frees if f.linked]
     counts = {"frees": len(frees), "linked": len(bad),
               "tables_freed": len({f.pa for f in frees if f.was_table})}
     if not bad:
-        return Verdict(NO_TABLE_FREED_WHILE_LINKED, PASS,
+        return OrderVerdict(NO_TABLE_FREED_WHILE_LINKED, PASS,
                        f"{len(frees)} frees{where} ({counts['tables_freed']} of them "
                        f"table pages): none was still linked from a live table entry",
                        counts)
@@ -273,16 +274,16 @@ def check_no_table_freed_while_linked(events: Sequence, step: str = "") -> Verdi
             lines.append(f"{f.describe()}: still linked from {link.level} entry at VA "
                          f"{link.va:#x} (level {_hw_level(link)}) during step "
                          f"{f.step or step or '?'}")
-    return Verdict(NO_TABLE_FREED_WHILE_LINKED, FAIL, "\n".join(_clip(lines)), counts)
+    return OrderVerdict(NO_TABLE_FREED_WHILE_LINKED, FAIL, "\n".join(_clip(lines)), counts)
 
 
-def check_tlb_flushed_before_free(events: Sequence, step: str = "") -> Verdict:
+def check_tlb_flushed_before_free(events: Sequence, step: str = "") -> OrderVerdict:
     """For each watched table that was freed: cleared before the free, and a
     covering broadcast invalidation executed between the clear and the free."""
     where = f" during step {step}" if step else ""
     watched = {e.link.table_pa: e for e in events if isinstance(e, Watch)}
     if not watched:
-        return Verdict(TLB_FLUSHED_BEFORE_FREE, SKIP,
+        return OrderVerdict(TLB_FLUSHED_BEFORE_FREE, SKIP,
                        f"no table entry was watched{where} (none in the removed range)",
                        applicable=False)
     cleared: dict[int, Clear] = {}
@@ -325,17 +326,17 @@ def check_tlb_flushed_before_free(events: Sequence, step: str = "") -> Verdict:
     if problems:
         lines = [f"{len(problems)} of {counts['freed']} freed tables{where} were not "
                  f"flushed between the clear of their entry and the free:"] + problems
-        return Verdict(TLB_FLUSHED_BEFORE_FREE, FAIL, "\n".join(_clip(lines)), counts)
+        return OrderVerdict(TLB_FLUSHED_BEFORE_FREE, FAIL, "\n".join(_clip(lines)), counts)
     if unobserved:
         lines = [f"{len(unobserved)} freed tables{where}: the clearing write was not "
                  f"seen (write through another alias?): cannot judge"] + unobserved
-        return Verdict(TLB_FLUSHED_BEFORE_FREE, ERROR, "\n".join(_clip(lines)), counts)
+        return OrderVerdict(TLB_FLUSHED_BEFORE_FREE, ERROR, "\n".join(_clip(lines)), counts)
     if not freed_ok:
-        return Verdict(TLB_FLUSHED_BEFORE_FREE, SKIP,
+        return OrderVerdict(TLB_FLUSHED_BEFORE_FREE, SKIP,
                        f"{len(watched)} tables watched{where}, none was freed", counts,
                        applicable=False)
     ops = sorted({flushed[p].op for p in freed_ok})
-    return Verdict(TLB_FLUSHED_BEFORE_FREE, PASS,
+    return OrderVerdict(TLB_FLUSHED_BEFORE_FREE, PASS,
                    f"{len(freed_ok)} tables freed{where}: each entry cleared, then a "
                    f"covering TLB invalidation ({', '.join(ops)}), then the free", counts)
 

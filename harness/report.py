@@ -142,8 +142,8 @@ def steps_text(run: MethodRun) -> str:
                      f"  {s.name}")
         lines += ["            " + d for d in s.detail.splitlines()]
     if run.error:
-        lines.append(f"# error ({run.error.get('blame')}) in step "
-                     f"{run.error.get('step')}: {run.error.get('message')}")
+        lines.append(f"# error ({run.error.blame}) in step "
+                     f"{run.error.step}: {run.error.message}")
     lines += [f"# note: {n}" for n in run.notes]
     return "\n".join(lines) + "\n"
 

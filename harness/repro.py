@@ -28,8 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import HarnessError
+from .errors import KERNEL, HarnessError
 from .paths import PATCH_DIR
+from .records import Verdict
 
 REPRO_DIR = PATCH_DIR / "repro"
 _TRAILER = re.compile(r"^Repro-([A-Za-z-]+):\s*(.*?)\s*$")
@@ -137,7 +138,8 @@ class MatrixRow:
         return d
 
 
-_ORDER = {"FAIL": 0, "ERROR": 1, "SKIP": 2, "PASS": 3}
+_BAD = (Verdict.FAIL, Verdict.ERROR)
+_ORDER = {Verdict.FAIL: 0, Verdict.ERROR: 1, Verdict.SKIP: 2, Verdict.PASS: 3}
 
 
 def cells_of(report: dict) -> dict:
@@ -152,7 +154,7 @@ def cells_of(report: dict) -> dict:
                 cells[c["name"]] = cell
         error = (m.get("run") or {}).get("error")
         if error:
-            verdict = "FAIL" if error.get("blame") == "kernel" else "ERROR"
+            verdict = Verdict.FAIL if error.get("blame") == KERNEL else Verdict.ERROR
             cells.setdefault("run", Cell(verdict, str(error.get("message", ""))[:200],
                                          m["method"]))
     return cells
@@ -165,9 +167,10 @@ def status_of(reg: Optional[Regression], report: dict) -> str:
         return CLEAN_PASS if report.get("exit_code") == 0 else CLEAN_FAIL
     if not reg.expect:
         return NOT_EXPECTED
-    if all(cells.get(n, Cell("")).verdict == "FAIL" for n in reg.expect):
+    if all(cells.get(n, Cell("")).verdict == Verdict.FAIL for n in reg.expect):
         return CAUGHT
-    if report.get("exit_code") == 2 and not any(c.verdict == "FAIL" for c in cells.values()):
+    if report.get("exit_code") == 2 and not any(c.verdict == Verdict.FAIL
+                                                for c in cells.values()):
         return ERROR
     return MISSED
 
@@ -239,7 +242,7 @@ def _shape_slug(configs: tuple, append: tuple, methods: tuple) -> str:
 
 def _columns(rows: list[MatrixRow]) -> list[str]:
     wanted = [n for r in rows for n in r.expect]
-    failed = [n for r in rows for n, c in r.cells.items() if c.verdict in ("FAIL", "ERROR")]
+    failed = [n for r in rows for n, c in r.cells.items() if c.verdict in _BAD]
     return list(dict.fromkeys(wanted + failed))
 
 
@@ -247,8 +250,8 @@ def _mark(row: MatrixRow, check: str) -> str:
     cell = row.cells.get(check)
     if cell is None:
         return "-"
-    mark = {"FAIL": "FAIL", "PASS": "pass", "SKIP": "skip", "ERROR": "ERR"}.get(
-        cell.verdict, cell.verdict)
+    mark = {Verdict.FAIL: "FAIL", Verdict.PASS: "pass", Verdict.SKIP: "skip",
+            Verdict.ERROR: "ERR"}.get(cell.verdict, cell.verdict)
     return mark + ("*" if check in row.expect else "")
 
 
@@ -266,7 +269,7 @@ def matrix_text(rows: list[MatrixRow]) -> str:
     lines += ["", "checks: " + ", ".join(f"{i + 1} {c}" for i, c in enumerate(cols)), ""]
     for r in rows:
         shown = [c for c in cols if c in r.expect or r.cells.get(c, Cell("")).verdict
-                 in ("FAIL", "ERROR")]
+                 in _BAD]
         if not shown and not r.error and not r.why:
             continue
         lines.append(f"{r.name} ({r.point}; {', '.join(r.methods)}"
@@ -303,7 +306,7 @@ def matrix_markdown(rows: list[MatrixRow]) -> str:
             run += f" `--cycles {r.cycles}`"
         first = next((r.cells[c] for c in r.expect if c in r.cells), None)
         if first is None:
-            first = next((c for c in r.cells.values() if c.verdict in ("FAIL", "ERROR")),
+            first = next((c for c in r.cells.values() if c.verdict in _BAD),
                          None)
         evidence = (first.evidence if first else (r.why or r.error or "")).replace("|", "\\|")
         out.append(f"| `{name}` | {r.point} | {run} | "

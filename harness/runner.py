@@ -15,7 +15,7 @@ from .errors import HarnessError
 from .hotplug import method as registry
 from .hotplug.common import Recorder
 from .hotplug.method import Method
-from .records import MethodRun
+from .records import CheckOptions, Crash, Geometry, KselftestResult, MethodRun, RunError
 from .session import BootOptions, boot
 
 # name -> Method: the registry itself (harness.hotplug.method; a test may put a
@@ -145,25 +145,31 @@ def _settle(guest) -> None:
 
 
 def _method_run(name: str, state: dict, out: Path) -> MethodRun:
+    """The run as recorded: typed records (a method's dict, e.g. kselftest's
+    ``rec.kselftest``, is read as its record here)."""
     rec: Optional[Recorder] = state["rec"]
     err = state["error"]
-    error = None
-    if err is not None:
-        error = {"message": err.message, "step": err.step, "blame": err.blame,
-                 "evidence": err.evidence[-4000:]}
-    crashes = tuple(_crash_dict(c, rec) for c in state["crashes"])
-    declared = {"required": state.get("required", ()), "options": state.get("options", {})}
+    error = RunError.from_error(err) if err is not None else None
+    crashes = tuple(Crash.from_dict(_crash_dict(c, rec)) for c in state["crashes"])
+    required = tuple(state.get("required", ()))
+    options = CheckOptions.from_dict(state.get("options") or {})
     if rec is None:
-        return MethodRun(method=name, geometry={}, crashes=crashes, error=error,
-                         **declared)
+        return MethodRun(method=name, geometry=Geometry.unknown(), crashes=crashes,
+                         error=error, required=required, options=options)
+    kselftest = rec.kselftest
+    if isinstance(kselftest, dict):
+        kselftest = KselftestResult.from_dict(kselftest)
     return MethodRun(method=name, geometry=rec.geometry, steps=tuple(rec.steps),
                      phases=tuple(rec.phases), removals=tuple(rec.removals),
                      crashes=crashes, bootmem_offline=rec.bootmem,
-                     kselftest=rec.kselftest, error=error, notes=tuple(rec.notes),
-                     order=tuple(rec.order), **declared)
+                     kselftest=kselftest, error=error, notes=tuple(rec.notes),
+                     order=tuple(rec.order), required=required, options=options)
 
 
 def _crash_dict(report, rec: Optional[Recorder]) -> dict:
+    """A crash report as saved: ``CrashReport.to_dict()`` and the step it came in
+    (read as a ``records.Crash`` by ``_method_run``; the pytest plugin's
+    ``method_run`` passes the dict to ``MethodRun``, which reads it the same)."""
     d = report.to_dict()
     d["step"] = _step_at(rec, report.first_line_no) if rec else "boot"
     return d

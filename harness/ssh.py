@@ -194,14 +194,6 @@ class SshTransport(Transport):
             raise MachineError(f"writing {remote} over ssh failed (exit {code})",
                                step="ssh")
 
-    def put(self, local: Path, remote: str) -> None:
-        with self.client.open_sftp() as sftp:
-            sftp.put(str(local), remote)
-
-    def get(self, remote: str, local: Path) -> None:
-        with self.client.open_sftp() as sftp:
-            sftp.get(remote, str(local))
-
     def close(self) -> None:
         if self.client is not None:
             self.client.close()

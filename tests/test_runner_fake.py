@@ -48,7 +48,7 @@ def replaying_method(name: str = "probe", mode: str = "dt"):
                 rec.steps.append(step)
                 continue
             rec.step(step.name, lambda s=step: rec.sh(f": {s.name}"))
-        rec.geometry.update(recorded.geometry)
+        rec.geometry = recorded.geometry      # a records.Geometry
         rec.removals.extend(recorded.removals)
         rec.bootmem = recorded.bootmem_offline
     return Method(name=name, mode=mode, summary="replays a recorded run", options=Options,
@@ -73,7 +73,7 @@ def test_a_replayed_clean_run_passes(monkeypatch, tmp_path):
     assert [s.name for s in run.steps] == [s.name for s in recorded.steps]
     assert all(s.ok for s in run.steps)
     assert run.phases == recorded.phases and run.removals == recorded.removals
-    assert run.options == {"walker": True, "cycles": 1, "order_check": "off"}
+    assert run.options.to_dict() == {"walker": True, "cycles": 1, "order_check": "off"}
     # every step was marked in the kernel log, then run, over SSH
     marks = [c for c in fake.script.commands if c.endswith("> /dev/kmsg")]
     assert len(marks) == len(fake.script.commands) // 2 == 9

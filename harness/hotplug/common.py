@@ -3,15 +3,26 @@ host-side table walk, and turning a method's course into a MethodRun."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Optional, Union
 
 from .. import leakcheck
 from ..build import KernelArtifacts
 from ..errors import HarnessError
 from ..inspect import ptdump, sysfs
 from ..inspect import walker as walk_mod
-from ..records import REMOVAL_CHECKS, Phase, Removal, Step, WalkSummary  # noqa: F401
+from ..records import (  # noqa: F401  (REMOVAL_CHECKS: methods import it from here)
+    REMOVAL_CHECKS,
+    BootmemAttempt,
+    Geometry,
+    KselftestResult,
+    Leaf,
+    OrderRecord,
+    Phase,
+    Removal,
+    Step,
+    WalkSummary,
+)
 from ..session import Guest
 
 PTDUMP = "/sys/kernel/debug/kernel_page_tables"
@@ -36,16 +47,18 @@ class Recorder:
     phases: list = field(default_factory=list)
     removals: list = field(default_factory=list)
     notes: list = field(default_factory=list)
-    geometry: dict = field(default_factory=dict)
+    geometry: Geometry = field(default_factory=Geometry.unknown)  # at the first phase
     backings: list = field(default_factory=list)   # (guest_pa, path) for the walker
-    bootmem: Optional[dict] = None
+    bootmem: Optional[BootmemAttempt] = None
     step_lines: list = field(default_factory=list)  # (console line no, step)
     progress: Optional[Callable] = None   # called with one line per step
-    kselftest: Optional[dict] = None
+    # the method's mem-on-off-test.sh result; a dict (hotplug/kselftest.py) is
+    # read as KselftestResult when the run is recorded (runner._method_run)
+    kselftest: Union[KselftestResult, dict, None] = None
     # the free-time ordering checks around every removal: "on", "full" or "off"
     # (see removal_step for what "on" leaves out)
     order_check: str = "off"
-    order: list = field(default_factory=list)   # one record per watched removal
+    order: list[OrderRecord] = field(default_factory=list)   # one per watched removal
     _walk_geo: Optional[walk_mod.Geometry] = None
     _root_pa: Optional[int] = None
 
@@ -91,23 +104,22 @@ class Recorder:
         if not machine.spec.gdb_port or self._root_pa is None or self._walk_geo is None:
             why = ("QEMU has no gdbstub" if not machine.spec.gdb_port
                    else "the kernel's tables could not be located")
-            self.order.append({"step": name, "pa_start": pa_start, "pa_end": pa_end,
-                               "flush_check": False, "events": [], "stats": {},
-                               "error": f"not watched: {why}"})
+            self.order.append(OrderRecord(name, pa_start, pa_end, False, (), {},
+                                          f"not watched: {why}"))
             return self.step(name, action, transport)
         from .. import gdb, progress
         flush = self.order_check == "full" or self._flush_clears() < FLUSH_CLEARS_ENOUGH
-        seen = sum(1 for r in self.order if r.get("step") == name)   # --cycles repeats
+        seen = sum(1 for r in self.order if r.step == name)   # --cycles repeats
         spec = gdb.GdbSpec.for_removal(
             self.art.vmlinux, port=machine.spec.gdb_port, out_dir=self.guest.out_dir,
             step=name, occurrence=seen + 1, pa_start=pa_start, pa_end=pa_end,
             backings=self.backings,
             geometry=self._walk_geo, root_pa=self._root_pa,
-            vmemmap_start=self.geometry.get("vmemmap_start"), flush_check=flush,
-            memstart=self.geometry.get("memstart"),
-            page_offset=self.geometry.get("page_offset"))
-        record = {"step": name, "pa_start": pa_start, "pa_end": pa_end,
-                  "flush_check": flush, "events": [], "stats": {}, "error": ""}
+            vmemmap_start=self.geometry.vmemmap_start, flush_check=flush,
+            memstart=self.geometry.memstart, page_offset=self.geometry.page_offset)
+        # recorded in place until the step ends (the list keeps its position)
+        record = OrderRecord(name, pa_start, pa_end, flush)
+        index = len(self.order)
         self.order.append(record)
         held: dict = {}
         try:
@@ -115,30 +127,31 @@ class Recorder:
                 held["session"] = session
                 return self.step(name, action, transport)
         except gdb.GdbError as e:
-            record["error"] = e.message
+            record = replace(record, error=e.message)
+            self.order[index] = record
             raise
         finally:
             session = held.get("session")
             if session is not None:
-                record["events"] = [e.to_dict() for e in session.events]
-                record["stats"] = dict(session.stats)
+                record = replace(record, events=tuple(e.to_dict() for e in session.events),
+                                 stats=dict(session.stats))
+                self.order[index] = record
                 self._order_progress(record)
 
     def _flush_clears(self) -> int:
         """Table entries whose flush order this run has already followed."""
-        return sum(1 for r in self.order if r["flush_check"]
-                   for e in r["events"] if e.get("kind") == "clear")
+        return sum(1 for r in self.order if r.flush_check
+                   for e in r.events if e.get("kind") == "clear")
 
-    def _order_progress(self, record: dict) -> None:
+    def _order_progress(self, record: OrderRecord) -> None:
         if not self.progress:
             return
         from collections import Counter
-        kinds = Counter(e.get("kind", "?") for e in record["events"])
+        kinds = Counter(e.get("kind", "?") for e in record.events)
         seen = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no stops"
-        stats = record["stats"]
-        self.progress(f"  gdb  {stats.get('attached_s', 0):6.2f}s gdb    "
-                      f"{record['step']}: {seen}"
-                      f"{' (flush order watched)' if record['flush_check'] else ''}")
+        self.progress(f"  gdb  {record.stats.get('attached_s', 0):6.2f}s gdb    "
+                      f"{record.step}: {seen}"
+                      f"{' (flush order watched)' if record.flush_check else ''}")
 
     def sh(self, command: str, deadline: float = 30.0, blame=None) -> str:
         """A guest command that must succeed; returns stdout. ``blame="kernel"``
@@ -154,7 +167,7 @@ class Recorder:
         blocks = sysfs.parse_memory_blocks(text)
         meminfo = sysfs.parse_meminfo(self.sh("cat /proc/meminfo"))
         iomem = self.sh("cat /proc/iomem")
-        ram = tuple(tuple(r) for r in sysfs.system_ram(iomem))
+        ram = tuple((start, end) for start, end in sysfs.system_ram(iomem))
         dump_text = self.sh(f"cat {PTDUMP}", 60)
         snap = ptdump.parse(dump_text)
         self._save(f"ptdump-{name}.txt", dump_text)
@@ -189,21 +202,21 @@ class Recorder:
 
     # -- geometry and the host-side walk ---------------------------------------
     def _learn_geometry(self, snap: ptdump.Snapshot, iomem: str) -> None:
-        if self.geometry:
+        if self.geometry.learned:
             return
         cfg = self.art.kconfig
         geo = walk_mod.Geometry.from_kconfig(cfg)
         self._walk_geo = geo
         linear = _region_span(snap, "Linear Mapping")
         vmemmap = _region_span(snap, "vmemmap")
-        self.geometry = {"granule": geo.granule, "va_bits": geo.va_bits,
-                         "levels": geo.levels,
-                         "page_offset": linear[0] if linear else None,
-                         "linear_end": linear[1] if linear else None,
-                         "vmemmap_start": vmemmap[0] if vmemmap else None,
-                         "vmemmap_end": vmemmap[1] if vmemmap else None,
-                         "linear_offset": None, "memstart": None}
-        self.geometry.update(struct_page_geometry(linear, vmemmap, geo.granule))
+        self.geometry = Geometry(
+            granule=geo.granule, va_bits=geo.va_bits, levels=geo.levels,
+            page_offset=linear[0] if linear else None,
+            linear_end=linear[1] if linear else None,
+            vmemmap_start=vmemmap[0] if vmemmap else None,
+            vmemmap_end=vmemmap[1] if vmemmap else None,
+            linear_offset=None, memstart=None,
+            **struct_page_geometry(linear, vmemmap, geo.granule))
         try:
             syms = walk_mod.symbol_addresses(self.art.vmlinux,
                                              ["swapper_pg_dir", "_text", "memstart_addr"])
@@ -228,12 +241,11 @@ class Recorder:
         except (HarnessError, OSError) as e:
             self.notes.append(f"memstart_addr unreadable at PA {memstart_pa:#x}: {e}")
             return
-        page_offset = self.geometry.get("page_offset")
+        page_offset = self.geometry.page_offset
         if page_offset is None:
             page_offset = self._walk_geo.va_base
-            self.geometry["page_offset"] = page_offset
-        self.geometry["memstart"] = memstart
-        self.geometry["linear_offset"] = page_offset - memstart
+        self.geometry = replace(self.geometry, page_offset=page_offset, memstart=memstart,
+                                linear_offset=page_offset - memstart)
 
     def _walk(self, snap: ptdump.Snapshot) -> tuple:
         """Pause the guest, walk each region from the shared RAM files, resume."""
@@ -256,22 +268,23 @@ class Recorder:
         return tuple(summaries)
 
     def _learn_linear_offset(self, summaries) -> None:
-        known = self.geometry.get("linear_offset")
-        for s in summaries:
-            if s.region == "Linear Mapping" and s.leaves and known is not None:
-                va, _, pa, _ = s.leaves[0]
-                if va - pa != known and not any("linear offset" in n for n in self.notes):
-                    self.notes.append(f"linear offset from memstart_addr {known:#x} "
-                                      f"differs from the walker's first leaf "
-                                      f"(VA {va:#x} -> PA {pa:#x})")
-                return
-        for s in summaries:
-            if s.region == "Linear Mapping" and s.leaves:
-                va, _, pa, _ = s.leaves[0]
-                self.geometry["linear_offset"] = va - pa
-                if self.geometry.get("page_offset") is not None:
-                    self.geometry["memstart"] = self.geometry["page_offset"] - (va - pa)
-                return
+        known = self.geometry.linear_offset
+        first = next((s.leaves[0] for s in summaries
+                      if s.region == "Linear Mapping" and s.leaves), None)
+        if first is None:
+            return
+        va, pa = first.va_start, first.pa
+        if known is not None:
+            if va - pa != known and not any("linear offset" in n for n in self.notes):
+                self.notes.append(f"linear offset from memstart_addr {known:#x} "
+                                  f"differs from the walker's first leaf "
+                                  f"(VA {va:#x} -> PA {pa:#x})")
+            return
+        page_offset = self.geometry.page_offset
+        self.geometry = replace(
+            self.geometry, linear_offset=va - pa,
+            memstart=self.geometry.memstart if page_offset is None
+            else page_offset - (va - pa))
 
 
 def _region_span(snap: ptdump.Snapshot, name: str):
@@ -282,19 +295,20 @@ def _region_span(snap: ptdump.Snapshot, name: str):
 
 
 def _summarise(region: str, result, seconds: float) -> WalkSummary:
-    leaves = tuple((l.va_start, l.va_end, l.pa, l.level) for l in result.leaves)
+    leaves = tuple(Leaf(x.va_start, x.va_end, x.pa, x.level) for x in result.leaves)
     tables = {level: len(pages) for level, pages in result.tables.items()}
     empty = sum(len(p) for p in result.empty_tables.values())
-    bad = tuple((b.va, b.level, b.raw, b.reason) for b in result.bad)
     return WalkSummary(region, result.va_start, result.va_end, leaves, tables, empty,
-                       round(seconds, 4), bad)
+                       round(seconds, 4), tuple(result.bad))
 
 
-def _detail(result) -> str:
+def _detail(result: Any) -> str:
     if result is None:
         return ""
     if hasattr(result, "command"):
         return f"$ {result.command}"
+    if hasattr(result, "to_dict"):     # a record: as its saved dict (as before)
+        result = result.to_dict()
     return str(result)[:200]
 
 
@@ -386,7 +400,7 @@ def bootmem_candidate(phase: Phase, size: int):
     return online[-1], hole_free(online[-1])
 
 
-def try_bootmem_offline(rec: Recorder, boot_phase: Phase) -> dict:
+def try_bootmem_offline(rec: Recorder, boot_phase: Phase) -> BootmemAttempt:
     """Try to offline a boot block that only arm64's rule can protect (see
     :func:`bootmem_candidate`); record the console lines printed meanwhile, so
     the check can tell the rule's refusal from any other."""
@@ -406,11 +420,11 @@ def try_bootmem_offline(rec: Recorder, boot_phase: Phase) -> dict:
     finally:
         reader.listeners.remove(listener)
     said = [l for l in lines if "Boot memory" in l or "offlin" in l.lower()]
-    return {"block": block.index, "exit_code": res.exit_code,
-            "output": (res.stdout + res.stderr).strip()[-500:], "state_after": after,
-            "zones": list(block.valid_zones), "hole_free": hole_free,
-            "range": [block.phys_start(size), block.phys_end(size)],
-            "console": said[-20:]}
+    return BootmemAttempt(block=block.index, exit_code=res.exit_code,
+                          output=(res.stdout + res.stderr).strip()[-500:], state_after=after,
+                          zones=tuple(block.valid_zones), hole_free=hole_free,
+                          range=(block.phys_start(size), block.phys_end(size)),
+                          console=tuple(said[-20:]))
 
 
 def memory_device(machine, dev_id: str) -> dict:

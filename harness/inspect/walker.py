@@ -31,7 +31,7 @@ import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, Union
+from typing import NamedTuple, Protocol, TypeVar, Union
 
 from ..errors import ToolMissing
 from . import InspectError
@@ -263,9 +263,10 @@ class Leaf:
                 "pa": hex(self.pa), "level": self.level, "attrs_raw": hex(self.attrs_raw)}
 
 
-@dataclass(frozen=True)
-class BadEntry:
-    """A non-zero descriptor that maps nothing, or points where it cannot."""
+class BadEntry(NamedTuple):
+    """A non-zero descriptor that maps nothing, or points where it cannot. A
+    tuple, as :class:`harness.records.WalkSummary` keeps and saves it
+    (``[va, level, raw, reason]``)."""
 
     va: int
     level: str
@@ -427,14 +428,41 @@ def walk(mem: PhysMem, geometry: Geometry, root_pa: int,
     return walker.result()
 
 
-def leaves_covering_pa(result: WalkResult, pa_start: int, pa_end: int) -> list[Leaf]:
+class Mapped(Protocol):
+    """A leaf as the helpers below need it: this module's :class:`Leaf` or the
+    saved form :class:`harness.records.Leaf` (which the checks read)."""
+
+    @property
+    def va_start(self) -> int: ...
+    @property
+    def va_end(self) -> int: ...
+    @property
+    def pa(self) -> int: ...
+    @property
+    def pa_end(self) -> int: ...
+
+
+M_co = TypeVar("M_co", bound=Mapped, covariant=True)
+M = TypeVar("M", bound=Mapped)
+
+
+class Walked(Protocol[M_co]):
+    """Anything with ``leaves``: a :class:`WalkResult` or a saved
+    :class:`harness.records.WalkSummary`."""
+
+    @property
+    def leaves(self) -> Sequence[M_co]: ...
+
+
+def leaves_covering_pa(walked: Walked[M], pa_start: int, pa_end: int) -> list[M]:
     """Leaves whose output range overlaps physical ``[pa_start, pa_end)``: after a
     hot-remove, any such leaf in the linear map is a stale mapping."""
-    return [x for x in result.leaves if x.pa < pa_end and pa_start < x.pa_end]
+    return [x for x in walked.leaves if x.pa < pa_end and pa_start < x.pa_end]
 
 
-def leaves_covering_va(result: WalkResult, va_start: int, va_end: int) -> list[Leaf]:
-    return [x for x in result.leaves if x.va_start < va_end and va_start < x.va_end]
+def leaves_covering_va(walked: Walked[M], va_start: int, va_end: int) -> list[M]:
+    """Leaves whose VA range overlaps ``[va_start, va_end)``."""
+    return [x for x in walked.leaves if x.va_start < va_end and va_start < x.va_end]
 
 
 def table_counts(result: WalkResult) -> dict[str, int]:
@@ -454,25 +482,42 @@ def kimage_pa(va: int, kernel_va_base: int, kernel_pa_base: int) -> int:
     return va - kernel_va_base + kernel_pa_base
 
 
-def symbol_addresses(vmlinux_path: Union[str, os.PathLike],
-                     names: Sequence[str]) -> dict[str, int]:
-    """Addresses of ``names`` in the ELF ``.symtab`` (first definition wins)."""
+SymbolTable = dict[str, list[tuple[int, int]]]   # name -> [(address, size)]
+
+
+def read_symtab(elf_path: Union[str, os.PathLike], names: Iterable[str] | None = None,
+                types: Iterable[str] | None = None) -> SymbolTable:
+    """name -> [(address, size), ...] from an ELF's ``.symtab``, in symbol-table
+    order; only ``names`` (default all) of the symbol ``types`` (e.g.
+    ``STT_FUNC``; default all). The one ELF symbol reader of the harness (the
+    walker's kernel symbols here, crash symbolisation in harness.crashwatch)."""
     try:
         from elftools.elf.elffile import ELFFile
     except ImportError:
-        raise ToolMissing("pyelftools", "python3-pyelftools") from None
-    wanted, found = set(names), {}
-    with open(vmlinux_path, "rb") as f:
+        raise ToolMissing("pyelftools (python module)", "python3-pyelftools") from None
+    wanted = None if names is None else set(names)
+    kinds = None if types is None else set(types)
+    table: SymbolTable = {}
+    with open(elf_path, "rb") as f:
         symtab = ELFFile(f).get_section_by_name(".symtab")
         if symtab is None:
-            raise WalkError(f"{vmlinux_path} has no .symtab (stripped?)")
+            raise WalkError(f"{elf_path} has no .symtab (stripped?)")
         for sym in symtab.iter_symbols():
-            if sym.name in wanted and sym.name not in found:
-                found[sym.name] = sym["st_value"]
-    missing = sorted(wanted - set(found))
+            if not sym.name or (wanted is not None and sym.name not in wanted):
+                continue
+            if kinds is None or sym["st_info"]["type"] in kinds:
+                table.setdefault(sym.name, []).append((sym["st_value"], sym["st_size"]))
+    return table
+
+
+def symbol_addresses(vmlinux_path: Union[str, os.PathLike],
+                     names: Sequence[str]) -> dict[str, int]:
+    """Addresses of ``names`` in the ELF ``.symtab`` (first definition wins)."""
+    found = read_symtab(vmlinux_path, names)
+    missing = sorted(set(names) - set(found))
     if missing:
         raise WalkError(f"{vmlinux_path} has no symbol {', '.join(missing)}")
-    return found
+    return {name: found[name][0][0] for name in names}
 
 
 def symbol_address(vmlinux_path: Union[str, os.PathLike], name: str) -> int:
