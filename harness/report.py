@@ -21,22 +21,23 @@ import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from . import checks as rules
 from .errors import HarnessError
 from .inspect import ptdump
-from .records import ERROR, FAIL, SKIP, Check, MethodRun
+from .records import ERROR, FAIL, SKIP, Check, MethodRun, Phase
 
 REPORT_JSON, JUNIT_XML = "report.json", "junit.xml"
 INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 RESERVED = ("verdict", "exit_code", "kernel", "methods")
+Json = dict[str, Any]      # a report.json object as read or written
 _XML_BAD = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 # ---------------------------------------------------------------- report dict
 
-def method_entry(run: MethodRun, checks: Iterable[Check]) -> dict:
+def method_entry(run: MethodRun, checks: Iterable[Check]) -> Json:
     checks = list(checks)
     return {"method": run.method, "verdict": rules.method_verdict(run, checks),
             "steps": [{"name": s.name, "seconds": s.seconds, "transport": s.transport}
@@ -44,27 +45,28 @@ def method_entry(run: MethodRun, checks: Iterable[Check]) -> dict:
             "checks": [c.to_dict() for c in checks], "run": run.to_dict()}
 
 
-def build_report(kernel: dict, runs: Iterable[MethodRun],
-                 checks: Optional[Mapping[str, list]] = None,
-                 extra: Optional[dict] = None) -> dict:
+def build_report(kernel: Json, runs: Iterable[MethodRun],
+                 checks: Optional[Mapping[str, list[Check]]] = None,
+                 extra: Optional[Json] = None) -> Json:
     """The report.json content; a method missing from ``checks`` is judged here."""
-    checks = checks or {}
-    methods = [method_entry(r, checks[r.method] if r.method in checks else rules.judge(r))
+    judged = checks or {}
+    extra = extra or {}
+    methods = [method_entry(r, judged[r.method] if r.method in judged else rules.judge(r))
                for r in runs]
     verdict, code = rules.overall_verdict([m["verdict"] for m in methods])
-    if (extra or {}).get("interrupted"):   # a partial run: ERROR, exit 130/143
-        verdict, code = ERROR, INTERRUPTED_EXIT.get(extra.get("signal"), 130)
-    clash = sorted(set(extra or {}) & set(RESERVED))
+    if extra.get("interrupted"):   # a partial run: ERROR, exit 130/143
+        verdict, code = ERROR, INTERRUPTED_EXIT.get(str(extra.get("signal")), 130)
+    clash = sorted(set(extra) & set(RESERVED))
     if clash:
         raise HarnessError(f"extra report keys clash with {', '.join(clash)}",
                            step="report")
     return {"verdict": verdict, "exit_code": code, "kernel": kernel,
-            "methods": methods, **(extra or {})}
+            "methods": methods, **extra}
 
 
-def write_report(dir: Path, kernel: dict, runs: list[MethodRun],
-                 checks: Optional[Mapping[str, list]] = None,
-                 extra: Optional[dict] = None) -> Path:
+def write_report(dir: Path, kernel: Json, runs: list[MethodRun],
+                 checks: Optional[Mapping[str, list[Check]]] = None,
+                 extra: Optional[Json] = None) -> Path:
     """Write everything under ``dir`` (created); returns the report.json path."""
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +79,7 @@ def write_report(dir: Path, kernel: dict, runs: list[MethodRun],
     return _write_main(out, report)
 
 
-def _write_main(out: Path, report: dict) -> Path:
+def _write_main(out: Path, report: Json) -> Path:
     (out / JUNIT_XML).write_text(junit_xml(report))
     path = out / REPORT_JSON
     path.write_text(json.dumps(report, indent=1) + "\n")
@@ -85,7 +87,7 @@ def _write_main(out: Path, report: dict) -> Path:
     return path
 
 
-def _write_html(out: Path, report: dict) -> None:
+def _write_html(out: Path, report: Json) -> None:
     """report.html next to report.json; a page that cannot be drawn is said,
     never a reason to lose the report itself."""
     from . import htmlreport
@@ -96,7 +98,7 @@ def _write_html(out: Path, report: dict) -> None:
               file=sys.stderr)
 
 
-def _console_context(out: Path, runs: list[MethodRun]) -> dict:
+def _console_context(out: Path, runs: list[MethodRun]) -> Json:
     from . import htmlreport
     found = {r.method: htmlreport.console_context(out / safe_name(r.method), r)
              for r in runs}
@@ -114,6 +116,7 @@ def write_method_files(folder: Path, run: MethodRun) -> None:
     (folder / "steps.txt").write_text(steps_text(run))
     dumped = [p for p in run.phases if p.ptdump is not None]
     for phase in dumped:
+        assert phase.ptdump is not None
         (folder / f"ptdump-{safe_name(phase.name)}.txt").write_text(
             ptdump.format_snapshot(phase.ptdump))
     for a, b in zip(dumped, dumped[1:]):
@@ -121,9 +124,11 @@ def write_method_files(folder: Path, run: MethodRun) -> None:
         (folder / name).write_text(ptdump_diff_text(a, b))
 
 
-def ptdump_diff_text(a, b) -> str:
-    """Unified-style diff of the Linear Mapping and vmemmap regions of two phases."""
+def ptdump_diff_text(a: Phase, b: Phase) -> str:
+    """Unified-style diff of the Linear Mapping and vmemmap regions of two phases
+    (both with a ptdump)."""
     lines = [f"--- ptdump-{a.name}.txt", f"+++ ptdump-{b.name}.txt"]
+    assert a.ptdump is not None and b.ptdump is not None
     for region in rules.REGIONS:
         if region not in a.ptdump.regions and region not in b.ptdump.regions:
             lines.append(f"@@ {region} @@ (in neither dump)")
@@ -158,7 +163,7 @@ def _first_line(text: str) -> str:
     return (text or "").strip().split("\n", 1)[0]
 
 
-def _testcase(suite: ET.Element, method: str, check: dict) -> None:
+def _testcase(suite: ET.Element, method: str, check: Json) -> None:
     case = ET.SubElement(suite, "testcase", classname=method, name=check["name"])
     tag = {FAIL: "failure", ERROR: "error", SKIP: "skipped"}.get(check["verdict"])
     if tag:
@@ -166,7 +171,7 @@ def _testcase(suite: ET.Element, method: str, check: dict) -> None:
         node.text = _xml_text(check["evidence"])
 
 
-def _run_error_case(suite: ET.Element, method: str, error: dict) -> None:
+def _run_error_case(suite: ET.Element, method: str, error: Json) -> None:
     case = ET.SubElement(suite, "testcase", classname=method, name="run")
     tag = "failure" if error.get("blame") == "kernel" else "error"
     node = ET.SubElement(case, tag, message=_xml_text(str(error.get("message", ""))),
@@ -175,7 +180,7 @@ def _run_error_case(suite: ET.Element, method: str, error: dict) -> None:
                           f"{error.get('evidence') or ''}".rstrip())
 
 
-def _suite(root: ET.Element, method: dict) -> None:
+def _suite(root: ET.Element, method: Json) -> None:
     cases = list(method["checks"])
     error = method["run"].get("error")
     counts = {v: sum(c["verdict"] == v for c in cases) for v in (FAIL, ERROR, SKIP)}
@@ -191,7 +196,7 @@ def _suite(root: ET.Element, method: dict) -> None:
         _run_error_case(suite, method["method"], error)
 
 
-def junit_xml(report: dict) -> str:
+def junit_xml(report: Json) -> str:
     root = ET.Element("testsuites", name="hotplug-harness")
     for method in report["methods"]:
         _suite(root, method)
@@ -201,7 +206,7 @@ def junit_xml(report: dict) -> str:
 
 # ---------------------------------------------------------------- summary
 
-def _method_lines(method: dict) -> list[str]:
+def _method_lines(method: Json) -> list[str]:
     seconds = sum(s["seconds"] for s in method["steps"])
     lines = [f"{method['method']:<24} {method['verdict']:<6} {seconds:8.1f}s"]
     for c in method["checks"]:
@@ -215,7 +220,7 @@ def _method_lines(method: dict) -> list[str]:
     return lines
 
 
-def _detail_blocks(method: dict) -> list[str]:
+def _detail_blocks(method: Json) -> list[str]:
     """Full evidence of FAIL and ERROR checks, ready to paste into a mail."""
     out = []
     for c in method["checks"]:
@@ -236,7 +241,7 @@ def _indent_all(text: str) -> str:
     return "\n".join("    " + line for line in str(text).rstrip().splitlines())
 
 
-def _kernel_line(kernel: dict) -> str:
+def _kernel_line(kernel: Json) -> str:
     parts = [f"{k} {kernel[k]}" for k in ("release", "source") if kernel.get(k)]
     if kernel.get("fragments"):
         parts.append("config " + "+".join(kernel["fragments"]))
@@ -250,9 +255,9 @@ def _kernel_line(kernel: dict) -> str:
     return line
 
 
-def _options_lines(report: dict) -> list[str]:
+def _options_lines(report: Json) -> list[str]:
     """What the run was told not to look at, said up front."""
-    def off(key: str) -> list:
+    def off(key: str) -> list[str]:
         return [m["method"] for m in report["methods"]
                 if (m.get("run", {}).get("options") or {}).get(key) in (False, "off")]
     lines = []
@@ -271,7 +276,7 @@ def _options_lines(report: dict) -> list[str]:
     return lines
 
 
-def summary(report: dict, path: Optional[Path] = None) -> str:
+def summary(report: Json, path: Optional[Path] = None) -> str:
     """A terminal table: methods and checks, then FAIL/ERROR evidence in full,
     then the overall verdict and (when given) where the report is."""
     lines = [_kernel_line(report.get("kernel") or {}), *_options_lines(report), ""]
@@ -291,15 +296,16 @@ def summary(report: dict, path: Optional[Path] = None) -> str:
 
 # ---------------------------------------------------------------- rejudge
 
-def load_report(dir: Path) -> dict:
+def load_report(dir: Path) -> Json:
     path = Path(dir) / REPORT_JSON
     try:
-        return json.loads(path.read_text())
+        report: Json = json.loads(path.read_text())
+        return report
     except (OSError, ValueError) as exc:
         raise HarnessError(f"cannot read {path}: {exc}", step="report") from None
 
 
-def rejudge(dir: Path) -> tuple[dict, int]:
+def rejudge(dir: Path) -> tuple[Json, int]:
     """Judge the saved runs again with the current rules; rewrite report.json,
     junit.xml and report.html (the method folders do not depend on the rules).
     A report saved without the console lines around its splats gets them from

@@ -31,7 +31,7 @@ import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, TypeVar, Union
+from typing import Any, NamedTuple, Protocol, TypeVar, Union
 
 from ..errors import ToolMissing
 from . import InspectError
@@ -66,7 +66,7 @@ class Geometry:
     levels: int
     pa_bits: int = 48
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.granule not in _PAGE_SHIFTS:
             raise WalkError(f"granule must be 4096, 16384 or 65536, not {self.granule}")
         if self.pa_bits not in (48, 52):
@@ -89,8 +89,8 @@ class Geometry:
         The root to walk is ``swapper_pg_dir`` in every case.
         """
         granule = _granule(config)
-        va_bits = int(_option(config, "CONFIG_ARM64_VA_BITS"))
-        levels = int(_option(config, "CONFIG_PGTABLE_LEVELS"))
+        va_bits = int(str(_option(config, "CONFIG_ARM64_VA_BITS")))
+        levels = int(str(_option(config, "CONFIG_PGTABLE_LEVELS")))
         pa_bits = 52 if _is_set(config, "CONFIG_ARM64_PA_BITS_52") else 48
         if va_bits_actual is not None and va_bits_actual != va_bits and granule != 65536:
             va_bits = va_bits_actual
@@ -205,7 +205,7 @@ class FileBackedPhysMem(BufferPhysMem):
     Read-only shared mappings; use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, backings: Iterable[tuple[int, Union[str, os.PathLike]]]):
+    def __init__(self, backings: Iterable[tuple[int, Union[str, os.PathLike[str]]]]):
         self._maps = []
         try:
             for base, path in backings:
@@ -223,11 +223,11 @@ class FileBackedPhysMem(BufferPhysMem):
     def __enter__(self) -> FileBackedPhysMem:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def _map_file(path) -> mmap.mmap:
+def _map_file(path: Union[str, os.PathLike[str]]) -> mmap.mmap:
     try:
         with open(path, "rb") as f:
             return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -258,7 +258,7 @@ class Leaf:
     def pa_end(self) -> int:
         return self.pa + self.size
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"va_start": hex(self.va_start), "va_end": hex(self.va_end),
                 "pa": hex(self.pa), "level": self.level, "attrs_raw": hex(self.attrs_raw)}
 
@@ -273,7 +273,7 @@ class BadEntry(NamedTuple):
     raw: int
     reason: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"va": hex(self.va), "level": self.level, "raw": hex(self.raw),
                 "reason": self.reason}
 
@@ -291,7 +291,7 @@ class WalkResult:
     empty_tables: dict[str, frozenset[int]]
     bad: tuple[BadEntry, ...] = ()
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"va_start": hex(self.va_start), "va_end": hex(self.va_end),
                 "leaves": [x.to_dict() for x in self.leaves],
                 "tables": {k: sorted(hex(p) for p in v) for k, v in self.tables.items()},
@@ -320,6 +320,10 @@ class _Codec:
         return (d & self.low) | ((d & self.high) << self.high_shift)
 
 
+def _frozen(d: dict[str, set[int]]) -> dict[str, frozenset[int]]:
+    return {k: frozenset(v) for k, v in d.items()}
+
+
 class _Walker:
     def __init__(self, mem: PhysMem, geo: Geometry, lo: int, hi: int):
         self.mem, self.lo, self.hi = mem, lo, hi
@@ -329,16 +333,15 @@ class _Walker:
         self.blocks = tuple(geo.block_allowed(pos) for pos in range(geo.levels))
         self.last = geo.levels - 1
         self.leaves: list[Leaf] = []
-        self.pending: list | None = None
-        self.tables = {n: set() for n in self.names}
-        self.empty = {n: set() for n in self.names}
+        self.pending: list[Any] | None = None     # [va, va_end, pa, level, attrs]
+        self.tables: dict[str, set[int]] = {n: set() for n in self.names}
+        self.empty: dict[str, set[int]] = {n: set() for n in self.names}
         self.bad: list[BadEntry] = []
 
     def result(self) -> WalkResult:
         self.flush()
-        freeze = lambda d: {k: frozenset(v) for k, v in d.items()}  # noqa: E731
-        return WalkResult(self.lo, self.hi, tuple(self.leaves), freeze(self.tables),
-                          freeze(self.empty), tuple(self.bad))
+        return WalkResult(self.lo, self.hi, tuple(self.leaves), _frozen(self.tables),
+                          _frozen(self.empty), tuple(self.bad))
 
     def table(self, pa: int, pos: int, base: int) -> None:
         n, shift = self.counts[pos], self.shifts[pos]
@@ -357,7 +360,8 @@ class _Walker:
             if words[i]:
                 entry(words[i], pos, base + (i << shift))
 
-    def uniform(self, words, first: int, stop: int, pos: int, base: int) -> bool:
+    def uniform(self, words: tuple[int, ...], first: int, stop: int, pos: int,
+                base: int) -> bool:
         """One run of leaves with consecutive output addresses: emit it at once."""
         count, d0 = stop - first, words[first]
         if count < 2 or not d0 & 1 or self.leaf_error(d0, pos) is not None:
@@ -485,7 +489,7 @@ def kimage_pa(va: int, kernel_va_base: int, kernel_pa_base: int) -> int:
 SymbolTable = dict[str, list[tuple[int, int]]]   # name -> [(address, size)]
 
 
-def read_symtab(elf_path: Union[str, os.PathLike], names: Iterable[str] | None = None,
+def read_symtab(elf_path: Union[str, os.PathLike[str]], names: Iterable[str] | None = None,
                 types: Iterable[str] | None = None) -> SymbolTable:
     """name -> [(address, size), ...] from an ELF's ``.symtab``, in symbol-table
     order; only ``names`` (default all) of the symbol ``types`` (e.g.
@@ -499,7 +503,7 @@ def read_symtab(elf_path: Union[str, os.PathLike], names: Iterable[str] | None =
     kinds = None if types is None else set(types)
     table: SymbolTable = {}
     with open(elf_path, "rb") as f:
-        symtab = ELFFile(f).get_section_by_name(".symtab")
+        symtab: Any = ELFFile(f).get_section_by_name(".symtab")   # a SymbolTableSection
         if symtab is None:
             raise WalkError(f"{elf_path} has no .symtab (stripped?)")
         for sym in symtab.iter_symbols():
@@ -510,7 +514,7 @@ def read_symtab(elf_path: Union[str, os.PathLike], names: Iterable[str] | None =
     return table
 
 
-def symbol_addresses(vmlinux_path: Union[str, os.PathLike],
+def symbol_addresses(vmlinux_path: Union[str, os.PathLike[str]],
                      names: Sequence[str]) -> dict[str, int]:
     """Addresses of ``names`` in the ELF ``.symtab`` (first definition wins)."""
     found = read_symtab(vmlinux_path, names)
@@ -520,5 +524,5 @@ def symbol_addresses(vmlinux_path: Union[str, os.PathLike],
     return {name: found[name][0][0] for name in names}
 
 
-def symbol_address(vmlinux_path: Union[str, os.PathLike], name: str) -> int:
+def symbol_address(vmlinux_path: Union[str, os.PathLike[str]], name: str) -> int:
     return symbol_addresses(vmlinux_path, [name])[name]
