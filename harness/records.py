@@ -22,7 +22,7 @@ plugin, a method that leaves a dict in ``rec.kselftest``) and converts them.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from types import MappingProxyType
@@ -83,8 +83,10 @@ class Keyed:
     ``from_dict`` remembers the keys the dict had (``to_dict`` writes back those
     keys, in that order; a record built in code writes every field) and the
     keys no field knows (written back unchanged). A key the dict lacks takes the
-    field's default. ``get``/``[]``/``in`` read fields by their key for code not
-    yet converted to attribute access (``in``: the key would be written)."""
+    field's default. ``get``/``[]``/``in``/``keys``/iteration read it as the dict
+    it is saved as, for code not yet converted to attribute access (``in``: the
+    key would be written). A record is always true (test ``is None``), and
+    ``dataclasses.replace`` gives a record built in code (every field written)."""
 
     _keys: Optional[tuple[str, ...]] = None
     _extra: Mapping[str, Any] = MappingProxyType({})
@@ -111,6 +113,9 @@ class Keyed:
 
     def __contains__(self, key: object) -> bool:
         return key in self.keys()
+
+    def __iter__(self) -> Iterator[str]:       # the keys, as a dict would
+        return iter(self.keys())
 
     def __getitem__(self, key: str) -> Any:
         if key not in self:
