@@ -307,3 +307,151 @@ def test_a_repeated_step_gets_its_own_gdb_files(tmp_path):
                                        flush_check=False, occurrence=n)
     assert spec(1).tag == "order-remove-0x80000000"
     assert spec(2).events_path.endswith("gdb-order-remove-0x80000000-2.events.jsonl")
+
+
+# ------------------------------------------------------------------ late watch
+# stops: QEMU (MTTCG, -smp 2) once reported a watchpoint five instructions after
+# the store, past the tlbi (false-alarm bench, virtio-mem "shrink to 0", cycle 2;
+# kept run folder: events gdb-order-shrink-to-0-2.events.jsonl, clear at
+# free_empty_tables+0x3b4). The words below are free_empty_tables+0x39c..+0x3b4
+# of that kernel (aarch64-linux-gnu-objdump -d vmlinux).
+
+FET = 0xffff800080020c0c                       # free_empty_tables in that vmlinux
+INCIDENT = [0xd34cfc80,   # +0x398 lsr x0, x4, #12
+            0xf900039f,   # +0x39c str xzr, [x28]        <- the clear
+            0xa90633eb,   # +0x3a0 stp x11, x12, [sp, #96]
+            0xd5033a9f,   # +0x3a4 dsb ishst
+            0x9240ac00,   # +0x3a8 and x0, x0, #0xfffffffffff
+            0xd5088360,   # +0x3ac tlbi vaae1is, x0
+            0xd5033b9f]   # +0x3b0 dsb ish               (stop reported at +0x3b4)
+ENTRY_VA = 0xffff00003ffff008
+SP = 0xffff800082f3bd00
+
+
+def _regs(changed=None):
+    regs = {28: ENTRY_VA, 31: SP, 0: 0xff000040000}
+    regs.update(changed or {})
+    return lambda n: regs[n]
+
+
+def test_store_range_decodes_general_purpose_stores():
+    r = {1: 0, 2: 0x1000, 3: 0x10, 28: ENTRY_VA, 31: SP}
+    reg = r.__getitem__
+    # words assembled by aarch64-linux-gnu-as
+    assert gdb.store_range(0xf900039f, reg) == (ENTRY_VA, 8)          # str xzr, [x28]
+    assert gdb.store_range(0xa90633eb, reg) == (SP + 96, 16)          # stp x11,x12,[sp,#96]
+    assert gdb.store_range(0xf81f8041, reg) == (0x1000 - 8, 8)        # stur x1,[x2,#-8]
+    assert gdb.store_range(0xf8010c41, reg) == (0x1000, 8)           # str x1,[x2,#16]!
+    assert gdb.store_range(0xf8010441, reg) == (0x1000 - 16, 8)       # str x1,[x2],#16 (x2 updated)
+    assert gdb.store_range(0xf8237841, reg) == (0x1000 + (0x10 << 3), 8)  # str x1,[x2,x3,lsl #3]
+    assert gdb.store_range(0xb9000441, reg) == (0x1004, 4)            # str w1,[x2,#4]
+    assert gdb.store_range(0xa9bf0861, reg) == (0x10, 16)              # stp x1,x2,[x3,#-16]!
+    for word in (0xf9400041, 0xd5033b9f, 0xb4000000):                # ldr, dsb, cbz
+        assert gdb.store_range(word, reg) is None
+    assert gdb.is_branch(0xb4000000) and gdb.is_branch(0x14000000) and gdb.is_branch(0xd65f03c0)
+    assert not gdb.is_branch(0xd5088360)
+    assert all(gdb.is_barrier_or_hint(w) for w in (0xd5033b9f, 0xd5033fdf, 0xd503201f,
+                                                   0xd5033a9f))
+    assert not gdb.is_barrier_or_hint(0x9240ac00)
+
+
+def test_late_window_finds_the_store_and_the_tlbi_that_ran_before_the_stop():
+    base, pc = FET + 0x398, FET + 0x3b4
+    sites = [(FET + 0x3ac, "vaae1is", 0), (FET + 0x500, "vale1is", 1)]
+    store, tlbis, why = gdb.late_window(INCIDENT, base, pc, ENTRY_VA, _regs(), sites)
+    assert store == FET + 0x39c and tlbis == [(FET + 0x3ac, "vaae1is", 0)] and why == ""
+    # a precise stop (right after the store): nothing ran in between
+    store, tlbis, why = gdb.late_window(INCIDENT[:2], base, FET + 0x3a0, ENTRY_VA,
+                                        _regs(), sites)
+    assert (store, tlbis, why) == (FET + 0x39c, [], "")
+
+
+def test_late_window_says_what_it_cannot_establish():
+    base, pc, sites = FET + 0x398, FET + 0x3b4, [(FET + 0x3ac, "vaae1is", 0)]
+    # x28 rewritten since: the store is not found
+    store, _t, why = gdb.late_window(INCIDENT, base, pc, ENTRY_VA, _regs({28: 0}), sites)
+    assert store is None and "no store to 0xffff00003ffff008" in why
+    # a branch between the store and the stop
+    words = INCIDENT[:4] + [0x14000000] + INCIDENT[5:]
+    assert "branch" in gdb.late_window(words, base, pc, ENTRY_VA, _regs(), sites)[2]
+    # the tlbi's operand register may have changed after it ran
+    words = INCIDENT + [0x9240ac00]                 # and x0, ... after the tlbi
+    why = gdb.late_window(words, base, pc + 4, ENTRY_VA, _regs(), sites)[2]
+    assert "operand x0 may have changed" in why
+
+
+class _Inferior:
+    def __init__(self, base: int, words: list):
+        self.base, self.data = base, b"".join(w.to_bytes(4, "little") for w in words)
+
+    def read_memory(self, addr: int, n: int):
+        off = addr - self.base
+        return b"\0" * max(0, -off) + self.data[max(0, off):max(0, off) + n - max(0, -off)]
+
+
+def _watching_agent(monkeypatch, stop_pc: int, words: list, regs: dict):
+    import io
+    import types
+    base = stop_pc - 4 * gdb.LATE_SCAN_INSNS
+    pad = (FET + 0x398 - base) // 4
+    inferior = _Inferior(base, [0xd503201f] * pad + words)
+    fake = types.SimpleNamespace(Breakpoint=_FakeBp, BP_WATCHPOINT=6, WP_WRITE=1,
+                                 BP_HARDWARE_WATCHPOINT=7, error=RuntimeError,
+                                 selected_inferior=lambda: inferior)
+    monkeypatch.setitem(sys.modules, "gdb", fake)
+    spec = {"step": "shrink to 0", "geometry": [4096, 48, 4, 48]}
+    agent = gdb._Agent(spec, io.StringIO())
+    agent.reg = lambda name: regs[name]
+    agent.symbolise = lambda addr: f"free_empty_tables+{addr - FET:#x}"
+    agent.mem = types.SimpleNamespace(read=lambda pa, n: (0).to_bytes(8, "little"))
+    link = order.Link(table_pa=0x4422c000, entry_pa=0x7ffff008, va=0xffff000040000000,
+                      span=1 << 30, level="PUD")
+    watch = order.Watch(1, spec["step"], link, entry_va=ENTRY_VA)
+    wp = _FakeBp(f"*(unsigned long *){ENTRY_VA:#x}")
+    agent.watches[wp.number] = (watch, wp, 0x180000004422c003)
+    agent.bps.append(wp)
+    tlbi = _FakeBp(f"*{FET + 0x3ac:#x}")
+    agent.tlbi_bps[tlbi.number] = (FET + 0x3ac, "vaae1is", 0)
+    agent.bps.append(tlbi)
+    return agent, wp, watch
+
+
+def _events(agent):
+    return order.events_from_lines(agent.out.getvalue().splitlines())
+
+
+def test_agent_accounts_for_a_late_watch_stop(monkeypatch):
+    """The incident replayed: the clear is dated at the store and the tlbi that
+    ran before the stop is recorded, so the flush check passes (it FAILed)."""
+    regs = {"pc": FET + 0x3b4, "x28": ENTRY_VA, "sp": SP, "x0": 0xff000040000}
+    agent, wp, watch = _watching_agent(monkeypatch, FET + 0x3b4, INCIDENT, regs)
+    agent.handle([wp.number])
+    events = [watch] + _events(agent)
+    clear, tlbi = events[1], events[2]
+    assert clear.pc == FET + 0x3a0 and clear.late == "" and agent.counts["late"] == 1
+    assert tlbi.op == "vaae1is" and tlbi.pc == FET + 0x3ac and "5 instructions later" in tlbi.note
+    assert not agent.pending                       # the tlbi settled the clear
+    free = order.Free(9, "shrink to 0", "free_pages", 0, 0x4422c000, 0, 4096, 0, "", (), True)
+    verdict = order.check_tlb_flushed_before_free(events + [free], "shrink to 0")
+    assert verdict.verdict == "PASS", verdict.evidence
+
+
+def test_agent_never_fails_a_flush_it_could_not_see(monkeypatch):
+    """A late stop whose store cannot be located: the clear is marked late and
+    a free with no tlbi seen is 'cannot judge' (ERROR), not a FAIL."""
+    regs = {"pc": FET + 0x3b4, "x28": 0, "sp": SP, "x0": 0xff000040000}
+    agent, wp, watch = _watching_agent(monkeypatch, FET + 0x3b4, INCIDENT, regs)
+    agent.handle([wp.number])
+    events = [watch] + _events(agent)
+    assert len(events) == 2 and "may have gone unseen" in events[1].late
+    free = order.Free(9, "shrink to 0", "free_pages", 0, 0x4422c000, 0, 4096, 0, "", (), True)
+    verdict = order.check_tlb_flushed_before_free(events + [free], "shrink to 0")
+    assert verdict.verdict == "ERROR" and "cannot judge" in verdict.evidence
+    # and a precise stop with no tlbi before the free is still a FAIL
+    regs = {"pc": FET + 0x3a0, "x28": ENTRY_VA, "sp": SP, "x0": 0}
+    agent, wp, watch = _watching_agent(monkeypatch, FET + 0x3a0, INCIDENT[:2], regs)
+    agent.handle([wp.number])
+    events = [watch] + _events(agent)
+    assert events[1].late == "" and agent.counts["late"] == 0
+    verdict = order.check_tlb_flushed_before_free(events + [free], "shrink to 0")
+    assert verdict.verdict == "FAIL"
