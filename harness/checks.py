@@ -20,7 +20,6 @@ page-granular, so the two never collide.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import Any, Callable, NamedTuple, Optional, Union
@@ -28,6 +27,8 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 from . import leakcheck
 from .errors import KERNEL, HarnessError
 from .inspect import ptdump
+from .inspect.ranges import Span, clip, clip_to, coalesce, subtract
+from .inspect.selftest import SelftestLog, parse_mem_on_off
 from .inspect.walker import leaves_covering_pa, leaves_covering_va
 from .records import (
     ERROR,
@@ -46,7 +47,6 @@ from .records import (
     WalkSummary,
 )
 
-Span = tuple[int, int]
 Rule = Callable[[MethodRun], Check]
 LINEAR, VMEMMAP = "Linear Mapping", "vmemmap"
 REGIONS = (LINEAR, VMEMMAP)
@@ -98,37 +98,6 @@ def _more(lines: list[str]) -> str:
 
 def _indent(lines: Iterable[str]) -> str:
     return "\n".join("    " + line for line in lines)
-
-
-def coalesce(ranges: Iterable[Span]) -> list[Span]:
-    """Sorted, merged ``[start, end)`` ranges (adjacent ones joined)."""
-    out: list[list[int]] = []
-    for start, end in sorted(r for r in ranges if r[0] < r[1]):
-        if out and start <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], end)
-        else:
-            out.append([start, end])
-    return [(a, b) for a, b in out]
-
-
-def subtract(want: Iterable[Span], have: Iterable[Span]) -> list[Span]:
-    """The parts of ``want`` not covered by ``have``."""
-    covered = coalesce(have)
-    out = []
-    for start, end in coalesce(want):
-        for h_start, h_end in covered:
-            if h_end <= start or h_start >= end:
-                continue
-            if h_start > start:
-                out.append((start, h_start))
-            start = max(start, h_end)
-        if start < end:
-            out.append((start, end))
-    return out
-
-
-def clip(ranges: Iterable[Span], lo: int, hi: int) -> list[Span]:
-    return coalesce((max(a, lo), min(b, hi)) for a, b in ranges)
 
 
 def _geo(run: MethodRun, *names: str) -> list[int]:
@@ -522,13 +491,6 @@ def _online_ranges(run: MethodRun, phase: Phase, size: int) -> tuple[list[Span],
     return clip_to(ranges, ram_ranges(phase)), ""
 
 
-def clip_to(ranges: Iterable[Span], within: Iterable[Span]) -> list[Span]:
-    """The parts of ``ranges`` inside ``within``."""
-    inside = list(within)
-    return coalesce((max(a, c), min(b, d)) for a, b in ranges for c, d in inside
-                    if a < d and c < b)
-
-
 def _uncovered(phase: Phase, want: list[Span], off: int) -> list[str]:
     out = []
     if phase.ptdump is not None:
@@ -890,46 +852,6 @@ def check_tlb_flushed_before_free(run: MethodRun) -> Check:
 
 
 # ---------------------------------------------------------------- kselftest
-
-_KS_STEP = re.compile(r"(offline->online|online->offline) memory(\d+)"
-                      r"(?:\s*-> (Success|Failure))?")
-_KS_RESULT = re.compile(r"-> (Success|Failure)\b")
-_KS_UNEXPECTED = re.compile(r"(\w+_expect_\w+) (\d+): unexpected (\w+)")
-
-
-class SelftestLog(NamedTuple):
-    """What mem-on-off-test.sh did to each block."""
-    touched: frozenset[int]
-    offlined: frozenset[int]        # "online->offline memoryN" then "-> Success"
-    offline_failed: frozenset[int]  # ... then "-> Failure"
-    onlined: frozenset[int]         # "offline->online memoryN" (failures show as unexpected)
-    unexpected: dict[int, list[str]]  # block -> ["online_memory_expect_success: ..."]
-
-
-def parse_mem_on_off(output: str) -> SelftestLog:
-    """Parse mem-on-off-test.sh output; ``-> Success`` may share the line or follow it."""
-    touched: set[int] = set()
-    onlined: set[int] = set()
-    results: dict[int, str] = {}
-    unexpected: defaultdict[int, list[str]] = defaultdict(list)
-    pending: Optional[int] = None
-    for line in output.splitlines():
-        if m := _KS_STEP.search(line):
-            touched.add(int(m[2]))
-            if m[1] == "offline->online":
-                onlined.add(int(m[2]))
-            pending = int(m[2]) if m[1] == "online->offline" and not m[3] else None
-            if m[3]:
-                results[int(m[2])] = m[3]
-        elif (m := _KS_RESULT.search(line)) and pending is not None:
-            results[pending], pending = m[1], None
-        elif m := _KS_UNEXPECTED.search(line):
-            unexpected[int(m[2])].append(f"{m[1]}: unexpected {m[3]}")
-    return SelftestLog(frozenset(touched),
-                       frozenset(b for b, r in results.items() if r == "Success"),
-                       frozenset(b for b, r in results.items() if r == "Failure"),
-                       frozenset(onlined), dict(unexpected))
-
 
 def _selftest_problems(log: SelftestLog, hot: set[int]) -> list[str]:
     out = [f"hot-plugged memory{b}: online->offline -> Failure"

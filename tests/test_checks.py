@@ -17,7 +17,7 @@ import pytest
 
 from harness import checks, leakcheck
 from harness.crashwatch import classify_file
-from harness.inspect import ptdump, sysfs
+from harness.inspect import ptdump, ranges, selftest, sysfs
 from harness.records import (
     ERROR,
     FAIL,
@@ -187,9 +187,9 @@ def test_phase_step_names_the_step_that_led_to_the_phase():
 
 
 def test_range_helpers():
-    assert checks.coalesce([(5, 9), (0, 3), (3, 4), (8, 12)]) == [(0, 4), (5, 12)]
-    assert checks.subtract([(0, 10)], [(2, 3), (5, 20)]) == [(0, 2), (3, 5)]
-    assert checks.clip([(0, 10), (20, 30)], 5, 25) == [(5, 10), (20, 25)]
+    assert ranges.coalesce([(5, 9), (0, 3), (3, 4), (8, 12)]) == [(0, 4), (5, 12)]
+    assert ranges.subtract([(0, 10)], [(2, 3), (5, 20)]) == [(0, 2), (3, 5)]
+    assert ranges.clip([(0, 10), (20, 30)], 5, 25) == [(5, 10), (20, 25)]
 
 
 def test_system_ram_inclusive_and_half_open_ends_agree():
@@ -631,7 +631,7 @@ def test_kselftest_that_touched_no_hot_block_is_an_error():
 
 
 def test_parse_mem_on_off():
-    log = checks.parse_mem_on_off(kselftest_output(boot_refused_hot_ok()))
+    log = selftest.parse_mem_on_off(kselftest_output(boot_refused_hot_ok()))
     assert log.touched == frozenset(GLOB_ORDER)
     assert log.offlined == frozenset({16, 17, 18, 19})
     assert log.offline_failed == frozenset({8, 9, 10, 11, 12, 13, 14, 15})
