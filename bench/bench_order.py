@@ -35,11 +35,11 @@ ADDR = 0x80000000
 def removal_context(guest, art):
     """What the engine needs from the guest before a removal: geometry, the
     PA of swapper_pg_dir and VMEMMAP_START (from ptdump's marker)."""
-    geo = walk_mod.Geometry.from_kconfig(art.kconfig)
+    lay = art.layout
     iomem = guest.check("cat /proc/iomem")
-    syms = walk_mod.symbol_addresses(art.vmlinux, ["swapper_pg_dir", "_text"])
-    root = walk_mod.kimage_pa(syms["swapper_pg_dir"], syms["_text"],
+    root = walk_mod.kimage_pa(lay.symbol("swapper_pg_dir"), lay.symbol("_text"),
                               sysfs.kernel_code(iomem)[0])
+    geo = lay.geometry
     snap = ptdump.parse(guest.check("cat /sys/kernel/debug/kernel_page_tables", 60))
     vmemmap = snap.regions["vmemmap"].entries[0].start
     return geo, root, vmemmap

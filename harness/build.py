@@ -13,6 +13,7 @@ fails, or that has no record, is rebuilt.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from . import progress as progress_mod
 from . import source as src
 from .errors import BuildError, HarnessError
 from .host import cache_root, require_tool, show_command
+from .layout import KernelLayout
 
 RECIPE_VERSION = "1"
 ARCH = "arm64"
@@ -87,9 +89,16 @@ class KernelArtifacts:
         d["fragments"] = tuple(d["fragments"])
         return cls(**d)
 
-    @property
+    @functools.cached_property
     def kconfig(self) -> dict:
+        """The final .config, parsed once per artifact."""
         return kconfig.parse_config_text(Path(self.config).read_text(), self.config)
+
+    @functools.cached_property
+    def layout(self) -> KernelLayout:
+        """The kernel's layout from its .config and vmlinux symbols, learned once
+        and carried to the stages after the build (harness.layout)."""
+        return KernelLayout.from_files(self.kconfig, self.vmlinux)
 
 
 # ------------------------------------------------------------- inputs -------

@@ -460,9 +460,9 @@ class Addr2lineResolver:
 
 def load_function_symbols(elf_path: Path) -> SymbolTable:
     """name -> [(address, size)] for the functions in an ELF's .symtab (read by
-    the walker's ELF reader, the harness's only one)."""
-    from .inspect.walker import WalkError, read_symtab
+    harness.layout's ELF reader, the harness's only one)."""
+    from .layout import LayoutError, read_symtab
     try:
         return read_symtab(elf_path, types=("STT_FUNC", "STT_NOTYPE"))
-    except WalkError as e:
+    except LayoutError as e:
         raise HarnessError(e.message, step="symbolize") from None

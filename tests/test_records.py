@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_walker import tiny_elf
 
-from harness import checks, crashwatch, runner
+from harness import checks, crashwatch, layout, runner
 from harness.crashwatch import classify_file
 from harness.errors import HARNESS, INFRA, KERNEL, Blame, HarnessError, MachineError
 from harness.inspect import walker
@@ -216,9 +216,9 @@ def test_one_elf_symbol_reader(tmp_path):
     pytest.importorskip("elftools")
     elf = tmp_path / "vmlinux"
     elf.write_bytes(tiny_elf({"_text": 0x1000, "swapper_pg_dir": 0x2000}))
-    assert walker.read_symtab(elf) == {"_text": [(0x1000, 0)], "swapper_pg_dir": [(0x2000, 0)]}
-    assert crashwatch.load_function_symbols(elf) == walker.read_symtab(elf)
-    assert walker.symbol_addresses(elf, ["swapper_pg_dir"]) == {"swapper_pg_dir": 0x2000}
+    assert layout.read_symtab(elf) == {"_text": [(0x1000, 0)], "swapper_pg_dir": [(0x2000, 0)]}
+    assert crashwatch.load_function_symbols(elf) == layout.read_symtab(elf)
+    assert layout.symbol_addresses(elf, ["swapper_pg_dir"]) == {"swapper_pg_dir": 0x2000}
 
 
 # ---------------------------------------------------------------- enums

@@ -21,11 +21,10 @@ from harness.inspect.walker import (
     kimage_pa,
     leaves_covering_pa,
     leaves_covering_va,
-    symbol_address,
-    symbol_addresses,
     table_counts,
     walk,
 )
+from harness.layout import KernelLayout, LayoutError, symbol_address, symbol_addresses
 
 AF, SH, RDONLY, PXN, UXN = 1 << 10, 3 << 8, 1 << 7, 1 << 53, 1 << 54
 RAM = 0x4000_0000
@@ -120,9 +119,9 @@ def test_geometry_shifts_and_top_table(granule, va, levels, shifts, top):
 
 
 def test_geometry_rejects_wrong_levels_and_granule():
-    with pytest.raises(WalkError, match="need 4 levels"):
+    with pytest.raises(LayoutError, match="need 4 levels"):
         Geometry(4096, 48, 3)
-    with pytest.raises(WalkError, match="granule"):
+    with pytest.raises(LayoutError, match="granule"):
         Geometry(8192, 48, 4)
 
 
@@ -141,9 +140,9 @@ def test_geometry_from_kconfig():
 
 
 def test_geometry_from_kconfig_names_what_is_missing():
-    with pytest.raises(WalkError, match="exactly one"):
+    with pytest.raises(LayoutError, match="exactly one"):
         Geometry.from_kconfig({"CONFIG_ARM64_VA_BITS": "48"})
-    with pytest.raises(WalkError, match="CONFIG_PGTABLE_LEVELS"):
+    with pytest.raises(LayoutError, match="CONFIG_PGTABLE_LEVELS"):
         Geometry.from_kconfig({"CONFIG_ARM64_4K_PAGES": "y", "CONFIG_ARM64_VA_BITS": "48"})
 
 
@@ -431,8 +430,27 @@ def test_symbol_address_from_elf(tmp_path):
     assert symbol_address(vmlinux, "swapper_pg_dir") == 0xffff8000805cd000
     assert symbol_addresses(vmlinux, ["_text", "swapper_pg_dir"])["_text"] == \
         0xffff800080000000
-    with pytest.raises(WalkError, match="no symbol init_mm"):
+    with pytest.raises(LayoutError, match="no symbol init_mm"):
         symbol_address(vmlinux, "init_mm")
+
+
+def test_kernel_layout_from_files(tmp_path):
+    """Learned once per artifact: geometry and block size from the config, the
+    symbols the later stages read from vmlinux; a missing one is named."""
+    pytest.importorskip("elftools")
+    vmlinux = tmp_path / "vmlinux"
+    vmlinux.write_bytes(tiny_elf({"_text": 0xffff800080000000,
+                                  "swapper_pg_dir": 0xffff8000805cd000}))
+    cfg = {"CONFIG_ARM64_64K_PAGES": "y", "CONFIG_ARM64_VA_BITS": "42",
+           "CONFIG_PGTABLE_LEVELS": "2"}
+    lay = KernelLayout.from_files(cfg, vmlinux)
+    assert lay.geometry == Geometry(65536, 42, 2, 48) and lay.section_mb == 512
+    assert lay.symbol("swapper_pg_dir") == 0xffff8000805cd000
+    with pytest.raises(LayoutError, match="no symbol memstart_addr"):
+        lay.symbol("memstart_addr")
+    gone = KernelLayout.from_files(cfg, tmp_path / "missing")
+    with pytest.raises(LayoutError, match="no symbol _text .*missing"):
+        gone.symbol("_text")
 
 
 def test_kimage_pa():

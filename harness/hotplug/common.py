@@ -204,8 +204,8 @@ class Recorder:
     def _learn_geometry(self, snap: ptdump.Snapshot, iomem: str) -> None:
         if self.geometry.learned:
             return
-        cfg = self.art.kconfig
-        geo = walk_mod.Geometry.from_kconfig(cfg)
+        lay = self.art.layout            # learned once per kernel, at the build stage
+        geo = lay.geometry
         self._walk_geo = geo
         linear = _region_span(snap, "Linear Mapping")
         vmemmap = _region_span(snap, "vmemmap")
@@ -218,12 +218,10 @@ class Recorder:
             linear_offset=None, memstart=None,
             **struct_page_geometry(linear, vmemmap, geo.granule))
         try:
-            syms = walk_mod.symbol_addresses(self.art.vmlinux,
-                                             ["swapper_pg_dir", "_text", "memstart_addr"])
+            text = lay.symbol("_text")
             code = sysfs.kernel_code(iomem)
-            self._root_pa = walk_mod.kimage_pa(syms["swapper_pg_dir"], syms["_text"],
-                                               code[0])
-            memstart_pa = walk_mod.kimage_pa(syms["memstart_addr"], syms["_text"], code[0])
+            self._root_pa = walk_mod.kimage_pa(lay.symbol("swapper_pg_dir"), text, code[0])
+            memstart_pa = walk_mod.kimage_pa(lay.symbol("memstart_addr"), text, code[0])
         except HarnessError as e:
             self.notes.append(f"host-side walker disabled, linear-map offset unknown: "
                               f"{e.message}")
@@ -343,15 +341,6 @@ def struct_page_geometry(linear, vmemmap, granule: int) -> dict:
                                      "Linear Mapping and vmemmap bounds)"}
 
 
-def section_mb(kconfig: dict) -> int:
-    """The memory block (= section) size the kernel will use, from its config,
-    as arch/arm64/include/asm/sparsemem.h sets it in 6.12: SECTION_SIZE_BITS 29
-    (512 MiB) with 64K pages, 27 (128 MiB) with 4K and 16K. What a method must
-    know before boot (memory layout); the booted kernel's block_size_bytes is
-    checked against it (check_section_size)."""
-    return 512 if (kconfig or {}).get("CONFIG_ARM64_64K_PAGES") == "y" else 128
-
-
 def check_section_size(rec: Recorder, want_mb: int) -> int:
     """block_size_bytes of the booted kernel; an error if the layout chosen at
     boot (section_mb) assumed another size."""
@@ -359,7 +348,7 @@ def check_section_size(rec: Recorder, want_mb: int) -> int:
     if bs != want_mb << 20:
         raise HarnessError(f"the memory layout was sized for {want_mb} MiB blocks, "
                            f"but the kernel's block_size_bytes is {bs >> 20} MiB "
-                           "(harness.hotplug.common.section_mb is out of date for "
+                           "(harness.layout.section_mb is out of date for "
                            "this kernel)", step="layout")
     return bs
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from ..errors import HarnessError
+from ..layout import section_mb
 from ..session import BootOptions
 from .common import (
     MEMROOT,
@@ -22,7 +23,6 @@ from .common import (
     Recorder,
     blocks_in,
     check_section_size,
-    section_mb,
     set_state,
     try_bootmem_offline,
 )

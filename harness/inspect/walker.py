@@ -29,17 +29,14 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeVar, Union
 
-from ..errors import ToolMissing
+from ..layout import Geometry
 from . import InspectError
 
 _U64 = (1 << 64) - 1
-_LEVEL_NAMES = {5: ("PGD", "P4D", "PUD", "PMD", "PTE"), 4: ("PGD", "PUD", "PMD", "PTE"),
-                3: ("PGD", "PMD", "PTE"), 2: ("PGD", "PTE")}
-_PAGE_SHIFTS = {4096: 12, 16384: 14, 65536: 16}
 
 
 class WalkError(InspectError):
@@ -51,121 +48,6 @@ class PhysMemError(WalkError):
 
 
 # ---------------------------------------------------------------- geometry
-
-@dataclass(frozen=True)
-class Geometry:
-    """Translation geometry of the running kernel (TTBR1 half).
-
-    ``va_bits`` is the VA size in effect (``vabits_actual``) and ``levels`` the
-    number of levels the kernel walks. ``pa_bits=52`` selects the 52-bit output
-    address encodings (64K: FEAT_LPA; 4K/16K: LPA2, only when 52-bit VA is active).
-    """
-
-    granule: int
-    va_bits: int
-    levels: int
-    pa_bits: int = 48
-
-    def __post_init__(self) -> None:
-        if self.granule not in _PAGE_SHIFTS:
-            raise WalkError(f"granule must be 4096, 16384 or 65536, not {self.granule}")
-        if self.pa_bits not in (48, 52):
-            raise WalkError(f"pa_bits must be 48 or 52, not {self.pa_bits}")
-        expected = (self.va_bits - 4) // (self.page_shift - 3)   # ARM64_HW_PGTABLE_LEVELS
-        if self.levels != expected or self.levels not in _LEVEL_NAMES:
-            raise WalkError(f"{self.granule // 1024}K pages with {self.va_bits}-bit VA "
-                            f"need {expected} levels, not {self.levels}")
-
-    @classmethod
-    def from_kconfig(cls, config: Mapping[str, object],
-                     va_bits_actual: int | None = None) -> Geometry:
-        """From ``.config`` values (``CONFIG_ARM64_4K_PAGES=y`` ...).
-
-        ``va_bits_actual``: pass 48 (47 for 16K) when a 52-bit-VA kernel with 4K
-        or 16K pages runs on a CPU without LPA2: the kernel then folds the top
-        level and uses ``swapper_pg_dir`` as the next level's table. With 64K
-        pages it changes nothing: the kernel keeps indexing ``swapper_pg_dir``
-        with 52 bits (only the hardware TTBR1 gets ``TTBR1_BADDR_4852_OFFSET``).
-        The root to walk is ``swapper_pg_dir`` in every case.
-        """
-        granule = _granule(config)
-        va_bits = int(str(_option(config, "CONFIG_ARM64_VA_BITS")))
-        levels = int(str(_option(config, "CONFIG_PGTABLE_LEVELS")))
-        pa_bits = 52 if _is_set(config, "CONFIG_ARM64_PA_BITS_52") else 48
-        if va_bits_actual is not None and va_bits_actual != va_bits and granule != 65536:
-            va_bits = va_bits_actual
-            levels = (va_bits - 4) // (_PAGE_SHIFTS[granule] - 3)
-            pa_bits = 48                  # LPA2 comes only with 52-bit VA
-        return cls(granule, va_bits, levels, pa_bits)
-
-    @property
-    def page_shift(self) -> int:
-        return _PAGE_SHIFTS[self.granule]
-
-    @property
-    def level_names(self) -> tuple[str, ...]:
-        """Linux names, top first; folded levels vanish as in ptdump (3 levels: PGD PMD PTE)."""
-        return _LEVEL_NAMES[self.levels]
-
-    @property
-    def shifts(self) -> tuple[int, ...]:
-        """VA shift of each level, top first (``ARM64_HW_PGTABLE_LEVEL_SHIFT``)."""
-        return tuple((self.page_shift - 3) * (4 - hw) + 3 for hw in self.hw_levels)
-
-    @property
-    def hw_levels(self) -> tuple[int, ...]:
-        """Architectural level numbers, top first (-1 is the LPA2 extra level)."""
-        return tuple(range(4 - self.levels, 4))
-
-    def entries(self, pos: int) -> int:
-        """Number of descriptors in a table at position ``pos`` (the top may be partial)."""
-        bits = self.va_bits - self.shifts[0] if pos == 0 else self.page_shift - 3
-        return 1 << bits
-
-    def block_allowed(self, pos: int) -> bool:
-        hw = self.hw_levels[pos]
-        if self.granule == 4096:
-            return hw in (1, 2) or (hw == 0 and self.lpa2)
-        return hw == 2 or (hw == 1 and self.pa_bits == 52)
-
-    @property
-    def lpa2(self) -> bool:
-        return self.pa_bits == 52 and self.granule != 65536
-
-    @property
-    def va_base(self) -> int:
-        """Lowest TTBR1 address."""
-        return (1 << 64) - (1 << self.va_bits)
-
-    def linear_map_range(self) -> tuple[int, int]:
-        """``[PAGE_OFFSET, PAGE_END)`` without KASAN (KASAN moves PAGE_END down)."""
-        if self.va_bits > 48:
-            va_min = 47 if self.granule == 16384 else 48
-        else:
-            va_min = self.va_bits
-        return self.va_base, (1 << 64) - (1 << (va_min - 1))
-
-
-def _option(config: Mapping[str, object], name: str) -> object:
-    for key in (name, name.removeprefix("CONFIG_")):
-        if key in config:
-            return config[key]
-    raise WalkError(f"kernel config lacks {name}")
-
-
-def _is_set(config: Mapping[str, object], name: str) -> bool:
-    value = config.get(name, config.get(name.removeprefix("CONFIG_")))
-    return value is True or value == "y"
-
-
-def _granule(config: Mapping[str, object]) -> int:
-    found = [size for size, name in ((4096, "4K"), (16384, "16K"), (65536, "64K"))
-             if _is_set(config, f"CONFIG_ARM64_{name}_PAGES")]
-    if len(found) != 1:
-        raise WalkError("kernel config must set exactly one of CONFIG_ARM64_{4K,16K,64K}"
-                        "_PAGES")
-    return found[0]
-
 
 # ---------------------------------------------------------------- physical memory
 
@@ -484,45 +366,3 @@ def kimage_pa(va: int, kernel_va_base: int, kernel_pa_base: int) -> int:
     if va < kernel_va_base:
         raise WalkError(f"VA 0x{va:x} is below the kernel image base 0x{kernel_va_base:x}")
     return va - kernel_va_base + kernel_pa_base
-
-
-SymbolTable = dict[str, list[tuple[int, int]]]   # name -> [(address, size)]
-
-
-def read_symtab(elf_path: Union[str, os.PathLike[str]], names: Iterable[str] | None = None,
-                types: Iterable[str] | None = None) -> SymbolTable:
-    """name -> [(address, size), ...] from an ELF's ``.symtab``, in symbol-table
-    order; only ``names`` (default all) of the symbol ``types`` (e.g.
-    ``STT_FUNC``; default all). The one ELF symbol reader of the harness (the
-    walker's kernel symbols here, crash symbolisation in harness.crashwatch)."""
-    try:
-        from elftools.elf.elffile import ELFFile
-    except ImportError:
-        raise ToolMissing("pyelftools (python module)", "python3-pyelftools") from None
-    wanted = None if names is None else set(names)
-    kinds = None if types is None else set(types)
-    table: SymbolTable = {}
-    with open(elf_path, "rb") as f:
-        symtab: Any = ELFFile(f).get_section_by_name(".symtab")   # a SymbolTableSection
-        if symtab is None:
-            raise WalkError(f"{elf_path} has no .symtab (stripped?)")
-        for sym in symtab.iter_symbols():
-            if not sym.name or (wanted is not None and sym.name not in wanted):
-                continue
-            if kinds is None or sym["st_info"]["type"] in kinds:
-                table.setdefault(sym.name, []).append((sym["st_value"], sym["st_size"]))
-    return table
-
-
-def symbol_addresses(vmlinux_path: Union[str, os.PathLike[str]],
-                     names: Sequence[str]) -> dict[str, int]:
-    """Addresses of ``names`` in the ELF ``.symtab`` (first definition wins)."""
-    found = read_symtab(vmlinux_path, names)
-    missing = sorted(set(names) - set(found))
-    if missing:
-        raise WalkError(f"{vmlinux_path} has no symbol {', '.join(missing)}")
-    return {name: found[name][0][0] for name in names}
-
-
-def symbol_address(vmlinux_path: Union[str, os.PathLike[str]], name: str) -> int:
-    return symbol_addresses(vmlinux_path, [name])[name]
