@@ -29,6 +29,16 @@ class TextEnum(str, Enum):
         return str.__hash__(self)
 
 
+class Verdict(TextEnum):
+    """A check's or a run's verdict; equal to (and saved as) its string
+    (``harness.records`` names its members PASS, FAIL, SKIP, ERROR)."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    SKIP = "SKIP"
+    ERROR = "ERROR"
+
+
 class Blame(TextEnum):
     """Whom a failure is blamed on; decides the exit code."""
 

@@ -18,9 +18,11 @@ import time
 from collections.abc import Sequence
 from typing import Optional
 
+from .errors import Verdict
 from .inspect import page_owner
 from .inspect.page_owner import Snapshot
-from .records import FAIL, PASS, SKIP, Verdict
+
+PASS, FAIL, SKIP = Verdict.PASS, Verdict.FAIL, Verdict.SKIP
 
 CONFIG = "leak"                    # kernel-configs/leak.config
 CMDLINE = "page_owner=on"          # boot parameter: page_owner is off by default

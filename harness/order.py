@@ -37,7 +37,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from .records import ERROR, FAIL, PASS, SKIP, Verdict
+from .errors import Verdict
+
+PASS, FAIL, SKIP, ERROR = Verdict.PASS, Verdict.FAIL, Verdict.SKIP, Verdict.ERROR
 
 _U64 = (1 << 64) - 1
 

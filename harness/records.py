@@ -28,20 +28,11 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any, Callable, NamedTuple, Optional, TypeVar, Union, cast
 
-from .errors import Blame, HarnessError, TextEnum
+from .errors import Blame, HarnessError
+from .errors import Verdict as Verdict  # the records' verdicts (defined with Blame)
 from .inspect import ptdump
 from .inspect.sysfs import BlockTable
 from .inspect.walker import BadEntry  # WalkSummary.bad holds the walker's own tuples
-
-
-class Verdict(TextEnum):
-    """A check's or a run's verdict; equal to (and saved as) its string."""
-
-    PASS = "PASS"
-    FAIL = "FAIL"
-    SKIP = "SKIP"
-    ERROR = "ERROR"
-
 
 PASS, FAIL, SKIP, ERROR = Verdict.PASS, Verdict.FAIL, Verdict.SKIP, Verdict.ERROR
 # checks every method that removes memory needs; one that cannot look is an
