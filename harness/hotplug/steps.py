@@ -1,0 +1,173 @@
+"""Running a method's named steps (the step half of ``common.Recorder``).
+
+Takes a booted ``Guest`` (its transport, console line count and kmsg marker),
+the kernel's artifacts (``vmlinux`` for gdb) and, for removals watched through
+gdb, a read-only :class:`TableView` of what the phase collector learned (walker
+geometry, ``swapper_pg_dir``'s PA, the RAM-file backings, the kernel's
+``Geometry``). Gives the :class:`StepRunner`'s ``steps`` (``Step`` records),
+``step_lines`` (the console line each step's marker followed) and ``order``
+(one ``OrderRecord`` per removal with the ordering checks on).
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, Callable, Optional, Protocol
+
+from ..build import KernelArtifacts
+from ..errors import HarnessError
+from ..layout import Geometry as WalkGeometry
+from ..records import Geometry, OrderRecord, Step
+from ..session import Guest
+
+# "on": the flush order is followed on every removal until this many cleared
+# entries were followed (block-mapped removals clear 1-4 entries each, cheap; a
+# page-mapped one clears 64, ~3 s of watchpoints); "full": on every removal
+FLUSH_CLEARS_ENOUGH = 16
+
+Progress = Callable[[str], None]
+
+
+class TableView(Protocol):
+    """What a watched removal needs of the phase collector (read only)."""
+
+    @property
+    def walk_geometry(self) -> Optional[WalkGeometry]: ...
+
+    @property
+    def root_pa(self) -> Optional[int]: ...
+
+    @property
+    def backings(self) -> Sequence[tuple[int, str]]: ...
+
+    @property
+    def geometry(self) -> Geometry: ...
+
+
+class StepRunner:
+    """Runs named steps and keeps their records (mutable on purpose: whatever
+    was recorded survives a failure, for the report)."""
+
+    def __init__(self, guest: Guest, art: KernelArtifacts, tables: Optional[TableView] = None,
+                 progress: Optional[Progress] = None, order_check: str = "off") -> None:
+        self.guest = guest
+        self.art = art
+        self.tables = tables
+        self.progress = progress          # called with one line per step
+        # the free-time ordering checks around every removal: "on", "full" or
+        # "off" (see removal_step for what "on" leaves out)
+        self.order_check = order_check
+        self.steps: list[Step] = []
+        self.step_lines: list[tuple[int, str]] = []   # (console line no, step)
+        self.order: list[OrderRecord] = []            # one per watched removal
+
+    def step(self, name: str, action: Callable[[], Any],
+             transport: Optional[str] = None) -> Any:
+        """Run ``action()`` as a named step; record its duration either way."""
+        self.step_lines.append((self.guest.console_line(), name))
+        self.guest.mark(name)
+        start = time.monotonic()
+        ok, detail = False, ""
+        try:
+            result = action()
+            ok = True
+            detail = _detail(result)
+            return result
+        except HarnessError as e:
+            if not e.step:
+                e.step = name
+            detail = e.message
+            raise
+        finally:
+            self.record(Step(name, round(time.monotonic() - start, 3),
+                             transport or self.guest.transport.name, ok, detail))
+
+    def record(self, step: Step, summary: str = "") -> None:
+        """Keep a step timed elsewhere (a phase's inspection) and print its
+        progress line, with ``summary`` in brackets."""
+        self.steps.append(step)
+        if self.progress:
+            self.progress(f"  {'ok ' if step.ok else 'ERR'} {step.seconds:6.2f}s "
+                          f"{step.transport:6s} {step.name}"
+                          f"{f' ({summary})' if summary else ''}")
+
+    def removal_step(self, name: str, pa_start: int, pa_end: int,
+                     action: Callable[[], Any], transport: Optional[str] = None) -> Any:
+        """A step that removes ``[pa_start, pa_end)``. With the ordering checks on,
+        gdb is attached to QEMU's gdbstub for this step only (harness.gdb): every
+        page the kernel frees meanwhile is checked against a live walk of its
+        tables, and every cleared table entry must see a covering TLB
+        invalidation before its table is freed. The events go to ``self.order``."""
+        machine = self.guest.machine
+        if self.order_check == "off":
+            return self.step(name, action, transport)
+        tables = self.tables
+        geo = tables.walk_geometry if tables is not None else None
+        root_pa = tables.root_pa if tables is not None else None
+        if tables is None or not machine.spec.gdb_port or root_pa is None or geo is None:
+            why = ("QEMU has no gdbstub" if not machine.spec.gdb_port
+                   else "the kernel's tables could not be located")
+            self.order.append(OrderRecord(name, pa_start, pa_end, False, (), {},
+                                          f"not watched: {why}"))
+            return self.step(name, action, transport)
+        from .. import gdb, progress
+        flush = self.order_check == "full" or self.flush_clears() < FLUSH_CLEARS_ENOUGH
+        seen = sum(1 for r in self.order if r.step == name)   # --cycles repeats
+        spec = gdb.GdbSpec.for_removal(
+            self.art.vmlinux, port=machine.spec.gdb_port, out_dir=self.guest.out_dir,
+            step=name, occurrence=seen + 1, pa_start=pa_start, pa_end=pa_end,
+            backings=tables.backings, geometry=geo, root_pa=root_pa,
+            vmemmap_start=tables.geometry.vmemmap_start, flush_check=flush,
+            memstart=tables.geometry.memstart, page_offset=tables.geometry.page_offset)
+        # recorded in place until the step ends (the list keeps its position)
+        record = OrderRecord(name, pa_start, pa_end, flush)
+        index = len(self.order)
+        self.order.append(record)
+        held: dict[str, Any] = {}
+        try:
+            with gdb.attach(spec, progress=progress.detail) as session:
+                held["session"] = session
+                return self.step(name, action, transport)
+        except gdb.GdbError as e:
+            record = replace(record, error=e.message)
+            self.order[index] = record
+            raise
+        finally:
+            session = held.get("session")
+            if session is not None:
+                record = replace(record, events=tuple(e.to_dict() for e in session.events),
+                                 stats=dict(session.stats))
+                self.order[index] = record
+                self.order_progress(record)
+
+    def flush_clears(self) -> int:
+        """Table entries whose flush order this run has already followed."""
+        return sum(1 for r in self.order if r.flush_check
+                   for e in r.events if e.get("kind") == "clear")
+
+    def order_progress(self, record: OrderRecord) -> None:
+        """One progress line for a watched removal: its stops by kind."""
+        if not self.progress:
+            return
+        kinds = Counter(e.get("kind", "?") for e in record.events)
+        seen = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no stops"
+        self.progress(f"  gdb  {record.stats.get('attached_s', 0):6.2f}s gdb    "
+                      f"{record.step}: {seen}"
+                      f"{' (flush order watched)' if record.flush_check else ''}")
+
+    def sh(self, command: str, deadline: float = 30.0, blame: Optional[str] = None) -> str:
+        """A guest command that must succeed; returns stdout. ``blame="kernel"``
+        for hotplug operations the kernel must carry out."""
+        return self.guest.check(command, deadline, blame=blame)
+
+
+def _detail(result: Any) -> str:
+    if result is None:
+        return ""
+    if hasattr(result, "command"):
+        return f"$ {result.command}"
+    if hasattr(result, "to_dict"):     # a record: as its saved dict (as before)
+        result = result.to_dict()
+    return str(result)[:200]
