@@ -27,14 +27,15 @@ event per stop (:mod:`harness.order`) into ``<out_dir>/gdb-<tag>.events.jsonl``:
   stay enabled only while a cleared table awaits its flush; each hit records
   the decoded operand (event ``tlbi``).
 
-Use (the lead wires this into a removal step)::
+Use (``hotplug.steps.StepRunner.removal_step`` wires this into a removal step)::
 
     from harness import gdb, order
     spec = gdb.GdbSpec.for_removal(
         art.vmlinux, port=machine.spec.gdb_port, out_dir=guest.out_dir,
         step="remove 0x80000000", pa_start=0x80000000, pa_end=0x88000000,
-        backings=rec.backings, geometry=rec._walk_geo, root_pa=rec._root_pa,
-        vmemmap_start=rec.geometry.get("vmemmap_start"), flush_check=True)
+        backings=rec.backings, geometry=rec.collector.walk_geometry,
+        root_pa=rec.collector.root_pa, vmemmap_start=rec.geometry.vmemmap_start,
+        flush_check=True)
     with gdb.attach(spec) as session:       # prints the gdb command line
         rec.sh("echo 0x80000000 > /sys/devices/system/memory/remove", blame="kernel")
     verdicts = [order.check_no_table_freed_while_linked(session.events, spec.step),

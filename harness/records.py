@@ -125,7 +125,7 @@ def _as(cls: type[K], value: Any) -> Any:
 @dataclass(frozen=True)
 class Geometry(Keyed):
     """The kernel's layout as the checks need it (``hotplug.common``
-    ``Recorder._learn_geometry``: the walker's translation geometry from the
+    ``PhaseCollector`` learns it: the translation geometry (``art.layout``) from the
     kernel's ``.config``, region bounds from ptdump, ``memstart_addr`` from guest
     RAM). Any value may be None (not learned): a check that needs it SKIPs."""
 
@@ -240,7 +240,7 @@ class RunError(Keyed):
 
 @dataclass(frozen=True)
 class OrderRecord(Keyed):
-    """One removal watched through the gdbstub (``Recorder.removal_step``): the
+    """One removal watched through the gdbstub (``StepRunner.removal_step``): the
     stop events (``harness.order`` event dicts, read with
     ``order.event_from_dict``), gdb's timing stats, and why it was not watched
     or what went wrong (``error``)."""

@@ -199,7 +199,7 @@ def drive(rec: Recorder, opts: Options) -> None:
 
 
 def _leaves_to_split(rec: Recorder, online, start: int, end: int) -> str:
-    off, granule = rec.geometry.get("linear_offset"), rec.geometry.get("granule")
+    off, granule = rec.geometry.linear_offset, rec.geometry.granule
     if online.ptdump is None or off is None or not granule:
         raise HarnessError("cannot tell which leaf maps the block: no ptdump, linear "
                            "offset or granule", step="split-leaf", blame=HARNESS)
