@@ -33,7 +33,7 @@ from harness.errors import HarnessError
 from harness.hotplug import acpi_dimm, kselftest, probe, race, split_leaf, virtio_mem
 from harness.inspect import ptdump, sysfs
 from harness.inspect.sysfs import BlockTable, MemoryBlock
-from harness.records import MethodRun, Phase, Removal, Step
+from harness.records import Geometry, MethodRun, Phase, Removal, Step
 from harness.transport import CommandResult
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -252,7 +252,7 @@ class FakeRecorder:
         self.removals: list = []
         self.notes: list = []
         self.backings: list = [(0x40000000, "ram")]
-        self.geometry = dict(geometry or {})
+        self.geometry = Geometry.from_dict(dict(geometry or {}))
         self.bootmem = None
         self.kselftest = None
         self.removal_steps: list = []
