@@ -163,7 +163,7 @@ def noop_builds(args) -> None:
 
 def base_mmu_c() -> tuple:
     """(text of mmu.c after patches/series, where it came from)."""
-    from harness import source
+    from harness.build import source
     src = source.resolve_source("debian")
     pristine = source.pristine_tree(src)
     series = source.read_series()

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchlib import entry, figure, header  # noqa: E402
 
-from harness import htmlreport  # noqa: E402
+from harness.verdict import htmlreport  # noqa: E402
 
 RUNS, SHOTS = 5, 3
 

@@ -1,11 +1,11 @@
-"""False alarms and detection of the page_owner leak check (harness.leakcheck).
+"""False alarms and detection of the page_owner leak check (harness.inspect.leakcheck).
 
 Boots the kernel built with '--config leak' (plus any --patch) through the
 harness's own session API (harness.session.boot) with 'page_owner=on', drives
-the acpi-dimm flow by hand (harness.hotplug.acpi_dimm plug / online / fill /
+the acpi-dimm flow by hand (harness.drive.acpi_dimm plug / online / fill /
 unplug, no ptdump, no walker) and reads page_owner's show_stacks before the
 first add and after the removal of each cycle. Each run is judged by
-harness.leakcheck.check_cycles; the old MemFree heuristic (1024 kB per cycle,
+harness.inspect.leakcheck.check_cycles; the old MemFree heuristic (1024 kB per cycle,
 first cycle to last) is printed next to it as context.
 
   passes/N        runs the check passed (clean kernel: the false-alarm count)
@@ -37,11 +37,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from harness import build, leakcheck  # noqa: E402
+from harness.build import kernel as build  # noqa: E402
+from harness.drive import acpi_dimm  # noqa: E402
+from harness.drive.common import Recorder, blocks_in, set_state  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
-from harness.hotplug import acpi_dimm  # noqa: E402
-from harness.hotplug.common import Recorder, blocks_in, set_state  # noqa: E402
-from harness.inspect import page_owner, sysfs  # noqa: E402
+from harness.inspect import leakcheck, page_owner, sysfs  # noqa: E402
 from harness.records import FAIL, PASS, SKIP  # noqa: E402
 from harness.session import BootOptions, boot  # noqa: E402
 

@@ -4,7 +4,7 @@ tests/data/order-*.jsonl).
 Boots the kernel directly (DT) with ``-m 2048M`` and ``mem=1024M`` plus a QEMU
 gdbstub, probes 0x80000000, onlines it movable, offlines it, then removes it
 through ``/sys/devices/system/memory/remove`` with gdb attached
-(``harness.gdb.attach``), and prints: stops per removal, the removal's wall
+(``harness.inspect.gdb.attach``), and prints: stops per removal, the removal's wall
 time with and without gdb, attach/detach time, walk cost per stop, and both
 checks' verdicts. ``--no-gdb`` times the same removal without gdb.
 
@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import build, gdb, order  # noqa: E402
-from harness.inspect import ptdump, sysfs  # noqa: E402
+from harness.build import kernel as build  # noqa: E402
+from harness.inspect import gdb, order, ptdump, sysfs  # noqa: E402
 from harness.inspect import walker as walk_mod  # noqa: E402
-from harness.machine import RAM_BASE, free_port  # noqa: E402
+from harness.machine.qemu import RAM_BASE, free_port  # noqa: E402
 from harness.session import BootOptions, boot  # noqa: E402
 
 MEMROOT = "/sys/devices/system/memory"

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import ToolMissing
+from harness.errors import ToolMissing
 
 # tool -> Debian package that provides it
 TOOL_PACKAGES = {
@@ -90,7 +90,7 @@ def show_command(argv: Sequence[str], cwd: Path | None = None, stream=None) -> s
     text = "$ " + " ".join(shlex.quote(str(a)) for a in argv)
     if cwd is not None:
         text = f"(cd {shlex.quote(str(cwd))}) " + text
-    from . import progress
+    from harness import progress
     if stream is not None:
         if not progress.quiet():
             print(text, file=stream, flush=True)

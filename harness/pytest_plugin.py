@@ -59,7 +59,7 @@ def pytest_configure(config) -> None:
 
 class HotplugGuest:
     """A booted guest with a Recorder: the phases and steps a method records,
-    judged by the same checks (``harness.checks``)."""
+    judged by the same checks (``harness.verdict.checks``)."""
 
     def __init__(self, guest, recorder, method: str):
         self.guest = guest
@@ -99,13 +99,13 @@ class HotplugGuest:
         self.recorder.removed(phase, pa_start, pa_end, baseline)
 
     def block_size(self) -> int:
-        from .hotplug.common import block_size
+        from harness.drive.common import block_size
         return block_size(self.recorder)
 
     def method_run(self):
         """What was recorded so far, as the MethodRun the checks take."""
-        from .records import REMOVAL_CHECKS, MethodRun
-        from .runner import _crash_dict
+        from harness.records import REMOVAL_CHECKS, MethodRun
+        from harness.runner import _crash_dict
         rec = self.recorder
         crashes = tuple(_crash_dict(c, rec) for c in self.guest.watcher.reports)
         return MethodRun(method=self.method, geometry=rec.geometry, steps=tuple(rec.steps),
@@ -116,7 +116,7 @@ class HotplugGuest:
 
     def judge(self) -> dict:
         """{check name: Check} for every check that applies."""
-        from .checks import judge
+        from harness.verdict.checks import judge
         return {c.name: c for c in judge(self.method_run())}
 
     def assert_pass(self, *names: str) -> dict:
@@ -133,7 +133,7 @@ class HotplugGuest:
 @pytest.fixture(scope="session")
 def hh_kernel(request):
     """The kernel from --hh-kernel-src, --hh-patch and --hh-config (cached by content)."""
-    from .build import BuildRequest, build
+    from harness.build.kernel import BuildRequest, build
     opt = request.config.getoption
     return build(BuildRequest(kernel_src=opt("--hh-kernel-src"),
                               configs=tuple(opt("--hh-config")),
@@ -155,9 +155,9 @@ def hh_guest(hh_kernel, tmp_path, request) -> Any:
     The test's ``user_properties`` (JUnit ``<properties>``) get one
     ``hh_guest`` entry per guest: ``FOLDER BOOT_START READY STOPPED`` (epoch
     seconds), which shows whether guests of different tests overlapped."""
-    from .hotplug.common import Recorder
-    from .runner import METHODS
-    from .session import BootOptions, boot
+    from harness.drive.common import Recorder
+    from harness.runner import METHODS
+    from harness.session import BootOptions, boot
     stack = ExitStack()
     booted: list = []
 

@@ -28,11 +28,11 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any, Callable, NamedTuple, Optional, TypeVar, Union, cast
 
-from .errors import Blame, HarnessError
-from .errors import Verdict as Verdict  # the records' verdicts (defined with Blame)
-from .inspect import ptdump
-from .inspect.sysfs import BlockTable
-from .inspect.walker import BadEntry  # WalkSummary.bad holds the walker's own tuples
+from harness.errors import Blame, HarnessError
+from harness.errors import Verdict as Verdict  # the records' verdicts (defined with Blame)
+from harness.inspect import ptdump
+from harness.inspect.sysfs import BlockTable
+from harness.inspect.walker import BadEntry  # WalkSummary.bad holds the walker's own tuples
 
 PASS, FAIL, SKIP, ERROR = Verdict.PASS, Verdict.FAIL, Verdict.SKIP, Verdict.ERROR
 # checks every method that removes memory needs; one that cannot look is an
@@ -241,7 +241,7 @@ class RunError(Keyed):
 @dataclass(frozen=True)
 class OrderRecord(Keyed):
     """One removal watched through the gdbstub (``StepRunner.removal_step``): the
-    stop events (``harness.order`` event dicts, read with
+    stop events (``harness.inspect.order`` event dicts, read with
     ``order.event_from_dict``), gdb's timing stats, and why it was not watched
     or what went wrong (``error``)."""
 

@@ -6,19 +6,26 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from . import progress as ui
-from . import signals
-from . import source as src
-from .build import KernelArtifacts
-from .crashwatch import KernelCrash
-from .errors import HarnessError
-from .hotplug import method as registry
-from .hotplug.common import Recorder
-from .hotplug.method import Method
-from .records import CheckOptions, Crash, Geometry, KselftestResult, MethodRun, RunError
-from .session import BootOptions, boot
+from harness import progress as ui
+from harness import signals
+from harness.build import source as src
+from harness.build.kernel import KernelArtifacts
+from harness.drive import method as registry
+from harness.drive.common import Recorder
+from harness.drive.method import Method
+from harness.errors import HarnessError
+from harness.machine.crashwatch import KernelCrash
+from harness.records import (
+    CheckOptions,
+    Crash,
+    Geometry,
+    KselftestResult,
+    MethodRun,
+    RunError,
+)
+from harness.session import BootOptions, boot
 
-# name -> Method: the registry itself (harness.hotplug.method; a test may put a
+# name -> Method: the registry itself (harness.drive.method; a test may put a
 # stand-in into it), and what --method all runs
 METHODS = registry.load()
 ORDER = registry.default_order()

@@ -19,16 +19,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Optional, Union
 
-from . import guest_image, progress
-from . import progress as ui
-from .build import KernelArtifacts
-from .console import SETTLE_S, ConsoleReader, CrashGate, SerialConsole
-from .crashwatch import CrashReport, CrashWatcher
-from .errors import MachineError
-from .host import Deadline
-from .machine import Machine, VmSpec, free_port, make_run_dir
-from .ssh import KeyPair, SshTransport, generate_key
-from .transport import CommandResult, Transport
+from harness import progress
+from harness import progress as ui
+from harness.build.kernel import KernelArtifacts
+from harness.errors import MachineError
+from harness.host import Deadline
+from harness.machine import guest_image
+from harness.machine.console import SETTLE_S, ConsoleReader, CrashGate, SerialConsole
+from harness.machine.crashwatch import CrashReport, CrashWatcher
+from harness.machine.qemu import Machine, VmSpec, free_port, make_run_dir
+from harness.machine.ssh import KeyPair, SshTransport, generate_key
+from harness.machine.transport import CommandResult, Transport
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class Guest:
 
 def _sigterm_as_interrupt() -> Any:
     """SIGTERM unwinds like Ctrl-C, so every ``with`` block cleans up."""
-    from .signals import Terminated, installed
+    from harness.signals import Terminated, installed
     if installed():   # the CLI's handler does this already (and more)
         return None
 

@@ -22,7 +22,7 @@ import os
 import signal
 import time
 
-from . import progress
+from harness import progress
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Optional, Union
 
-from harness.console import ConsoleReader
-from harness.machine import Machine
-from harness.ssh import SshTransport
+from harness.machine.console import ConsoleReader
+from harness.machine.qemu import Machine
+from harness.machine.ssh import SshTransport
 
 DATA = Path(__file__).resolve().parent / "data"
 READY = re.compile(rb"HARNESS-READY[^\n]*\n")
@@ -159,7 +159,7 @@ class FakeProc:
 
 
 class FakeQemu(Machine):
-    """harness.machine.Machine with QEMU left out: ``launch`` starts no process;
+    """harness.machine.qemu.Machine with QEMU left out: ``launch`` starts no process;
     the serial console replays ``console`` (bytes, or a file name in tests/data)
     through the real ConsoleReader; QMP is a FakeQmp. QMP guards, alive checks,
     the console tail and the shutdown are the real Machine's."""
@@ -303,7 +303,8 @@ def install(monkeypatch, tmp_path: Path, console: Union[bytes, str], ssh: list =
     """Make ``harness.session.boot`` boot FakeQemu and ReplaySsh: no QEMU, no
     guest image, no network. Returns what the test may look at: ``script``,
     ``qemu()`` (the last FakeQemu), ``ssh()`` (the last ReplaySsh), ``run_dirs``."""
-    from harness import guest_image, session
+    from harness import session
+    from harness.machine import guest_image
     script = Script(list(ssh) + [(r"> /dev/kmsg$", Answer())])
     FakeQemu.made, ReplaySsh.made = [], []
     run_dirs: list = []

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from harness import build
+from harness.build import kernel as build
 from harness.errors import BuildError
 
 FAKE_MAKE = """#!/bin/sh

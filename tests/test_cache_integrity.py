@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import build, cli, kconfig
-from harness import guest_image as gi
-from harness import source as src
-from harness.source import PreparedTree
+from harness import cli
+from harness.build import kconfig
+from harness.build import kernel as build
+from harness.build import source as src
+from harness.build.source import PreparedTree
+from harness.machine import guest_image as gi
 
 DATA = Path(__file__).parent / "data"
 IMAGE = bytes(range(256)) * 32          # 8 KiB "Image"

@@ -1,4 +1,4 @@
-"""Tests for harness.checks, on MethodRuns built from the synthetic samples in
+"""Tests for harness.verdict.checks, on MethodRuns built from the synthetic samples in
 tests/data (synthetic-ptdump-4k-48-*, synthetic-sysfs-memory-blocks-*,
 synthetic-meminfo-virt-*, synthetic-iomem-virt-*;
 see test_ptdump.py for their provenance). Walker summaries are derived from the
@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import checks, leakcheck
-from harness.crashwatch import classify_file
-from harness.inspect import ptdump, ranges, selftest, sysfs
+from harness.inspect import leakcheck, ptdump, ranges, selftest, sysfs
+from harness.machine.crashwatch import classify_file
 from harness.records import (
     ERROR,
     FAIL,
@@ -30,6 +29,7 @@ from harness.records import (
     Step,
     WalkSummary,
 )
+from harness.verdict import checks
 
 DATA = Path(__file__).parent / "data"
 OFF = 0xffff_0000_0000_0000

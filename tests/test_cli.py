@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 import harness
-from harness import cli, cli_run, progress, runner, signals
+from harness import cli, progress, runner, signals
+from harness.cli import run as cli_run
 from harness.errors import CommandError, HarnessError, MachineError
-from harness.transport import CommandResult
+from harness.machine.transport import CommandResult
 
 ROOT = Path(__file__).resolve().parent.parent
 

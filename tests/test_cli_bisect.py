@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, cli_bisect, cli_run
+from harness import cli
+from harness.cli import bisect as cli_bisect
+from harness.cli import run as cli_run
 from harness.errors import BuildError, MachineError, PatchError
 
 DATA = Path(__file__).parent / "data"

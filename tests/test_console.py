@@ -12,8 +12,10 @@ import pexpect
 import pytest
 
 from fakes import ReplayStream, replay_reader
-from harness import console as console_module
-from harness.console import (
+from harness.errors import CommandError, GuestCrash, MachineError
+from harness.host import Deadline
+from harness.machine import console as console_module
+from harness.machine.console import (
     MAX_LINE,
     ConsoleReader,
     CrashGate,
@@ -21,9 +23,7 @@ from harness.console import (
     SerialConsole,
     frame_command,
 )
-from harness.crashwatch import KernelCrash
-from harness.errors import CommandError, GuestCrash, MachineError
-from harness.host import Deadline
+from harness.machine.crashwatch import KernelCrash
 
 T = 10.0  # generous deadline for commands that should answer at once
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.crashwatch import (
+from harness.errors import GuestCrash
+from harness.machine.crashwatch import (
     Addr2lineResolver,
     CrashWatcher,
     Frame,
@@ -21,7 +22,6 @@ from harness.crashwatch import (
     split_kernel_line,
     symbolize,
 )
-from harness.errors import GuestCrash
 
 DATA = Path(__file__).parent / "data"
 

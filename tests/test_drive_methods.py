@@ -29,12 +29,12 @@ from typing import Callable, Optional
 
 import pytest
 
+from harness.drive import acpi_dimm, kselftest, probe, race, split_leaf, virtio_mem
 from harness.errors import HarnessError
-from harness.hotplug import acpi_dimm, kselftest, probe, race, split_leaf, virtio_mem
 from harness.inspect import ptdump, sysfs
 from harness.inspect.sysfs import BlockTable, MemoryBlock
+from harness.machine.transport import CommandResult
 from harness.records import Geometry, MethodRun, Phase, Removal, Step
-from harness.transport import CommandResult
 
 DATA = Path(__file__).resolve().parent / "data"
 MEMROOT = "/sys/devices/system/memory"
@@ -236,7 +236,7 @@ class ModelGuest:
 
 
 class FakeRecorder:
-    """What a drive function uses of harness.hotplug.common.Recorder. ``phase``
+    """What a drive function uses of harness.drive.common.Recorder. ``phase``
     checks the model against the recorded phase of that name (blocks and their
     states) and returns the recorded phase; a phase the recording lacks is the
     model's (with ``ptdumps[name]`` if given)."""

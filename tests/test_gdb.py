@@ -1,4 +1,4 @@
-"""harness.gdb: the command line, the tlbi scan, the driver's life cycle (with a
+"""harness.inspect.gdb: the command line, the tlbi scan, the driver's life cycle (with a
 stand-in gdb), and the real thing against a real guest (``qemu`` mark)."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import gdb, order
-from harness.machine import VmSpec, qemu_argv
+from harness.inspect import gdb, order
+from harness.machine.qemu import VmSpec, qemu_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -190,7 +190,7 @@ def test_real_guest_removal_with_gdb(tmp_path):
     sys.path.insert(0, str(ROOT / "bench"))
     import bench_order
 
-    from harness import build
+    from harness.build import kernel as build
     art = build.build(build.BuildRequest())
     res = bench_order.one_run(art, rodata_full=False, use_gdb=True, flush_check=True,
                               out=tmp_path, say=lambda l: None)
@@ -224,8 +224,8 @@ def test_real_guest_survives_a_killed_gdb(tmp_path):
     sys.path.insert(0, str(ROOT / "bench"))
     import bench_order
 
-    from harness import build
-    from harness.machine import RAM_BASE, free_port
+    from harness.build import kernel as build
+    from harness.machine.qemu import RAM_BASE, free_port
     from harness.session import BootOptions, boot
     art = build.build(build.BuildRequest())
     port = free_port()

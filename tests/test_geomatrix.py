@@ -1,4 +1,4 @@
-"""The geometry matrix (harness.geomatrix, 'hotplug-harness matrix'): cells from
+"""The geometry matrix (harness.verdict.geomatrix, 'hotplug-harness matrix'): cells from
 real report folders, rows for geometries that could not run, exit codes, and
 the README table from saved JSON. The run itself is exercised against real
 kernels by 'make test-matrix' (see README, "Geometries")."""
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import geomatrix
 from harness.cli import main
 from harness.errors import HarnessError
+from harness.verdict import geomatrix
 
 DATA = Path(__file__).resolve().parent / "data"
 # recorded from a real guest (tests/data/README): 4k-48 + repro 0002, acpi-dimm fails

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import guest_image as gi
 from harness.errors import INFRA, HarnessError, ToolMissing
+from harness.machine import guest_image as gi
 
 DATA = Path(__file__).parent / "data"
 CLOSURE = ("busybox-static", "dropbear-bin", "gcc-12-base", "libc6", "libcrypt1",

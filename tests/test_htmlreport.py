@@ -1,4 +1,4 @@
-"""Tests for harness.htmlreport: report.html and the matrix pages.
+"""Tests for harness.verdict.htmlreport: report.html and the matrix pages.
 
 The inputs are recorded runs (tests/data/README): the default kernel's
 acpi-dimm, probe, virtio-mem and kselftest runs (clean), and acpi-dimm runs of
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, htmlreport, report, repro
+from harness import cli
 from harness.records import MethodRun
+from harness.verdict import htmlreport, report, repro
 
 DATA = Path(__file__).parent / "data"
 CLEAN = [DATA / "recorded-4k-48-acpi-dimm" / "methodrun.json",
@@ -202,7 +203,7 @@ def test_recorded_order_events_are_marked_as_the_checks_count_them(name):
     """gdb's recorded events of a real removal (tests/data/README), placed on the
     recorded probe run of the same geometry: one mark per violation the
     ordering checks count, on removed-1."""
-    from harness import order
+    from harness.inspect import order
     lines = (DATA / name).read_text().splitlines()
     events = order.events_from_lines(lines)
     step = "remove 0x80000000"

@@ -18,8 +18,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import cli, cli_run, machine, progress, runner, signals
-from harness.hotplug.method import Method
+from harness import cli, progress, runner, signals
+from harness.cli import run as cli_run
+from harness.drive.method import Method
+from harness.machine import qemu as machine
 from harness.records import MethodRun, Step
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -455,7 +457,7 @@ def qemu_processes(needle: str) -> list:
 
 @pytest.fixture(scope="module")
 def kernel():
-    from harness import build
+    from harness.build import kernel as build
     return build.build(build.BuildRequest())
 
 

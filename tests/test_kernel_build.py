@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import build
+from harness.build import kernel as build
 from harness.errors import ConfigError, PatchError
 
 pytestmark = pytest.mark.kernel

@@ -7,7 +7,7 @@ import pytest
 
 from harness import runner
 from harness.errors import HarnessError
-from harness.machine import VmSpec, _partial_match, qemu_argv
+from harness.machine.qemu import VmSpec, _partial_match, qemu_argv
 
 GOLDEN = Path(__file__).parent / "data" / "qemu-argv-golden.json"
 

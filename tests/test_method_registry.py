@@ -1,4 +1,4 @@
-"""The method protocol and registry (harness/hotplug/method.py): what each
+"""The method protocol and registry (harness/drive/method.py): what each
 method declares, how the runner fills its Options, how ``run`` refuses an
 option a method cannot honour, and the help generated from the registry.
 No kernel, no QEMU: the build and the runner are replaced where ``cli.main``
@@ -15,10 +15,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import cli, cli_run, progress, runner
-from harness import source as src
+from harness import cli, progress, runner
+from harness.build import source as src
+from harness.cli import run as cli_run
+from harness.drive import acpi_dimm, kselftest, method, probe, race, split_leaf, virtio_mem
 from harness.errors import HarnessError
-from harness.hotplug import acpi_dimm, kselftest, method, probe, race, split_leaf, virtio_mem
 from harness.records import REMOVAL_CHECKS, MethodRun
 from harness.session import BootOptions
 
@@ -108,7 +109,7 @@ def test_a_new_method_is_one_new_file(tmp_path):
     so, in run's help, and run's options are judged against it."""
     (tmp_path / "fifth.py").write_text(textwrap.dedent('''
         from dataclasses import dataclass
-        from harness.hotplug.method import Method, register
+        from harness.drive.method import Method, register
 
         @dataclass(frozen=True)
         class Options:
@@ -122,8 +123,8 @@ def test_a_new_method_is_one_new_file(tmp_path):
                                  honours=frozenset({"cycles"}), rank=45, in_all=True))
         '''))
     code = textwrap.dedent(f'''
-        import harness.hotplug
-        harness.hotplug.__path__.append({str(tmp_path)!r})
+        import harness.drive
+        harness.drive.__path__.append({str(tmp_path)!r})
         from harness import cli, runner
         print(runner.ORDER)
         print("exit", cli.main(["run", "--method", "fifth", "--dimms", "3"]))

@@ -1,4 +1,4 @@
-"""harness.order: TLBI decoding, the table-descriptor walk, and the two
+"""harness.inspect.order: TLBI decoding, the table-descriptor walk, and the two
 free-time ordering checks on synthetic and on recorded stop sequences."""
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import order
-from harness.inspect.walker import BufferPhysMem, Geometry
-from harness.order import (
+from harness.inspect import order
+from harness.inspect.order import (
     Clear,
     Free,
     Link,
@@ -23,6 +22,7 @@ from harness.order import (
     table_links,
     tlbi_effect,
 )
+from harness.inspect.walker import BufferPhysMem, Geometry
 
 DATA = Path(__file__).resolve().parent / "data"
 

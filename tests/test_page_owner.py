@@ -1,4 +1,4 @@
-"""page_owner show_stacks: parser, diff and the leak check (harness.leakcheck).
+"""page_owner show_stacks: parser, diff and the leak check (harness.inspect.leakcheck).
 
 The recorded files tests/data/page-owner-*.txt are show_stacks read from real
 6.12.117 4k-48 guests (built with ``--config leak``, booted with page_owner=on;
@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import leakcheck
-from harness.inspect import ParseError
+from harness.inspect import ParseError, leakcheck
 from harness.inspect import page_owner as po
 from harness.records import FAIL, PASS, SKIP
 
@@ -161,9 +160,9 @@ def test_real_guest_add_holds_vmemmap_and_remove_returns_it(tmp_path):
     """Kernel with --config leak, page_owner=on, one 512 MiB DIMM: right after
     the add the check FAILs naming vmemmap_alloc_block (the signal is real);
     after the remove it PASSes (the clean kernel gives every page back)."""
-    from harness import build
-    from harness.hotplug import acpi_dimm
-    from harness.hotplug.common import Recorder, blocks_in, set_state
+    from harness.build import kernel as build
+    from harness.drive import acpi_dimm
+    from harness.drive.common import Recorder, blocks_in, set_state
     from harness.session import BootOptions, boot
 
     art = build.build(build.BuildRequest(configs=(leakcheck.CONFIG,)))

@@ -84,9 +84,10 @@ import os
 import time
 from pathlib import Path
 
-from harness import build, kconfig
-from harness import source as src
-from harness.source import PreparedTree
+from harness.build import kconfig
+from harness.build import kernel as build
+from harness.build import source as src
+from harness.build.source import PreparedTree
 
 HERE = Path(__file__).parent
 (HERE / "x.patch").write_text("a")

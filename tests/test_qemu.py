@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from test_recorded import assert_named_checks_fail
 
-from harness import build, repro
-from harness.crashwatch import KernelCrash
+from harness.build import kernel as build
 from harness.errors import MachineError
+from harness.machine.crashwatch import KernelCrash
 from harness.records import Check
 from harness.session import BootOptions, boot
+from harness.verdict import repro
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +90,7 @@ def test_no_leftovers_after_sigint(kernel, tmp_path, sig):
     """boot() used as a library (no CLI handler): SIGINT and SIGTERM both unwind."""
     before = our_shm()
     script = ("import sys, time\n"
-              "from harness import build\n"
+              "from harness.build import kernel as build\n"
               "from pathlib import Path\n"
               "from harness.session import boot, BootOptions\n"
               "art = build.build()\n"

@@ -1,4 +1,4 @@
-"""The race method's guest scripts (harness.hotplug.race) and its wiring. The
+"""The race method's guest scripts (harness.drive.race) and its wiring. The
 scenario itself runs against the real kernel in tests/test_qemu.py
 (test_race_method_runs_under_load) and its detection rate of repro 0012 is
 measured by bench/bench_race.py (README, "Races")."""
@@ -6,9 +6,10 @@ import subprocess
 
 import pytest
 
-from harness import checks, report, runner
-from harness.hotplug import race
+from harness import runner
+from harness.drive import race
 from harness.records import MethodRun
+from harness.verdict import checks, report
 
 
 def test_loop_script_starts_from_online_then_cycles_both_blocks():
@@ -81,7 +82,7 @@ def test_summary_says_why_order_checks_are_off_for_race():
 def test_probe_layout_follows_the_kernels_block_size(page, visible, movable, block):
     """arch/arm64/include/asm/sparsemem.h: 512 MiB sections with 64K pages; a
     whole movable boot block free of early reservations needs 2 of 4 blocks."""
-    from harness.hotplug import probe
+    from harness.drive import probe
     from harness.session import BootOptions
     kconfig = {page: "y"}
     assert probe.layout(kconfig) == (visible, movable, block)

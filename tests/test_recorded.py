@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import checks, report, repro
-from harness.crashwatch import classify_file
 from harness.inspect import ptdump
+from harness.machine.crashwatch import classify_file
 from harness.records import ERROR, FAIL, PASS, SKIP, MethodRun
+from harness.verdict import checks, report, repro
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"

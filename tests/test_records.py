@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from test_walker import tiny_elf
 
-from harness import checks, crashwatch, layout, runner
-from harness.crashwatch import classify_file
+from harness import runner
+from harness.build import layout
 from harness.errors import HARNESS, INFRA, KERNEL, Blame, HarnessError, MachineError
 from harness.inspect import walker
+from harness.machine import crashwatch
+from harness.machine.crashwatch import classify_file
 from harness.records import (
     ERROR,
     FAIL,
@@ -33,6 +35,7 @@ from harness.records import (
     Verdict,
     WalkSummary,
 )
+from harness.verdict import checks
 
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -1,4 +1,4 @@
-"""Tests for harness.report.
+"""Tests for harness.verdict.report.
 
 Golden files: ``tests/data/run-sample.json`` is a recorded run (two methods built
 from the synthetic samples, see test_checks.py) and
@@ -16,10 +16,10 @@ import xml.etree.ElementTree as ET
 import pytest
 from test_checks import DATA, TABLES, boot_refused_hot_ok, kselftest_output, make_run
 
-from harness import checks, report
-from harness.crashwatch import classify_file
 from harness.errors import HarnessError
+from harness.machine.crashwatch import classify_file
 from harness.records import FAIL, PASS, MethodRun
+from harness.verdict import checks, report
 
 SAMPLE = DATA / "run-sample.json"
 GOLDEN = DATA / "run-sample-report.json"

@@ -4,8 +4,8 @@ the real matrix runs in tests/test_qemu.py and bench."""
 
 import pytest
 
-from harness import repro
 from harness.errors import HarnessError
+from harness.verdict import repro
 
 HEADER = """\
 From: Hotplug Harness <hotplug-harness@localhost>

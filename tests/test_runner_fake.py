@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 
 from fakes import ART, DATA, Answer, crash_answer, install, qemu_dies_answer
-from harness import checks, cli, cli_run, progress, runner, signals
-from harness.hotplug.method import Method
+from harness import cli, progress, runner, signals
+from harness.cli import run as cli_run
+from harness.drive.method import Method
 from harness.records import FAIL, PASS, MethodRun
 from harness.session import BootOptions
+from harness.verdict import checks
 
 RECORDED = DATA / "recorded-4k-48-probe" / "probe.json"
 WARN_OOPS = "console-warn-hotplug.log"      # READY, then a WARNING and an Oops
@@ -35,7 +37,7 @@ class Options:
 
 
 def replaying_method(name: str = "probe", mode: str = "dt"):
-    """A method (harness.hotplug.method.Method) replaying RECORDED: each
+    """A method (harness.drive.method.Method) replaying RECORDED: each
     recorded step runs again over the guest transport, each recorded
     inspection is put back as it was."""
     recorded = MethodRun.from_dict(json.loads(RECORDED.read_text()))
@@ -193,7 +195,7 @@ def test_cli_boot_check_reports_both_transports(cli_fakes, monkeypatch, capsys):
     answered here by a recording of a real framed command's output)."""
     ready = b"HARNESS-READY 6.12.0 uptime 0.50\r\n"
     framed = b"HHMARK-0badc0de-S\r\n6.12.0\r\nHHMARK-0badc0de-E 0\r\n"
-    from harness import console as console_module
+    from harness.machine import console as console_module
     monkeypatch.setattr(console_module.secrets, "token_hex", lambda n: "0badc0de")
     install(monkeypatch, cli_fakes, ready + framed,
             ssh=[(r"^uname -r$", Answer("6.12.0\n"))])

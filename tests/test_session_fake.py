@@ -9,9 +9,9 @@ import time
 import pytest
 
 from fakes import ART, Answer, FakeQmp, crash_answer, install, qemu_dies_answer
-from harness import console as console_module
-from harness.crashwatch import KernelCrash
 from harness.errors import MachineError
+from harness.machine import console as console_module
+from harness.machine.crashwatch import KernelCrash
 from harness.session import BootOptions, boot
 
 T = 10.0

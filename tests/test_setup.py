@@ -277,7 +277,8 @@ def test_data_resolves_in_the_checkout():
 
 
 def test_constants_come_from_paths():
-    from harness import guest_image, kconfig, source
+    from harness.build import kconfig, source
+    from harness.machine import guest_image
     assert source.PATCH_DIR == paths.PATCH_DIR
     assert source.SERIES_FILE == paths.PATCH_DIR / "series"
     assert kconfig.CONFIG_DIR == paths.CONFIG_DIR
@@ -344,9 +345,14 @@ def test_every_third_party_import_is_declared():
 
 def _copy_source(dest: Path) -> Path:
     """The source tree without venvs, build output or caches (symlinks kept)."""
-    junk = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+    junk = shutil.ignore_patterns(".git", ".venv", "*.egg-info", "__pycache__",
                                   ".pytest_cache", "reports", "runs")
-    shutil.copytree(ROOT, dest, symlinks=True, ignore=junk)
+
+    def ignore(folder: str, names: list) -> set:
+        # setuptools' build/ output only at the top: harness/build/ is a package
+        top = {"build"} if Path(folder) == ROOT else set()
+        return set(junk(folder, names)) | (top & set(names))
+    shutil.copytree(ROOT, dest, symlinks=True, ignore=ignore)
     return dest
 
 
@@ -371,16 +377,16 @@ def test_pip_install_non_editable_ships_the_data(tmp_path):
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert r.returncode == 0, r.stdout
     shutil.rmtree(src)   # nothing may point back at the source tree
-    probe = ("import json, harness, harness.paths as p, harness.source as s, "
-             "harness.kconfig as k, harness.guest_image as g\n"
+    probe = ("import json, harness, harness.paths as p, harness.build.source as s, "
+             "harness.build.kconfig as k, harness.machine.guest_image as g\n"
              "print(json.dumps({'version': harness.__version__, "
              "'checkout': str(p.source_checkout()), 'patch_dir': str(p.PATCH_DIR), "
              "'series': [x.name for x in s.read_series()], "
              "'repro': sorted(x.name for x in (p.PATCH_DIR / 'repro').glob('*.patch')), "
              "'fragments': k.available_fragments(), "
              "'scripts': {n: m for n, (m, _) in g.guest_script_files().items()}, "
-             "'templates': sorted(x.name for x in __import__('harness.htmlreport')"
-             ".htmlreport.TEMPLATES.glob('*.j2'))}))")
+             "'templates': sorted(x.name for x in __import__('harness.verdict.htmlreport')"
+             ".verdict.htmlreport.TEMPLATES.glob('*.j2'))}))")
     r = subprocess.run([vpy, "-c", probe], cwd=tmp_path, capture_output=True,
                        text=True, check=True)
     import json
@@ -388,7 +394,8 @@ def test_pip_install_non_editable_ships_the_data(tmp_path):
     assert got["version"] == harness.__version__
     assert got["checkout"] == "None"
     assert got["patch_dir"].startswith(str(venv)) and "site-packages" in got["patch_dir"]
-    assert got["series"] == [x.name for x in __import__("harness.source").source.read_series()]
+    from harness.build import source
+    assert got["series"] == [x.name for x in source.read_series()]
     assert len(got["repro"]) >= 1
     assert {"base", "4k-48", "64k-42"} <= set(got["fragments"])
     assert got["scripts"]["init"] == 0o755   # the executable bit survives the wheel

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from harness import source as src
+from harness.build import source as src
 from harness.errors import HarnessError, PatchError
 
 PATCH_OK = """\

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import build, runner
-from harness.hotplug import split_leaf
+from harness import runner
+from harness.build import kernel as build
+from harness.drive import split_leaf
 from harness.inspect import ptdump
 from harness.session import BootOptions
 

@@ -1,5 +1,5 @@
 """The Recorder's two parts without QEMU (issue 8 item 4): the step runner
-(harness.hotplug.steps) and the phase collector (harness.hotplug.phases), each
+(harness.drive.steps) and the phase collector (harness.drive.phases), each
 on its own, and the Recorder facade that wires them.
 
 Everything here is SYNTHETIC: the guest is a small fake answering from a
@@ -16,16 +16,16 @@ from typing import Optional
 import pytest
 from test_walker import Tables, kernel_attrs
 
-from harness import gdb
+from harness.build.layout import Geometry as WalkGeometry
+from harness.build.layout import KernelLayout
+from harness.drive import steps as steps_mod
+from harness.drive.common import Recorder
+from harness.drive.phases import RAM_BASE, PhaseCollector
+from harness.drive.steps import FLUSH_CLEARS_ENOUGH, StepRunner
 from harness.errors import HarnessError
-from harness.hotplug import steps as steps_mod
-from harness.hotplug.common import Recorder
-from harness.hotplug.phases import RAM_BASE, PhaseCollector
-from harness.hotplug.steps import FLUSH_CLEARS_ENOUGH, StepRunner
-from harness.layout import Geometry as WalkGeometry
-from harness.layout import KernelLayout
+from harness.inspect import gdb
+from harness.machine.transport import CommandResult
 from harness.records import Geometry, OrderRecord, Step
-from harness.transport import CommandResult
 
 GEO = WalkGeometry(4096, 48, 4)
 VA_BASE = 0xffff_0000_0000_0000            # PAGE_OFFSET of 4K pages, 48-bit VA
@@ -321,7 +321,7 @@ def test_a_memstart_the_walk_contradicts_is_noted_once(tmp_path):
 
 
 def test_a_leak_phase_says_when_page_owner_is_off(tmp_path):
-    from harness import leakcheck
+    from harness.inspect import leakcheck
     answers = inspect_answers()
     answers[leakcheck._READ] = "NO-PAGE-OWNER\n"
     phases = PhaseCollector(FakeGuest(tmp_path, answers), art())
@@ -359,5 +359,5 @@ def test_the_recorder_wires_the_parts_and_keeps_its_attributes(tmp_path):
 
 
 def test_the_step_module_keeps_the_flush_threshold():
-    from harness.hotplug import common
+    from harness.drive import common
     assert common.FLUSH_CLEARS_ENOUGH == steps_mod.FLUSH_CLEARS_ENOUGH == 16

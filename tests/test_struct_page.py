@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.hotplug.common import STRUCT_PAGE_SIZE, struct_page_geometry
+from harness.drive.common import STRUCT_PAGE_SIZE, struct_page_geometry
 
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.crashwatch import CrashReport, KernelCrash
 from harness.errors import MachineError
-from harness.machine import Machine, VmSpec
+from harness.machine.crashwatch import CrashReport, KernelCrash
+from harness.machine.qemu import Machine, VmSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 REPRO = ROOT / "patches" / "repro"

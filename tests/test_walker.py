@@ -12,6 +12,7 @@ import struct
 
 import pytest
 
+from harness.build.layout import KernelLayout, LayoutError, symbol_address, symbol_addresses
 from harness.inspect.walker import (
     BufferPhysMem,
     FileBackedPhysMem,
@@ -24,7 +25,6 @@ from harness.inspect.walker import (
     table_counts,
     walk,
 )
-from harness.layout import KernelLayout, LayoutError, symbol_address, symbol_addresses
 
 AF, SH, RDONLY, PXN, UXN = 1 << 10, 3 << 8, 1 << 7, 1 << 53, 1 << 54
 RAM = 0x4000_0000

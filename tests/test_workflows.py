@@ -107,7 +107,8 @@ def test_workflow_shape():
                    "kernel-repository:", "patches:"):
         assert needed in text, needed
     # the matrix defaults are the real geometries and methods
-    from harness import geomatrix, runner
+    from harness import runner
+    from harness.verdict import geomatrix
     for geo in geomatrix.geometries():
         assert f'"{geo}"' in text, geo
     for method in runner.ORDER:

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, HarnessError
-from .paths import CONFIG_DIR  # noqa: E402  (checkout or shipped copy)
+from harness.errors import ConfigError, HarnessError
+from harness.paths import CONFIG_DIR  # noqa: E402  (checkout or shipped copy)
 
 DEFAULT_BASE = "base"
 DEFAULT_GEOMETRY = "4k-48"

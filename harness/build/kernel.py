@@ -28,12 +28,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import kconfig
-from . import progress as progress_mod
-from . import source as src
-from .errors import BuildError, HarnessError
-from .host import cache_root, require_tool, show_command
-from .layout import KernelLayout
+from harness import progress as progress_mod
+from harness.build import kconfig
+from harness.build import source as src
+from harness.build.layout import KernelLayout
+from harness.errors import BuildError, HarnessError
+from harness.host import cache_root, require_tool, show_command
 
 RECIPE_VERSION = "1"
 ARCH = "arm64"
@@ -97,7 +97,7 @@ class KernelArtifacts:
     @functools.cached_property
     def layout(self) -> KernelLayout:
         """The kernel's layout from its .config and vmlinux symbols, learned once
-        and carried to the stages after the build (harness.layout)."""
+        and carried to the stages after the build (harness.build.layout)."""
         return KernelLayout.from_files(self.kconfig, self.vmlinux)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from .errors import HarnessError, ToolMissing
+from harness.errors import HarnessError, ToolMissing
 
 _LEVEL_NAMES = {5: ("PGD", "P4D", "PUD", "PMD", "PTE"), 4: ("PGD", "PUD", "PMD", "PTE"),
                 3: ("PGD", "PMD", "PTE"), 2: ("PGD", "PTE")}
@@ -155,7 +155,7 @@ def read_symtab(elf_path: Union[str, os.PathLike[str]], names: Iterable[str] | N
     """name -> [(address, size), ...] from an ELF's ``.symtab``, in symbol-table
     order; only ``names`` (default all) of the symbol ``types`` (e.g.
     ``STT_FUNC``; default all). The one ELF symbol reader of the harness (the
-    walker's kernel symbols here, crash symbolisation in harness.crashwatch)."""
+    walker's kernel symbols here, crash symbolisation in harness.machine.crashwatch)."""
     try:
         from elftools.elf.elffile import ELFFile
     except ImportError:

@@ -24,9 +24,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import progress
-from .errors import HarnessError, PatchError
-from .host import (
+from harness import progress
+from harness.errors import HarnessError, PatchError
+from harness.host import (
     DEBIAN_SOURCE_PACKAGE,
     DEBIAN_SOURCE_TARBALL,
     cache_root,
@@ -34,7 +34,7 @@ from .host import (
     require_tool,
     run,
 )
-from .paths import PATCH_DIR  # noqa: E402  (checkout or shipped copy)
+from harness.paths import PATCH_DIR  # noqa: E402  (checkout or shipped copy)
 
 SERIES_FILE = PATCH_DIR / "series"
 

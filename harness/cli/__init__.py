@@ -10,9 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-from . import build as build_mod
-from . import kconfig, progress, signals
-from .errors import HarnessError
+from harness import progress, signals
+from harness.build import kconfig
+from harness.build import kernel as build_mod
+from harness.errors import HarnessError
 
 EPILOG = """\
 the flow: build -> boot -> drive (add/online/offline/remove) -> inspect -> verdict
@@ -136,21 +137,21 @@ def parser() -> argparse.ArgumentParser:
 def _add_later_commands(sub) -> None:
     """Subcommands of the later stages register themselves here."""
     try:
-        from . import cli_run
+        from harness.cli import run as cli_run
     except ImportError:
         return
     cli_run.register(sub, add_kernel_options, build_request)
-    from . import cli_repro
+    from harness.cli import repro as cli_repro
     cli_repro.register(sub, add_kernel_options)
-    from . import cli_matrix
+    from harness.cli import matrix as cli_matrix
     cli_matrix.register(sub, add_kernel_options)
-    from . import cli_bisect
+    from harness.cli import bisect as cli_bisect
     cli_bisect.register(sub)
 
 
 def version() -> str:
     try:
-        from . import __version__
+        from harness import __version__
         return __version__
     except ImportError:
         from importlib.metadata import PackageNotFoundError

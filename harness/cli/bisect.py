@@ -28,8 +28,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Optional
 
-from . import progress as ui
-from .errors import HarnessError
+from harness import progress as ui
+from harness.errors import HarnessError
 
 GOOD, BAD, SKIP, ABORT = 0, 1, 125, 128
 VERDICT_NAMES = {GOOD: "good", BAD: "bad", SKIP: "skip"}
@@ -64,7 +64,7 @@ runs the command from the tree's top folder):
 
 
 def register(sub: Any) -> None:
-    from . import kconfig
+    from harness.build import kconfig
     p = sub.add_parser("bisect-run", help="one 'git bisect run' step: build this tree, "
                                           "run, exit 0 good / 1 bad / 125 skip",
                        description="Build the kernel tree as checked out, run the chosen "
@@ -113,7 +113,7 @@ def git(tree: Path, *args: str) -> Optional[str]:
 def classify(report: dict[str, Any], chosen: Iterable[str] = ()
              ) -> tuple[int, list[str], str]:
     """report.json -> (exit code, failing ``method:check`` names, reason)."""
-    from .records import ERROR, FAIL, PASS
+    from harness.records import ERROR, FAIL, PASS
     if report.get("interrupted"):
         return int(report.get("exit_code", 130)), [], "interrupted"
     chosen = tuple(chosen)
@@ -174,8 +174,9 @@ def _abort(message: str) -> int:
 
 
 def cmd_bisect_run(args: argparse.Namespace) -> int:
-    from . import checks, runner
-    from .cli_run import run_to_report
+    from harness import runner
+    from harness.cli.run import run_to_report
+    from harness.verdict import checks
     tree = Path(args.kernel_src).expanduser().resolve()
     commit = git(tree, "rev-parse", "HEAD")
     git_dir = git(tree, "rev-parse", "--absolute-git-dir")

@@ -5,9 +5,9 @@ import argparse
 import json
 from pathlib import Path
 
-from . import geomatrix
-from . import progress as ui
-from .cli_run import add_matrix_outputs
+from harness import progress as ui
+from harness.cli.run import add_matrix_outputs
+from harness.verdict import geomatrix
 
 EPILOG = """\
 Each geometry fragment (kernel-configs/*.config starting with '# kind:
@@ -62,7 +62,7 @@ def register(sub, add_kernel_options) -> None:
 
 def cmd_matrix(args) -> int:
     if args.html:
-        from . import htmlreport
+        from harness.verdict import htmlreport
         print(htmlreport.render_matrix(geomatrix.html_matrix(geomatrix.from_json(
             json.loads(args.html.read_text())), args.html.parent)), end="")
         return 0
@@ -70,8 +70,8 @@ def cmd_matrix(args) -> int:
         print(geomatrix.matrix_markdown(geomatrix.from_json(
             json.loads(args.markdown.read_text()))), end="")
         return 0
-    from . import runner
-    from .cli_run import default_dir, make_private_dirs, run_to_report, write_matrix
+    from harness import runner
+    from harness.cli.run import default_dir, make_private_dirs, run_to_report, write_matrix
     geos = runner.select_names(args.geometry, geomatrix.geometries(), "geometry", "matrix")
     methods = runner.select_names(args.method, list(runner.METHODS), "method", "matrix")
     out = args.report or default_dir("matrix")

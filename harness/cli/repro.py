@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from . import progress as ui
-from . import repro
-from .cli_run import add_matrix_outputs
+from harness import progress as ui
+from harness.cli.run import add_matrix_outputs
+from harness.verdict import repro
 
 EPILOG = """\
 Each patches/repro/*.patch names, in its header, the review point it plants,
@@ -54,12 +54,12 @@ def cmd_repro(args) -> int:
         print(repro.matrix_markdown(rows), end="")
         return 0
     if args.html:
-        from . import htmlreport
+        from harness.verdict import htmlreport
         print(htmlreport.render_matrix(htmlreport.repro_matrix(
             json.loads(args.html.read_text()), args.html.parent)), end="")
         return 0
     if not args.names and not args.all and not args.list:
-        from .errors import HarnessError
+        from harness.errors import HarnessError
         raise HarnessError("name regressions (e.g. 0005) or say --all", step="repro")
     regs = repro.discover(args.names)
     if args.list:
@@ -69,19 +69,19 @@ def cmd_repro(args) -> int:
                   f"{' --config ' + '+'.join(r.configs) if r.configs else ''}"
                   f"{' ' + ' '.join(r.append) if r.append else ''}\n    expect: {expect}")
         return 0
-    from .cli_run import default_dir, make_private_dirs, write_matrix
+    from harness.cli.run import default_dir, make_private_dirs, write_matrix
     out = args.report or default_dir("repro")
     make_private_dirs(out)
     rows = repro.run_matrix(regs, out, _runner(args.kernel_src), progress=ui.info,
                             clean=not args.no_clean)
     data = {"rows": [r.to_dict() for r in rows], "exit_code": repro.matrix_exit_code(rows)}
-    from . import htmlreport
+    from harness.verdict import htmlreport
     return write_matrix(out, data, repro.matrix_text(rows), htmlreport.repro_matrix(data, out),
                         args.json)
 
 
 def _runner(kernel_src: str):
-    from .cli_run import run_to_report
+    from harness.cli.run import run_to_report
 
     def run(configs, patches, append, methods, cycles, folder: Path) -> dict:
         return run_to_report(kernel_src, configs, patches, append, methods, cycles, folder)

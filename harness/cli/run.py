@@ -16,12 +16,13 @@ import tty
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import build as build_mod
-from . import leakcheck, signals
-from . import progress as ui
-from .errors import HarnessError
-from .hotplug import method as method_mod
-from .session import BootOptions, boot
+from harness import progress as ui
+from harness import signals
+from harness.build import kernel as build_mod
+from harness.drive import method as method_mod
+from harness.errors import HarnessError
+from harness.inspect import leakcheck
+from harness.session import BootOptions, boot
 
 BOOT_EPILOG = """\
 examples:
@@ -282,7 +283,7 @@ def register(sub, add_kernel_options, build_request) -> None:
 
 
 RUN_EPILOG = """\
-methods (generated from the registry, harness/hotplug/method.py: [boot mode;
+methods (generated from the registry, harness/drive/method.py: [boot mode;
 the options each takes]):
 {methods}
 
@@ -323,7 +324,8 @@ marked "interrupted": true (verdict ERROR) is written.
 
 
 def cmd_run(args, build_request) -> int:
-    from . import checks, report, runner
+    from harness import runner
+    from harness.verdict import checks, report
     methods = runner.resolve_methods(args.method)
     given, args = given_options(args)
     for line in method_mod.check_given([runner.METHODS[m] for m in methods], given):
@@ -379,7 +381,8 @@ def run_to_report(kernel_src: str, configs, patches, append, methods, cycles: in
     """Build, run ``methods`` and write a report folder; returns report.json.
     For the commands that run many kernels (repro, matrix): no signal handling
     or folder swap of their own, the caller's folder is used as it is."""
-    from . import checks, report, runner
+    from harness import runner
+    from harness.verdict import checks, report
     configs, append, note = leakcheck.for_cycles(cycles, configs, append)
     if note:
         ui.info(note)
@@ -410,7 +413,7 @@ def write_matrix(out: Path, data: dict, text: str, page: dict, as_json: bool) ->
     """What repro and matrix leave in their folder (matrix.json, matrix.txt,
     matrix.html from ``page``, htmlreport's MATRIX_SCHEMA) and print; returns
     the matrix's exit code."""
-    from . import htmlreport
+    from harness.verdict import htmlreport
     (out / "matrix.json").write_text(json.dumps(data, indent=1) + "\n")
     (out / "matrix.txt").write_text(text)
     htmlreport.write_matrix_html(out / htmlreport.MATRIX_HTML, page)
@@ -426,7 +429,7 @@ def kernel_identity(art) -> dict:
 
 
 def cmd_report(args) -> int:
-    from . import report
+    from harness.verdict import report
     data, code = report.rejudge(Path(args.dir))
     if args.json:
         print(json.dumps(data, indent=1))
@@ -436,7 +439,7 @@ def cmd_report(args) -> int:
 
 
 # run's options judged against each method when given (argparse dest -> the
-# key of harness.hotplug.method.OPTION_FLAGS)
+# key of harness.drive.method.OPTION_FLAGS)
 GIVEN = {"mode": "mode", "mem": "mem_mb", "order_check": "order_check",
          "cycles": "cycles", "online_type": "online_type", "dimms": "dimms",
          "dimm_size": "dimm_mb", "race_seconds": "seconds"}

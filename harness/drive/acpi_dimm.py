@@ -12,10 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..inspect import sysfs
-from ..session import BootOptions
-from .common import MEMROOT, REMOVAL_CHECKS, Recorder, blocks_in, memory_device, set_state, wait_for
-from .method import Method, register
+from harness.drive.common import (
+    MEMROOT,
+    REMOVAL_CHECKS,
+    Recorder,
+    blocks_in,
+    memory_device,
+    set_state,
+    wait_for,
+)
+from harness.drive.method import Method, register
+from harness.inspect import sysfs
+from harness.session import BootOptions
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,21 @@ import time
 from collections.abc import Iterable
 from typing import Any, Callable, Generic, Optional, TypeVar, Union, cast, overload
 
-from ..build import KernelArtifacts
-from ..errors import HarnessError
-from ..inspect import sysfs
-from ..inspect.sysfs import MemoryBlock
-from ..machine import Machine
-from ..records import (  # noqa: F401  (REMOVAL_CHECKS: methods import it from here)
+from harness.build.kernel import KernelArtifacts
+from harness.drive.phases import (  # noqa: F401  (re-exported: methods and tests import them from here)
+    PTDUMP,
+    RAM_BASE,
+    REGIONS,
+    STRUCT_PAGE_SIZE,
+    PhaseCollector,
+    struct_page_geometry,
+)
+from harness.drive.steps import FLUSH_CLEARS_ENOUGH, StepRunner  # noqa: F401
+from harness.errors import HarnessError
+from harness.inspect import sysfs
+from harness.inspect.sysfs import MemoryBlock
+from harness.machine.qemu import Machine
+from harness.records import (  # noqa: F401  (REMOVAL_CHECKS: methods import it from here)
     REMOVAL_CHECKS,
     BootmemAttempt,
     Geometry,
@@ -24,16 +33,7 @@ from ..records import (  # noqa: F401  (REMOVAL_CHECKS: methods import it from h
     Removal,
     Step,
 )
-from ..session import Guest
-from .phases import (  # noqa: F401  (re-exported: methods and tests import them from here)
-    PTDUMP,
-    RAM_BASE,
-    REGIONS,
-    STRUCT_PAGE_SIZE,
-    PhaseCollector,
-    struct_page_geometry,
-)
-from .steps import FLUSH_CLEARS_ENOUGH, StepRunner  # noqa: F401
+from harness.session import Guest
 
 MEMROOT = "/sys/devices/system/memory"
 T = TypeVar("T")
@@ -162,7 +162,7 @@ def check_section_size(rec: Recorder, want_mb: int) -> int:
     if bs != want_mb << 20:
         raise HarnessError(f"the memory layout was sized for {want_mb} MiB blocks, "
                            f"but the kernel's block_size_bytes is {bs >> 20} MiB "
-                           "(harness.layout.section_mb is out of date for "
+                           "(harness.build.layout.section_mb is out of date for "
                            "this kernel)", step="layout")
     return bs
 

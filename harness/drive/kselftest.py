@@ -12,11 +12,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from ..errors import HARNESS, HarnessError
-from ..session import BootOptions
-from . import acpi_dimm
-from .common import REMOVAL_CHECKS, Recorder, blocks_in, set_state
-from .method import Method, register
+from harness.drive import acpi_dimm
+from harness.drive.common import REMOVAL_CHECKS, Recorder, blocks_in, set_state
+from harness.drive.method import Method, register
+from harness.errors import HARNESS, HarnessError
+from harness.session import BootOptions
 
 SCRIPT = "tools/testing/selftests/memory-hotplug/mem-on-off-test.sh"
 GUEST_PATH = "/tmp/mem-on-off-test.sh"

@@ -1,6 +1,6 @@
 """The method protocol and the registry of methods.
 
-A method is one module in ``harness/hotplug/`` that declares one
+A method is one module in ``harness/drive/`` that declares one
 ``METHOD = register(Method(...))``: its ``--method`` name, the boot it needs
 (``mode``, and ``boot_options`` for kernel parameters, devices, memory layout),
 the checks that must look for it to PASS, the run options it honours (filled
@@ -20,12 +20,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
-from ..errors import HARNESS, HarnessError
-from ..records import REMOVAL_CHECKS
+from harness.errors import HARNESS, HarnessError
+from harness.records import REMOVAL_CHECKS
 
 if TYPE_CHECKING:
-    from ..session import BootOptions
-    from .common import Recorder
+    from harness.drive.common import Recorder
+    from harness.session import BootOptions
 
 MODES = ("acpi", "dt")
 

@@ -18,14 +18,13 @@ import time
 from dataclasses import replace
 from typing import Any, Callable, Optional
 
-from .. import leakcheck
-from ..build import KernelArtifacts
-from ..errors import HarnessError
-from ..inspect import ptdump, sysfs
-from ..inspect import walker as walk_mod
-from ..layout import Geometry as WalkGeometry
-from ..records import Geometry, Leaf, Phase, Step, WalkSummary
-from ..session import Guest
+from harness.build.kernel import KernelArtifacts
+from harness.build.layout import Geometry as WalkGeometry
+from harness.errors import HarnessError
+from harness.inspect import leakcheck, ptdump, sysfs
+from harness.inspect import walker as walk_mod
+from harness.records import Geometry, Leaf, Phase, Step, WalkSummary
+from harness.session import Guest
 
 PTDUMP = "/sys/kernel/debug/kernel_page_tables"
 REGIONS = ("Linear Mapping", "vmemmap")
@@ -68,7 +67,7 @@ class PhaseCollector:
     # -- phases --------------------------------------------------------------
     def phase(self, name: str, note: str = "", leak: bool = False) -> Phase:
         """Inspect the guest now. ``leak``: also take page_owner's hotplug-path
-        allocation stacks (harness.leakcheck), for the leak check across cycles."""
+        allocation stacks (harness.inspect.leakcheck), for the leak check across cycles."""
         start = time.monotonic()
         text = self._sh(sysfs.MEMORY_BLOCKS_CMD)
         blocks = sysfs.parse_memory_blocks(text)

@@ -14,10 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from ..errors import HarnessError
-from ..layout import section_mb
-from ..session import BootOptions
-from .common import (
+from harness.build.layout import section_mb
+from harness.drive.common import (
     MEMROOT,
     REMOVAL_CHECKS,
     Recorder,
@@ -26,7 +24,9 @@ from .common import (
     set_state,
     try_bootmem_offline,
 )
-from .method import Method, register
+from harness.drive.method import Method, register
+from harness.errors import HarnessError
+from harness.session import BootOptions
 
 MODE = "dt"
 HIDDEN_MB = 1024        # RAM beyond mem=, probed at run time (2 blocks of 512 MiB with 64K pages)

@@ -43,10 +43,8 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from ..errors import KERNEL, HarnessError
-from ..session import BootOptions
-from . import probe
-from .common import (
+from harness.drive import probe
+from harness.drive.common import (
     MEMROOT,
     PTDUMP,
     REMOVAL_CHECKS,
@@ -55,8 +53,10 @@ from .common import (
     check_section_size,
     set_state,
 )
-from .method import Method, register
-from .probe import HIDDEN_MB, raise_missing
+from harness.drive.method import Method, register
+from harness.drive.probe import HIDDEN_MB, raise_missing
+from harness.errors import KERNEL, HarnessError
+from harness.session import BootOptions
 
 READERS = 2                # concurrent page-table dump readers
 PRESSURE_MB = 64           # written and deleted in a loop by the pressure job

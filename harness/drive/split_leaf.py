@@ -54,12 +54,19 @@ import time
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from ..errors import HARNESS, KERNEL, HarnessError
-from ..inspect import ptdump
-from ..session import BootOptions
-from . import acpi_dimm
-from .common import BOOTMEM_MOVABLE, MEMROOT, REMOVAL_CHECKS, Recorder, blocks_in, set_state
-from .method import Method, register
+from harness.drive import acpi_dimm
+from harness.drive.common import (
+    BOOTMEM_MOVABLE,
+    MEMROOT,
+    REMOVAL_CHECKS,
+    Recorder,
+    blocks_in,
+    set_state,
+)
+from harness.drive.method import Method, register
+from harness.errors import HARNESS, KERNEL, HarnessError
+from harness.inspect import ptdump
+from harness.session import BootOptions
 
 DIMM_MB = 1024
 REFUSALS = ("EINVAL", "EBUSY", "EPERM")   # a refusal of the removal as such

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Callable, Optional, Protocol
 
-from ..build import KernelArtifacts
-from ..errors import HarnessError
-from ..layout import Geometry as WalkGeometry
-from ..records import Geometry, OrderRecord, Step
-from ..session import Guest
+from harness.build.kernel import KernelArtifacts
+from harness.build.layout import Geometry as WalkGeometry
+from harness.errors import HarnessError
+from harness.records import Geometry, OrderRecord, Step
+from harness.session import Guest
 
 # "on": the flush order is followed on every removal until this many cleared
 # entries were followed (block-mapped removals clear 1-4 entries each, cheap; a
@@ -96,7 +96,7 @@ class StepRunner:
     def removal_step(self, name: str, pa_start: int, pa_end: int,
                      action: Callable[[], Any], transport: Optional[str] = None) -> Any:
         """A step that removes ``[pa_start, pa_end)``. With the ordering checks on,
-        gdb is attached to QEMU's gdbstub for this step only (harness.gdb): every
+        gdb is attached to QEMU's gdbstub for this step only (harness.inspect.gdb): every
         page the kernel frees meanwhile is checked against a live walk of its
         tables, and every cleared table entry must see a covering TLB
         invalidation before its table is freed. The events go to ``self.order``."""
@@ -112,7 +112,8 @@ class StepRunner:
             self.order.append(OrderRecord(name, pa_start, pa_end, False, (), {},
                                           f"not watched: {why}"))
             return self.step(name, action, transport)
-        from .. import gdb, progress
+        from harness import progress
+        from harness.inspect import gdb
         flush = self.order_check == "full" or self.flush_clears() < FLUSH_CLEARS_ENOUGH
         seen = sum(1 for r in self.order if r.step == name)   # --cycles repeats
         spec = gdb.GdbSpec.for_removal(

@@ -10,9 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from ..inspect import sysfs
-from ..session import BootOptions
-from .common import (
+from harness.drive.common import (
     MEMROOT,
     REMOVAL_CHECKS,
     Recorder,
@@ -21,7 +19,9 @@ from .common import (
     memory_device,
     wait_for,
 )
-from .method import Method, register
+from harness.drive.method import Method, register
+from harness.inspect import sysfs
+from harness.session import BootOptions
 
 MODE = "dt"
 DEVICE = "vm0"

@@ -10,7 +10,7 @@ record keeps it as ``last`` and converts.
 """
 from __future__ import annotations
 
-from ..errors import HarnessError
+from harness.errors import HarnessError
 
 
 class InspectError(HarnessError):

@@ -4,7 +4,7 @@ QEMU runs with ``-gdb tcp:127.0.0.1:PORT`` (``VmSpec.gdb_port``). Around one
 removal step only, the harness attaches Debian's ``gdb-multiarch`` with
 ``vmlinux`` (symbols only, no DWARF needed); boot and every other step run
 without gdb. The agent (this module, imported inside gdb's Python) records one
-event per stop (:mod:`harness.order`) into ``<out_dir>/gdb-<tag>.events.jsonl``:
+event per stop (:mod:`harness.inspect.order`) into ``<out_dir>/gdb-<tag>.events.jsonl``:
 
 * breakpoints on ``free_pages`` (x0 linear-map VA, x1 order) and ``__free_pages``
   (x0 ``struct page *``: PFN = (page - VMEMMAP_START) / sizeof(struct page) +
@@ -29,7 +29,7 @@ event per stop (:mod:`harness.order`) into ``<out_dir>/gdb-<tag>.events.jsonl``:
 
 Use (``hotplug.steps.StepRunner.removal_step`` wires this into a removal step)::
 
-    from harness import gdb, order
+    from harness.inspect import gdb, order
     spec = gdb.GdbSpec.for_removal(
         art.vmlinux, port=machine.spec.gdb_port, out_dir=guest.out_dir,
         step="remove 0x80000000", pa_start=0x80000000, pa_end=0x88000000,
@@ -78,9 +78,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 GDB = "gdb-multiarch"
 GDB_PACKAGE = "gdb-multiarch"
 READY_TIMEOUT_S = 60.0
@@ -167,7 +167,7 @@ class GdbSpec:
 def gdb_argv(spec: GdbSpec) -> list:
     """The gdb command line for a spec. Pure: no I/O."""
     boot = (f"python import sys; sys.path.insert(0, {str(ROOT)!r}); "
-            f"import harness.gdb as _h; _h.agent_main({spec.config_path!r})")
+            f"import harness.inspect.gdb as _h; _h.agent_main({spec.config_path!r})")
     return [spec.gdb, "-q", "-nx", "-batch",
             "-ex", "set pagination off", "-ex", "set confirm off",
             "-ex", "set width 0", "-ex", boot, spec.vmlinux]
@@ -180,7 +180,7 @@ def tlbi_sites(vmlinux) -> list:
 
     Decoded from the instruction words (SYS, CRn=8/9), not from a disassembler;
     cached under the harness cache by the vmlinux digest."""
-    from .host import cache_root
+    from harness.host import cache_root
     data = Path(vmlinux).read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:24]
     cache = cache_root() / "tlbi-sites" / f"{digest}.json"
@@ -202,7 +202,7 @@ def scan_tlbi(elf_bytes: bytes) -> list:
 
     from elftools.elf.elffile import ELFFile
 
-    from .order import decode_tlbi
+    from harness.inspect.order import decode_tlbi
     SHF_EXECINSTR = 0x4
     pattern = re.compile(rb"[\x00-\xff][\x80-\x9f][\x08-\x0f]\xd5", re.S)
     out = []
@@ -384,9 +384,9 @@ def _pdeathsig() -> None:
 @contextmanager
 def attach(spec: GdbSpec, progress: Optional[Callable[[str], None]] = None):
     """Attach gdb for the duration of the block; yields a :class:`Session`."""
-    from . import progress as ui
-    from .host import require_tool
-    from .order import events_from_lines
+    from harness import progress as ui
+    from harness.host import require_tool
+    from harness.inspect.order import events_from_lines
     say = progress or ui.stage("gdb")
     require_tool_pkg = GDB_PACKAGE
     try:
@@ -558,8 +558,7 @@ class _Agent:
     def __init__(self, spec: dict, out):
         import gdb
 
-        from . import order
-        from .inspect import walker
+        from harness.inspect import order, walker
         self.gdb, self.walker, self.order = gdb, walker, order
         self.spec, self.out = spec, out
         self.step = spec["step"]

@@ -18,9 +18,9 @@ import time
 from collections.abc import Sequence
 from typing import Optional
 
-from .errors import Verdict
-from .inspect import page_owner
-from .inspect.page_owner import Snapshot
+from harness.errors import Verdict
+from harness.inspect import page_owner
+from harness.inspect.page_owner import Snapshot
 
 PASS, FAIL, SKIP = Verdict.PASS, Verdict.FAIL, Verdict.SKIP
 

@@ -1,6 +1,6 @@
 """Ordering of a hot-remove: stop events and the two free-time checks (pure).
 
-The gdb driver (:mod:`harness.gdb`) stops the guest at the page allocator's
+The gdb driver (:mod:`harness.inspect.gdb`) stops the guest at the page allocator's
 entry points, at writes to the table entries a removal may clear, and at
 ``tlbi`` instructions, and records one event per stop. This module holds those
 records and judges them; nothing here needs gdb, QEMU or a guest.
@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from .errors import Verdict
+from harness.errors import Verdict
 
 PASS, FAIL, SKIP, ERROR = Verdict.PASS, Verdict.FAIL, Verdict.SKIP, Verdict.ERROR
 
@@ -154,7 +154,7 @@ class Tlbi:
     pc_sym: str = ""
     kind: str = "tlbi"
     # non-empty: not stopped at, but shown to have executed between a clear's
-    # store and a watch stop that came late (harness.gdb.late_window)
+    # store and a watch stop that came late (harness.inspect.gdb.late_window)
     note: str = ""
 
     def to_dict(self) -> dict:
@@ -378,7 +378,7 @@ def table_links(mem, geo, root_pa: int) -> dict:
     Reads only tables above the last level (the last level holds no table
     descriptors), so a walk costs a few table reads even with a page-mapped
     linear map. ``mem``: a walker PhysMem; ``geo``: a walker Geometry."""
-    from .inspect.walker import PhysMemError, _Codec
+    from harness.inspect.walker import PhysMemError, _Codec
     codec = _Codec(geo)
     names, shifts, last = geo.level_names, geo.shifts, geo.levels - 1
     out: dict = {}

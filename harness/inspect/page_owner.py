@@ -24,7 +24,7 @@ more pages after the remove than before the add allocated them during the
 add and never gave them back. Counts before the add are not zero in general
 (boot-time tables, earlier cycles), so only the growth counts.
 
-Pure: no guest, no QEMU; the guest-side read is ``harness.leakcheck.collect``.
+Pure: no guest, no QEMU; the guest-side read is ``harness.inspect.leakcheck.collect``.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Optional
 
-from . import ParseError
+from harness.inspect import ParseError
 
 SHOW_STACKS = "/sys/kernel/debug/page_owner_stacks/show_stacks"
 COUNT_THRESHOLD = "/sys/kernel/debug/page_owner_stacks/count_threshold"

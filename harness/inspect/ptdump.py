@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from . import ParseError
+from harness.inspect import ParseError
 
 LEVELS = ("PGD", "P4D", "PUD", "PMD", "PTE")
 _WRAP = 1 << 64

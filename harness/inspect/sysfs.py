@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Union
 
-from . import ParseError
+from harness.inspect import ParseError
 
 MEMORY_ROOT = "/sys/devices/system/memory"
 MISSING = "-"

@@ -84,11 +84,17 @@ from pathlib import Path
 from re import Pattern
 from typing import Callable, NamedTuple, Optional, Protocol, Union
 
-from . import progress
-from .crashwatch import KINDS, CrashReport, CrashWatcher, KernelCrash, split_kernel_line
-from .errors import MachineError
-from .host import Deadline
-from .transport import CommandResult, Transport, as_deadline
+from harness import progress
+from harness.errors import MachineError
+from harness.host import Deadline
+from harness.machine.crashwatch import (
+    KINDS,
+    CrashReport,
+    CrashWatcher,
+    KernelCrash,
+    split_kernel_line,
+)
+from harness.machine.transport import CommandResult, Transport, as_deadline
 
 MARKER = "HHMARK"
 MAX_LINE = 900

@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
-from .errors import GuestCrash, HarnessError
-from .host import require_tool, run
+from harness.errors import GuestCrash, HarnessError
+from harness.host import require_tool, run
 
 KINDS = ("panic", "oops", "bug", "kasan", "warning", "bad-page", "soft-lockup",
          "rcu-stall", "hung-task")
@@ -460,8 +460,8 @@ class Addr2lineResolver:
 
 def load_function_symbols(elf_path: Path) -> SymbolTable:
     """name -> [(address, size)] for the functions in an ELF's .symtab (read by
-    harness.layout's ELF reader, the harness's only one)."""
-    from .layout import LayoutError, read_symtab
+    harness.build.layout's ELF reader, the harness's only one)."""
+    from harness.build.layout import LayoutError, read_symtab
     try:
         return read_symtab(elf_path, types=("STT_FUNC", "STT_NOTYPE"))
     except LayoutError as e:

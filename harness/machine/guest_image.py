@@ -27,15 +27,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import progress
-from .build import cache_message, check_file, file_record
-from .errors import INFRA, HarnessError
-from .host import cache_root, require_tool, run
+from harness import progress
+from harness.build.kernel import cache_message, check_file, file_record
+from harness.errors import INFRA, HarnessError
+from harness.host import cache_root, require_tool, run
 
 BUILDER_VERSION = 1
 ARCH = "arm64"
 ROOT_PACKAGES = ("busybox-static", "dropbear-bin")
-from .paths import GUEST_SCRIPTS  # noqa: E402  (checkout or shipped copy)
+from harness.paths import GUEST_SCRIPTS  # noqa: E402  (checkout or shipped copy)
 
 # Not needed in the guest: docs, man pages, lintian/initramfs-tools hooks, and
 # glibc's iconv modules (20 MB; nothing in the image calls iconv).

@@ -3,7 +3,7 @@
 Machine owns the QEMU process and what a run creates for it: a private run
 folder (mode 0700, on /dev/shm) holding the QMP and console sockets and the
 guest-RAM files, the process, the QMP connection, and the console reader
-(``harness.console.ConsoleReader``, started on the serial socket once QEMU
+(``harness.machine.console.ConsoleReader``, started on the serial socket once QEMU
 connects; the console pipeline itself lives there). Leaving the ``with``
 block, normally or by exception, SIGINT or SIGTERM, shuts QEMU down (QMP
 ``quit``, then SIGKILL), closes the console and removes the folder. QEMU also
@@ -25,10 +25,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import progress
-from .console import ConsoleReader, SocketStream
-from .errors import HarnessError, MachineError
-from .host import FIRMWARE, FIRMWARE_PACKAGE, Deadline, require_file, require_tool
+from harness import progress
+from harness.errors import HarnessError, MachineError
+from harness.host import FIRMWARE, FIRMWARE_PACKAGE, Deadline, require_file, require_tool
+from harness.machine.console import ConsoleReader, SocketStream
 
 RAM_BASE = 0x40000000          # guest physical address of RAM on QEMU virt
 SHM = Path("/dev/shm")
@@ -50,7 +50,7 @@ class VmSpec:
     devices: tuple[str, ...] = ()      # extra argv pairs, e.g. ("-device", "...")
     firmware: str = str(FIRMWARE)
     qemu: str = "qemu-system-aarch64"
-    gdb_port: Optional[int] = None     # QEMU gdbstub on 127.0.0.1:PORT (harness.gdb)
+    gdb_port: Optional[int] = None     # QEMU gdbstub on 127.0.0.1:PORT (harness.inspect.gdb)
 
     @property
     def ram_path(self) -> str:
@@ -114,7 +114,7 @@ OWNER_FILE = "owner"           # "PID STARTTIME" of the harness process
 def make_run_dir(prefix: str = RUN_PREFIX) -> Path:
     """A private folder on /dev/shm (falls back to $TMPDIR), mode 0700, naming
     its owner (PID and start time); folders of dead runs are swept first."""
-    from .signals import start_time
+    from harness.signals import start_time
     base = SHM if SHM.is_dir() and os.access(SHM, os.W_OK) else None
     sweep_run_dirs(Path(base or tempfile.gettempdir()), prefix)
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
@@ -126,7 +126,7 @@ def make_run_dir(prefix: str = RUN_PREFIX) -> Path:
 def run_dir_owner_alive(path: Path) -> bool | None:
     """True if the harness process that made ``path`` still runs, False if it
     is gone, None if the folder names no owner (not ours to judge)."""
-    from .signals import start_time
+    from harness.signals import start_time
     try:
         words = (path / OWNER_FILE).read_text().split()
         pid = int(words[0])

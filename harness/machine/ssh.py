@@ -20,9 +20,9 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .errors import MachineError
-from .host import Deadline
-from .transport import CommandResult, Transport
+from harness.errors import MachineError
+from harness.host import Deadline
+from harness.machine.transport import CommandResult, Transport
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import abc
 from dataclasses import dataclass
 from typing import Union
 
-from .errors import CommandError
-from .host import Deadline
+from harness.errors import CommandError
+from harness.host import Deadline
 
 TAIL_LINES = 20
 

@@ -24,13 +24,12 @@ from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import Any, Callable, NamedTuple, Optional, Union
 
-from . import leakcheck
-from .errors import KERNEL, HarnessError
-from .inspect import ptdump
-from .inspect.ranges import Span, clip, clip_to, coalesce, subtract
-from .inspect.selftest import SelftestLog, parse_mem_on_off
-from .inspect.walker import leaves_covering_pa, leaves_covering_va
-from .records import (
+from harness.errors import KERNEL, HarnessError
+from harness.inspect import leakcheck, ptdump
+from harness.inspect.ranges import Span, clip, clip_to, coalesce, subtract
+from harness.inspect.selftest import SelftestLog, parse_mem_on_off
+from harness.inspect.walker import leaves_covering_pa, leaves_covering_va
+from harness.records import (
     ERROR,
     FAIL,
     PASS,
@@ -727,7 +726,7 @@ def _memfree_context(cycles: list[tuple[int, Phase]]) -> str:
 def _page_owner_part(run: MethodRun, cycles: list[tuple[int, Phase]],
                      removed: list[Span]) -> Part:
     """The exact signal: page_owner's vmemmap and linear-map table stacks after
-    each cycle against before the first add (harness.leakcheck)."""
+    each cycle against before the first add (harness.inspect.leakcheck)."""
     before = run.phase("before")
     snaps = [before.page_owner if before else None] + [p.page_owner for _, p in cycles]
     if any(s is None or "unavailable" in s for s in snaps):
@@ -814,8 +813,8 @@ def check_walker_no_bad_entries(run: MethodRun) -> Check:
 
 def _order_check(run: MethodRun, name: str,
                  judge_events: Callable[[list[Any], str], Any], flush_only: bool) -> Check:
-    """One Part per watched removal (``MethodRun.order``), judged by harness.order."""
-    from . import order
+    """One Part per watched removal (``MethodRun.order``), judged by harness.inspect.order."""
+    from harness.inspect import order
     parts = []
     for rec in run.order:
         step = rec.step
@@ -838,7 +837,7 @@ def _order_check(run: MethodRun, name: str,
 def check_no_table_freed_while_linked(run: MethodRun) -> Check:
     """The review's first point: no page is freed while a live table entry still
     points at it (the table's parent entry must be cleared first)."""
-    from . import order
+    from harness.inspect import order
     return _order_check(run, "no-table-freed-while-linked",
                         order.check_no_table_freed_while_linked, False)
 
@@ -846,7 +845,7 @@ def check_no_table_freed_while_linked(run: MethodRun) -> Check:
 def check_tlb_flushed_before_free(run: MethodRun) -> Check:
     """The review's second point: between clearing a table's parent entry and
     freeing the table, a TLB invalidation covering it must have executed."""
-    from . import order
+    from harness.inspect import order
     return _order_check(run, "tlb-flushed-before-free",
                         order.check_tlb_flushed_before_free, True)
 

@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import kconfig
-from .checks import NOT_APPLICABLE
-from .errors import HarnessError
-from .records import ERROR, FAIL, PASS, SKIP
+from harness.build import kconfig
+from harness.errors import HarnessError
+from harness.records import ERROR, FAIL, PASS, SKIP
+from harness.verdict.checks import NOT_APPLICABLE
 
 XFAIL, XPASS = "XFAIL", "XPASS"
 DEFAULT_METHODS = ("acpi-dimm", "probe", "virtio-mem", "kselftest")
@@ -279,7 +279,7 @@ def matrix_markdown(cells: list[Cell]) -> str:
 
 
 def html_matrix(cells: list[Cell], folder: Optional[Path] = None) -> dict:
-    """The matrix as harness.htmlreport.render_matrix's input (MATRIX_SCHEMA):
+    """The matrix as harness.verdict.htmlreport.render_matrix's input (MATRIX_SCHEMA):
     one row per geometry, one column per method; a row links to the geometry's
     report.html when ``folder`` (where the matrix was written) holds one."""
     geos, methods, at = _grid(cells)

@@ -1,7 +1,7 @@
 """``report.html``: the run pictured, one self-contained page made from ``report.json``.
 
 :func:`render_report` turns a report dict (``report.json``, nothing else) into
-HTML through the Jinja2 templates in ``harness/templates`` (autoescape on:
+HTML through the Jinja2 templates in ``harness/verdict/templates`` (autoescape on:
 kernel output cannot inject markup). The page holds, per method:
 
 * one inline SVG per region (``Linear Mapping``, ``vmemmap``) around the
@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from . import checks as rules
-from .inspect import ptdump
-from .inspect.walker import leaves_covering_va
-from .records import ERROR, FAIL, MethodRun, Phase
+from harness.inspect import ptdump
+from harness.inspect.walker import leaves_covering_va
+from harness.records import ERROR, FAIL, MethodRun, Phase
+from harness.verdict import checks as rules
 
 REPORT_HTML, MATRIX_HTML = "report.html", "matrix.html"
 TEMPLATES = Path(__file__).with_name("templates")
@@ -188,7 +188,7 @@ def _deeper_holes(base: Phase, phase: Phase, region: str) -> list:
 def _order_marks(run: MethodRun) -> dict:
     """step -> [(va, span, level, what)]: tables freed while linked, and tables
     freed with no covering TLB invalidation between their clear and the free."""
-    from . import order
+    from harness.inspect import order
     out: dict = {}
     for rec in run.order:
         events = [order.event_from_dict(dict(d)) for d in rec.events]
@@ -603,7 +603,7 @@ def repro_matrix(data: dict, folder: Optional[Path] = None) -> dict:
 
 def _repro_folder(row: dict) -> str:
     """The run folder repro.run_matrix gave this row."""
-    from . import repro
+    from harness.verdict import repro
     if row.get("point") != "(clean kernel)":
         return row.get("name", "")
     return "clean-" + repro._shape_slug(tuple(row.get("configs", ())),

@@ -23,10 +23,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
-from . import checks as rules
-from .errors import HarnessError
-from .inspect import ptdump
-from .records import ERROR, FAIL, SKIP, Check, MethodRun, Phase
+from harness.errors import HarnessError
+from harness.inspect import ptdump
+from harness.records import ERROR, FAIL, SKIP, Check, MethodRun, Phase
+from harness.verdict import checks as rules
 
 REPORT_JSON, JUNIT_XML = "report.json", "junit.xml"
 INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}
@@ -90,7 +90,7 @@ def _write_main(out: Path, report: Json) -> Path:
 def _write_html(out: Path, report: Json) -> None:
     """report.html next to report.json; a page that cannot be drawn is said,
     never a reason to lose the report itself."""
-    from . import htmlreport
+    from harness.verdict import htmlreport
     try:
         htmlreport.write_report_html(out, report)
     except Exception as exc:     # the JSON report is what counts
@@ -99,7 +99,7 @@ def _write_html(out: Path, report: Json) -> None:
 
 
 def _console_context(out: Path, runs: list[MethodRun]) -> Json:
-    from . import htmlreport
+    from harness.verdict import htmlreport
     found = {r.method: htmlreport.console_context(out / safe_name(r.method), r)
              for r in runs}
     return {k: v for k, v in found.items() if v}

@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import KERNEL, HarnessError
-from .paths import PATCH_DIR
-from .records import Verdict
+from harness.errors import KERNEL, HarnessError
+from harness.paths import PATCH_DIR
+from harness.records import Verdict
 
 REPRO_DIR = PATCH_DIR / "repro"
 _TRAILER = re.compile(r"^Repro-([A-Za-z-]+):\s*(.*?)\s*$")

@@ -13,8 +13,8 @@ migrates its pages and copy_page() reads a page whose linear mapping is gone.
 import sys
 from pathlib import Path
 
-from harness import build
-from harness.crashwatch import KernelCrash
+from harness.build import kernel as build
+from harness.machine.crashwatch import KernelCrash
 from harness.session import BootOptions, boot
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,8 +9,8 @@ and keeps the raw console.log in OUT_DIR. Run from the repository root:
 import sys
 from pathlib import Path
 
-from harness import build
-from harness.crashwatch import KernelCrash
+from harness.build import kernel as build
+from harness.machine.crashwatch import KernelCrash
 from harness.session import BootOptions, boot
 
 out = Path(sys.argv[1])

@@ -1,0 +1,4 @@
+"""python -m harness.cli"""
+from harness.cli import main
+
+raise SystemExit(main())
