@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -90,12 +89,12 @@ def _write_main(out: Path, report: Json) -> Path:
 def _write_html(out: Path, report: Json) -> None:
     """report.html next to report.json; a page that cannot be drawn is said,
     never a reason to lose the report itself."""
+    from harness import progress
     from harness.verdict import htmlreport
     try:
         htmlreport.write_report_html(out, report)
     except Exception as exc:     # the JSON report is what counts
-        print(f"hotplug-harness: report.html not written: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
+        progress.warn(f"report.html not written: {type(exc).__name__}: {exc}", "report")
 
 
 def _console_context(out: Path, runs: list[MethodRun]) -> Json:
