@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Optional
 
 from harness.build import kconfig
+from harness.drive.method import default_order
 from harness.errors import HarnessError
 from harness.records import ERROR, FAIL, PASS, SKIP
 from harness.verdict.checks import NOT_APPLICABLE
 
 XFAIL, XPASS = "XFAIL", "XPASS"
-DEFAULT_METHODS = ("acpi-dimm", "probe", "virtio-mem", "kselftest")
+DEFAULT_METHODS = default_order()    # the methods of `run --method all` (the registry)
 # (geometry, method) -> why this is known to fail on the stock 6.12 kernel.
 # "*" matches every geometry or every method. Each entry names what would make
 # it pass. split-leaf is not a default column: ask for it with --method.
