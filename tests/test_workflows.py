@@ -157,25 +157,7 @@ def test_install_deps_pins_the_npm_version():
 
 def run_scripts(text: str) -> list[str]:
     """Every `run:` script of a workflow, continuation lines joined."""
-    lines = text.splitlines()
-    scripts = []
-    i = 0
-    while i < len(lines):
-        m = re.match(r"^(\s*)(?:- )?run: ?(.*)$", lines[i])
-        i += 1
-        if not m:
-            continue
-        if m.group(2).strip() not in ("|", ">"):
-            scripts.append(m.group(2))
-            continue
-        indent = len(m.group(1))
-        body = []
-        while i < len(lines) and (not lines[i].strip()
-                                  or len(lines[i]) - len(lines[i].lstrip()) > indent):
-            body.append(lines[i].strip())
-            i += 1
-        scripts.append("\n".join(body))
-    return [s.replace("\\\n", " ") for s in scripts]
+    return [re.sub(r"\\\n\s*", " ", script).strip() for _line, script in raw_run_scripts(text)]
 
 
 def commands(script: str) -> list[str]:
