@@ -82,10 +82,12 @@ class FakeGuest:
 
 
 def inspect_answers(ptdump_text: str = PTDUMP) -> dict:
-    from harness.inspect import sysfs
-    return {sysfs.MEMORY_BLOCKS_CMD: BLOCKS, "cat /proc/meminfo": "MemTotal: 1000 kB\n",
-            "cat /proc/iomem": IOMEM,
-            "cat /sys/kernel/debug/kernel_page_tables": ptdump_text}
+    """The guest's answer to a phase's one inspection command (phases.INSPECT_CMD)."""
+    from harness.drive import phases
+    parts = {"blocks": BLOCKS, "meminfo": "MemTotal: 1000 kB\n", "iomem": IOMEM,
+             "ptdump": ptdump_text}
+    return {phases.INSPECT_CMD: "".join(f"{phases.SECTION}{name}\n{parts[name]}"
+                                        for name, _ in phases.INSPECT_PARTS)}
 
 
 def art(symbols: Optional[dict] = None) -> SimpleNamespace:
@@ -361,3 +363,16 @@ def test_the_recorder_wires_the_parts_and_keeps_its_attributes(tmp_path):
 def test_the_step_module_keeps_the_flush_threshold():
     from harness.drive import common
     assert common.FLUSH_CLEARS_ENOUGH == steps_mod.FLUSH_CLEARS_ENOUGH == 16
+
+
+def test_one_inspection_command_split_byte_for_byte():
+    """A phase reads blocks, meminfo, iomem and the ptdump in one round trip;
+    each part comes back exactly as the guest printed it."""
+    from harness.drive import phases
+    answer = inspect_answers("---[ Linear Mapping start ]---\nx\n")[phases.INSPECT_CMD]
+    got = phases.split_sections(answer)
+    assert got == {"blocks": BLOCKS, "meminfo": "MemTotal: 1000 kB\n", "iomem": IOMEM,
+                   "ptdump": "---[ Linear Mapping start ]---\nx\n"}
+    assert phases.INSPECT_CMD.count(" && ") == 7 and "cat /proc/iomem" in phases.INSPECT_CMD
+    with pytest.raises(HarnessError, match="no iomem, ptdump section"):
+        phases.split_sections(answer.split(phases.SECTION + "iomem")[0])

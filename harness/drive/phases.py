@@ -30,6 +30,29 @@ PTDUMP = "/sys/kernel/debug/kernel_page_tables"
 REGIONS = ("Linear Mapping", "vmemmap")
 STRUCT_PAGE_SIZE = 64    # only when the kernel's layout does not say (see below)
 RAM_BASE = 0x40000000   # QEMU virt
+# what a phase reads, in one guest command (one round trip, not four): each
+# part's output follows a marker line; ``&&`` makes any failing part fail it
+SECTION = "@@hh-inspect "
+INSPECT_PARTS = (("blocks", sysfs.MEMORY_BLOCKS_CMD), ("meminfo", "cat /proc/meminfo"),
+                 ("iomem", "cat /proc/iomem"), ("ptdump", f"cat {PTDUMP}"))
+INSPECT_CMD = " && ".join(f"echo '{SECTION}{name}' && {cmd}" for name, cmd in INSPECT_PARTS)
+
+
+def split_sections(text: str) -> dict[str, str]:
+    """INSPECT_CMD's output -> {part: its output, byte for byte}; an error
+    naming the parts that are missing."""
+    parts: dict[str, list[str]] = {}
+    current: Optional[list[str]] = None
+    for line in text.splitlines(keepends=True):
+        if line.startswith(SECTION):
+            current = parts.setdefault(line[len(SECTION):].strip(), [])
+        elif current is not None:
+            current.append(line)
+    missing = [name for name, _ in INSPECT_PARTS if name not in parts]
+    if missing:
+        raise HarnessError(f"the inspection printed no {', '.join(missing)} section",
+                           step="inspect", evidence=text[-2000:])
+    return {name: "".join(lines) for name, lines in parts.items()}
 
 Span = tuple[int, int]
 RecordStep = Callable[[Step, str], None]   # (inspection step, progress summary)
@@ -69,12 +92,12 @@ class PhaseCollector:
         """Inspect the guest now. ``leak``: also take page_owner's hotplug-path
         allocation stacks (harness.inspect.leakcheck), for the leak check across cycles."""
         start = time.monotonic()
-        text = self._sh(sysfs.MEMORY_BLOCKS_CMD)
-        blocks = sysfs.parse_memory_blocks(text)
-        meminfo = sysfs.parse_meminfo(self._sh("cat /proc/meminfo"))
-        iomem = self._sh("cat /proc/iomem")
+        out = split_sections(self._sh(INSPECT_CMD, 60))
+        blocks = sysfs.parse_memory_blocks(out["blocks"])
+        meminfo = sysfs.parse_meminfo(out["meminfo"])
+        iomem = out["iomem"]
         ram = tuple((s, e) for s, e in sysfs.system_ram(iomem))
-        dump_text = self._sh(f"cat {PTDUMP}", 60)
+        dump_text = out["ptdump"]
         snap = ptdump.parse(dump_text)
         self.save(f"ptdump-{name}.txt", dump_text)
         self.learn_geometry(snap, iomem)
