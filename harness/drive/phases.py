@@ -73,14 +73,14 @@ class PhaseCollector:
         self.geometry: Geometry = Geometry.unknown()   # at the first phase
         # (guest_pa, path) for the walker: boot RAM, then what a method plugs
         self.backings: list[tuple[int, str]] = [(RAM_BASE, guest.machine.spec.ram_path)]
-        self._walk_geo: Optional[WalkGeometry] = None
         self._root_pa: Optional[int] = None
 
     # -- what a watched removal reads (steps.TableView) ----------------------
     @property
     def walk_geometry(self) -> Optional[WalkGeometry]:
-        """The walker's translation geometry (None before the first phase)."""
-        return self._walk_geo
+        """The walker's translation geometry (the kernel's ``art.layout``; None
+        before the first phase)."""
+        return self.art.layout.geometry if self.geometry.learned else None
 
     @property
     def root_pa(self) -> Optional[int]:
@@ -138,7 +138,6 @@ class PhaseCollector:
             return
         lay = self.art.layout            # learned once per kernel, at the build stage
         geo = lay.geometry
-        self._walk_geo = geo
         linear = region_span(snap, "Linear Mapping")
         vmemmap = region_span(snap, "vmemmap")
         self.geometry = Geometry(
@@ -173,15 +172,14 @@ class PhaseCollector:
             return
         page_offset = self.geometry.page_offset
         if page_offset is None:
-            assert self._walk_geo is not None     # set by learn_geometry
-            page_offset = self._walk_geo.va_base
+            page_offset = self.art.layout.geometry.va_base
         self.geometry = replace(self.geometry, page_offset=page_offset, memstart=memstart,
                                 linear_offset=page_offset - memstart)
 
     def walk_tables(self, snap: ptdump.Snapshot) -> tuple[WalkSummary, ...]:
         """Pause the guest, walk each region from the shared RAM files, resume."""
         machine = self.guest.machine
-        geo, root = self._walk_geo, self._root_pa
+        geo, root = self.walk_geometry, self._root_pa
         assert geo is not None and root is not None, "walk before the geometry"
         summaries = []
         machine.qmp_cmd("stop")
