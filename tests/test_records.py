@@ -221,7 +221,9 @@ def test_one_elf_symbol_reader(tmp_path):
     elf.write_bytes(tiny_elf({"_text": 0x1000, "swapper_pg_dir": 0x2000}))
     assert layout.read_symtab(elf) == {"_text": [(0x1000, 0)], "swapper_pg_dir": [(0x2000, 0)]}
     assert crashwatch.load_function_symbols(elf) == layout.read_symtab(elf)
-    assert layout.symbol_addresses(elf, ["swapper_pg_dir"]) == {"swapper_pg_dir": 0x2000}
+    cfg = {"CONFIG_ARM64_4K_PAGES": "y", "CONFIG_ARM64_VA_BITS": "48",
+           "CONFIG_PGTABLE_LEVELS": "4"}
+    assert layout.KernelLayout.from_files(cfg, elf).symbol("swapper_pg_dir") == 0x2000
 
 
 # ---------------------------------------------------------------- enums

@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from harness.build.layout import KernelLayout, LayoutError, symbol_address, symbol_addresses
+from harness.build.layout import KernelLayout, LayoutError
 from harness.inspect.walker import (
     BufferPhysMem,
     FileBackedPhysMem,
@@ -422,16 +422,20 @@ def tiny_elf(symbols: dict[str, int]) -> bytes:
     return header + symtab + strtab + shstrtab + sections
 
 
+CFG_4K_48 = {"CONFIG_ARM64_4K_PAGES": "y", "CONFIG_ARM64_VA_BITS": "48",
+             "CONFIG_PGTABLE_LEVELS": "4"}
+
+
 def test_symbol_address_from_elf(tmp_path):
     pytest.importorskip("elftools")
     vmlinux = tmp_path / "vmlinux"
     vmlinux.write_bytes(tiny_elf({"_text": 0xffff800080000000,
                                   "swapper_pg_dir": 0xffff8000805cd000}))
-    assert symbol_address(vmlinux, "swapper_pg_dir") == 0xffff8000805cd000
-    assert symbol_addresses(vmlinux, ["_text", "swapper_pg_dir"])["_text"] == \
-        0xffff800080000000
+    lay = KernelLayout.from_files(CFG_4K_48, vmlinux)     # the harness's one way in
+    assert lay.symbol("swapper_pg_dir") == 0xffff8000805cd000
+    assert lay.symbol("_text") == 0xffff800080000000
     with pytest.raises(LayoutError, match="no symbol init_mm"):
-        symbol_address(vmlinux, "init_mm")
+        lay.symbol("init_mm")
 
 
 def test_kernel_layout_from_files(tmp_path):

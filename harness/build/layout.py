@@ -11,7 +11,7 @@ value, ``vabits_actual``) is learned by the drive stage on top of this.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -173,20 +173,6 @@ def read_symtab(elf_path: Union[str, os.PathLike[str]], names: Iterable[str] | N
             if kinds is None or sym["st_info"]["type"] in kinds:
                 table.setdefault(sym.name, []).append((sym["st_value"], sym["st_size"]))
     return table
-
-
-def symbol_addresses(vmlinux_path: Union[str, os.PathLike[str]],
-                     names: Sequence[str]) -> dict[str, int]:
-    """Addresses of ``names`` in the ELF ``.symtab`` (first definition wins)."""
-    found = read_symtab(vmlinux_path, names)
-    missing = sorted(set(names) - set(found))
-    if missing:
-        raise LayoutError(f"{vmlinux_path} has no symbol {', '.join(missing)}")
-    return {name: found[name][0][0] for name in names}
-
-
-def symbol_address(vmlinux_path: Union[str, os.PathLike[str]], name: str) -> int:
-    return symbol_addresses(vmlinux_path, [name])[name]
 
 
 # ---------------------------------------------------------------- block size
