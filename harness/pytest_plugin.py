@@ -104,15 +104,14 @@ class HotplugGuest:
 
     def method_run(self):
         """What was recorded so far, as the MethodRun the checks take."""
-        from harness.records import REMOVAL_CHECKS, MethodRun
-        from harness.runner import _crash_dict
+        from harness.records import REMOVAL_CHECKS, CheckOptions
+        from harness.runner import recorded_run
         rec = self.recorder
-        crashes = tuple(_crash_dict(c, rec) for c in self.guest.watcher.reports)
-        return MethodRun(method=self.method, geometry=rec.geometry, steps=tuple(rec.steps),
-                         phases=tuple(rec.phases), removals=tuple(rec.removals),
-                         crashes=crashes, notes=tuple(rec.notes),
-                         required=REMOVAL_CHECKS if rec.removals else (),
-                         options={"walker": rec.walk, "cycles": 1, "order_check": "off"})
+        return recorded_run(
+            self.method, rec, self.guest.watcher.reports,
+            required=REMOVAL_CHECKS if rec.removals else (),
+            options=CheckOptions.from_dict({"walker": rec.walk, "cycles": 1,
+                                            "order_check": "off"}))
 
     def judge(self) -> dict:
         """{check name: Check} for every check that applies."""

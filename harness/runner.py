@@ -157,26 +157,34 @@ def _method_run(name: str, state: dict, out: Path) -> MethodRun:
     rec: Optional[Recorder] = state["rec"]
     err = state["error"]
     error = RunError.from_error(err) if err is not None else None
-    crashes = tuple(Crash.from_dict(_crash_dict(c, rec)) for c in state["crashes"])
     required = tuple(state.get("required", ()))
     options = CheckOptions.from_dict(state.get("options") or {})
     if rec is None:
+        crashes = tuple(Crash.from_dict(_crash_dict(c, rec)) for c in state["crashes"])
         return MethodRun(method=name, geometry=Geometry.unknown(), crashes=crashes,
                          error=error, required=required, options=options)
+    return recorded_run(name, rec, state["crashes"], error=error, required=required,
+                        options=options)
+
+
+def recorded_run(name: str, rec: Recorder, reports, options: CheckOptions,
+                 error: Optional[RunError] = None, required: tuple = ()) -> MethodRun:
+    """What ``rec`` recorded, with the console's crash ``reports``, as the
+    MethodRun the checks take (the runner's, and the pytest plugin's guests')."""
     kselftest = rec.kselftest
     if isinstance(kselftest, dict):
         kselftest = KselftestResult.from_dict(kselftest)
     return MethodRun(method=name, geometry=rec.geometry, steps=tuple(rec.steps),
                      phases=tuple(rec.phases), removals=tuple(rec.removals),
-                     crashes=crashes, bootmem_offline=rec.bootmem,
-                     kselftest=kselftest, error=error, notes=tuple(rec.notes),
-                     order=tuple(rec.order), required=required, options=options)
+                     crashes=tuple(Crash.from_dict(_crash_dict(c, rec)) for c in reports),
+                     bootmem_offline=rec.bootmem, kselftest=kselftest, error=error,
+                     notes=tuple(rec.notes), order=tuple(rec.order), required=required,
+                     options=options)
 
 
 def _crash_dict(report, rec: Optional[Recorder]) -> dict:
     """A crash report as saved: ``CrashReport.to_dict()`` and the step it came in
-    (read as a ``records.Crash`` by ``_method_run``; the pytest plugin's
-    ``method_run`` passes the dict to ``MethodRun``, which reads it the same)."""
+    (read as a ``records.Crash`` by ``recorded_run``)."""
     d = report.to_dict()
     d["step"] = _step_at(rec, report.first_line_no) if rec else "boot"
     return d

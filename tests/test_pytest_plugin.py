@@ -174,7 +174,8 @@ def test_hotplug_guest_judges_what_it_recorded():
         (ROOT / "tests" / "data" / "recorded-4k-48-probe" / "probe.json").read_text()))
     rec = SimpleNamespace(geometry=run.geometry, steps=list(run.steps),
                           phases=list(run.phases), removals=list(run.removals), notes=[],
-                          walk=True, step_lines=[])
+                          walk=True, step_lines=[], bootmem=None, kselftest=None,
+                          order=[])   # a Recorder's attributes, as a fresh one has them
     guest = SimpleNamespace(watcher=SimpleNamespace(reports=()))
     g = HotplugGuest(guest, rec, "my-test")
     checks = g.assert_pass("no-stale-linear-map", "no-stale-vmemmap", "tables-freed",
