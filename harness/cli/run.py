@@ -260,7 +260,6 @@ def _serial_shell(reader) -> None:
 
 
 def register(sub, add_kernel_options, build_request) -> None:
-    import argparse
     b = sub.add_parser("boot", help="boot the kernel under QEMU; shell or --check",
                        description="Boot the (built or cached) kernel with "
                                    "hotpluggable memory and open a shell.",
@@ -470,7 +469,6 @@ def given_options(args):
 
 
 def register_run(sub, add_kernel_options, build_request) -> None:
-    import argparse
     r = sub.add_parser("run", help="run hotplug scenarios and judge them",
                        description="Boot the kernel once per method, drive memory "
                                    "hot-add and hot-remove, inspect page tables, "
