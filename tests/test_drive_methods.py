@@ -205,9 +205,15 @@ class ModelGuest:
             return "".join(f"{s:08x}-{e - 1:08x} : System RAM\n" for s, e in self.ram), 0
         if command.startswith("test -e "):
             return "", 0
-        m = re.fullmatch(rf"echo (\w+) > {MEMROOT}/memory(\d+)/state", command)
-        if m:
-            return self._set_state(int(m[2]), m[1])
+        writes = [re.fullmatch(rf"echo (\w+) > {MEMROOT}/memory(\d+)/state", part)
+                  for part in command.split(" && ")]
+        if all(writes):      # set_state: one block, or several chained with &&
+            answer: tuple = ("", 0)
+            for m in writes:
+                answer = self._set_state(int(m[2]), m[1])
+                if answer[1]:
+                    break
+            return answer
         m = re.fullmatch(rf"cat {MEMROOT}/memory(\d+)/state", command)
         if m:
             return self.blocks[int(m[1])].state + "\n", 0

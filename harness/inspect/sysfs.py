@@ -27,16 +27,23 @@ MISSING = "-"
 
 
 def memory_blocks_cmd(root: str = MEMORY_ROOT) -> str:
-    """The one-line shell command that lists every memory block under ``root``."""
-    r = shlex.quote(root)
+    """The one-line shell command that lists every memory block under ``root``.
 
-    def read(path: str) -> str:
-        return f'$(cat "{path}" 2>/dev/null)'
-    block = (f'n=${{b##*/}}; s={read("$b/state")}; p={read("$b/phys_index")}; '
-             f'z=$(cat "$b/valid_zones" 2>/dev/null | tr " " ,); r={read("$b/removable")}; '
-             'echo "$n state=${s:--} phys_index=${p:--} valid_zones=${z:--} removable=${r:--}"')
-    return (f'(d={r}; v={read("$d/block_size_bytes")}; echo "block_size_bytes=${{v:--}}"; '
-            f'v={read("$d/auto_online_blocks")}; echo "auto_online_blocks=${{v:--}}"; '
+    Shell builtins only (``read``, ``echo``, ``[``, ``for``): a guest process
+    per sysfs file (``$(cat ...)``) cost ~30 ms each under TCG, 0.35 s for a
+    listing of 8 blocks against 0.08 s now (measured over SSH on the default
+    kernel); inside a removal watched through gdb every process would also
+    stop gdb at each page it frees."""
+    r = shlex.quote(root)
+    # rd FILE: $v = the file's first line, "-" if it cannot be read (the
+    # 2>/dev/null comes first so that it also silences the failed redirection)
+    rd = 'rd() { v=; read -r v 2>/dev/null <"$1"; v=${v:--}; }'
+    block = ('n=${b##*/}; rd "$b/state"; s=$v; rd "$b/phys_index"; p=$v; '
+             'rd "$b/valid_zones"; z=; for w in $v; do z=${z:+$z,}$w; done; '
+             'rd "$b/removable"; '
+             'echo "$n state=$s phys_index=$p valid_zones=$z removable=$v"')
+    return (f'(d={r}; {rd}; rd "$d/block_size_bytes"; echo "block_size_bytes=$v"; '
+            'rd "$d/auto_online_blocks"; echo "auto_online_blocks=$v"; '
             f'for b in "$d"/memory[0-9]*; do [ -d "$b" ] || continue; {block}; done)')
 
 
