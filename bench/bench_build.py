@@ -5,7 +5,14 @@ Figures (each printed with the exact command that produced it):
   cold build         --cold only: a fresh temporary cache
                      (HOTPLUG_HARNESS_CACHE=<tmp>, CCACHE_DISABLE=1), so the
                      figure includes hashing the Debian tarball, unpacking it,
-                     the work tree and the whole make.      target <= 6 min
+                     the work tree and the whole make; the objects it built
+                     (*.o in its O= tree).
+                     With --kunit (the default), next to it: kunit.py's cold
+                     run from the same tree in a fresh build dir
+                     (bench/kunitlib.py; CCACHE_DISABLE=1 too), its build part
+                     (configuring + building, from its "Elapsed time" line)
+                     and its objects.       target <= 1.0x kunit.py's build
+                     (issue 13); without kunit.py       target <= 6 min
   no-op rebuild      the same inputs again: no make at all; 'rebuilt' must be
                      false.                                 target <= 2 s
   one-file patch     a comment line appended to arch/arm64/mm/mmu.c (a unique
@@ -41,9 +48,11 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import benchlib as bl  # noqa: E402
+import kunitlib as kl  # noqa: E402
 
 MMU_C = "arch/arm64/mm/mmu.c"
 COLD_TARGET, NOOP_TARGET, PATCH_TARGET = 360.0, 2.0, 30.0
+COLD_RATIO_TARGET = 1.0    # issue 13: cold build <= 1.0x kunit.py's cold build
 MAKE_LINE = r"^\$ make "
 
 
@@ -59,6 +68,14 @@ def parse_args(argv=None):
     p.add_argument("--cold-dir", type=Path, default=None, metavar="DIR",
                    help="where the temporary cold cache is created (default: "
                         "next to your normal cache, i.e. on the same disk)")
+    kunit = p.add_mutually_exclusive_group()
+    kunit.add_argument("--kunit", dest="kunit", action="store_true", default=True,
+                       help="with --cold (the default): also time kunit.py's cold "
+                            "run from the same tree, in a fresh build dir under the "
+                            "harness cache, and print both side by side; costs "
+                            "~5-6 min more of both CPUs")
+    kunit.add_argument("--no-kunit", dest="kunit", action="store_false",
+                       help="no kunit.py (the cold build is judged against 6 min)")
     p.add_argument("--repeat", type=int, default=3, metavar="N",
                    help="no-op rebuilds to time (median reported; default 3)")
     p.add_argument("--allow-ccache", action="store_true",
@@ -93,20 +110,70 @@ def cold_build(args) -> None:
         r = bl.run(bl.harness_argv("build", "--json"), env=env, verbose=args.verbose,
                    what="cold build")
         art = r.json()
-        extra = f"rebuilt={str(art.get('rebuilt')).lower()}, harness seconds " \
-                f"{bl.fmt_s(art.get('seconds'))}, {art.get('kernel_release')}"
-        if not art.get("rebuilt"):
-            extra += " - NOT a cold build (served from the cache?)"
-        if r.waited_for_lock:
-            extra += ", includes waiting for another run's lock"
-        bl.figure("cold build", r.wall, COLD_TARGET, r.command, extra)
-        cold_breakdown(r)
+        objects = kl.count_objects(tmp / "build")
     finally:
         if args.keep:
             bl.note(f"kept the cold cache {tmp}")
         else:
             bl.note(f"removing the cold cache {tmp}")
             shutil.rmtree(tmp, ignore_errors=True)
+    extra = f"rebuilt={str(art.get('rebuilt')).lower()}, harness seconds " \
+            f"{bl.fmt_s(art.get('seconds'))}, {art.get('kernel_release')}, " \
+            f"{objects} objects"
+    if not art.get("rebuilt"):
+        extra += " - NOT a cold build (served from the cache?)"
+    if r.waited_for_lock:
+        extra += ", includes waiting for another run's lock"
+    kr = kunit_cold(args, art) if args.kunit else None
+    cold_figures(r, extra, objects, kr)
+
+
+def kunit_cold(args, art: dict):
+    """kunit.py's cold run from the tree the cold build was built from."""
+    kr = kl.run_cold(kl.tree_of(art), args.verbose)
+    kl.print_run(kr, "kunit.py cold run", "kunit_cold_run")
+    return kr
+
+
+def cold_figures(r: bl.Result, extra: str, objects: int, kr) -> None:
+    """The harness's cold build, and kunit.py's next to it when measured."""
+    t_make = r.first_time(MAKE_LINE)
+    if kr is None or kr.elapsed is None:
+        if kr is not None:
+            extra += "; kunit.py printed no 'Elapsed time' line: no comparison"
+        bl.figure("cold build", r.wall, COLD_TARGET, r.command, extra, key="cold_build",
+                  readme=True)
+        cold_breakdown(r)
+    else:
+        theirs = kr.elapsed.build
+        ratio = r.wall / theirs
+        verdict = "met" if ratio <= COLD_RATIO_TARGET else "MISSED"
+        print(f"cold build: {bl.fmt_s(r.wall)} (target <= {COLD_RATIO_TARGET:g}x "
+              f"kunit.py's cold build {bl.fmt_s(theirs)}: {ratio:.2f}x, {verdict})  "
+              f"[{extra}]  {r.command}", flush=True)
+        cold_breakdown(r)
+        kfig = kr.to_figure("kunit.py cold build (configuring + building)", theirs)
+        bl.record("cold_build", "cold build", r.wall, "s", target=COLD_RATIO_TARGET,
+                  target_kind="ratio_to_kunit", command=r.command, extra=extra,
+                  readme=True, kunit=kfig)
+        make_part = None if t_make is None else r.wall - t_make
+        if make_part is not None and kr.elapsed.building > 0:
+            print(f"  make part vs kunit.py's building part: {bl.fmt_s(make_part)} vs "
+                  f"{bl.fmt_s(kr.elapsed.building)} = "
+                  f"{make_part / kr.elapsed.building:.2f}x (no target; the cold build "
+                  f"also hashes and unpacks the tarball, kunit.py's tree is unpacked)")
+            bl.record("cold_build_make", "cold build, make part", make_part, "s",
+                      command=r.command,
+                      kunit=kr.to_figure("kunit.py building part", kr.elapsed.building))
+    kobjects = kr.objects if kr is not None else None
+    line = f"cold build objects: {objects} (*.o in the O= tree)"
+    if kobjects:
+        line += f" vs kunit.py's {kobjects}: {objects / kobjects:.2f}x"
+    print(line + f"  {r.command}", flush=True)
+    bl.record("cold_build_objects", "cold build objects (*.o)", objects, "objects",
+              command=r.command, readme=True,
+              kunit=None if kr is None else bl.kunit_figure(
+                  "kunit.py objects", kobjects, kr.command, unit="objects"))
 
 
 def cold_breakdown(r: bl.Result) -> None:
@@ -156,7 +223,8 @@ def noop_builds(args) -> None:
             + ",".join(str(x).lower() for x in rebuilt)
     if any(rebuilt):
         extra += " - NOT a no-op: 'rebuilt' must be false"
-    bl.figure("no-op rebuild (median wall)", s["median"], NOOP_TARGET, command, extra)
+    bl.figure("no-op rebuild (median wall)", s["median"], NOOP_TARGET, command, extra,
+              key="noop_rebuild", readme=True)
 
 
 # ----------------------------------------------------------- patch build ---
@@ -214,7 +282,7 @@ def patch_build(args) -> None:
         if r.waited_for_lock:
             extra += "; includes waiting for another run's lock"
         bl.figure("rebuild after a one-file patch to mmu.c", r.wall, PATCH_TARGET,
-                  r.command, extra)
+                  r.command, extra, key="patch_rebuild", readme=True)
         back = timed_default(args, "switch back")
         br = back["result"]
         extra = f"rebuilt={str(back['art'].get('rebuilt')).lower()}"
@@ -242,11 +310,13 @@ def drop_artifacts(art: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    bl.start_results_for(args, __file__, argv)
     from harness.errors import HarnessError
     try:
         return bench(args)
     except HarnessError as e:  # raised in-process (reading the source for the patch)
         bl.die(f"{e}\n{e.evidence}".rstrip())
+        return 2
 
 
 def bench(args) -> int:

@@ -44,6 +44,7 @@ def main() -> int:
     p.add_argument("--full", action="store_true", help="also time --order-check=full")
     bl.add_common(p)
     args = p.parse_args()
+    bl.start_results_for(args, __file__, None)
     bl.header("ordering checks: cost on a warm run --method all")
     modes = ["on", "off"] + (["full"] if args.full else [])
     walls: dict = {m: [] for m in modes}

@@ -7,15 +7,20 @@ walked over the whole linear map [PAGE_OFFSET, PAGE_END). Then the worst case:
 the same PTEs with alternating attributes, so nothing coalesces.
 
 Run: python bench/bench_walker.py   (target: < 0.2 s per linear-map walk)
+     --json-out FILE also writes the worst walk of each as JSON (run_all.py).
 """
 from __future__ import annotations
 
+import argparse
 import struct
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import benchlib as bl  # noqa: E402
 
 from harness.inspect.walker import BufferPhysMem, Geometry, table_counts, walk  # noqa: E402
 
@@ -68,7 +73,7 @@ def build(alternate: bool) -> Builder:
     return b
 
 
-def bench(name: str, alternate: bool, rounds: int = 5) -> None:
+def bench(name: str, alternate: bool, key: str, rounds: int = 5) -> None:
     b = build(alternate)
     mem = BufferPhysMem([(RAM, b.ram)])
     times = []
@@ -78,8 +83,22 @@ def bench(name: str, alternate: bool, rounds: int = 5) -> None:
         times.append(time.perf_counter() - t0)
     print(f"{name}: best {min(times) * 1000:.1f} ms, worst {max(times) * 1000:.1f} ms "
           f"over {rounds} walks; {len(result.leaves)} leaves, tables {table_counts(result)}")
+    bl.record(key, f"host walker, {name} (worst of {rounds})", max(times), "s",
+              target=0.2, command=bl.command_text([sys.executable, "bench/bench_walker.py"]))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json-out", type=Path, default=None, metavar="FILE",
+                   help="also write the figures as JSON to FILE")
+    args = p.parse_args(argv)
+    bl.start_results_for(args, __file__, argv)
+    bench("1 GiB PMD blocks + 512 MiB PTEs", alternate=False, key="walker_blocks")
+    bench("same, PTE attributes alternating (no coalescing)", alternate=True,
+          key="walker_no_coalescing")
+    return 0
 
 
 if __name__ == "__main__":
-    bench("1 GiB PMD blocks + 512 MiB PTEs", alternate=False)
-    bench("same, PTE attributes alternating (no coalescing)", alternate=True)
+    bl.entry(main)
