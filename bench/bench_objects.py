@@ -222,7 +222,7 @@ class Entry:
     composite: str = ""  # for parts: the composite's name ("foo" of foo-y)
 
 
-_ASSIGN = re.compile(r"^([A-Za-z0-9_.$(){}/-]+?)-(y|objs|\$\([^)]*\))\s*[:+?]?=\s*(.*)$")
+_OP = re.compile(r"\s*(\+=|:=|\?=|=)\s*")
 _CONFIG = re.compile(r"CONFIG_([A-Za-z0-9_]+)")
 _IF = re.compile(r"^(ifdef|ifndef|ifeq|ifneq)\b\s*(.*)$")
 LIST_KINDS = {"obj", "lib", "subdir", "core", "drivers", "libs", "head"}
@@ -260,6 +260,34 @@ def _if_option(directive: str, arg: str) -> Optional[str]:
         return m.group(1)
     if directive == "ifneq" and (compact.endswith(",)") or compact.endswith(',"")')):
         return m.group(1)
+    return None
+
+
+def _unparenthesised_space(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0 and ch in " \t":
+            return True
+    return False
+
+
+def _split_assignment(line: str) -> Optional[tuple[str, str, str]]:
+    """``obj-$(CONFIG_X) += a.o`` -> ("obj", "$(CONFIG_X)", "a.o");
+    ``foo-y := a.o`` -> ("foo", "y", "a.o"); ``foo-objs`` -> cond "objs";
+    None for any other line (recipes, flags of one target, other forms)."""
+    m = _OP.search(line)
+    if not m:
+        return None
+    lhs, values = line[:m.start()].strip(), line[m.end():]
+    if not lhs or lhs.startswith("$(") or _unparenthesised_space(lhs):
+        return None
+    cut = lhs.find("-$(")
+    if cut > 0:
+        return lhs[:cut], lhs[cut + 1:], values
+    for cond in ("y", "objs"):
+        if lhs.endswith("-" + cond) and len(lhs) > len(cond) + 1:
+            return lhs[:-len(cond) - 1], cond, values
     return None
 
 
@@ -301,10 +329,10 @@ def parse_kbuild(text: str) -> list[Entry]:
             if stack:
                 stack.pop()
             continue
-        m = _ASSIGN.match(line)
-        if not m:
+        split = _split_assignment(line)
+        if split is None:
             continue
-        var, cond, values = m.group(1), m.group(2), m.group(3)
+        var, cond, values = split
         if cond.startswith("$("):
             c = _CONFIG.search(cond)
             if not c:
@@ -327,7 +355,8 @@ def parse_kbuild(text: str) -> list[Entry]:
                     entries.append(Entry("dir", t[:-len("/lib.a")], option))
                 elif t.endswith(".o"):
                     entries.append(Entry("obj", t, option))
-        elif var not in NOT_COMPOSITE and "$" not in var and "FLAGS" not in var:
+        elif var not in NOT_COMPOSITE and "$" not in var and "FLAGS" not in var \
+                and not var.endswith("flags"):
             for t in tokens:
                 if "$" not in t and t.endswith(".o"):
                     entries.append(Entry("part", t, option, composite=var))
