@@ -309,8 +309,9 @@ def start_results(script: str, path: Optional[Path], argv: Sequence[str]) -> Non
     """Remember where ``save_results`` writes (``--json-out``); the header's
     machine line is taken now, before anything runs."""
     RESULTS.clear()
-    JSON_OUT.update(path=path, script=script, argv=list(argv),
-                    machine=machine_line())
+    head, dirty = git_commit()
+    JSON_OUT.update(path=path, script=script, argv=list(argv), machine=machine_line(),
+                    date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), commit=head, dirty=dirty)
 
 
 def save_results(failed: str = "") -> None:
@@ -318,7 +319,9 @@ def save_results(failed: str = "") -> None:
     if not path:
         return
     doc = results_document(JSON_OUT["script"], JSON_OUT["argv"], list(RESULTS), failed)
-    doc["machine"] = JSON_OUT.get("machine") or doc["machine"]
+    for k in ("machine", "date", "commit", "dirty"):   # as when the script started
+        if JSON_OUT.get(k) is not None:
+            doc[k] = JSON_OUT[k]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(doc, indent=1) + "\n")
     note(f"figures written to {path}")

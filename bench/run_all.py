@@ -111,9 +111,11 @@ def script_argv(name: str, args, json_out: Path) -> list:
     return argv
 
 
-def collect(outcomes: list, argv: list, machine: str, started: str) -> dict:
-    """One results document from the scripts' --json-out files."""
-    head, dirty = bl.git_commit()
+def collect(outcomes: list, argv: list, machine: str, started: str,
+            commit: tuple = ("", False)) -> dict:
+    """One results document from the scripts' --json-out files; ``commit`` is
+    (short HEAD, dirty) when the invocation started."""
+    head, dirty = commit
     scripts = []
     for name, rc, seconds, _notable, json_out in outcomes:
         entry = {"script": f"bench_{name}.py", "rc": rc, "seconds": round(seconds, 3)}
@@ -168,6 +170,7 @@ def main(argv=None) -> int:
               if (not args.only or n in args.only) and n not in args.skip]
     machine = bl.machine_line()
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    commit = bl.git_commit()
     own_argv = [sys.executable, "bench/run_all.py"] + \
         (sys.argv[1:] if argv is None else list(argv))
     outcomes = []
@@ -176,7 +179,7 @@ def main(argv=None) -> int:
             json_out = Path(tmp) / f"{name}.json"
             rc, seconds, notable = run_script(script_argv(name, args, json_out))
             outcomes.append((name, rc, seconds, notable, json_out))
-        results = collect(outcomes, own_argv, machine, started)
+        results = collect(outcomes, own_argv, machine, started, commit)
     if args.note:
         results["note"] = args.note
     args.results.parent.mkdir(parents=True, exist_ok=True)
