@@ -70,7 +70,7 @@ def parse_args(argv=None):
                         "next to your normal cache, i.e. on the same disk)")
     kunit = p.add_mutually_exclusive_group()
     kunit.add_argument("--kunit", dest="kunit", action="store_true", default=True,
-                       help="with --cold (the default): also time kunit.py's cold "
+                       help="the default; with --cold: also time kunit.py's cold "
                             "run from the same tree, in a fresh build dir under the "
                             "harness cache, and print both side by side; costs "
                             "~5-6 min more of both CPUs")
@@ -148,7 +148,7 @@ def cold_figures(r: bl.Result, extra: str, objects: int, kr) -> None:
         theirs = kr.elapsed.build
         ratio = r.wall / theirs
         verdict = "met" if ratio <= COLD_RATIO_TARGET else "MISSED"
-        print(f"cold build: {bl.fmt_s(r.wall)} (target <= {COLD_RATIO_TARGET:g}x "
+        print(f"cold build: {bl.fmt_s(r.wall)} (target <= {COLD_RATIO_TARGET:.1f}x "
               f"kunit.py's cold build {bl.fmt_s(theirs)}: {ratio:.2f}x, {verdict})  "
               f"[{extra}]  {r.command}", flush=True)
         cold_breakdown(r)

@@ -82,7 +82,8 @@ def fmt_target(fig: dict) -> str:
         return "—"
     if fig.get("target_kind") == "ratio_to_kunit":
         return f"≤ {target:g}× kunit.py's"
-    return f"≤ {fmt_value(target, fig.get('unit', 's'))}"
+    unit = fig.get("unit", "s")
+    return f"≤ {target:g} s" if unit == "s" else f"≤ {fmt_value(target, unit)}"
 
 
 def fmt_met(fig: dict) -> str:
