@@ -31,10 +31,14 @@ objects (headers, host tools, links) are charged to the next object. The
 default tree is used if its objects still carry their cold-build mtimes
 (older than ``.harness-steps``, written at the end of its first full build);
 an object rebuilt later (a patch, a ccache-served rebuild) carries no cold
-time, and when fewer than 90% do, the timing comes from the fully-timed
-``O=`` tree whose ``.config`` differs least from the default's (the tree and
-its differences are printed). Times measured on a shared 2-core machine are
-inflated by whatever else ran; the shares are the figure to read.
+time, and when fewer than 90% do, the timing comes from another fully timed
+``O=`` tree that built the same objects from a ``.config`` a few lines away
+(another geometry): the one whose cold build took the least wall time, i.e.
+the least disturbed by other work (the tree, its span and its ``.config``
+differences are printed). Times measured on a shared 2-core machine are
+inflated by whatever else ran, and a build through ccache pays a cold miss
+(an extra preprocessor pass) that kunit.py's plain gcc does not: the
+compiler of each tree is printed; the shares are the figure to read.
 
 ``object_table(...)`` returns the data (for bench_build.py and others);
 ``main()`` prints it. Exit 0, or 2 when the tree cannot be found.
@@ -61,6 +65,7 @@ LINK = "(link)"
 HOST = "(host tool)"
 STAMP = ".harness-steps"
 TIMED_FRACTION = 0.9
+MAX_CONFIG_DIFF = 8     # a geometry fragment changes ~5 lines of the .config
 
 # ------------------------------------------------------------------ needs ---
 # Which scenario needs an option, from reading the harness (2026-11-27).
@@ -640,11 +645,16 @@ def timed_fraction(build_dir: Path) -> float:
 def pick_timing_tree(default: Path,
                      candidates: Iterable[Path]) -> tuple[Path, list[str]]:
     """(tree, config differences) for the timing: the default tree if its
-    objects are cold-timed, else the fully timed tree nearest in .config."""
+    objects are cold-timed; else, among the fully timed trees that built the
+    same objects (95%) from a .config at most MAX_CONFIG_DIFF lines away (a
+    geometry), the one whose cold build took least wall time (the least
+    disturbed by other work on the machine); else the nearest in .config."""
     if timed_fraction(default) >= TIMED_FRACTION:
         return default, []
     base = read_config(default / ".config") if (default / ".config").exists() else {}
-    best: Optional[tuple[tuple[int, float], Path, list[str]]] = None
+    mine = set(list_objects(default))
+    near: list[tuple[float, Path, list[str]]] = []
+    far: list[tuple[int, Path, list[str]]] = []
     for tree in candidates:
         if tree == default or not (tree / ".config").exists():
             continue
@@ -652,13 +662,19 @@ def pick_timing_tree(default: Path,
             continue
         cfg = read_config(tree / ".config")
         diff = sorted(k for k in set(base) | set(cfg) if base.get(k) != cfg.get(k))
-        span = _span(tree)
-        key = (len(diff), span)
-        if best is None or key < best[0]:
-            best = (key, tree, diff)
-    if best is None:
-        return default, []
-    return best[1], best[2]
+        theirs = set(list_objects(tree))
+        same = len(mine & theirs) / max(len(mine | theirs), 1)
+        if same >= 0.95 and len(diff) <= MAX_CONFIG_DIFF:
+            near.append((_span(tree), tree, diff))
+        else:
+            far.append((len(diff), tree, diff))
+    if near:
+        _, tree, diff = min(near, key=lambda x: (x[0], str(x[1])))
+        return tree, diff
+    if far:
+        _, tree, diff = min(far, key=lambda x: (x[0], str(x[1])))
+        return tree, diff
+    return default, []
 
 
 def _make_line(tree: Path) -> str:
@@ -670,6 +686,20 @@ def _make_line(tree: Path) -> str:
         return "no build log"
     m = re.search(r"make -C (\S+)", first)
     return f"built from {m.group(1)}" if m else "build log without a make line"
+
+
+def compiler_of(tree: Path) -> str:
+    """The compiler command of the tree's objects, from one saved ``.o.cmd``
+    (``ccache aarch64-linux-gnu-gcc`` or ``aarch64-linux-gnu-gcc``...)."""
+    for cmd in sorted(Path(tree).glob("*/.*.o.cmd"))[:20]:
+        try:
+            first = cmd.read_text(errors="replace").split("\n", 1)[0]
+        except OSError:
+            continue
+        m = re.match(r"^\S+\s*:=\s*(?:(ccache)\s+)?(\S*gcc|\S*clang)\b", first)
+        if m:
+            return " ".join(x for x in m.groups() if x)
+    return "unknown compiler"
 
 
 def _span(tree: Path) -> float:
@@ -689,6 +719,7 @@ class Row:
     need: str = ""
     origin: str = ""
     kunit: Optional[int] = None   # kunit.py's objects for the same key
+    kunit_seconds: Optional[float] = None   # their estimate from its build's mtimes
 
 
 @dataclass
@@ -704,6 +735,7 @@ class ObjectTable:
     total_seconds: Optional[float] = None
     kunit_dir: Optional[Path] = None
     kunit_total: Optional[int] = None
+    kunit_total_seconds: Optional[float] = None
     candidates: list[Row] = field(default_factory=list)   # by option: nobody asked
     proposals: list[Row] = field(default_factory=list)    # one per PROPOSALS entry
 
@@ -746,13 +778,17 @@ def object_table(build_dir: Path, *, source: Optional[Path] = None, by: str = "d
         groups[key_of(o)].append(o)
 
     kunit_counts: Optional[Counter[str]] = None
+    kunit_groups: dict[str, list[str]] = defaultdict(list)
     kunit_total = None
+    ktimes: dict[str, Optional[float]] = {}
     if kunit_dir and Path(kunit_dir).is_dir():
         kobjs = list_objects(Path(kunit_dir))
         kunit_total = len(kobjs)
-        kunit_counts = Counter(
-            (omap.option(o) if omap else "?") if by == "option" else group_dir(o, depth)
-            for o in kobjs)
+        ktimes = cold_times(Path(kunit_dir), kobjs, jobs)
+        for o in kobjs:
+            kunit_groups[(omap.option(o) if omap else "?") if by == "option"
+                         else group_dir(o, depth)].append(o)
+        kunit_counts = Counter({k: len(v) for k, v in kunit_groups.items()})
 
     rows = []
     for key, objs in groups.items():
@@ -764,10 +800,12 @@ def object_table(build_dir: Path, *, source: Optional[Path] = None, by: str = "d
                   origin(top, req, enabled, rev))
         if kunit_counts is not None:
             row.kunit = kunit_counts.get(key, 0)
+            row.kunit_seconds = _seconds(ktimes, kunit_groups.get(key, []))
         rows.append(row)
     for key, n in (kunit_counts or Counter()).items():
         if key not in groups:        # built by kunit.py only
-            rows.append(Row(key, 0, 0.0, None, [], "(kunit.py only)", "", n))
+            rows.append(Row(key, 0, 0.0, None, [], "(kunit.py only)", "", n,
+                            _seconds(ktimes, kunit_groups[key])))
     rows.sort(key=lambda r: (-max(r.objects, r.kunit or 0), r.key))
     timed = [o for o in objects if times.get(o) is not None]
 
@@ -802,7 +840,8 @@ def object_table(build_dir: Path, *, source: Optional[Path] = None, by: str = "d
                                 f" (enabled now: {', '.join(on) or 'none'})")))
     return ObjectTable(build_dir, source, by, total, rows, tdir, [], len(timed),
                        _seconds(times, objects), Path(kunit_dir) if kunit_dir else None,
-                       kunit_total, candidates, proposals)
+                       kunit_total, _seconds(ktimes, ktimes) if ktimes else None,
+                       candidates, proposals)
 
 
 # ---------------------------------------------------------------- print -----
@@ -811,14 +850,15 @@ def format_rows(rows: Sequence[Row], by: str, top: int, kunit: bool) -> list[str
     head = f"{'option' if by == 'option' else 'directory':<34} {'objects':>7} {'share':>6} " \
            f"{'~cpu s':>7}"
     if kunit:
-        head += f" {'kunit':>6}"
+        head += f" {'kunit':>6} {'~cpu s':>7}"
     head += "  " + ("origin / needed by" if by == "option" else "built by / needed by")
     lines = [head]
     for r in rows[:top]:
         secs = f"{r.seconds:7.1f}" if r.seconds is not None else f"{'n/a':>7}"
         line = f"{r.key:<34} {r.objects:>7} {r.share:>6.1%} {secs}"
         if kunit:
-            line += f" {r.kunit if r.kunit is not None else '':>6}"
+            ks = f"{r.kunit_seconds:7.1f}" if r.kunit_seconds is not None else f"{'':>7}"
+            line += f" {r.kunit if r.kunit is not None else '':>6} {ks}"
         if by == "option":
             extra = f"{r.origin}; " if r.origin else ""
         else:
@@ -931,7 +971,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         where = f"{timing} ({same}; {_make_line(Path(timing))})"
     print(f"   timing  {where}")
     print(f"           {tf:.0%} of its objects carry cold-build mtimes, spanning "
-          f"{_span(Path(timing)):.0f} s; estimate t[i]-t[i-{args.jobs}] (see --help)")
+          f"{_span(Path(timing)):.0f} s, compiled by {compiler_of(Path(timing))}; "
+          f"estimate t[i]-t[i-{args.jobs}] (see --help)")
     print()
     print(f"objects: {t.total}  $ find {build_dir} -name '*.o' | wc -l")
     if t.total_seconds is not None:
@@ -940,6 +981,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"wall)  {bl.command_text(me)}")
     if kunit:
         print(f"kunit.py objects: {t.kunit_total}  $ find {kunit} -name '*.o' | wc -l")
+        if t.kunit_total_seconds is not None:
+            print(f"kunit.py's estimated compile CPU seconds: {t.kunit_total_seconds:.0f} "
+                  f"(/{args.jobs} jobs = {t.kunit_total_seconds / args.jobs:.0f} s wall, "
+                  f"from the mtimes of its build, spanning {_span(Path(kunit)):.0f} s, "
+                  f"compiled by {compiler_of(Path(kunit))})")
     else:
         print("kunit.py build dir: not found under the cache's kunit/; get one with "
               "bench/bench_kunit.py (when it exists) or, from the pristine tree, "

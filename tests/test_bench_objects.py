@@ -221,17 +221,22 @@ def test_cold_times_estimate(tmp_path):
     assert bo.timed_fraction(build) == 0.75
 
 
-def test_pick_timing_tree_prefers_fully_timed_nearest_config(tmp_path):
+def test_pick_timing_tree_prefers_the_least_disturbed_same_objects(tmp_path):
     default = write_build(tmp_path / "default", OBJECTS)
     for o in OBJECTS[:10]:                      # most rebuilt later: not cold-timed
         os.utime(default / o, (9e6, 9e6))
-    near = write_build(tmp_path / "near", OBJECTS, step=5.0)
-    far = write_build(tmp_path / "far", OBJECTS, step=1.0)
-    (far / ".config").write_text("CONFIG_OTHER=y\n")
-    tree, diff = bo.pick_timing_tree(default, [default, far, near])
-    assert tree == near and diff == []
+    slow = write_build(tmp_path / "slow", OBJECTS, step=5.0)       # same .config
+    geometry = write_build(tmp_path / "geometry", OBJECTS, step=3.0)
+    with open(geometry / ".config", "a") as f:                     # 2 lines away
+        f.write("CONFIG_ARM64_VA_BITS_39=y\nCONFIG_PGTABLE_LEVELS=3\n")
+    other = write_build(tmp_path / "other", OBJECTS[:5], step=1.0)  # other objects
+    tree, diff = bo.pick_timing_tree(default, [default, other, slow, geometry])
+    assert tree == geometry and diff == ["ARM64_VA_BITS_39", "PGTABLE_LEVELS"]
+    assert bo.pick_timing_tree(default, [slow, other]) == (slow, [])
+    # nothing alike: the nearest .config
+    assert bo.pick_timing_tree(default, [other])[0] == other
     fresh = write_build(tmp_path / "fresh", OBJECTS)
-    assert bo.pick_timing_tree(fresh, [far, near]) == (fresh, [])
+    assert bo.pick_timing_tree(fresh, [slow, geometry]) == (fresh, [])
 
 
 def test_object_table_by_directory(synthetic, tmp_path):
@@ -294,6 +299,17 @@ def test_format_rows_marks_untimed_and_the_rest(synthetic):
     assert len(lines) == 5 and lines[-1].startswith("(")
     assert sum(int(line.split()[1]) for line in lines[1:4]) + int(lines[-1].split()[2]) \
         == len(OBJECTS)
+
+
+def test_compiler_of_reads_a_saved_command(tmp_path):
+    (tmp_path / "mm").mkdir()
+    (tmp_path / "mm" / ".slub.o.cmd").write_text(
+        "savedcmd_mm/slub.o := ccache aarch64-linux-gnu-gcc -Wp,-MMD,mm/.slub.o.d\n")
+    assert bo.compiler_of(tmp_path) == "ccache aarch64-linux-gnu-gcc"
+    (tmp_path / "mm" / ".slub.o.cmd").write_text(
+        "savedcmd_mm/slub.o := aarch64-linux-gnu-gcc -nostdinc\n")
+    assert bo.compiler_of(tmp_path) == "aarch64-linux-gnu-gcc"
+    assert bo.compiler_of(tmp_path / "none") == "unknown compiler"
 
 
 def test_kunit_dir_found_by_source_identity(tmp_path):
