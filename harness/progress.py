@@ -15,10 +15,18 @@ the lines. Levels:
   ``serial$ ...``) and every console line (``console| ...``) as it arrives.
 
 stdout is kept for results (summary, ``--json``, ``boot --exec`` output).
+
+Methods run side by side (``run --jobs 2``) each in a thread labelled with the
+method's name (``labelled``): every line that thread prints starts with
+``[method]``, so interleaved lines stay readable; ``bind`` carries the label
+to a callback another thread calls (the console reader's ``console|`` lines).
 """
 from __future__ import annotations
 
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Optional, Protocol, TextIO
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
@@ -41,8 +49,9 @@ class Printer:
     def emit(self, text: str, stage: str = "", level: int = NORMAL) -> None:
         if self.level < level:
             return
-        line = f"[{stage}] {text}" if stage else text
-        print(line, file=self.stream or sys.stderr, flush=True)
+        line = with_label(f"[{stage}] {text}" if stage else text)
+        with _print_lock:       # threads print whole lines
+            print(line, file=self.stream or sys.stderr, flush=True)
 
 
 class Recording:
@@ -58,6 +67,43 @@ class Recording:
 
 
 _printer: Sink = Printer()
+_print_lock = threading.Lock()
+_local = threading.local()
+
+
+def label() -> Optional[str]:
+    """This thread's label (a method's name while methods run side by side)."""
+    return getattr(_local, "label", None)
+
+
+@contextmanager
+def labelled(name: Optional[str]) -> Iterator[None]:
+    """Prefix every line this thread prints with ``[name]`` (None: no prefix)."""
+    old, _local.label = label(), name
+    try:
+        yield
+    finally:
+        _local.label = old
+
+
+def with_label(line: str) -> str:
+    """``line`` with this thread's ``[label]`` in front (once)."""
+    name = label()
+    if not name or line.startswith(f"[{name}]"):
+        return line
+    return f"[{name}] {line}"
+
+
+def bind(fn: Callable[[str], None]) -> Callable[[str], None]:
+    """``fn`` to be called from another thread, printing under this thread's label."""
+    name = label()
+    if not name:
+        return fn
+
+    def call(text: str) -> None:
+        with labelled(name):
+            fn(text)
+    return call
 
 
 def install(printer: Sink) -> Sink:

@@ -1,6 +1,11 @@
-"""Run hotplug methods against a built kernel: one fresh guest per method."""
+"""Run hotplug methods against a built kernel: one fresh guest per method,
+``RunOptions.jobs`` guests side by side (each method in its own thread, its
+progress lines labelled ``[method]``; the report keeps the methods' order)."""
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +47,16 @@ class RunOptions:
     walk: bool = True
     order_check: str = "on"           # gdb around every removal: "on", "full", "off"
     race_seconds: int = 45            # the race method's add/remove loop bound
+    jobs: int = 1                     # guests side by side (see default_jobs)
+
+
+MAX_JOBS = 2    # guests at once: each is a 2-vCPU TCG guest with ~1-2 GiB of RAM
+
+
+def default_jobs(methods: tuple) -> int:
+    """Guests side by side when not asked: one per method, at most MAX_JOBS and
+    at most one per host CPU."""
+    return max(1, min(MAX_JOBS, os.cpu_count() or 1, len(methods)))
 
 
 def select_names(spec: str, known, what: str, step: str, everything=None,
@@ -204,6 +219,11 @@ def _progress(text: str) -> None:
 
 
 def run_all(art: KernelArtifacts, ropts: RunOptions, out: Path) -> list:
+    """Every method of ``ropts`` (``ropts.jobs`` at a time); the MethodRuns in
+    ``ropts.methods``' order. On SIGINT/SIGTERM the KeyboardInterrupt raised
+    carries ``runs`` (what finished, and the interrupted runs) and ``not_run``."""
+    if ropts.jobs > 1 and len(ropts.methods) > 1:
+        return _run_side_by_side(art, ropts, out)
     runs = []
     for name in ropts.methods:
         start = time.monotonic()
@@ -220,3 +240,91 @@ def run_all(art: KernelArtifacts, ropts: RunOptions, out: Path) -> list:
         _progress(f"[{name}] {verdict} in {time.monotonic() - start:.1f}s")
         runs.append(run)
     return runs
+
+
+QEMU_COMM = "qemu-system-"
+
+
+def _run_side_by_side(art: KernelArtifacts, ropts: RunOptions, out: Path) -> list:
+    """``ropts.jobs`` worker threads take the methods in order. A signal reaches
+    the main thread only: it stops the workers by killing the guests they run
+    (their steps then fail and every ``with`` block cleans up as usual), waits
+    for them, and marks the runs they were in as interrupted."""
+    pending = list(ropts.methods)
+    runs: dict[str, MethodRun] = {}
+    cut: set[str] = set()              # runs that ended after the signal
+    started: dict[str, float] = {}
+    lock = threading.Lock()
+    stopping = threading.Event()
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        while not stopping.is_set():
+            with lock:
+                if not pending:
+                    return
+                name = pending.pop(0)
+                started[name] = time.monotonic()
+            try:
+                with ui.labelled(name):
+                    run = run_method(name, art, ropts, out / name)
+            except BaseException as e:          # a harness bug: re-raised by the caller
+                failures.append(e)
+                stopping.set()
+                return
+            with lock:
+                runs[name] = run
+                if stopping.is_set():
+                    cut.add(name)
+                    continue
+            verdict = "error" if run.error else "done"
+            _progress(f"[{name}] {verdict} in {time.monotonic() - started[name]:.1f}s")
+
+    threads = [threading.Thread(target=worker, name=f"method-{i}", daemon=True)
+               for i in range(min(ropts.jobs, len(pending)))]
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(0.1)
+    except KeyboardInterrupt as e:
+        stopping.set()
+        while any(t.is_alive() for t in threads):   # also a QEMU started meanwhile
+            _kill_guests()
+            for t in threads:
+                t.join(0.2)
+        for name in ropts.methods:
+            if name in cut:
+                runs[name] = _interrupted(runs[name], e)
+                _progress(f"[{name}] interrupted after "
+                          f"{time.monotonic() - started[name]:.1f}s")
+        e.runs = [runs[n] for n in ropts.methods if n in runs]  # type: ignore[attr-defined]
+        e.not_run = [n for n in ropts.methods if n not in runs]  # type: ignore[attr-defined]
+        raise
+    if failures:
+        raise failures[0]
+    return [runs[n] for n in ropts.methods if n in runs]
+
+
+def _kill_guests() -> None:
+    """SIGKILL every QEMU this process started (the workers' guests)."""
+    for pid, start in signals.descendants().items():
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm.startswith(QEMU_COMM) and signals.start_time(pid) == start:
+            signals.kill(pid, signal.SIGKILL)
+
+
+def _interrupted(run: MethodRun, e: BaseException) -> MethodRun:
+    """A run its guest was killed under: its error is the interruption, in the
+    step it was in (a run that had finished already stays as it was)."""
+    if run.error is None:
+        return run
+    step = run.error.step or (run.steps[-1].name if run.steps else "boot")
+    done = bool(run.steps and run.steps[-1].name == step and run.steps[-1].ok)
+    err = HarnessError(f"interrupted by {signals.signame(e)} {'after' if done else 'during'} "
+                       f"step {step!r}", step=step, blame="interrupted")
+    return replace(run, error=RunError.from_error(err))

@@ -180,6 +180,11 @@ def stop_children(grace: float = 2.0) -> list:
     return sorted(live)
 
 
+def kill(pid: int, sig) -> None:
+    """Send ``sig`` to ``pid`` if it still exists (and may be signalled)."""
+    _kill(pid, sig)
+
+
 def _kill(pid: int, sig) -> None:
     try:
         os.kill(pid, sig)

@@ -112,6 +112,50 @@ def test_no_leftovers_after_sigint(kernel, tmp_path, sig):
     assert our_shm() - before == set()
 
 
+def test_ctrl_c_with_two_guests_side_by_side(kernel, tmp_path):
+    """``run`` with two guests at once (its default): SIGINT once both have
+    started stops both QEMUs, writes a partial report naming both runs as
+    interrupted, and leaves no process or run folder behind."""
+    before = our_shm()
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "--method",
+                             "acpi-dimm,probe,virtio-mem", "--guests", "2",
+                             "--report", str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: set = set()
+    deadline = time.monotonic() + 120
+    while seen != {"acpi-dimm", "probe"} and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        for name in ("acpi-dimm", "probe"):
+            if line.startswith(f"[{name}]   ok"):     # booted, a step done
+                seen.add(name)
+    assert seen == {"acpi-dimm", "probe"}, "both guests did not start"
+    qemus = [p for p in os.listdir("/proc") if p.isdigit() and _is_child_qemu(p, proc.pid)]
+    assert len(qemus) == 2
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    time.sleep(0.5)
+    assert not [p for p in qemus if os.path.exists(f"/proc/{p}")], "QEMU outlived the run"
+    assert our_shm() - before == set()
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["interrupted"] is True and data["not_run"] == ["virtio-mem"]
+    assert [m["method"] for m in data["methods"]] == ["acpi-dimm", "probe"]
+    for m in data["methods"]:
+        assert m["run"]["error"]["blame"] == "interrupted", m["run"]["error"]
+    assert "[acpi-dimm] interrupted after" in err and "[probe] interrupted after" in err
+
+
+def _is_child_qemu(pid: str, parent: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        comm = Path(f"/proc/{pid}/comm").read_text()
+    except OSError:
+        return False
+    return comm.startswith("qemu-system") and int(stat.rsplit(")", 1)[1].split()[1]) == parent
+
+
 def test_run_all_methods_pass_on_the_default_kernel(kernel, tmp_path):
     proc = harness_cli("run", "--method", "all", "--json", "--report", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]

@@ -343,7 +343,8 @@ def cmd_run(args, build_request) -> int:
                 boot=boot_options(args, slots=max(args.slots, args.dimms), cmdline=cmdline),
                 cycles=args.cycles, online_type=args.online_type, dimms=args.dimms,
                 dimm_mb=args.dimm_size, walk=not args.no_walker, order_check=args.order_check,
-                race_seconds=args.race_seconds)
+                race_seconds=args.race_seconds,
+                jobs=args.guests or runner.default_jobs(methods))
             start = time.monotonic()
             runs = runner.run_all(art, ropts, out)
         except (KeyboardInterrupt, HarnessError) as e:
@@ -502,6 +503,11 @@ def register_run(sub, add_kernel_options, build_request) -> None:
                    const="off", help="the same as --order-check=off")
     g.add_argument("--no-walker", action="store_true",
                    help="skip the host-side page-table walk (ptdump only)")
+    g.add_argument("--guests", type=int, default=0, metavar="N",
+                   help="guests side by side, one method each (default 2, fewer "
+                        "with fewer CPUs or methods; 1: one after the other). "
+                        "Progress lines then start with [method]; the report is the "
+                        "same")
     g.add_argument("--report", metavar="DIR", help="write the report here")
     g.add_argument("--json", action="store_true", help="print report.json")
     track_given(r)

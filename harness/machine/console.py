@@ -205,7 +205,7 @@ class ConsoleReader:
         self.log = open(log_path, "wb", buffering=0) if log_path is not None else None
         self.watcher = watcher or CrashWatcher()
         self.listeners: list[Callable[[str], object]] = (
-            [progress.console_line] if progress.verbose() else [])
+            [progress.bind(progress.console_line)] if progress.verbose() else [])
         self.lines_seen = 0
         self.eof = False
         self.last_data = time.monotonic()
