@@ -315,9 +315,25 @@ def dimm_addrs(run: MethodRun) -> dict:
             if s.name.startswith("add dimm")}
 
 
+DIGEST = "f41ed56160b6264247ddecc6021e03a3"   # SYNTHETIC md5 of the data written
+
+
 def fill_answer(run: MethodRun):
-    text = next(s.detail for s in run.steps if s.name == "use memory")
-    return (r"^dd if=/dev/zero of=/tmp/harness-fill", lambda m: (text, 0))
+    """The data write and its md5 read back (SYNTHETIC: the recorded runs
+    predate the data check; they wrote zeros with dd and read nothing back)."""
+    return (r"^head -c 1048576 /dev/urandom > /tmp/harness-seed && cat |^md5sum ",
+            lambda m: (f"{DIGEST}  /tmp/harness-fill\n", 0))
+
+
+def with_data_check(steps: list) -> list:
+    """Recorded step names, with the data check the drive now adds before
+    'free memory'."""
+    out = []
+    for name in steps:
+        if name.startswith("free memory"):
+            out.append("data intact" + name[len("free memory"):])
+        out.append(name)
+    return out
 
 
 BOOTMEM_STEP = "offline boot memory (must fail)"
@@ -335,7 +351,8 @@ def test_acpi_dimm_replays_a_recorded_run(name, kconfig):
     rec = FakeRecorder(guest, run, kconfig)
     acpi_dimm.drive(rec, acpi_dimm.Options())
     # the boot-memory attempt moved to the probe method after these recordings
-    assert names(rec.steps) == [n for n in names(run.steps) if n != BOOTMEM_STEP]
+    assert names(rec.steps) == with_data_check(
+        [n for n in names(run.steps) if n != BOOTMEM_STEP])
     assert all(s.ok for s in rec.steps)
     assert [s.transport for s in rec.steps if s.name.startswith(("add ", "remove "))] \
         == ["qmp"] * 4
@@ -366,6 +383,20 @@ def test_acpi_dimm_two_cycles_name_phases_per_cycle_and_take_leak_snapshots():
                             Removal("removed-1@2", 0x80000000, 0xa0000000, "before")]
     paths = [a["mem-path"] for c, a in guest.qmp if c == "object-add"]
     assert paths == ["/run/fake/mem1", "/run/fake/mem1-2"]      # a new file per cycle
+
+
+def test_acpi_dimm_data_changed_by_the_offline_is_the_kernels_fault():
+    """SYNTHETIC: the md5 read back after both removals differs from the one
+    taken when the data was written."""
+    run = recorded("recorded-4k-48-acpi-dimm/methodrun.json")
+    sums = iter([DIGEST, "0" * 32])
+    guest = ModelGuest.from_phase(run.phases[0], addrs=dimm_addrs(run), answers=[
+        (r"md5sum ", lambda m: (f"{next(sums)}  /tmp/harness-fill\n", 0))])
+    rec = FakeRecorder(guest, None)
+    with pytest.raises(HarnessError) as e:
+        acpi_dimm.drive(rec, acpi_dimm.Options(dimms=1))
+    assert e.value.blame == "kernel" and e.value.step == "data intact"
+    assert f"md5 {DIGEST} before, {'0' * 32} after" in e.value.message
 
 
 # ------------------------------------------------------------ probe ---------
