@@ -81,7 +81,7 @@ def fmt_target(fig: dict) -> str:
     if target is None:
         return "—"
     if fig.get("target_kind") == "ratio_to_kunit":
-        return f"≤ {target:g}× kunit.py's"
+        return f"≤ {target:.1f}× kunit.py's"
     unit = fig.get("unit", "s")
     return f"≤ {target:g} s" if unit == "s" else f"≤ {fmt_value(target, unit)}"
 
@@ -174,6 +174,12 @@ def render(results: dict, source: str) -> str:
         f"(`{KUNIT_CMD}` from the same kernel tree, the pristine tree the default "
         "kernel is built from) in the same invocation.",
     ]
+    later = [f"`{s['script']}` started {s['date']} at `{s['commit']}`"
+             + (" (with uncommitted changes)" if s.get("dirty") else "")
+             for s in results.get("scripts", [])
+             if s.get("commit") and s.get("commit") != results.get("commit")]
+    if later:
+        out += ["", "The checkout moved during the invocation: " + "; ".join(later) + "."]
     if results.get("note"):
         out += ["", f"**Note:** {results['note']}"]
     out += [

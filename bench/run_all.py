@@ -124,6 +124,9 @@ def collect(outcomes: list, argv: list, machine: str, started: str,
         except (OSError, ValueError) as e:
             doc = {"figures": [], "failed": f"no figures written ({e})"}
         entry["command"] = doc.get("command", "")
+        for k in ("date", "commit", "dirty"):     # when the script itself started
+            if k in doc:
+                entry[k] = doc[k]
         entry["figures"] = doc.get("figures", [])
         if doc.get("failed"):
             entry["failed"] = doc["failed"]

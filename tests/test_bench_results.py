@@ -131,5 +131,6 @@ def test_run_all_collects_the_scripts_files(tmp_path):
     assert walker["script"] == "bench_walker.py" and walker["rc"] == 0
     assert walker["figures"][0]["key"] == "walker_blocks"
     assert walker["command"] == "$ bench/bench_walker.py"
+    assert {"date", "commit", "dirty"} <= set(walker)     # when the script started
     assert run["rc"] == 2 and run["figures"] == []
     assert run["failed"].startswith("no figures written")
