@@ -134,3 +134,33 @@ def test_run_all_collects_the_scripts_files(tmp_path):
     assert {"date", "commit", "dirty"} <= set(walker)     # when the script started
     assert run["rc"] == 2 and run["figures"] == []
     assert run["failed"].startswith("no figures written")
+
+
+def test_cold_build_next_to_kunit(capsys):
+    """bench_build's cold figures from a made-up harness build and kunit.py run."""
+    import bench_build
+    import kunitlib as kl
+    r = bl.Result(["python", "-m", "harness.cli", "build", "--json"],
+                  {"CCACHE_DISABLE": "1"}, 0, 360.0, "{}",
+                  [(1.0, "[source] unpacking x\n"), (15.0, "$ cp -al a b\n"),
+                   (16.0, "$ make -C tree\n")])
+    kunit = bl.Result(["kunit.py", "run"], {}, 0, 250.0, "", [])
+    kr = kl.KunitRun("cold", kunit, kl.Elapsed(249.0, 6.0, 234.0, 9.0),
+                     {"tests": 493}, 900)
+    bench_build.cold_figures(r, "rebuilt=true", 1125, kr)
+    out = capsys.readouterr().out
+    assert out.startswith("cold build: 360.0 s (target <= 1.0x kunit.py's cold build "
+                          "240.0 s: 1.50x, MISSED)")
+    assert "make part vs kunit.py's building part: 344.0 s vs 234.0 s = 1.47x" in out
+    assert "cold build objects: 1125 (*.o in the O= tree) vs kunit.py's 900: 1.25x" in out
+    figs = {f["key"]: f for f in bl.RESULTS}
+    cold = figs["cold_build"]
+    assert cold["target_kind"] == "ratio_to_kunit" and cold["met"] is False
+    assert cold["ratio"] == pytest.approx(1.5) and cold["kunit"]["value"] == 240.0
+    assert cold["kunit"]["command"] == "$ kunit.py run" and cold["readme"]
+    assert figs["cold_build_objects"]["kunit"]["value"] == 900
+    bl.RESULTS.clear()
+    bench_build.cold_figures(r, "rebuilt=true", 1125, None)   # --no-kunit
+    figs = {f["key"]: f for f in bl.RESULTS}
+    assert figs["cold_build"]["target"] == bench_build.COLD_TARGET
+    assert figs["cold_build"]["kunit"] is None
