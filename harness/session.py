@@ -102,7 +102,12 @@ class Guest:
     def mark(self, step: str) -> None:
         """Name the current step, and write a marker line into the kernel log."""
         self.step = step
-        self.run(f"echo 'harness: step {step}' > /dev/kmsg", 10)
+        line = f"harness: step {step}"
+        if self.ssh is not None and self.transport is self.ssh and "\n" not in step:
+            progress.detail(f"ssh kmsg< {line}")
+            self.ssh.kmsg_line(line)
+            return
+        self.run(f"echo '{line}' > /dev/kmsg", 10)
 
 
 def _sigterm_as_interrupt() -> Any:

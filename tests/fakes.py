@@ -297,6 +297,30 @@ class ReplaySsh(SshTransport):
     def put_text(self, remote: str, text: str, deadline: float = 30.0) -> None:
         self.script.answer(f"put_text {remote}")
 
+    def _kmsg_channel(self):
+        return _ReplayKmsg(self)
+
+
+class _ReplayKmsg:
+    """SshTransport's /dev/kmsg channel: each line is answered by the script as
+    the command ``echo 'LINE' > /dev/kmsg`` (a lost answer closes the link)."""
+
+    def __init__(self, ssh: ReplaySsh):
+        self.ssh, self.closed = ssh, False
+
+    def alive(self) -> bool:
+        return not self.closed and self.ssh.client.link.active
+
+    def write(self, text: str, timeout: float) -> None:
+        got = self.ssh.script.answer(f"echo '{text}' > /dev/kmsg")
+        if got.lost:
+            self.ssh.client.link.close()
+            self.close()
+            raise EOFError("channel closed")
+
+    def close(self) -> None:
+        self.closed = True
+
 
 def install(monkeypatch, tmp_path: Path, console: Union[bytes, str], ssh: list = (),
             qmp: Optional[FakeQmp] = None, hold_open: bool = True) -> SimpleNamespace:
