@@ -40,7 +40,7 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -83,7 +83,7 @@ def parse_elapsed(text: str) -> Optional[Elapsed]:
     return Elapsed(*(float(x) for x in found[-1]))
 
 
-def parse_tests(text: str) -> Optional[dict]:
+def parse_tests(text: str) -> Optional[dict[str, Any]]:
     """``Ran 493 tests: passed: 480, skipped: 13`` -> {"tests": 493,
     "passed": 480, "skipped": 13}; None without such a line."""
     result = None
@@ -124,7 +124,7 @@ class KunitTree:
         return self.home / "build"
 
 
-def tree_of(art: dict) -> KunitTree:
+def tree_of(art: dict[str, Any]) -> KunitTree:
     """The default kernel's pristine tree from ``build --json``'s artifacts."""
     from harness.runner import kernel_tree
     source = str(art.get("source", ""))
@@ -145,7 +145,7 @@ def python3() -> str:
         shutil.which("python3") or sys.executable
 
 
-def argv(kt: KunitTree) -> list:
+def argv(kt: KunitTree) -> list[str]:
     return [python3(), str(kt.tree / KUNIT_PY), *KUNIT_ARGS, f"--build_dir={kt.build_dir}"]
 
 
@@ -160,7 +160,7 @@ class KunitRun:
     kind: str                      # "cold" | "warm"
     result: bl.Result
     elapsed: Optional[Elapsed]
-    tests: Optional[dict]
+    tests: Optional[dict[str, Any]]
     objects: Optional[int]         # *.o in the build dir (cold only)
     primed: bool = False           # warm: the build dir had to be built first
 
@@ -192,7 +192,7 @@ class KunitRun:
             parts.append("waited for another kunit run in the same build dir")
         return "; ".join(parts)
 
-    def to_figure(self, label: str, value: Optional[float] = None) -> dict:
+    def to_figure(self, label: str, value: Optional[float] = None) -> dict[str, Any]:
         return bl.kunit_figure(label, self.wall if value is None else value,
                                self.command, self.extra())
 
@@ -214,7 +214,7 @@ class _Lock:
             fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
 
 

@@ -23,7 +23,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -76,7 +76,7 @@ def fmt_value(value: Optional[float], unit: str) -> str:
     return f"{value:g} {unit}"
 
 
-def fmt_target(fig: dict) -> str:
+def fmt_target(fig: dict[str, Any]) -> str:
     target = fig.get("target")
     if target is None:
         return "—"
@@ -86,7 +86,7 @@ def fmt_target(fig: dict) -> str:
     return f"≤ {target:g} s" if unit == "s" else f"≤ {fmt_value(target, unit)}"
 
 
-def fmt_met(fig: dict) -> str:
+def fmt_met(fig: dict[str, Any]) -> str:
     if fig.get("target") is None:
         return "—"
     met = fig.get("met")
@@ -109,7 +109,7 @@ def cell(text: str) -> str:
 
 # ---------------------------------------------------------------- render --
 
-def figures(results: dict) -> list:
+def figures(results: dict[str, Any]) -> list[Any]:
     """Every figure of the results, in script order (a script's own file, as
     --json-out writes it, is accepted as well)."""
     if "scripts" in results:
@@ -117,7 +117,7 @@ def figures(results: dict) -> list:
     return list(results.get("figures", []))
 
 
-def readme_rows(results: dict) -> list:
+def readme_rows(results: dict[str, Any]) -> list[Any]:
     """The figures for the table: issue 13's in ORDER, then the other marked ones."""
     marked = [f for f in figures(results) if f.get("readme")]
     by_key = {f["key"]: f for f in marked}
@@ -127,7 +127,7 @@ def readme_rows(results: dict) -> list:
     return rows
 
 
-def row(fig: dict) -> str:
+def row(fig: dict[str, Any]) -> str:
     key = fig["key"]
     title = TITLES.get(key) or cell(fig.get("label", key).strip())
     if fig.get("missing"):
@@ -143,7 +143,7 @@ def row(fig: dict) -> str:
             f"{fmt_target(fig)} | {fmt_met(fig)} | {command} |")
 
 
-def details(rows: list) -> list:
+def details(rows: list[Any]) -> list[Any]:
     lines = []
     for fig in rows:
         if fig.get("missing"):
@@ -160,7 +160,7 @@ def details(rows: list) -> list:
     return lines
 
 
-def render(results: dict, source: str) -> str:
+def render(results: dict[str, Any], source: str) -> str:
     """The section between the markers (markers excluded), ending in a newline."""
     dirty = " (with uncommitted changes)" if results.get("dirty") else ""
     failed = [s for s in results.get("scripts", []) if s.get("rc") or s.get("failed")]
@@ -205,7 +205,7 @@ def render(results: dict, source: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def section(results: dict, source: str) -> str:
+def section(results: dict[str, Any], source: str) -> str:
     return f"{BEGIN}\n{render(results, source)}{END}\n"
 
 
@@ -240,7 +240,7 @@ def source_name(path: Path) -> str:
         return str(path)
 
 
-def load(path: Path) -> dict:
+def load(path: Path) -> dict[str, Any]:
     data = json.loads(Path(path).read_text())
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
@@ -254,7 +254,7 @@ def update_readme(results_path: Path, readme: Path = README) -> Path:
     return readme
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path, help="a results file of bench/run_all.py")
