@@ -282,9 +282,9 @@ def _run_side_by_side(art: KernelArtifacts, ropts: RunOptions, out: Path) -> lis
 
     threads = [threading.Thread(target=worker, name=f"method-{i}", daemon=True)
                for i in range(min(ropts.jobs, len(pending)))]
-    for t in threads:
-        t.start()
     try:
+        for t in threads:       # inside the try: a signal may come at once
+            t.start()
         while any(t.is_alive() for t in threads):
             for t in threads:
                 t.join(0.1)

@@ -535,3 +535,15 @@ def test_watch_budget_keeps_every_upper_entry_and_the_first_last_level_ones():
     assert gdb.watch_selection([pud] + pmds, None) == ([pud] + pmds, [])
     assert gdb.watch_selection([pud], 0) == ([], [pud])   # budget 0: flush not followed
     assert gdb.watch_selection([], 4) == ([], [])
+
+
+def test_a_relative_report_folder_is_made_absolute_for_gdb(tmp_path, monkeypatch):
+    """gdb runs with its cwd in out_dir and is told the config's path: a relative
+    out_dir (repro's default runs/...) would be looked up twice over."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gdb, "tlbi_sites", lambda vmlinux: [])
+    spec = gdb.GdbSpec.for_removal("vmlinux", port=1, out_dir="runs/x", step="remove a",
+                                   pa_start=0, pa_end=1, backings=(), geometry=(4096, 48, 4, 48),
+                                   root_pa=0)
+    assert spec.out_dir == str(tmp_path / "runs" / "x")
+    assert spec.config_path == str(tmp_path / "runs" / "x" / "gdb-order-remove-a.json")

@@ -143,7 +143,9 @@ class GdbSpec:
         tag = tag or "order-" + "".join(c if c.isalnum() else "-" for c in step).strip("-")
         if occurrence > 1:
             tag += f"-{occurrence}"
-        return cls(str(vmlinux), int(port), str(out_dir), step, int(pa_start), int(pa_end),
+        # absolute: gdb runs in out_dir, and reads its config from there
+        return cls(str(vmlinux), int(port), str(Path(out_dir).resolve()), step,
+                   int(pa_start), int(pa_end),
                    tuple((int(b), str(p)) for b, p in backings), tuple(geometry),
                    int(root_pa), flush_check, sites, vmemmap_start, tag=tag, **kw)
 
