@@ -8,7 +8,9 @@ independent implementation for 4K/4-level, 4K/3-level, 64K/2-level,
 from __future__ import annotations
 
 import json
+import shutil
 import struct
+import subprocess
 
 import pytest
 
@@ -461,3 +463,37 @@ def test_kimage_pa():
     assert kimage_pa(0xffff8000805cd000, 0xffff800080000000, 0x4020_0000) == 0x407c_d000
     with pytest.raises(WalkError):
         kimage_pa(0xffff000000000000, 0xffff800080000000, 0x4020_0000)
+
+
+def _elftools_symbols(path, names=None, types=None):
+    """read_symtab's answer the slow way: pyelftools' symbol objects."""
+    from elftools.elf.elffile import ELFFile
+    table: dict = {}
+    with open(path, "rb") as f:
+        for sym in ELFFile(f).get_section_by_name(".symtab").iter_symbols():
+            if not sym.name or (names is not None and sym.name not in names):
+                continue
+            if types is None or sym["st_info"]["type"] in types:
+                table.setdefault(sym.name, []).append((sym["st_value"], sym["st_size"]))
+    return table
+
+
+@pytest.mark.skipif(not shutil.which("aarch64-linux-gnu-gcc"),
+                    reason="no aarch64-linux-gnu-gcc (gcc-aarch64-linux-gnu)")
+def test_read_symtab_reads_what_pyelftools_reads(tmp_path):
+    """The bulk reader of .symtab against pyelftools' own symbol objects, on an
+    aarch64 ELF linked here (names that are tails of others included)."""
+    from harness.build.layout import read_symtab
+    src = tmp_path / "s.c"
+    src.write_text("unsigned long swapper_pg_dir[512];\nunsigned long my_swapper_pg_dir[4];\n"
+                   "static int bar(int x) { return x + 1; }\n"
+                   "int foo_bar(int x) { return bar(x); }\n"
+                   "long memstart_addr = 7;\nvoid _start(void) { foo_bar(1); }\n")
+    elf = tmp_path / "s.elf"
+    subprocess.run(["aarch64-linux-gnu-gcc", "-O0", "-nostdlib", "-static", "-o", str(elf),
+                    str(src)], check=True)
+    assert read_symtab(elf) == _elftools_symbols(elf)
+    assert read_symtab(elf, types=["STT_FUNC"]) == _elftools_symbols(elf, types={"STT_FUNC"})
+    names = {"swapper_pg_dir", "bar", "memstart_addr", "absent"}
+    got = read_symtab(elf, names)
+    assert got == _elftools_symbols(elf, names) and set(got) == names - {"absent"}
