@@ -155,7 +155,7 @@ def hh_guest(hh_kernel, tmp_path, request) -> Any:
     ``hh_guest`` entry per guest: ``FOLDER BOOT_START READY STOPPED`` (epoch
     seconds), which shows whether guests of different tests overlapped."""
     from harness.drive.common import Recorder
-    from harness.runner import METHODS
+    from harness.runner import METHODS, restored_note
     from harness.session import BootOptions, boot
     stack = ExitStack()
     booted: list = []
@@ -171,6 +171,8 @@ def hh_guest(hh_kernel, tmp_path, request) -> Any:
         guest = stack.enter_context(boot(hh_kernel, bopts, out, progress=False))
         booted.append([str(out), start, time.time()])
         rec = Recorder(guest, hh_kernel, walk=walk, order_check="off")
+        if guest.snapshot:
+            rec.notes.append(restored_note(guest))
         return HotplugGuest(guest, rec, method or "user-test")
 
     maker: Callable[..., HotplugGuest] = make

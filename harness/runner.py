@@ -124,6 +124,8 @@ def run_method(name: str, art: KernelArtifacts, ropts: RunOptions,
         with boot(art, bopts, out, progress=ui.verbose()) as guest:
             rec = Recorder(guest, art, walk=ropts.walk, progress=_progress,
                            order_check=ropts.order_check)
+            if guest.snapshot:
+                rec.notes.append(restored_note(guest))
             state["rec"] = rec
             try:
                 method.drive(rec, opts)
@@ -148,6 +150,14 @@ def run_method(name: str, art: KernelArtifacts, ropts: RunOptions,
         e.run = _method_run(name, state, out)
         raise
     return _method_run(name, state, out)
+
+
+def restored_note(guest: Any) -> str:
+    """What a report says of a guest restored from a snapshot instead of booted."""
+    return (f"guest restored from snapshot {guest.snapshot} (a guest of this kernel and "
+            f"QEMU command line, saved once it was ready; restored in "
+            f"{guest.times.get('restored_s', 0):.2f}s; --no-snapshot boots it instead); "
+            "the console log starts with that boot")
 
 
 def _recorded_options(method: Method[Any], ropts: RunOptions) -> dict:

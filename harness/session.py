@@ -13,8 +13,8 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, Optional, Union
@@ -22,9 +22,9 @@ from typing import Any, Optional, Union
 from harness import progress
 from harness import progress as ui
 from harness.build.kernel import KernelArtifacts
-from harness.errors import MachineError
+from harness.errors import HarnessError, MachineError
 from harness.host import Deadline
-from harness.machine import guest_image
+from harness.machine import guest_image, snapshot
 from harness.machine.console import SETTLE_S, ConsoleReader, CrashGate, SerialConsole
 from harness.machine.crashwatch import CrashReport, CrashWatcher
 from harness.machine.qemu import Machine, VmSpec, free_port, make_run_dir
@@ -45,6 +45,7 @@ class BootOptions:
     boot_timeout: float = 60.0
     ssh: bool = True                   # bring up SSH at all
     gdb: bool = False                  # a gdbstub on 127.0.0.1 (the ordering checks)
+    snapshot: bool = True              # restore a booted guest when one is cached
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Guest:
     out_dir: Path
     times: dict[str, float] = field(default_factory=dict)
     step: str = "boot"
+    snapshot: str = ""          # the key of the snapshot it was restored from
 
     @property
     def reader(self) -> ConsoleReader:
@@ -127,24 +129,45 @@ def _sigterm_as_interrupt() -> Any:
 @contextmanager
 def boot(art: KernelArtifacts, opts: BootOptions, out_dir: Path,
          progress: bool = True) -> Iterator[Guest]:
-    """Boot ``art`` and yield a ready Guest; everything is torn down on exit."""
+    """Boot ``art`` (or restore a snapshot of it booted with the same command
+    line: harness.machine.snapshot) and yield a ready Guest; everything is torn
+    down on exit."""
     previous = _sigterm_as_interrupt()
     run_dir = make_run_dir()
     try:
         key = generate_key(run_dir)
-        initrd = guest_image.prepare_initrd(key.public_text, run_dir / "initrd.gz")
+        snapshots = opts.snapshot and snapshot.enabled()
+        if snapshots:      # key-less: the run's key is written in over the console
+            initrd = guest_image.build_base_image().path
+        else:
+            initrd = guest_image.prepare_initrd(key.public_text, run_dir / "initrd.gz").path
         port = free_port() if opts.ssh else 0
-        spec = VmSpec(kernel=art.image, initrd=str(initrd.path), run_dir=str(run_dir),
+        spec = VmSpec(kernel=art.image, initrd=str(initrd), run_dir=str(run_dir),
                       mode=opts.mode, mem_mb=opts.mem_mb, slots=opts.slots,
                       maxmem_mb=opts.maxmem_mb, smp=opts.smp, ssh_port=port,
                       cmdline=("printk.time=1",) + tuple(opts.cmdline),
                       devices=tuple(opts.devices),
                       gdb_port=free_port() if opts.gdb else None)
-        machine = Machine(spec, out_dir, boot_timeout=opts.boot_timeout)
-        if progress:    # the parameter (show the command line), not the module
-            ui.info("$ " + " ".join(machine.argv), "machine")
-        with machine:
-            guest = _bring_up(machine, key, opts, out_dir)
+        snap_key = snapshot.key_for(spec) if snapshots else None
+        with ExitStack() as stack:
+            guest = None
+            snap = snapshot.find(snap_key) if snap_key else None
+            if snap is not None:
+                guest = _restored(stack, snap, spec, key, opts, out_dir, progress)
+                if guest is None:   # the failed machine removed its run folder
+                    run_dir = make_run_dir()
+                    key = generate_key(run_dir)
+                    spec = replace(spec, run_dir=str(run_dir),
+                                   ssh_port=free_port() if opts.ssh else 0,
+                                   gdb_port=free_port() if opts.gdb else None)
+            if guest is None:
+                machine = Machine(spec, out_dir, boot_timeout=opts.boot_timeout)
+                if progress:    # the parameter (show the command line), not the module
+                    ui.info("$ " + " ".join(machine.argv), "machine")
+                stack.enter_context(machine)
+                guest = _bring_up(machine, key, opts, out_dir,
+                                  save_as=snap_key if snapshots else None,
+                                  key_over_console=snapshots)
             try:
                 yield guest
             finally:
@@ -155,7 +178,44 @@ def boot(art: KernelArtifacts, opts: BootOptions, out_dir: Path,
             signal.signal(signal.SIGTERM, previous)
 
 
-def _bring_up(machine: Machine, key: KeyPair, opts: BootOptions, out_dir: Path) -> Guest:
+def _restored(stack: ExitStack, snap: snapshot.Snapshot, spec: VmSpec, key: KeyPair,
+              opts: BootOptions, out_dir: Path, progress: bool) -> Optional[Guest]:
+    """The guest restored from ``snap``, or None (then the snapshot is removed and
+    the caller boots): a snapshot that does not restore is a stale cache entry,
+    not the kernel's fault."""
+    restore_spec = replace(spec, devices=spec.devices + ("-incoming", "defer"))
+    try:
+        snapshot.prepare(snap, spec.run_dir)
+        machine = Machine(restore_spec, out_dir, boot_timeout=opts.boot_timeout,
+                          console_prelude=snap.console())
+    except (OSError, ValueError, KeyError) as e:
+        ui.warn(f"snapshot {snap.key} unreadable ({e}): booting instead", "machine")
+        snap.remove()
+        return None
+    if progress:
+        ui.info("$ " + " ".join(machine.argv), "machine")
+    inner = ExitStack()
+    try:
+        inner.enter_context(machine)
+        restore_s = snapshot.restore(machine, snap)
+        guest = _bring_up(machine, key, opts, out_dir, key_over_console=True)
+    except MachineError as e:
+        inner.close()
+        ui.warn(f"snapshot {snap.key} did not restore ({e.message}): booting instead",
+                "machine")
+        snap.remove()
+        return None
+    stack.push(inner)
+    guest.times["restored_s"] = round(restore_s, 3)
+    guest.snapshot = snap.key
+    return guest
+
+
+def _bring_up(machine: Machine, key: KeyPair, opts: BootOptions, out_dir: Path,
+              save_as: Optional[str] = None, key_over_console: bool = False) -> Guest:
+    """Wait for the guest to be ready; ``save_as``: snapshot it then (under that
+    key); ``key_over_console``: write the run's SSH key into it over the serial
+    console (a key-less image); then connect SSH."""
     deadline = Deadline(opts.boot_timeout)
     reader = machine.reader
     assert reader is not None, "a launched Machine has a console reader"
@@ -173,6 +233,17 @@ def _bring_up(machine: Machine, key: KeyPair, opts: BootOptions, out_dir: Path) 
     guest = Guest(machine, console, None, reader.watcher, console, out_dir, times)
     gate = CrashGate(reader, settle=SETTLE_S, step_of=lambda: guest.step)
     machine.crash_check = gate     # QMP waits end at a crash too
+    if save_as is not None:
+        try:
+            start = time.monotonic()
+            snapshot.save(machine, save_as, machine.console_log)
+            times["snapshot_save_s"] = round(time.monotonic() - start, 3)
+        except (MachineError, HarnessError, OSError) as e:   # the run goes on without
+            ui.warn(f"could not save a snapshot of the booted guest: {e}", "machine")
+            if not machine.alive():
+                raise
+    if key_over_console:
+        console.run(snapshot.key_command(key.public_text), deadline).check("boot")
     if opts.ssh:
         ssh = SshTransport(machine.spec.ssh_port, key, crash_check=gate,
                            alive_check=lambda: machine.check_alive(

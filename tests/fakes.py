@@ -341,6 +341,9 @@ def install(monkeypatch, tmp_path: Path, console: Union[bytes, str], ssh: list =
     def machine(spec, out_dir, boot_timeout=60.0):
         return FakeQemu(spec, out_dir, boot_timeout, console=console, qmp=qmp,
                         hold_open=hold_open)
+    # the fake QEMU cannot migrate: every fake guest boots (snapshots are tested
+    # against real QEMU, test_qemu.py)
+    monkeypatch.setattr(session.snapshot, "enabled", lambda: False)
     monkeypatch.setattr(session, "make_run_dir", make_run_dir)
     monkeypatch.setattr(session, "Machine", machine)
     monkeypatch.setattr(guest_image, "prepare_initrd",

@@ -156,6 +156,43 @@ def _is_child_qemu(pid: str, parent: int) -> bool:
     return comm.startswith("qemu-system") and int(stat.rsplit(")", 1)[1].split()[1]) == parent
 
 
+def test_a_booted_guest_is_saved_then_restored(kernel, tmp_path):
+    """The first boot of a command line saves a snapshot once the guest is ready;
+    the next is restored from it (SSH with the new run's own key, the boot on its
+    console); a snapshot that does not restore is removed and the guest boots."""
+    from harness.machine import snapshot
+    marker = f"harness.snaptest={os.getpid()}_{time.time_ns()}"   # a key of its own
+    opts = BootOptions(mode="dt", cmdline=(marker,))
+    keys = []
+    try:
+        with boot(kernel, opts, tmp_path / "first") as g:
+            assert "snapshot_save_s" in g.times and not g.snapshot
+            keys.append(snapshot.key_for(g.machine.spec))
+            assert g.ssh.run("cat /proc/cmdline", 10).stdout.count(marker) == 1
+        snap = snapshot.find(keys[0])
+        assert snap is not None and snap.meta()["ram"] == ["ram0"]
+        with boot(kernel, opts, tmp_path / "second") as g:
+            assert g.snapshot == keys[0] and "restored_s" in g.times
+            assert g.times["boot_to_ssh_s"] < 2.0
+            assert g.ssh.run("grep -c ssh- /root/.ssh/authorized_keys", 10).stdout.strip() == "1"
+            assert g.ssh.run("echo restored-ok", 10).stdout.strip() == "restored-ok"
+            assert g.console.run("uname -r", 10).stdout.strip() == kernel.kernel_release
+        log = (tmp_path / "second" / "console.log").read_text(errors="replace")
+        assert "Booting Linux" in log and "HARNESS-READY" in log
+        # a broken snapshot: removed, the guest boots, a new one is saved
+        (snap.path / snapshot.STATE).write_bytes(b"not a migration stream")
+        with boot(kernel, opts, tmp_path / "third") as g:
+            assert not g.snapshot and "snapshot_save_s" in g.times
+            assert g.ssh.run("true", 10).exit_code == 0
+        assert snapshot.find(keys[0]) is not None
+        assert snapshot.find(keys[0]).state.read_bytes() != b"not a migration stream"
+    finally:
+        for key in keys:
+            found = snapshot.find(key)
+            if found:
+                found.remove()
+
+
 def test_run_all_methods_pass_on_the_default_kernel(kernel, tmp_path):
     proc = harness_cli("run", "--method", "all", "--json", "--report", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]

@@ -34,6 +34,7 @@ class FakeGuest:
         self.console = SimpleNamespace(drain=lambda *a, **k: None)
         self.watcher = SimpleNamespace(reports=(), open_kind=None, flush=lambda: None)
         self.out_dir, self.step, self.marks = out, "boot", []
+        self.snapshot = ""                  # booted, not restored
 
     def console_line(self):
         return len(self.marks)

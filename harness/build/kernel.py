@@ -560,7 +560,7 @@ def list_cache() -> list:
 # removes exactly these: HOTPLUG_HARNESS_CACHE pointed at a wrong folder (a
 # home directory) must not lose anything the harness did not make.
 CACHE_ENTRIES = ("artifacts", "build", "trees", "src", "ccache", "guest-image",
-                 "debs", "file-hashes.json")
+                 "debs", "file-hashes.json", "snapshots", "tlbi-sites", "kunit")
 
 
 def clean_cache(everything: bool = False) -> list:
@@ -572,7 +572,8 @@ def clean_cache(everything: bool = False) -> list:
     root = cache_root()
     removed = []
     with locked("cache-clean"):
-        for name in CACHE_ENTRIES if everything else ("artifacts",):
+        # snapshots of booted guests go with the kernels they booted
+        for name in CACHE_ENTRIES if everything else ("artifacts", "snapshots"):
             path = root / name
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)

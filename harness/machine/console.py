@@ -223,6 +223,14 @@ class ConsoleReader:
         self._thread.start()
         return self
 
+    def feed(self, data: bytes) -> None:
+        """Take ``data`` as if the console had shown it (before ``start()``): a
+        guest restored from a snapshot shows its boot this way (console.log, the
+        line numbers, the crash watcher)."""
+        if self.log is not None:
+            self.log.write(data)
+        self._take(data)
+
     # -- the reading thread ----------------------------------------------------
     def _pump(self) -> None:
         while True:

@@ -189,8 +189,12 @@ class MachineTimes:
 class Machine:
     """A running QEMU guest. Use as a context manager."""
 
-    def __init__(self, spec: VmSpec, out_dir: Path, boot_timeout: float = 60.0):
+    def __init__(self, spec: VmSpec, out_dir: Path, boot_timeout: float = 60.0,
+                 console_prelude: bytes = b""):
         self.spec = spec
+        # shown by the console before what QEMU sends (a restored guest's boot:
+        # harness.machine.snapshot)
+        self.console_prelude = console_prelude
         self.out_dir = Path(out_dir)
         self.boot_timeout = boot_timeout
         self.proc: subprocess.Popen[bytes] | None = None
@@ -285,7 +289,10 @@ class Machine:
                     raise MachineError("QEMU did not connect to the console socket",
                                        step="boot", evidence=self._stderr_tail()) from None
         conn.settimeout(None)
-        self.reader = ConsoleReader(SocketStream(conn), self.console_log).start()
+        self.reader = ConsoleReader(SocketStream(conn), self.console_log)
+        if self.console_prelude:
+            self.reader.feed(self.console_prelude)
+        self.reader.start()
         try:
             self.qmp.accept(timeout=max(deadline.remaining(), 1.0))
         except Exception as e:  # qemu.qmp raises several kinds
