@@ -1,7 +1,10 @@
 """Time guest boots and measure QEMU's resident memory.
 
-Boot times: N runs (default 5) of 'hotplug-harness boot --check --json' in
-ACPI mode (and DT mode with --dt); for each of
+Boot times: N runs (default 5) of 'hotplug-harness boot --check --json
+--no-snapshot' in ACPI mode (and DT mode with --dt), so that the kernel really
+boots each time; then N restores of the snapshot one more, untimed boot saves
+(the same command without --no-snapshot: what 'run' does for a guest whose
+command line booted before); for each of
 
   boot_to_ready_s   QEMU start -> the guest's HARNESS-READY console line
   boot_to_ssh_s     QEMU start -> the first SSH answer      target (issue 13)
@@ -79,30 +82,43 @@ def prime(args) -> None:
     bl.figure("kernel ready", r.wall, None, r.command, extra)
 
 
-def boot_times(args, mode: str, tmp: Path) -> None:
+def boot_times(args, mode: str, tmp: Path, restore: bool = False) -> None:
+    """N boots (``--no-snapshot``: the kernel boots every time), or with
+    ``restore`` N restores of the snapshot the first, untimed run saves."""
+    what = "restore" if restore else "boot"
     samples = {k: [] for k in KEYS + ("wall",)}
     command = ""
+    extra = [] if restore else ["--no-snapshot"]
+    if restore:     # the first boot of this command line saves the snapshot
+        bl.run(bl.harness_argv("boot", "--check", "--json", "--mode", mode,
+                               "--boot-timeout", f"{args.boot_timeout:g}",
+                               "--out", tmp / f"{what}-{mode}-0"),
+               verbose=args.verbose, what=f"{mode} snapshot (untimed)")
     for i in range(1, args.runs + 1):
-        out = tmp / f"boot-{mode}-{i}"
-        argv = bl.harness_argv("boot", "--check", "--json", "--mode", mode,
+        out = tmp / f"{what}-{mode}-{i}"
+        argv = bl.harness_argv("boot", "--check", "--json", "--mode", mode, *extra,
                                "--boot-timeout", f"{args.boot_timeout:g}",
                                "--out", out)
-        r = bl.run(argv, verbose=args.verbose, what=f"{mode} boot {i}/{args.runs}")
+        r = bl.run(argv, verbose=args.verbose, what=f"{mode} {what} {i}/{args.runs}")
         data = r.json()
+        if restore and "restored_s" not in data:
+            bl.die(f"{mode} restore {i}: the guest was booted, not restored "
+                   f"(no snapshot was saved?): {data}")
         command = command or r.command
         for k in KEYS:
             samples[k].append(data.get(k))
         samples["wall"].append(r.wall)
-        bl.note(f"{mode} boot {i}: " + ", ".join(
+        bl.note(f"{mode} {what} {i}: " + ", ".join(
             f"{k} {bl.fmt_s(data.get(k))}" for k in KEYS) + f", wall {bl.fmt_s(r.wall)}")
-    print(f"{mode} boots ({args.runs} runs; 'median' below; the command of run 1 "
+    print(f"{mode} {what}s ({args.runs} runs; 'median' below; the command of run 1 "
           f"is shown, later runs differ only in --out):")
     for k in KEYS + ("wall",):
         s = bl.spread(samples[k])
         ssh = k == "boot_to_ssh_s"
-        bl.figure(f"  {mode} {k} median", s["median"], SSH_TARGETS[mode] if ssh else None,
+        target = SSH_TARGETS[mode] if ssh and not restore else None
+        bl.figure(f"  {mode} {what} {k} median", s["median"], target,
                   command if k == KEYS[0] or ssh else "", bl.spread_text(s),
-                  key=f"boot_{mode}_{k}", readme=ssh)
+                  key=f"{what}_{mode}_{k}", readme=ssh)
     if not all(v is not None for v in samples["boot_to_ssh_s"]):
         print(f"  {mode}: some runs printed no boot_to_ssh_s (SSH not brought up?)")
 
@@ -162,6 +178,7 @@ def main(argv=None) -> int:
         if not args.rss_only:
             for mode in modes:
                 boot_times(args, mode, tmp)
+                boot_times(args, mode, tmp, restore=True)
         if not args.no_rss:
             for mode in modes:
                 try:

@@ -34,8 +34,8 @@ ANCHOR = "## Troubleshooting"
 
 # issue 13's targets, in this order, then any other figure marked "readme"
 ORDER = ("cold_build", "cold_build_objects", "warm_run", "patch_verdict",
-         "boot_dt_boot_to_ssh_s", "boot_acpi_boot_to_ssh_s", "noop_rebuild",
-         "patch_rebuild")
+         "boot_dt_boot_to_ssh_s", "boot_acpi_boot_to_ssh_s", "restore_dt_boot_to_ssh_s",
+         "restore_acpi_boot_to_ssh_s", "noop_rebuild", "patch_rebuild")
 TITLES = {
     "cold_build": "cold kernel build (fresh cache, no ccache)",
     "cold_build_objects": "objects built cold (`*.o`)",
@@ -43,6 +43,9 @@ TITLES = {
     "patch_verdict": "one-file patch to `mmu.c` → verdict (`run --patch P --method all`)",
     "boot_dt_boot_to_ssh_s": "boot → SSH, DT (median)",
     "boot_acpi_boot_to_ssh_s": "boot → SSH, ACPI (median)",
+    "restore_dt_boot_to_ssh_s": "snapshot restore → SSH, DT (median; what `run` does "
+                                "once a guest of that command line was booted)",
+    "restore_acpi_boot_to_ssh_s": "snapshot restore → SSH, ACPI (median)",
     "noop_rebuild": "no-op rebuild (median)",
     "patch_rebuild": "rebuild after a one-file patch to `mmu.c`",
 }
