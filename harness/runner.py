@@ -3,6 +3,7 @@
 progress lines labelled ``[method]``; the report keeps the methods' order)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -19,6 +20,7 @@ from harness.drive import method as registry
 from harness.drive.common import Recorder
 from harness.drive.method import Method
 from harness.errors import HarnessError
+from harness.host import cache_root
 from harness.machine.crashwatch import KernelCrash
 from harness.records import (
     CheckOptions,
@@ -260,7 +262,10 @@ def _run_side_by_side(art: KernelArtifacts, ropts: RunOptions, out: Path) -> lis
     the main thread only: it stops the workers by killing the guests they run
     (their steps then fail and every ``with`` block cleans up as usual), waits
     for them, and marks the runs they were in as interrupted."""
-    pending = list(ropts.methods)
+    took = method_seconds()
+    # longest first (by the last run's time; unknown ones first, in the given
+    # order): the two lanes end closer together
+    pending = sorted(ropts.methods, key=lambda n: -took.get(n, float("inf")))
     runs: dict[str, MethodRun] = {}
     cut: set[str] = set()              # runs that ended after the signal
     started: dict[str, float] = {}
@@ -288,7 +293,11 @@ def _run_side_by_side(art: KernelArtifacts, ropts: RunOptions, out: Path) -> lis
                     cut.add(name)
                     continue
             verdict = "error" if run.error else "done"
-            _progress(f"[{name}] {verdict} in {time.monotonic() - started[name]:.1f}s")
+            seconds = time.monotonic() - started[name]
+            _progress(f"[{name}] {verdict} in {seconds:.1f}s")
+            if not run.error:
+                with lock:
+                    took[name] = seconds
 
     threads = [threading.Thread(target=worker, name=f"method-{i}", daemon=True)
                for i in range(min(ropts.jobs, len(pending)))]
@@ -314,7 +323,31 @@ def _run_side_by_side(art: KernelArtifacts, ropts: RunOptions, out: Path) -> lis
         raise
     if failures:
         raise failures[0]
+    save_method_seconds(took)
     return [runs[n] for n in ropts.methods if n in runs]
+
+
+SECONDS_FILE = "method-seconds.json"
+
+
+def method_seconds() -> dict[str, float]:
+    """How long each method took the last time it ran side by side (the
+    scheduling order; nothing else reads it)."""
+    try:
+        data = json.loads((cache_root() / SECONDS_FILE).read_text())
+        return {str(k): float(v) for k, v in data.items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def save_method_seconds(took: dict[str, float]) -> None:
+    path = cache_root() / SECONDS_FILE
+    try:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({k: round(v, 2) for k, v in sorted(took.items())}))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def _kill_guests() -> None:

@@ -44,6 +44,13 @@ class FakeGuest:
         self.marks.append(step)
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """method-seconds.json goes to a cache of the test's own."""
+    monkeypatch.setenv("HOTPLUG_HARNESS_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @pytest.fixture
 def fake_guests(monkeypatch):
     """runner.boot yields a FakeGuest; returns the list of guests closed."""
@@ -191,3 +198,24 @@ def test_kill_guests_signals_only_our_qemu(monkeypatch):
     monkeypatch.setattr(runner, "Path", FakePath)
     runner._kill_guests()
     assert sent == [(11, runner.signal.SIGKILL)]   # 13 is a reused PID: not ours
+
+
+def test_the_longest_method_of_the_last_run_starts_first(monkeypatch, tmp_path,
+                                                        fake_guests, own_cache):
+    """Scheduling by the last run's times (unknown methods first, in the given
+    order); the report keeps the given order; the times are saved for next time."""
+    own_cache.mkdir(parents=True, exist_ok=True)
+    (own_cache / "method-seconds.json").write_text(
+        '{"short": 1.0, "long": 9.0, "middle": 5.0}')
+    began = []
+
+    def drive(rec, opts):
+        began.append(rec.guest.out_dir.name)
+    for name in ("short", "long", "middle", "new"):
+        stand_in(monkeypatch, name, drive)
+    ropts = runner.RunOptions(methods=("short", "long", "middle", "new"), jobs=2)
+    runs = runner.run_all(SimpleNamespace(kconfig={}), ropts, tmp_path / "out")
+    assert [r.method for r in runs] == ["short", "long", "middle", "new"]
+    assert began[:2] in (["new", "long"], ["long", "new"]) and began[2:] == ["middle", "short"]
+    saved = runner.method_seconds()
+    assert set(saved) == {"short", "long", "middle", "new"} and saved["long"] < 9.0

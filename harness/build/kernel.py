@@ -560,7 +560,8 @@ def list_cache() -> list:
 # removes exactly these: HOTPLUG_HARNESS_CACHE pointed at a wrong folder (a
 # home directory) must not lose anything the harness did not make.
 CACHE_ENTRIES = ("artifacts", "build", "trees", "src", "ccache", "guest-image",
-                 "debs", "file-hashes.json", "snapshots", "tlbi-sites", "kunit")
+                 "debs", "file-hashes.json", "snapshots", "tlbi-sites", "kunit",
+                 "method-seconds.json")
 
 
 def clean_cache(everything: bool = False) -> list:
