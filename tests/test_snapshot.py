@@ -13,6 +13,7 @@ import pytest
 
 from fakes import ReplayStream
 from harness.errors import HarnessError
+from harness.host import Deadline
 from harness.machine import snapshot
 from harness.machine.console import ConsoleReader
 from harness.machine.qemu import VmSpec, qemu_argv
@@ -159,7 +160,7 @@ def test_a_restored_console_shows_the_saved_boot(tmp_path):
     reader.feed(boot)
     assert reader.lines_seen == 5
     reader.start()
-    reader.wait_quiet(5.0, 0.2)
+    reader.wait_quiet(Deadline(5.0), 0.2)
     reader.watcher.flush()
     assert [r.kind for r in reader.watcher.reports] == ["warning"]
     assert log.read_bytes().startswith(boot)
