@@ -336,5 +336,14 @@ def test_proposals_name_real_base_config_lines():
             # either base.config asks for it (the line to turn off) or it is a
             # default base.config does not mention yet (a line to add)
             assert base.get("CONFIG_" + opt, "y") == "y", (prop.name, opt)
-    names = [p.name for p in bo.PROPOSALS]
+    names = [p.name for p in bo.PROPOSALS + bo.APPLIED]
     assert len(names) == len(set(names))
+
+
+def test_applied_proposals_are_off_in_base_config():
+    base = kconfig.load_fragment("base").as_dict()
+    for prop in bo.APPLIED:
+        first, *rest = prop.unset          # the others depend on the first
+        assert base.get("CONFIG_" + first) == "n", (prop.name, first)
+        for opt in rest:
+            assert base.get("CONFIG_" + opt, "n") == "n", (prop.name, opt)
