@@ -359,3 +359,24 @@ ART = SimpleNamespace(image="/k/Image", vmlinux="/nonexistent/vmlinux",
                       source="debian 6.12", patches=(("0001-x.patch", "ab"),),
                       config_digest="cd", cache_key="ef" * 32, kernel_release="6.12.0",
                       fragments=("base", "4k-48"), seconds=0.1, rebuilt=False, kconfig={})
+
+
+# ------------------------------------------------------------ runner --------
+
+class FakeGuest:
+    """What the runner and a Recorder use of a booted Guest (no QEMU)."""
+
+    def __init__(self, out):
+        self.machine = SimpleNamespace(spec=SimpleNamespace(ram_path="/nonexistent"))
+        self.transport = SimpleNamespace(name="ssh")
+        self.console = SimpleNamespace(drain=lambda *a, **k: None)
+        self.watcher = SimpleNamespace(reports=(), open_kind=None, flush=lambda: None)
+        self.out_dir, self.step, self.marks = out, "boot", []
+        self.snapshot = ""                  # booted, not restored
+
+    def console_line(self):
+        return len(self.marks)
+
+    def mark(self, step):
+        self.step = step
+        self.marks.append(step)

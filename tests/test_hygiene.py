@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from fakes import FakeGuest
 from harness import cli, progress, runner, signals
 from harness.cli import run as cli_run
 from harness.drive.method import Method
@@ -194,23 +195,6 @@ def test_interrupted_build_writes_a_partial_report(fake_run, tmp_path, capsys):
 @dataclass
 class FakeOptions:
     cycles: int = 1
-
-
-class FakeGuest:
-    def __init__(self, out):
-        self.machine = SimpleNamespace(spec=SimpleNamespace(ram_path="/nonexistent"))
-        self.transport = SimpleNamespace(name="ssh")
-        self.console = SimpleNamespace(drain=lambda *a, **k: None)
-        self.watcher = SimpleNamespace(reports=(), open_kind=None, flush=lambda: None)
-        self.out_dir, self.step, self.marks = out, "boot", []
-        self.snapshot = ""                  # booted, not restored
-
-    def console_line(self):
-        return len(self.marks)
-
-    def mark(self, step):
-        self.step = step
-        self.marks.append(step)
 
 
 def test_runner_keeps_the_steps_of_an_interrupted_method(monkeypatch, tmp_path):

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from fakes import FakeGuest
 from harness import progress, runner, signals
 from harness.drive.method import Method
 from harness.errors import MachineError
@@ -25,23 +26,6 @@ from harness.errors import MachineError
 @dataclass
 class FakeOptions:
     cycles: int = 1
-
-
-class FakeGuest:
-    def __init__(self, out):
-        self.machine = SimpleNamespace(spec=SimpleNamespace(ram_path="/nonexistent"))
-        self.transport = SimpleNamespace(name="ssh")
-        self.console = SimpleNamespace(drain=lambda *a, **k: None)
-        self.watcher = SimpleNamespace(reports=(), open_kind=None, flush=lambda: None)
-        self.out_dir, self.step, self.marks = out, "boot", []
-        self.snapshot = ""                  # booted, not restored
-
-    def console_line(self):
-        return len(self.marks)
-
-    def mark(self, step):
-        self.step = step
-        self.marks.append(step)
 
 
 @pytest.fixture(autouse=True)
