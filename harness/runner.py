@@ -263,9 +263,7 @@ def _run_side_by_side(art: KernelArtifacts, ropts: RunOptions, out: Path) -> lis
     (their steps then fail and every ``with`` block cleans up as usual), waits
     for them, and marks the runs they were in as interrupted."""
     took = method_seconds()
-    # longest first (by the last run's time; unknown ones first, in the given
-    # order): the two lanes end closer together
-    pending = sorted(ropts.methods, key=lambda n: -took.get(n, float("inf")))
+    pending = schedule(ropts.methods, took)
     runs: dict[str, MethodRun] = {}
     cut: set[str] = set()              # runs that ended after the signal
     started: dict[str, float] = {}
@@ -273,7 +271,13 @@ def _run_side_by_side(art: KernelArtifacts, ropts: RunOptions, out: Path) -> lis
     stopping = threading.Event()
     failures: list[BaseException] = []
 
-    def worker() -> None:
+    def worker(done: threading.Event) -> None:
+        try:
+            work()
+        finally:
+            done.set()
+
+    def work() -> None:
         while not stopping.is_set():
             with lock:
                 if not pending:
@@ -299,20 +303,25 @@ def _run_side_by_side(art: KernelArtifacts, ropts: RunOptions, out: Path) -> lis
                 with lock:
                     took[name] = seconds
 
-    threads = [threading.Thread(target=worker, name=f"method-{i}", daemon=True)
-               for i in range(min(ropts.jobs, len(pending)))]
+    # waited on through events, not Thread.join: a KeyboardInterrupt inside
+    # join() can leave is_alive() False for a thread that still runs (CPython)
+    finished = [threading.Event() for _ in range(min(ropts.jobs, len(pending)))]
+    threads = [threading.Thread(target=worker, args=(done,), name=f"method-{i}",
+                                daemon=True) for i, done in enumerate(finished)]
+    running: list[threading.Event] = []
     try:
-        for t in threads:       # inside the try: a signal may come at once
+        for t, done in zip(threads, finished):   # in the try: a signal may come at once
             t.start()
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(0.1)
+            running.append(done)
+        for done in running:
+            while not done.wait(0.1):
+                pass
     except KeyboardInterrupt as e:
         stopping.set()
-        while any(t.is_alive() for t in threads):   # also a QEMU started meanwhile
+        while not all(done.is_set() for done in running):   # also a QEMU started meanwhile
             _kill_guests()
-            for t in threads:
-                t.join(0.2)
+            for done in running:
+                done.wait(0.2)
         for name in ropts.methods:
             if name in cut:
                 runs[name] = _interrupted(runs[name], e)
@@ -325,6 +334,12 @@ def _run_side_by_side(art: KernelArtifacts, ropts: RunOptions, out: Path) -> lis
         raise failures[0]
     save_method_seconds(took)
     return [runs[n] for n in ropts.methods if n in runs]
+
+
+def schedule(methods: tuple, took: dict[str, float]) -> list[str]:
+    """The order the lanes take the methods in: longest first by the last run's
+    time (unknown ones first, in the given order), so the lanes end closer."""
+    return sorted(methods, key=lambda n: -took.get(n, float("inf")))
 
 
 SECONDS_FILE = "method-seconds.json"
