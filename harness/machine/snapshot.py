@@ -29,6 +29,7 @@ import functools
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -222,7 +223,7 @@ def save(machine: Any, key: str, console_log: Path) -> Optional[Snapshot]:
     try:
         _ignore_shared(machine)
         machine.qmp_cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
-        machine.qmp_cmd("migrate", uri=f"exec:cat > {tmp / STATE}")
+        machine.qmp_cmd("migrate", uri=f"exec:cat > {shlex.quote(str(tmp / STATE))}")
         _migration(machine, "saving a snapshot")
         # paused now: the RAM files and the console are what the state expects
         ram = shared_ram_files(machine.argv, spec.run_dir)
@@ -278,7 +279,7 @@ def restore(machine: Any, snap: Snapshot) -> float:
     ``-incoming defer``; the guest runs when it returns (seconds taken)."""
     start = time.monotonic()
     _ignore_shared(machine)
-    machine.qmp_cmd("migrate-incoming", uri=f"exec:cat {snap.state}")
+    machine.qmp_cmd("migrate-incoming", uri=f"exec:cat {shlex.quote(str(snap.state))}")
     _migration(machine, "restoring a snapshot")
     status = machine.qmp_cmd("query-status")
     if status.get("status") != "running":
