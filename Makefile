@@ -5,7 +5,8 @@
 #                 per-file summary of it: scripts/run_tests.py)
 # make test-qemu  deps, build the default kernel, run every scenario, verdict
 # make test-matrix  every page-table geometry x every method (6 kernel builds)
-# make bench      benchmarks: build, boot, walker (prints figures)
+# make bench      benchmarks: build, boot, walker, run, each beside kunit.py
+#                 (prints figures; kunit.py's first cold build adds ~4 min)
 # make lint       ruff over the whole tree, mypy --strict on the typed modules
 #                 (both configured in pyproject.toml)
 #
