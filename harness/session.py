@@ -205,6 +205,9 @@ def _restored(stack: ExitStack, snap: snapshot.Snapshot, spec: VmSpec, key: KeyP
                 "machine")
         snap.remove()
         return None
+    except BaseException:          # a crash blamed on the kernel, Ctrl-C: QEMU goes
+        inner.close()
+        raise
     stack.push(inner)
     guest.times["restored_s"] = round(restore_s, 3)
     guest.snapshot = snap.key
