@@ -132,19 +132,20 @@ def test_ctrl_c_with_two_guests_side_by_side(kernel, tmp_path):
                 seen.add(name)
     assert seen == {"acpi-dimm", "probe"}, "both guests did not start"
     qemus = [p for p in os.listdir("/proc") if p.isdigit() and _is_child_qemu(p, proc.pid)]
-    assert len(qemus) == 2
+    assert len(qemus) == 2, qemus
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    said = out[-2000:] + err[-3000:]
+    assert proc.returncode == 130, said
     time.sleep(0.5)
     assert not [p for p in qemus if os.path.exists(f"/proc/{p}")], "QEMU outlived the run"
-    assert our_shm() - before == set()
+    assert our_shm() - before == set(), said
     data = json.loads((tmp_path / "report.json").read_text())
-    assert data["interrupted"] is True and data["not_run"] == ["virtio-mem"]
-    assert [m["method"] for m in data["methods"]] == ["acpi-dimm", "probe"]
+    assert data["interrupted"] is True and data["not_run"] == ["virtio-mem"], said
+    assert [m["method"] for m in data["methods"]] == ["acpi-dimm", "probe"], said
     for m in data["methods"]:
-        assert m["run"]["error"]["blame"] == "interrupted", m["run"]["error"]
-    assert "[acpi-dimm] interrupted after" in err and "[probe] interrupted after" in err
+        assert m["run"]["error"]["blame"] == "interrupted", (m["run"]["error"], said)
+    assert "[acpi-dimm] interrupted after" in err and "[probe] interrupted after" in err, said
 
 
 def _is_child_qemu(pid: str, parent: int) -> bool:
