@@ -154,7 +154,8 @@ def boot(art: KernelArtifacts, opts: BootOptions, out_dir: Path,
             snap = snapshot.find(snap_key) if snap_key else None
             if snap is not None:
                 guest = _restored(stack, snap, spec, key, opts, out_dir, progress)
-                if guest is None:   # the failed machine removed its run folder
+                if guest is None:   # a fresh run folder (and key) for the boot
+                    shutil.rmtree(run_dir, ignore_errors=True)
                     run_dir = make_run_dir()
                     key = generate_key(run_dir)
                     spec = replace(spec, run_dir=str(run_dir),

@@ -140,3 +140,38 @@ def test_verbose_shows_every_console_line(monkeypatch, tmp_path, capsys):
     finally:
         progress.set_level(progress.NORMAL)
     assert "console| HARNESS-READY 6.12.117 uptime 0.67" in capsys.readouterr().err
+
+
+def test_an_unreadable_snapshot_boots_and_leaves_no_run_folder(monkeypatch, tmp_path):
+    """A snapshot whose RAM cannot be copied (SYNTHETIC: prepare raises) is
+    removed and the guest boots in a new run folder; the first one, which may
+    hold a partial RAM file and the first key, is removed too."""
+    from types import SimpleNamespace
+
+    from harness import session
+    fake = install(monkeypatch, tmp_path, PANIC)
+    removed = []
+    snap = SimpleNamespace(key="k", remove=lambda: removed.append("k"),
+                           console=lambda: b"")
+    monkeypatch.setattr(session.snapshot, "enabled", lambda: False)
+    with boot(ART, BootOptions(mode="dt", snapshot=False), tmp_path / "a", progress=False):
+        pass
+    assert not fake.run_dirs[-1].exists()
+    monkeypatch.setattr(session.snapshot, "enabled", lambda: True)
+    monkeypatch.setattr(session.guest_image, "build_base_image",
+                        lambda: SimpleNamespace(path=tmp_path / "base.cpio.gz"))
+    monkeypatch.setattr(session.snapshot, "key_for", lambda spec: "k")
+    monkeypatch.setattr(session.snapshot, "find", lambda key: snap)
+
+    def unreadable(snap, run_dir):
+        (session.Path(run_dir) / "ram0").write_bytes(b"partial")
+        raise OSError("no space left on device")
+    monkeypatch.setattr(session.snapshot, "prepare", unreadable)
+    bring_up = session._bring_up        # the fake console speaks no serial shell
+    monkeypatch.setattr(session, "_bring_up", lambda m, key, opts, out, **kw: bring_up(
+        m, key, opts, out))
+    with boot(ART, BootOptions(mode="dt"), tmp_path / "b", progress=False) as guest:
+        assert not guest.snapshot
+        first, second = fake.run_dirs[-2:]
+        assert not first.exists() and second.exists()
+    assert removed == ["k"] and not second.exists()
