@@ -285,11 +285,3 @@ def restore(machine: Any, snap: Snapshot) -> float:
     if status.get("status") != "running":
         machine.qmp_cmd("cont")
     return time.monotonic() - start
-
-
-def remove_all() -> Optional[str]:
-    path = snapshots_dir()
-    if path.is_dir():
-        shutil.rmtree(path)
-        return str(path)
-    return None
