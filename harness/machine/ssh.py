@@ -139,12 +139,10 @@ class SshTransport(Transport):
         if code == -1:      # the channel died without an exit status
             code = None
             failure = "the connection closed without an exit status"
-        if code is None and gate and hasattr(gate, "wait"):
-            gate.wait(2.0)
-        if gate and (dog.reason == "crash" or code is None):
+        if code is None:
+            self._explain_failure()
+        elif gate and dog.reason == "crash":
             gate()
-        if code is None and self.alive_check:
-            self.alive_check()
         if dog.reason == "timeout" or code is None:
             why = (f"timed out after {deadline.seconds:.0f}s" if dog.reason == "timeout"
                    else f"failed: {failure}")
@@ -210,16 +208,23 @@ class SshTransport(Transport):
                 self._kmsg = self._kmsg_channel()
             self._kmsg.write(text, timeout)
         except (MachineError, paramiko.SSHException, OSError, EOFError) as e:
-            if gate and hasattr(gate, "wait"):     # a crash explains it: blame that
-                gate.wait(2.0)
-            if gate:
-                gate()
-            if self.alive_check:
-                self.alive_check()
+            self._explain_failure()
             if isinstance(e, MachineError):
                 raise
             raise MachineError(f"writing to /dev/kmsg over ssh failed: {e}",
                                step="ssh") from e
+
+    def _explain_failure(self) -> None:
+        """A lost exchange: a crash the console shows (waited for a moment) or a
+        QEMU that exited explains it, and is raised instead (GuestCrash,
+        MachineError); returns if neither does."""
+        gate = self.crash_check
+        if gate and hasattr(gate, "wait"):
+            gate.wait(2.0)
+        if gate:
+            gate()
+        if self.alive_check:
+            self.alive_check()
 
     def _kmsg_channel(self) -> KmsgChannel:
         return KmsgChannel(self.client.get_transport())
