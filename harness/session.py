@@ -40,6 +40,8 @@ class BootOptions:
     slots: int = 4
     maxmem_mb: int = 8192
     smp: int = 2
+    tcg_thread: Optional[str] = None   # single | multi; None: the method's choice,
+                                       # else single (harness.machine.qemu.TCG_THREADS)
     cmdline: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
     boot_timeout: float = 60.0
@@ -144,7 +146,8 @@ def boot(art: KernelArtifacts, opts: BootOptions, out_dir: Path,
         port = free_port() if opts.ssh else 0
         spec = VmSpec(kernel=art.image, initrd=str(initrd), run_dir=str(run_dir),
                       mode=opts.mode, mem_mb=opts.mem_mb, slots=opts.slots,
-                      maxmem_mb=opts.maxmem_mb, smp=opts.smp, ssh_port=port,
+                      maxmem_mb=opts.maxmem_mb, smp=opts.smp,
+                      tcg_thread=opts.tcg_thread or "single", ssh_port=port,
                       cmdline=("printk.time=1",) + tuple(opts.cmdline),
                       devices=tuple(opts.devices),
                       gdb_port=free_port() if opts.gdb else None)

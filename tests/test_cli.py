@@ -218,3 +218,12 @@ def test_error_after_a_signal_counts_as_the_interruption(monkeypatch, capsys):
     assert cli.main(["build"]) == 130
     err = capsys.readouterr().err
     assert "interrupted by SIGINT" in err and "does not build" not in err
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["run"], None), (["run", "--tcg-thread", "multi"], "multi"),
+    (["boot", "--tcg-thread", "single"], "single")])
+def test_tcg_thread_reaches_the_boot_options(argv, want):
+    """None lets the method choose (race: multi; the others: single)."""
+    from harness.cli.run import boot_options
+    assert boot_options(cli.parser().parse_args(argv)).tcg_thread == want

@@ -51,6 +51,16 @@ def test_bad_mode():
         qemu_argv(VmSpec(kernel="k", initrd="i", run_dir="r", mode="uefi"))
 
 
+def test_tcg_threading_is_single_by_default_and_multi_on_request():
+    base = VmSpec(kernel="k", initrd="i", run_dir="r")
+    argv = qemu_argv(base)
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=single"
+    argv = qemu_argv(VmSpec(**{**base.__dict__, "tcg_thread": "multi"}))
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=multi"
+    with pytest.raises(HarnessError, match="unknown TCG threading 'mttcg'"):
+        qemu_argv(VmSpec(**{**base.__dict__, "tcg_thread": "mttcg"}))
+
+
 def test_partial_match():
     assert _partial_match({"device": "dimm1"}, {"device": "dimm1", "path": "/x"})
     assert not _partial_match({"device": "dimm1"}, {"device": "dimm2"})

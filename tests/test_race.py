@@ -3,6 +3,7 @@ scenario itself runs against the real kernel in tests/test_qemu.py
 (test_race_method_runs_under_load) and its detection rate of repro 0012 is
 measured by bench/bench_race.py (README, "Races")."""
 import subprocess
+from dataclasses import replace
 
 import pytest
 
@@ -89,4 +90,12 @@ def test_probe_layout_follows_the_kernels_block_size(page, visible, movable, blo
     opts = probe.boot_options(BootOptions(), kconfig)
     assert opts.mem_mb == visible + probe.HIDDEN_MB
     assert f"mem={visible}M" in opts.cmdline and f"movablecore={movable}M" in opts.cmdline
-    assert race.boot_options(BootOptions(), kconfig) == opts
+    assert race.boot_options(BootOptions(), kconfig) == replace(opts, tcg_thread="multi")
+
+
+def test_race_runs_its_vcpus_on_host_threads_unless_told():
+    """MTTCG for the race (readers truly alongside the removals); the user's
+    --tcg-thread wins."""
+    from harness.session import BootOptions
+    assert race.boot_options(BootOptions()).tcg_thread == "multi"
+    assert race.boot_options(BootOptions(tcg_thread="single")).tcg_thread == "single"

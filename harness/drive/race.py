@@ -40,7 +40,7 @@ serialise the very concurrency this scenario needs (``order_checks=False``).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from harness.drive import probe
@@ -77,8 +77,11 @@ class Options:
 
 
 def boot_options(base: BootOptions, kconfig: Optional[dict] = None) -> BootOptions:
-    """The probe method's boot: mem= hides 1 GiB, rodata=full."""
-    return probe.boot_options(base, kconfig)
+    """The probe method's boot: mem= hides 1 GiB, rodata=full; and one host
+    thread per vCPU (MTTCG) unless --tcg-thread says otherwise: the readers and
+    the pressure must run truly alongside the removals, not in turns."""
+    opts = probe.boot_options(base, kconfig)
+    return opts if opts.tcg_thread else replace(opts, tcg_thread="multi")
 
 
 def load_script(readers: int = READERS, pressure_mb: int = PRESSURE_MB) -> str:

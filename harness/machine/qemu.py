@@ -45,6 +45,10 @@ class VmSpec:
     slots: int = 4
     maxmem_mb: int = 8192
     smp: int = 2
+    # TCG's vCPU threads: "single" runs every vCPU on one host thread, round
+    # robin; "multi" gives each vCPU its own (MTTCG, QEMU's default for arm64
+    # on x86). See TCG_THREADS.
+    tcg_thread: str = "single"
     ssh_port: int = 0                  # 0: no network
     cmdline: tuple[str, ...] = ()      # extra kernel parameters
     devices: tuple[str, ...] = ()      # extra argv pairs, e.g. ("-device", "...")
@@ -69,12 +73,25 @@ class VmSpec:
         return " ".join(base + list(self.cmdline))
 
 
+# -accel tcg,thread=...: "single" is the harness's default. Measured on a
+# 2-core host (bench/bench_run.py, `run --method all`, two guests of 2 vCPUs):
+# 9.3-9.9 s and 10 s of QEMU CPU with "single", 15.9-17.6 s and 19.7 s with
+# "multi": four vCPU threads on two cores spin on each other (locks held by a
+# descheduled vCPU, cross-vCPU TLB flush rendezvous). One guest alone is faster
+# too (probe 5.3 s against 5.7 s). The guest still has -smp CPUs; only the race
+# method, whose readers must run truly alongside the removals, asks for "multi".
+TCG_THREADS = ("single", "multi")
+
+
 def qemu_argv(spec: VmSpec) -> list[str]:
     """The QEMU command line for a spec. Pure: no I/O, no randomness."""
     if spec.mode not in ("acpi", "dt"):
         raise HarnessError(f"unknown boot mode {spec.mode!r} (acpi or dt)", step="boot")
+    if spec.tcg_thread not in TCG_THREADS:
+        raise HarnessError(f"unknown TCG threading {spec.tcg_thread!r} "
+                           f"({' or '.join(TCG_THREADS)})", step="boot")
     argv = [spec.qemu, "-M", "virt,gic-version=3,memory-backend=ram0",
-            "-cpu", "max", "-accel", "tcg", "-smp", str(spec.smp),
+            "-cpu", "max", "-accel", f"tcg,thread={spec.tcg_thread}", "-smp", str(spec.smp),
             "-m", f"{spec.mem_mb}M,slots={spec.slots},maxmem={spec.maxmem_mb}M",
             "-object", f"memory-backend-file,id=ram0,size={spec.mem_mb}M,"
                        f"mem-path={spec.ram_path},share=on",
