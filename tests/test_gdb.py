@@ -521,21 +521,6 @@ def test_agent_ends_its_recording_when_gdb_gives_up_on_the_target(monkeypatch):
     assert lines[1]["message"] == "Disconnected from target." and "stops" in lines[1]["stats"]
 
 
-def test_watch_budget_keeps_every_upper_entry_and_the_first_last_level_ones():
-    """SYNTHETIC links: a page-mapped removal of 128 MiB (64 PMD entries linking
-    PTE tables) under one PUD entry linking the PMD table."""
-    from harness.inspect.order import Link
-    pud = Link(0x1000, 0x2000, 0xffff000040000000, 1 << 30, "PUD")
-    pmds = [Link(0x3000 + 8 * i, 0x10000 + 0x1000 * i, 0xffff000080000000 + (i << 21),
-                 1 << 21, "PMD") for i in reversed(range(64))]
-    watched, skipped = gdb.watch_selection([pud] + pmds, 16)
-    assert pud in watched and len(watched) == 17 and len(skipped) == 48
-    assert sorted(x.va for x in watched if x.level == "PMD") == [
-        0xffff000080000000 + (i << 21) for i in range(16)]      # the first 16 by VA
-    assert gdb.watch_selection([pud] + pmds, None) == ([pud] + pmds, [])
-    assert gdb.watch_selection([pud], 0) == ([], [pud])   # budget 0: flush not followed
-    assert gdb.watch_selection([], 4) == ([], [])
-
 
 def test_a_relative_report_folder_is_made_absolute_for_gdb(tmp_path, monkeypatch):
     """gdb runs with its cwd in out_dir and is told the config's path: a relative

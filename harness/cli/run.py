@@ -509,11 +509,9 @@ def register_run(sub, add_kernel_options, build_request) -> None:
                         f"block size; {_takers('dimm_mb')})")
     g.add_argument("--order-check", choices=["on", "full", "off"], default="on",
                    help="gdb around every removal: 'on' (default) checks every free and "
-                        "follows the TLB-flush order of 16 cleared last-level table "
-                        "entries per run and of every entry above them (every "
-                        "block-mapped removal; the first 16 entries by VA of the first "
-                        "page-mapped one); 'full' follows every entry of every removal; "
-                        "'off' attaches no gdb")
+                        "follows the TLB-flush order until 16 cleared table entries were "
+                        "followed (every block-mapped removal, the first page-mapped "
+                        "one); 'full' follows it on every removal; 'off' attaches no gdb")
     g.add_argument("--no-order-check", dest="order_check", action="store_const",
                    const="off", help="the same as --order-check=off")
     g.add_argument("--no-walker", action="store_true",

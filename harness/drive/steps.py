@@ -22,11 +22,9 @@ from harness.errors import HarnessError
 from harness.records import Geometry, OrderRecord, Step
 from harness.session import Guest
 
-# "on": the flush order is followed until this many cleared last-level entries
-# were followed in the run (block-mapped removals clear 1-4 entries each, cheap;
-# a page-mapped one clears 64: ~3 s of stops when all are followed, so its
-# first 16 by VA are, plus every entry above them); "full": every entry of every
-# removal
+# "on": the flush order is followed on every removal until this many cleared
+# entries were followed (block-mapped removals clear 1-4 entries each, cheap; a
+# page-mapped one clears 64, all followed); "full": on every removal
 FLUSH_CLEARS_ENOUGH = 16
 
 Progress = Callable[[str], None]
@@ -116,19 +114,14 @@ class StepRunner:
             return self.step(name, action, transport)
         from harness import progress
         from harness.inspect import gdb
-        # "on": follow the flush order of at most FLUSH_CLEARS_ENOUGH cleared
-        # last-level entries in the run (every entry above them always); "full": all
-        budget = (None if self.order_check == "full"
-                  else max(0, FLUSH_CLEARS_ENOUGH - self.flush_clears()))
-        flush = budget is None or budget > 0
+        flush = self.order_check == "full" or self.flush_clears() < FLUSH_CLEARS_ENOUGH
         seen = sum(1 for r in self.order if r.step == name)   # --cycles repeats
         spec = gdb.GdbSpec.for_removal(
             self.art.vmlinux, port=machine.spec.gdb_port, out_dir=self.guest.out_dir,
             step=name, occurrence=seen + 1, pa_start=pa_start, pa_end=pa_end,
             backings=tables.backings, geometry=geo, root_pa=root_pa,
             vmemmap_start=tables.geometry.vmemmap_start, flush_check=flush,
-            memstart=tables.geometry.memstart, page_offset=tables.geometry.page_offset,
-            max_watches=budget)
+            memstart=tables.geometry.memstart, page_offset=tables.geometry.page_offset)
         # recorded in place until the step ends (the list keeps its position)
         record = OrderRecord(name, pa_start, pa_end, flush)
         index = len(self.order)
@@ -161,13 +154,9 @@ class StepRunner:
             return
         kinds = Counter(e.get("kind", "?") for e in record.events)
         seen = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no stops"
-        unwatched = record.stats.get("unwatched_entries", 0)
-        flush = ""
-        if record.flush_check:
-            flush = (f" (flush order followed, not for {unwatched} more last-level "
-                     "entries)" if unwatched else " (flush order watched)")
         self.progress(f"  gdb  {record.stats.get('attached_s', 0):6.2f}s gdb    "
-                      f"{record.step}: {seen}{flush}")
+                      f"{record.step}: {seen}"
+                      f"{' (flush order watched)' if record.flush_check else ''}")
 
     def sh(self, command: str, deadline: float = 30.0, blame: Optional[str] = None) -> str:
         """A guest command that must succeed; returns stdout. ``blame="kernel"``

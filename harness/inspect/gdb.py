@@ -122,9 +122,6 @@ class GdbSpec:
     gdb: str = GDB
     host: str = "127.0.0.1"
     max_stops: int = 20000                # a runaway stream ends the recording
-    # entries linking last-level tables to watch (None: all); entries linking
-    # higher-level tables are always watched (a removal has a few at most)
-    max_watches: Optional[int] = None
 
     @classmethod
     def for_removal(cls, vmlinux, *, port: int, out_dir, step: str, pa_start: int,
@@ -224,18 +221,6 @@ def scan_tlbi(elf_bytes: bytes) -> list:
             if op is not None:
                 out.append([base + off, op.name, op.rt, op.may_cover_table])
     return out
-
-
-def watch_selection(links: list, budget: Optional[int]) -> tuple[list, list]:
-    """(watched, not watched) of the table entries in a removed range: with a
-    ``budget``, the entries of the smallest span (those linking last-level
-    tables) are watched for the first ``budget`` by VA only; every entry above
-    them always is (a removal has a few)."""
-    if budget is None:
-        return list(links), []
-    low = min((link.span for link in links), default=0)
-    skipped = sorted((x for x in links if x.span == low), key=lambda x: x.va)[budget:]
-    return [x for x in links if x not in skipped], skipped
 
 
 # ---------------------------------------------------------------- late watch stops
@@ -596,7 +581,7 @@ class _Agent:
         self.bps: list = []
         self.roles: dict = {}              # bp number -> free_pages | __free_pages
         self.counts = {"free": 0, "free_dup": 0, "clear": 0, "watch_other": 0, "tlbi": 0,
-                       "other": 0, "late": 0, "unwatched": 0}
+                       "other": 0, "late": 0}
         self.calibrated = None
         self.swapper_bp = None             # set_swapper_pgd breakpoint (root entries)
 
@@ -742,8 +727,6 @@ class _Agent:
         root_end = self.spec["root_pa"] + geo.entries(0) * 8
         chosen = [link for _table_pa, ls in sorted(links.items()) for link in ls
                   if any(link.va < hi and lo < link.va + link.span for lo, hi in ranges)]
-        chosen, skipped = watch_selection(chosen, spec.get("max_watches"))
-        self.counts["unwatched"] = len(skipped)
         for link in chosen:
             if spec["root_pa"] <= link.entry_pa < root_end:
                 entry_va = self.swapper_va + (link.entry_pa - spec["root_pa"])
@@ -1015,7 +998,6 @@ class _Agent:
             "tlbi_stops": self.counts["tlbi"], "watch_other": self.counts["watch_other"],
             "other_stops": self.counts["other"], "tlbi_toggles": self.tlbi_toggles,
             "late_watch_stops": self.counts["late"],
-            "unwatched_entries": self.counts["unwatched"],
             "watchpoints": len(self.watches) + self.counts["clear"],
             "tlbi_sites": len(self.tlbi_bps), "pending_unflushed": len(self.pending),
             "handler_s": round(self.stop_s, 3), "recording_s": round(attached, 3),

@@ -826,12 +826,7 @@ def _order_check(run: MethodRun, name: str,
             continue
         events = [order.event_from_dict(dict(d)) for d in rec.events]
         v = judge_events(events, step)
-        evidence = v.evidence
-        unwatched = (rec.stats or {}).get("unwatched_entries", 0) if flush_only else 0
-        if unwatched:
-            evidence += (f" (the flush order of {unwatched} more last-level entries of "
-                         "this removal was not followed: --order-check=full follows all)")
-        parts.append(Part(v.verdict, evidence, step, v.applicable))
+        parts.append(Part(v.verdict, v.evidence, step, v.applicable))
     if parts and not any(p.looked for p in parts):
         # gdb watched every removal and none freed a table (a removal under one
         # PUD block clears a leaf): nothing to judge, which is not "could not look"
