@@ -848,6 +848,70 @@ def object_table(build_dir: Path, *, source: Optional[Path] = None, by: str = "d
 
 # ---------------------------------------------------------------- print -----
 
+def scenario_of(need: str) -> str:
+    """The scenario part of a NEEDS text: without "via OPTION: " prefixes and
+    what follows the first ": " ("ssh: TCP/IPv4 to dropbear" -> "ssh")."""
+    text = need
+    while text.startswith("via ") and ": " in text:
+        text = text.split(": ", 1)[1]
+    return text.split(": ", 1)[0].strip() or "?"
+
+
+@dataclass
+class Scenario:
+    name: str
+    objects: int = 0
+    kunit: int = 0
+    seconds: float = 0.0
+    options: Counter[str] = field(default_factory=Counter)
+
+
+def by_scenario(rows: Sequence[Row]) -> list[Scenario]:
+    """Per-option rows (``object_table(by="option")``) summed per scenario,
+    the most objects beyond kunit.py's first."""
+    out: dict[str, Scenario] = {}
+    for r in rows:
+        name = "(kunit.py only)" if r.need == "(kunit.py only)" else scenario_of(r.need)
+        s = out.setdefault(name, Scenario(name))
+        s.objects += r.objects
+        s.kunit += r.kunit or 0
+        s.seconds += r.seconds or 0.0
+        if r.objects:
+            s.options[r.key] += r.objects
+    return sorted(out.values(), key=lambda s: (-(s.objects - s.kunit), s.name))
+
+
+# objects beyond kunit.py's from which a scenario is a README row
+SCENARIO_README_MIN = 10
+
+
+def print_scenarios(scenarios: Sequence[Scenario], me: Sequence[str],
+                    kunit_dir: Optional[Path]) -> None:
+    """The table, and one figure per scenario for --json-out (the README shows
+    those that build at least SCENARIO_README_MIN objects more than kunit.py)."""
+    import benchlib as bl
+    kunit = kunit_dir is not None
+    print(f"{'scenario (what needs the objects)':<48} {'objects':>7} "
+          + (f"{'kunit':>6} {'beyond':>6} " if kunit else "") + f"{'~cpu s':>7}  options")
+    for s in scenarios:
+        opts = ", ".join(f"{o}:{n}" for o, n in s.options.most_common(4))
+        more = f" +{len(s.options) - 4}" if len(s.options) > 4 else ""
+        print(f"{s.name[:48]:<48} {s.objects:>7} "
+              + (f"{s.kunit:>6} {s.objects - s.kunit:>6} " if kunit else "")
+              + f"{s.seconds:7.1f}  {opts}{more}")
+        if not s.objects:
+            continue
+        kfig = None
+        if kunit:
+            kfig = bl.kunit_figure("kunit.py's objects for the same options", s.kunit,
+                                   f"$ find {kunit_dir} -name '*.o'", unit="objects")
+        bl.record("objects_for_" + bl.slug(s.name)[:48], f"objects needed by {s.name}",
+                  s.objects, "objects", command=bl.command_text(me),
+                  extra=f"~{s.seconds:.0f} CPU s (estimated from cold-build mtimes); "
+                        f"options: {opts}{more}",
+                  readme=kunit and s.objects - s.kunit >= SCENARIO_README_MIN, kunit=kfig)
+
+
 def format_rows(rows: Sequence[Row], by: str, top: int, kunit: bool) -> list[str]:
     head = f"{'option' if by == 'option' else 'directory':<34} {'objects':>7} {'share':>6} " \
            f"{'~cpu s':>7}"
@@ -926,12 +990,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "the build tree if cold-timed, else the nearest fully timed one)")
     p.add_argument("--kunit-dir", type=Path,
                    help="kunit.py's --build_dir (default: found under the cache's kunit/)")
+    p.add_argument("--json-out", type=Path, default=None, metavar="FILE",
+                   help="also write the per-scenario figures as JSON to FILE "
+                        "(run_all.py collects these; bench/perf_readme.py shows those "
+                        f"{SCENARIO_README_MIN}+ objects beyond kunit.py's)")
     return p.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import benchlib as bl
     args = parse_args(argv)
+    bl.start_results_for(args, __file__, argv)
     requested: dict[str, str] = {}
     short, cache = "", None
     outdir: Optional[Path] = None
@@ -999,12 +1068,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"== by directory (depth {args.depth})  {bl.command_text(me)}")
     for line in format_rows(t.rows, "directory", args.top, kunit is not None):
         print(line)
-    if args.by_option:
-        if src is None:
-            print("\n(by option: no source tree to read Kbuild files from; --source DIR)")
-        else:
-            o = object_table(Path(build_dir), source=src, by="option", timing_dir=timing,
-                             jobs=args.jobs, kunit_dir=kunit, requested=requested)
+    if src is None:
+        print("\n(by option and by scenario: no source tree to read Kbuild files from; "
+              "--source DIR)")
+    else:
+        o = object_table(Path(build_dir), source=src, by="option", timing_dir=timing,
+                         jobs=args.jobs, kunit_dir=kunit, requested=requested)
+        print()
+        print(f"== by the scenario that needs them (summed over the options that build "
+              f"them)  {bl.command_text(me)}")
+        print_scenarios(by_scenario(o.rows), me, kunit)
+        if args.by_option:
             print()
             print(f"== by Kconfig option  {bl.command_text(me)}")
             for line in format_rows(o.rows, "option", args.top, kunit is not None):

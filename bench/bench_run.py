@@ -21,6 +21,14 @@ timed next to it (bench/kunitlib.py: 'kunit.py run --arch=arm64
 --cross_compile=aarch64-linux-gnu-' again with nothing to build; its build dir
 under the harness cache is built first, untimed, when it is not there).
 
+Then (with --method all, unless --no-make) issue 13's own command, timed as a
+whole with nothing to build (target <= 15 s):
+
+  make test-qemu
+
+which checks the host set-up ('make deps') and runs every method into
+reports/latest of the checkout; the extra says how long 'make deps' took.
+
 Then patch -> verdict (unless --no-patch): the one-file patch of
 bench_build.py (a comment line appended to arch/arm64/mm/mmu.c, unique, so
 the kernel cache misses) and
@@ -56,6 +64,8 @@ import benchlib as bl  # noqa: E402
 import kunitlib as kl  # noqa: E402
 
 RUN_TARGET, WALK_TARGET = 15.0, 0.2     # issue 13: warm run --method all <= 15 s
+MAKE_TARGET = 15.0                      # issue 13: warm make test-qemu <= 15 s
+MAKE_REPORT = bl.REPO / "reports" / "latest"   # the Makefile's --report
 PATCH_VERDICT_TARGET = 30.0             # issue 13: one-file patch -> verdict <= 30 s
 METHOD_DONE = re.compile(r"^\[(\S+)\] (done|error) in ([\d.]+)s")
 
@@ -76,6 +86,8 @@ def parse_args(argv=None):
                             "dir is built first)")
     kunit.add_argument("--no-kunit", dest="kunit", action="store_false",
                        help="no kunit.py")
+    p.add_argument("--no-make", action="store_true",
+                   help="skip the warm 'make test-qemu' figure")
     p.add_argument("--no-patch", action="store_true",
                    help="skip the patch -> verdict figure")
     p.add_argument("--allow-ccache", action="store_true",
@@ -203,6 +215,8 @@ def run(args) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-run-"))
     try:
         warm_run(args, tmp / "report")
+        if args.method == "all" and not args.no_make:
+            make_test_qemu(args)
         if args.kunit:
             kunit_warm(args, art)
         if not args.no_patch:
@@ -244,6 +258,28 @@ def warm_run(args, report_dir: Path) -> None:
     if r.rc == 2:
         bl.fail(r, "exit 2: the harness or the machine failed; figures above "
                    "are not representative")
+
+
+def make_test_qemu(args) -> None:
+    """'make test-qemu' as a user types it, nothing to build: the deps check,
+    then run --method all into reports/latest."""
+    r = bl.run(["make", "test-qemu"], verbose=args.verbose, ok=(0, 1, 2),
+               what="make test-qemu", merged=True)
+    report = MAKE_REPORT / "report.json"
+    data = load(MAKE_REPORT) if report.exists() else None
+    if data is None or report.stat().st_mtime < time.time() - r.wall - 1:
+        bl.fail(r, f"exit {r.rc}, no fresh {report}")
+    extra = run_extra(r, data)
+    t_run = r.first_time(r"harness\.cli run ")
+    if t_run is not None:
+        extra += f"; 'make deps' and make itself until the run started {bl.fmt_s(t_run)}"
+    if data.get("rebuilt"):
+        extra += " - the kernel was built during the run: not a warm figure"
+    bl.figure("make test-qemu (warm)", r.wall, MAKE_TARGET, r.command, extra,
+              key="make_test_qemu", readme=True)
+    if r.rc == 2:
+        bl.fail(r, "exit 2: the harness or the machine failed; the make test-qemu "
+                   "figure is not representative")
 
 
 def kunit_warm(args, art: dict) -> None:

@@ -33,12 +33,13 @@ END = "<!-- END performance -->"
 ANCHOR = "## Troubleshooting"
 
 # issue 13's targets, in this order, then any other figure marked "readme"
-ORDER = ("cold_build", "cold_build_objects", "warm_run", "patch_verdict",
+ORDER = ("cold_build", "cold_build_objects", "make_test_qemu", "warm_run", "patch_verdict",
          "boot_dt_boot_to_ssh_s", "boot_acpi_boot_to_ssh_s", "restore_dt_boot_to_ssh_s",
          "restore_acpi_boot_to_ssh_s", "noop_rebuild", "patch_rebuild")
 TITLES = {
     "cold_build": "cold kernel build (fresh cache, no ccache)",
     "cold_build_objects": "objects built cold (`*.o`)",
+    "make_test_qemu": "warm `make test-qemu` (deps check + every method, kernel cached)",
     "warm_run": "warm `run --method all` (kernel cached)",
     "patch_verdict": "one-file patch to `mmu.c` → verdict (`run --patch P --method all`)",
     "boot_dt_boot_to_ssh_s": "boot → SSH, DT (median)",
@@ -53,6 +54,7 @@ TITLES = {
 HOW = {
     "cold_build": "bench/run_all.py --cold",
     "cold_build_objects": "bench/run_all.py --cold",
+    "make_test_qemu": "bench/bench_run.py",
     "warm_run": "bench/bench_run.py",
     "patch_verdict": "bench/bench_run.py",
     "boot_dt_boot_to_ssh_s": "bench/bench_boot.py --dt",

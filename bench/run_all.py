@@ -1,7 +1,9 @@
 """Run every benchmark in turn and print all their figures ('make bench').
 
 Order: bench_walker.py (pure Python, a second), bench_build.py (no-op and
-one-file rebuilds; the cold build only with --cold), bench_boot.py (5 boots,
+one-file rebuilds; the cold build only with --cold), bench_objects.py (the
+default kernel's objects by the scenario that needs them, next to kunit.py's
+build dir: reads the build trees, a second), bench_boot.py (5 boots,
 QEMU memory), bench_run.py (every method, warm). Each script's figures are
 printed as they come; at the end a summary lists every missed target and
 every script that failed.
@@ -41,7 +43,7 @@ sys.path.insert(0, str(HERE))
 
 import benchlib as bl  # noqa: E402
 
-SCRIPTS = ("walker", "build", "boot", "run")
+SCRIPTS = ("walker", "build", "objects", "boot", "run")
 LATEST = HERE / "results" / "latest.json"
 WALK_TARGET_MS = 200.0   # bench_walker.py prints no verdict: judged here
 WALKER_WORST = re.compile(r"worst ([\d.]+) ms")
@@ -98,7 +100,7 @@ def parse_args(argv=None):
 
 def script_argv(name: str, args, json_out: Path) -> list:
     argv = [sys.executable, str(HERE / f"bench_{name}.py"), "--json-out", str(json_out)]
-    if name != "walker" and args.verbose:
+    if name not in ("walker", "objects") and args.verbose:
         argv.append("-v")
     if name == "build" and args.cold:
         argv.append("--cold")

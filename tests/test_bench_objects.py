@@ -347,3 +347,37 @@ def test_applied_proposals_are_off_in_base_config():
         assert base.get("CONFIG_" + first) == "n", (prop.name, first)
         for opt in rest:
             assert base.get("CONFIG_" + opt, "n") == "n", (prop.name, opt)
+
+
+def test_scenario_of_drops_via_prefixes_and_the_detail():
+    assert bo.scenario_of("ssh: TCP/IPv4 to dropbear") == "ssh"
+    assert bo.scenario_of("via ACPI: acpi boot (acpi-dimm): pc-dimm needs GED") == \
+        "acpi boot (acpi-dimm)"
+    assert bo.scenario_of("via NET: via INET: ssh: x") == "ssh"
+    assert bo.scenario_of("core kernel (built whatever the config)") == \
+        "core kernel (built whatever the config)"
+    assert bo.scenario_of("") == "?"
+
+
+def test_by_scenario_sums_options_and_puts_the_excess_first(synthetic, tmp_path):
+    """SYNTHETIC tree: ACPI and its selections count for the acpi boot, INET
+    for ssh; kunit.py's objects are subtracted per scenario."""
+    import benchlib as bl
+    src, build = synthetic
+    kunit = write_build(tmp_path / "kunit", ["kernel/fork.o", "lib/string.o",
+                                             "lib/kunit/test.o"])
+    needs = {"ACPI": "acpi boot: GED", "INET": "ssh: dropbear"}
+    t = bo.object_table(build, source=src, by="option", kunit_dir=kunit,
+                        requested={"ACPI": "y", "INET": "y"}, needs=needs)
+    got = {s.name: s for s in bo.by_scenario(t.rows)}
+    assert got["acpi boot"].objects == 5 and got["acpi boot"].kunit == 0
+    assert got["ssh"].objects == 2 and dict(got["ssh"].options) == {"INET": 2}
+    assert sum(s.kunit for s in got.values()) == 3           # every kunit.py object once
+    assert [s.name for s in bo.by_scenario(t.rows)][0] == "acpi boot"
+    bl.RESULTS.clear()
+    bo.print_scenarios(bo.by_scenario(t.rows), ["bench_objects.py"], kunit)
+    figs = {f["key"]: f for f in bl.RESULTS}
+    assert figs["objects_for_acpi_boot"]["value"] == 5
+    assert figs["objects_for_acpi_boot"]["kunit"]["value"] == 0
+    assert not figs["objects_for_acpi_boot"]["readme"]          # fewer than 10 beyond
+    assert all(f["value"] > 0 for f in figs.values())           # none for nothing of ours

@@ -164,3 +164,33 @@ def test_cold_build_next_to_kunit(capsys):
     figs = {f["key"]: f for f in bl.RESULTS}
     assert figs["cold_build"]["target"] == bench_build.COLD_TARGET
     assert figs["cold_build"]["kunit"] is None
+
+
+def test_run_all_runs_bench_objects_without_verbose(tmp_path):
+    args = run_all.parse_args(["-v"])
+    out = tmp_path / "objects.json"
+    assert "objects" in run_all.SCRIPTS
+    assert run_all.script_argv("objects", args, out)[1:] == [
+        str(run_all.HERE / "bench_objects.py"), "--json-out", str(out)]
+
+
+def test_make_test_qemu_figure_reads_the_fresh_report(tmp_path, monkeypatch, capsys):
+    """bench_run.make_test_qemu with a faked 'make test-qemu' (SYNTHETIC report)."""
+    import bench_run
+    report = tmp_path / "latest"
+    monkeypatch.setattr(bench_run, "MAKE_REPORT", report)
+
+    def fake_run(argv, **kw):
+        assert argv == ["make", "test-qemu"] and kw["merged"]
+        report.mkdir()
+        (report / "report.json").write_text(json.dumps(
+            {"verdict": "PASS", "seconds": 9.5, "rebuilt": False}))
+        return bl.Result(argv, {}, 0, 11.0, "", [
+            (0.2, "VENV=.venv sh ./scripts/install-deps\n"),
+            (0.6, ".venv/bin/python -m harness.cli run --method all --report r\n")])
+    monkeypatch.setattr(bl, "run", fake_run)
+    bench_run.make_test_qemu(bench_run.parse_args([]))
+    (fig,) = bl.RESULTS
+    assert fig["key"] == "make_test_qemu" and fig["value"] == 11.0
+    assert fig["target"] == 15.0 and fig["met"] is True and fig["readme"]
+    assert "verdict PASS" in fig["extra"] and "until the run started 0.600 s" in fig["extra"]
