@@ -262,8 +262,9 @@ def _run_side_by_side(art: KernelArtifacts, ropts: RunOptions, out: Path) -> lis
     the main thread only: it stops the workers by killing the guests they run
     (their steps then fail and every ``with`` block cleans up as usual), waits
     for them, and marks the runs they were in as interrupted."""
-    took = method_seconds()
-    pending = schedule(ropts.methods, took)
+    kernel = getattr(art, "config_digest", "") or ""
+    pending = schedule(ropts.methods, method_seconds(kernel))
+    took: dict[str, float] = {}        # this run's, saved for the next one
     runs: dict[str, MethodRun] = {}
     cut: set[str] = set()              # runs that ended after the signal
     started: dict[str, float] = {}
@@ -332,7 +333,7 @@ def _run_side_by_side(art: KernelArtifacts, ropts: RunOptions, out: Path) -> lis
         raise
     if failures:
         raise failures[0]
-    save_method_seconds(took)
+    save_method_seconds(took, kernel)
     return [runs[n] for n in ropts.methods if n in runs]
 
 
@@ -345,21 +346,44 @@ def schedule(methods: tuple, took: dict[str, float]) -> list[str]:
 SECONDS_FILE = "method-seconds.json"
 
 
-def method_seconds() -> dict[str, float]:
-    """How long each method took the last time it ran side by side (the
-    scheduling order; nothing else reads it)."""
+KEEP_CONFIGS = 16     # kernel configurations whose times are kept
+
+
+def _seconds_file() -> dict[str, dict[str, float]]:
+    """{kernel .config digest: {method: seconds}}, the most recent last; a file
+    in another format (the flat one before) counts as empty."""
     try:
         data = json.loads((cache_root() / SECONDS_FILE).read_text())
-        return {str(k): float(v) for k, v in data.items()}
+        return {str(c): {str(k): float(v) for k, v in times.items()}
+                for c, times in data.items()}
     except (OSError, ValueError, TypeError, AttributeError):
         return {}
 
 
-def save_method_seconds(took: dict[str, float]) -> None:
+def method_seconds(config: str = "") -> dict[str, float]:
+    """How long each method took the last time it ran side by side on a kernel
+    of this .config (``KernelArtifacts.config_digest``: a patched kernel shares
+    it, another geometry or a kasan build does not), else on the kernel that
+    ran it last. The scheduling order; nothing else reads it. Per config, so
+    that a repro or matrix run of other kernels does not reorder the default
+    kernel's next run (a 64K probe run takes 3 s, the default one 7 s)."""
+    data = _seconds_file()
+    took: dict[str, float] = {}
+    for times in data.values():          # older first: the latest wins
+        took.update(times)
+    took.update(data.get(config, {}))
+    return took
+
+
+def save_method_seconds(took: dict[str, float], config: str = "") -> None:
     path = cache_root() / SECONDS_FILE
+    data = _seconds_file()
+    mine = {**data.pop(config, {}), **{k: round(v, 2) for k, v in took.items()}}
+    data[config] = dict(sorted(mine.items()))
+    data = dict(list(data.items())[-KEEP_CONFIGS:])
     try:
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({k: round(v, 2) for k, v in sorted(took.items())}))
+        tmp.write_text(json.dumps(data))
         os.replace(tmp, path)
     except OSError:
         pass

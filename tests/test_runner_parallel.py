@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _thread
 import io
+import json
 import threading
 import time
 from contextlib import contextmanager
@@ -190,7 +191,7 @@ def test_the_longest_method_of_the_last_run_starts_first(monkeypatch, tmp_path,
     order); the report keeps the given order; the times are saved for next time."""
     own_cache.mkdir(parents=True, exist_ok=True)
     (own_cache / "method-seconds.json").write_text(
-        '{"short": 1.0, "long": 9.0, "middle": 5.0}')
+        '{"": {"short": 1.0, "long": 9.0, "middle": 5.0}}')
     began = []
     first_two = threading.Barrier(2, timeout=10)
 
@@ -209,3 +210,23 @@ def test_the_longest_method_of_the_last_run_starts_first(monkeypatch, tmp_path,
         "short": 1.0, "long": 9.0, "middle": 5.0}) == ["new", "long", "middle", "short"]
     saved = runner.method_seconds()
     assert set(saved) == {"short", "long", "middle", "new"} and saved["long"] < 9.0
+
+
+def test_method_times_are_kept_per_kernel_config(own_cache):
+    """A run of another kernel (a repro, a geometry) does not reorder the next
+    run of the default one; a config never seen borrows the latest times."""
+    own_cache.mkdir(parents=True, exist_ok=True)
+    runner.save_method_seconds({"probe": 7.6, "acpi-dimm": 6.0}, "default")
+    runner.save_method_seconds({"probe": 3.0}, "64k")
+    assert runner.method_seconds("default") == {"probe": 7.6, "acpi-dimm": 6.0}
+    assert runner.method_seconds("64k") == {"probe": 3.0, "acpi-dimm": 6.0}
+    assert runner.method_seconds("patched-elsewhere") == {"probe": 3.0, "acpi-dimm": 6.0}
+    runner.save_method_seconds({"acpi-dimm": 5.5}, "default")      # merged, moved last
+    assert runner.method_seconds("default") == {"probe": 7.6, "acpi-dimm": 5.5}
+    assert runner.method_seconds("new") == {"probe": 7.6, "acpi-dimm": 5.5}
+    for i in range(runner.KEEP_CONFIGS + 3):
+        runner.save_method_seconds({"probe": float(i)}, f"c{i}")
+    assert len(json.loads((own_cache / "method-seconds.json").read_text())) == \
+        runner.KEEP_CONFIGS
+    (own_cache / "method-seconds.json").write_text('{"probe": 7.6}')   # the old format
+    assert runner.method_seconds("default") == {}
