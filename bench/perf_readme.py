@@ -165,6 +165,28 @@ def details(rows: list[Any]) -> list[Any]:
     return lines
 
 
+def excess(rows: list[dict[str, Any]]) -> list[str]:
+    """One paragraph tying the cold build's ratio to the per-scenario rows
+    (bench_objects.py): issue 13 accepts, where an option cannot go, a bench
+    that shows what it costs and which scenario needs it."""
+    scen = [f for f in rows if f.get("key", "").startswith("objects_for_")
+            and (f.get("kunit") or {}).get("value") is not None]
+    objs = {f.get("key"): f for f in rows}.get("cold_build_objects")
+    if not scen or not objs or not (objs.get("kunit") or {}).get("value"):
+        return []
+    beyond = int(objs["value"] - objs["kunit"]["value"])
+    parts = [f"{f['label'].removeprefix('objects needed by ')} "
+             f"{int(f['value'] - f['kunit']['value'])}" for f in scen]
+    return ["", f"The cold build compiles {beyond} objects more than kunit.py's; the "
+            "\"objects needed by\" rows show where they come from, next to kunit.py's "
+            "objects for the same options, and which scenario needs them (per "
+            "scenario, objects beyond kunit.py's for the same options: "
+            + "; ".join(parts) + "; kunit.py in turn builds what the guest does not "
+            "need: its tests, the block layer, io_uring). Issue 13 takes that "
+            "table where an option cannot go; `bench/bench_objects.py --by-option` "
+            "prints it option by option."]
+
+
 def render(results: dict[str, Any], source: str) -> str:
     """The section between the markers (markers excluded), ending in a newline."""
     dirty = " (with uncommitted changes)" if results.get("dirty") else ""
@@ -199,6 +221,7 @@ def render(results: dict[str, Any], source: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     out += [row(f) for f in rows]
+    out += excess(rows)
     more = details(rows)
     if more:
         out += ["", "Details (as the bench scripts printed them):", ""] + more

@@ -132,3 +132,17 @@ def test_readme_section_is_generated_from_the_committed_results():
     # before Troubleshooting, once
     assert text.count(pr.BEGIN) == 1
     assert text.index(pr.END) < text.index("\n## Troubleshooting\n")
+
+
+def test_the_cold_builds_excess_is_tied_to_the_scenario_rows():
+    """SYNTHETIC figures: the paragraph names the net excess and each scenario's."""
+    def fig(key, label, value, kunit):
+        return {"key": key, "label": label, "value": value, "unit": "objects",
+                "readme": True, "kunit": {"value": kunit}}
+    rows = [fig("cold_build_objects", "objects built cold", 1093, 923),
+            fig("objects_for_acpi_boot", "objects needed by acpi boot", 277, 79),
+            fig("objects_for_ssh", "objects needed by ssh", 115, 1)]
+    (blank, text) = pr.excess(rows)
+    assert blank == "" and "170 objects more than kunit.py's" in text
+    assert "acpi boot 198; ssh 114;" in text
+    assert pr.excess(rows[:1]) == [] and pr.excess(rows[1:]) == []

@@ -74,7 +74,7 @@ class VmSpec:
 
 
 # -accel tcg,thread=...: "single" is the harness's default. Measured on a
-# 2-core host (bench/bench_run.py, `run --method all`, two guests of 2 vCPUs):
+# 2-core host (`run -q --method all` timed by the shell, two guests of 2 vCPUs):
 # 9.3-9.9 s and 10 s of QEMU CPU with "single", 15.9-17.6 s and 19.7 s with
 # "multi": four vCPU threads on two cores spin on each other (locks held by a
 # descheduled vCPU, cross-vCPU TLB flush rendezvous). One guest alone is faster
