@@ -17,6 +17,12 @@ reused ``O=`` tree of the default kernel (the one ``build --json`` would use:
   (requested by base.config, selected by an enabled option, or a Kconfig
   default that olddefconfig switched on) comes from the source tree's Kconfig
   ``select`` lines;
+* per scenario (always, when the source tree is there): the per-option rows
+  summed by the scenario their NEEDS text names ("ssh", "acpi boot (...)"),
+  with kunit.py's objects for the same options and how many more ours are;
+  ``--json-out FILE`` records one figure per scenario (run_all.py collects
+  them; README.md's performance section shows those 10+ objects beyond
+  kunit.py's: issue 13's alternative to a cold build no slower than kunit.py's);
 * with ``--candidates``: the enabled options nothing in the harness asked for
   (not in base.config, not selected, no scenario in ``NEEDS``), with their
   objects: what to examine for a smaller kernel;
