@@ -82,3 +82,34 @@ def test_method_options_take_only_what_the_method_knows():
     assert (opts.cycles, opts.dimms, opts.dimm_mb) == (3, 4, 1024)
     probe = runner.method_options(runner.METHODS["probe"], ropts)
     assert probe.cycles == 3 and not hasattr(probe, "dimm_mb")
+
+
+def test_a_port_taken_before_qemu_bound_it_is_recognised():
+    from harness.machine.qemu import port_taken
+    assert port_taken("qemu-system-aarch64: -gdb tcp:127.0.0.1:51747: Failed to find an "
+                      "available port: Address already in use")
+    assert port_taken("qemu-system-aarch64: Could not set up host forwarding rule "
+                      "'tcp:127.0.0.1:2222-:22'")
+    assert not port_taken("qemu-system-aarch64: -bios x.fd: could not load firmware")
+
+
+def test_a_retry_picks_new_ports_only_for_those_in_use(tmp_path, monkeypatch):
+    """Machine._reset_for_retry with a fake QMP: the SSH and gdb ports are
+    chosen again, a machine without network stays without."""
+    from harness.machine import qemu
+    ports = iter([40001, 40002, 40003])
+    monkeypatch.setattr(qemu, "free_port", lambda: next(ports))
+
+    class FakeQmp:
+        def close(self):
+            pass
+    for spec, want in [
+            (VmSpec(kernel="k", initrd="i", run_dir=str(tmp_path), ssh_port=2222,
+                    gdb_port=3333), (40001, 40002)),
+            (VmSpec(kernel="k", initrd="i", run_dir=str(tmp_path)), (0, None))]:
+        m = qemu.Machine(spec, tmp_path / "out")
+        (tmp_path / "out").mkdir(exist_ok=True)
+        m.qmp = FakeQmp()
+        m._reset_for_retry()
+        assert (m.spec.ssh_port, m.spec.gdb_port) == want
+        assert f"hostfwd=tcp:127.0.0.1:{want[0]}-:22" in " ".join(m.argv) or not want[0]

@@ -117,6 +117,17 @@ def qemu_argv(spec: VmSpec) -> list[str]:
     return argv + [a.replace("{run_dir}", spec.run_dir) for a in spec.devices]
 
 
+# QEMU's stderr when a port free_port() found was taken before QEMU bound it:
+# the SSH forward ("Could not set up host forwarding rule 'tcp:...'") or the
+# gdbstub ("-gdb tcp:127.0.0.1:N: Failed to find an available port: Address
+# already in use", seen once in make test)
+PORT_TAKEN = ("host forwarding", "Failed to find an available port")
+
+
+def port_taken(stderr: str) -> bool:
+    return any(s in stderr for s in PORT_TAKEN)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -252,9 +263,9 @@ class Machine:
             try:
                 return self._launch_once(QEMUMonitorProtocol)
             except MachineError as e:
-                # another process took the free port between our probe and
-                # QEMU's bind: pick another one
-                if "host forwarding" not in e.evidence or attempt == 2:
+                # another process took a free port between our probe and
+                # QEMU's bind: pick others
+                if not port_taken(e.evidence) or attempt == 2:
                     raise
                 self._reset_for_retry()
 
@@ -280,7 +291,8 @@ class Machine:
         for path in (self.spec.qmp_path, self.spec.console_path):
             Path(path).unlink(missing_ok=True)
         self.proc = None
-        self.spec = replace(self.spec, ssh_port=free_port())
+        self.spec = replace(self.spec, ssh_port=free_port() if self.spec.ssh_port else 0,
+                            gdb_port=free_port() if self.spec.gdb_port else None)
         self.argv = qemu_argv(self.spec)
         (self.out_dir / "qemu.cmdline").write_text(
             " ".join(shlex.quote(a) for a in self.argv) + "\n")
