@@ -76,8 +76,9 @@ class VmSpec:
 # -accel tcg,thread=...: "single" is the harness's default. Measured on a
 # 2-core host (`run -q --method all` timed by the shell, two guests of 2 vCPUs):
 # 9.3-9.9 s and 10 s of QEMU CPU with "single", 15.9-17.6 s and 19.7 s with
-# "multi": four vCPU threads on two cores spin on each other (locks held by a
-# descheduled vCPU, cross-vCPU TLB flush rendezvous). One guest alone is faster
+# "multi": four vCPU threads on two cores (most likely spinning on each other:
+# locks held by a descheduled vCPU, cross-vCPU TLB flush rendezvous; not
+# traced). One guest alone is faster
 # too (probe 5.3 s against 5.7 s). The guest still has -smp CPUs; only the race
 # method, whose readers must run truly alongside the removals, asks for "multi".
 TCG_THREADS = ("single", "multi")
