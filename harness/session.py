@@ -27,7 +27,7 @@ from harness.host import Deadline
 from harness.machine import guest_image, snapshot
 from harness.machine.console import SETTLE_S, ConsoleReader, CrashGate, SerialConsole
 from harness.machine.crashwatch import CrashReport, CrashWatcher
-from harness.machine.qemu import Machine, VmSpec, free_port, make_run_dir
+from harness.machine.qemu import Machine, VmSpec, free_port, make_run_dir, with_fresh_ports
 from harness.machine.ssh import KeyPair, SshTransport, generate_key
 from harness.machine.transport import CommandResult, Transport
 
@@ -161,9 +161,7 @@ def boot(art: KernelArtifacts, opts: BootOptions, out_dir: Path,
                     shutil.rmtree(run_dir, ignore_errors=True)
                     run_dir = make_run_dir()
                     key = generate_key(run_dir)
-                    spec = replace(spec, run_dir=str(run_dir),
-                                   ssh_port=free_port() if opts.ssh else 0,
-                                   gdb_port=free_port() if opts.gdb else None)
+                    spec = with_fresh_ports(replace(spec, run_dir=str(run_dir)))
             if guest is None:
                 machine = Machine(spec, out_dir, boot_timeout=opts.boot_timeout)
                 if progress:    # the parameter (show the command line), not the module

@@ -129,6 +129,13 @@ def port_taken(stderr: str) -> bool:
     return any(s in stderr for s in PORT_TAKEN)
 
 
+def with_fresh_ports(spec: VmSpec) -> VmSpec:
+    """``spec`` with new free ports for the SSH forward and the gdbstub it has
+    (none where it has none)."""
+    return replace(spec, ssh_port=free_port() if spec.ssh_port else 0,
+                   gdb_port=free_port() if spec.gdb_port else None)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -292,8 +299,7 @@ class Machine:
         for path in (self.spec.qmp_path, self.spec.console_path):
             Path(path).unlink(missing_ok=True)
         self.proc = None
-        self.spec = replace(self.spec, ssh_port=free_port() if self.spec.ssh_port else 0,
-                            gdb_port=free_port() if self.spec.gdb_port else None)
+        self.spec = with_fresh_ports(self.spec)
         self.argv = qemu_argv(self.spec)
         (self.out_dir / "qemu.cmdline").write_text(
             " ".join(shlex.quote(a) for a in self.argv) + "\n")
