@@ -262,12 +262,18 @@ def make_patch(stamp: str) -> tuple:
     return header + diff, origin
 
 
-def patch_build(args) -> None:
+def write_patch(path: Path, label: str = "") -> Path:
+    """``make_patch`` with a unique stamp (``label`` first), written to ``path``:
+    a kernel the harness cache has never seen."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S") + f".{time.time_ns() % 10**9:09d}"
-    text, origin = make_patch(stamp)
+    text, _origin = make_patch(f"{label} {stamp}" if label else stamp)
+    path.write_text(text, errors="surrogateescape")
+    return path
+
+
+def patch_build(args) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-build-patch-"))
-    patch = tmp / "bench-mmu-comment.patch"
-    patch.write_text(text, errors="surrogateescape")
+    patch = write_patch(tmp / "bench-mmu-comment.patch")
     env = {} if args.allow_ccache else {"CCACHE_DISABLE": "1"}
     art = None
     try:
@@ -306,10 +312,7 @@ def prime_tree(args, tmp: Path) -> None:
     the figure is about). Without it the tree holds whatever kernel was built in
     it last (a test's patch to a header, say), and with CCACHE_DISABLE the timed
     build would recompile all that depends on it: 221.5 s once, after make test."""
-    text, _ = make_patch("prime " + time.strftime("%Y-%m-%dT%H:%M:%S")
-                         + f".{time.time_ns() % 10**9:09d}")
-    prime = tmp / "bench-mmu-prime.patch"
-    prime.write_text(text, errors="surrogateescape")
+    prime = write_patch(tmp / "bench-mmu-prime.patch", "prime")
     r = bl.run(bl.harness_argv("build", "--patch", prime, "--json"),
                verbose=args.verbose, what="one-file patch: priming the O= tree (untimed)")
     drop_artifacts(r.json())

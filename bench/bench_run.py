@@ -300,10 +300,7 @@ def kunit_warm(args, art: dict) -> None:
 def patch_verdict(args, tmp: Path) -> None:
     """One-file patch to mmu.c -> full verdict, timed as one 'run --patch'."""
     import bench_build
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S") + f".{time.time_ns() % 10**9:09d}"
-    text, _origin = bench_build.make_patch(stamp)
-    patch = tmp / "bench-mmu-comment.patch"
-    patch.write_text(text, errors="surrogateescape")
+    patch = bench_build.write_patch(tmp / "bench-mmu-comment.patch")
     report_dir = tmp / "patch-report"
     env = {} if args.allow_ccache else {"CCACHE_DISABLE": "1"}
     argv = bl.harness_argv("run", "--patch", patch, "--method", "all", "--json",
