@@ -877,7 +877,7 @@ def by_scenario(rows: Sequence[Row]) -> list[Scenario]:
     the most objects beyond kunit.py's first."""
     out: dict[str, Scenario] = {}
     for r in rows:
-        name = "(kunit.py only)" if r.need == "(kunit.py only)" else scenario_of(r.need)
+        name = scenario_of(r.need)      # "(kunit.py only)" stays as it is
         s = out.setdefault(name, Scenario(name))
         s.objects += r.objects
         s.kunit += r.kunit or 0

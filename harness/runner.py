@@ -365,8 +365,9 @@ def method_seconds(config: str = "") -> dict[str, float]:
     of this .config (``KernelArtifacts.config_digest``: a patched kernel shares
     it, another geometry or a kasan build does not), else on the kernel that
     ran it last. The scheduling order; nothing else reads it. Per config, so
-    that a repro or matrix run of other kernels does not reorder the default
-    kernel's next run (a 64K probe run takes 3 s, the default one 7 s)."""
+    that a run of several methods on another kernel (a matrix geometry,
+    ``--cycles`` on the page_owner kernel) does not reorder the default
+    kernel's next run; one method at a time (repro) writes nothing."""
     data = _seconds_file()
     took: dict[str, float] = {}
     for times in data.values():          # older first: the latest wins
