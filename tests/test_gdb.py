@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.inspect import gdb, order
+from harness.inspect import a64, gdb, gdb_agent, order
 from harness.machine.qemu import VmSpec, qemu_argv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,15 +50,20 @@ def test_vmspec_gdb_port(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("aarch64-linux-gnu-as") is None, reason="no cross as")
-def test_scan_tlbi_finds_aligned_tlbi_in_code(tmp_path):
+def test_scan_sites_finds_aligned_tlbi_and_their_completing_dsb(tmp_path):
     src = tmp_path / "t.s"
     src.write_text(".text\nnop\ntlbi vaae1is, x3\n.word 0x12d50883\ntlbi vmalle1is\n"
-                   "tlbi vaale1is, x2\nret\n.data\n.word 0xd5088362\n")
+                   "dsb ishst\ndsb ish\nisb\ntlbi vaale1is, x2\nret\ndsb sy\n"
+                   ".data\n.word 0xd5088362\n")
     obj = tmp_path / "t.o"
     subprocess.run(["aarch64-linux-gnu-as", str(src), "-o", str(obj)], check=True)
-    sites = gdb.scan_tlbi(obj.read_bytes())
-    assert sites == [[4, "vaae1is", 3, True], [12, "vmalle1is", 31, True],
-                     [16, "vaale1is", 2, False]]
+    sites = a64.scan_sites(obj.read_bytes())
+    # the first two reach the dsb ish at 20 (the dsb ishst does not complete a
+    # tlbi); the last one's straight line ends at ret, before the dsb sy
+    assert sites["tlbi"] == [[4, "vaae1is", 3, True, 20, "ish"],
+                             [12, "vmalle1is", 31, True, 20, "ish"],
+                             [28, "vaale1is", 2, False, None, None]]
+    assert sites["dsb"] == [[16, "ishst"], [20, "ish"], [36, "sy"]]
 
 
 # ---------------------------------------------------------------- driver life cycle
@@ -272,7 +277,7 @@ def _agent(monkeypatch, regs: dict, mem: dict):
                                  BP_HARDWARE_WATCHPOINT=7, error=RuntimeError)
     monkeypatch.setitem(sys.modules, "gdb", fake)
     spec = {"step": "remove 0xc0000000", "geometry": [65536, 42, 2, 48]}
-    agent = gdb._Agent(spec, io.StringIO())
+    agent = gdb_agent.Agent(spec, io.StringIO())
     agent.reg = lambda name: regs[name]
     agent.sym_addr = lambda name: {"set_swapper_pgd": 0xffff800080123000}[name]
     agent.symbolise = lambda addr: f"sym@{addr:#x}"
@@ -295,7 +300,7 @@ def test_agent_sees_a_root_entry_cleared_through_set_swapper_pgd(monkeypatch):
     clears = [json.loads(line) for line in agent.out.getvalue().splitlines()
               if json.loads(line).get("kind") == "clear"]
     assert len(clears) == 1 and clears[0]["pc_sym"] == "sym@0xffff800080456789"
-    assert agent.pending and 0x5fae0000 in agent.pending and wp.deleted
+    assert agent.pending and ("table", 0x5fae0000) in agent.pending and wp.deleted
     assert agent.counts["clear"] == 1
 
 
@@ -353,30 +358,30 @@ def test_store_range_decodes_general_purpose_stores():
     r = {1: 0, 2: 0x1000, 3: 0x10, 28: ENTRY_VA, 31: SP}
     reg = r.__getitem__
     # words assembled by aarch64-linux-gnu-as
-    assert gdb.store_range(0xf900039f, reg) == (ENTRY_VA, 8)          # str xzr, [x28]
-    assert gdb.store_range(0xa90633eb, reg) == (SP + 96, 16)          # stp x11,x12,[sp,#96]
-    assert gdb.store_range(0xf81f8041, reg) == (0x1000 - 8, 8)        # stur x1,[x2,#-8]
-    assert gdb.store_range(0xf8010c41, reg) == (0x1000, 8)           # str x1,[x2,#16]!
-    assert gdb.store_range(0xf8010441, reg) == (0x1000 - 16, 8)       # str x1,[x2],#16 (x2 updated)
-    assert gdb.store_range(0xf8237841, reg) == (0x1000 + (0x10 << 3), 8)  # str x1,[x2,x3,lsl #3]
-    assert gdb.store_range(0xb9000441, reg) == (0x1004, 4)            # str w1,[x2,#4]
-    assert gdb.store_range(0xa9bf0861, reg) == (0x10, 16)              # stp x1,x2,[x3,#-16]!
+    assert a64.store_range(0xf900039f, reg) == (ENTRY_VA, 8)          # str xzr, [x28]
+    assert a64.store_range(0xa90633eb, reg) == (SP + 96, 16)          # stp x11,x12,[sp,#96]
+    assert a64.store_range(0xf81f8041, reg) == (0x1000 - 8, 8)        # stur x1,[x2,#-8]
+    assert a64.store_range(0xf8010c41, reg) == (0x1000, 8)           # str x1,[x2,#16]!
+    assert a64.store_range(0xf8010441, reg) == (0x1000 - 16, 8)       # str x1,[x2],#16 (x2 updated)
+    assert a64.store_range(0xf8237841, reg) == (0x1000 + (0x10 << 3), 8)  # str x1,[x2,x3,lsl #3]
+    assert a64.store_range(0xb9000441, reg) == (0x1004, 4)            # str w1,[x2,#4]
+    assert a64.store_range(0xa9bf0861, reg) == (0x10, 16)              # stp x1,x2,[x3,#-16]!
     for word in (0xf9400041, 0xd5033b9f, 0xb4000000):                # ldr, dsb, cbz
-        assert gdb.store_range(word, reg) is None
-    assert gdb.is_branch(0xb4000000) and gdb.is_branch(0x14000000) and gdb.is_branch(0xd65f03c0)
-    assert not gdb.is_branch(0xd5088360)
-    assert all(gdb.is_barrier_or_hint(w) for w in (0xd5033b9f, 0xd5033fdf, 0xd503201f,
+        assert a64.store_range(word, reg) is None
+    assert a64.is_branch(0xb4000000) and a64.is_branch(0x14000000) and a64.is_branch(0xd65f03c0)
+    assert not a64.is_branch(0xd5088360)
+    assert all(a64.is_barrier_or_hint(w) for w in (0xd5033b9f, 0xd5033fdf, 0xd503201f,
                                                    0xd5033a9f))
-    assert not gdb.is_barrier_or_hint(0x9240ac00)
+    assert not a64.is_barrier_or_hint(0x9240ac00)
 
 
 def test_late_window_finds_the_store_and_the_tlbi_that_ran_before_the_stop():
     base, pc = FET + 0x398, FET + 0x3b4
     sites = [(FET + 0x3ac, "vaae1is", 0), (FET + 0x500, "vale1is", 1)]
-    store, tlbis, why = gdb.late_window(INCIDENT, base, pc, ENTRY_VA, _regs(), sites)
+    store, tlbis, why = a64.late_window(INCIDENT, base, pc, ENTRY_VA, _regs(), sites)
     assert store == FET + 0x39c and tlbis == [(FET + 0x3ac, "vaae1is", 0)] and why == ""
     # a precise stop (right after the store): nothing ran in between
-    store, tlbis, why = gdb.late_window(INCIDENT[:2], base, FET + 0x3a0, ENTRY_VA,
+    store, tlbis, why = a64.late_window(INCIDENT[:2], base, FET + 0x3a0, ENTRY_VA,
                                         _regs(), sites)
     assert (store, tlbis, why) == (FET + 0x39c, [], "")
 
@@ -384,14 +389,14 @@ def test_late_window_finds_the_store_and_the_tlbi_that_ran_before_the_stop():
 def test_late_window_says_what_it_cannot_establish():
     base, pc, sites = FET + 0x398, FET + 0x3b4, [(FET + 0x3ac, "vaae1is", 0)]
     # x28 rewritten since: the store is not found
-    store, _t, why = gdb.late_window(INCIDENT, base, pc, ENTRY_VA, _regs({28: 0}), sites)
+    store, _t, why = a64.late_window(INCIDENT, base, pc, ENTRY_VA, _regs({28: 0}), sites)
     assert store is None and "no store to 0xffff00003ffff008" in why
     # a branch between the store and the stop
     words = INCIDENT[:4] + [0x14000000] + INCIDENT[5:]
-    assert "branch" in gdb.late_window(words, base, pc, ENTRY_VA, _regs(), sites)[2]
+    assert "branch" in a64.late_window(words, base, pc, ENTRY_VA, _regs(), sites)[2]
     # the tlbi's operand register may have changed after it ran
     words = INCIDENT + [0x9240ac00]                 # and x0, ... after the tlbi
-    why = gdb.late_window(words, base, pc + 4, ENTRY_VA, _regs(), sites)[2]
+    why = a64.late_window(words, base, pc + 4, ENTRY_VA, _regs(), sites)[2]
     assert "operand x0 may have changed" in why
 
 
@@ -407,7 +412,7 @@ class _Inferior:
 def _watching_agent(monkeypatch, stop_pc: int, words: list, regs: dict):
     import io
     import types
-    base = stop_pc - 4 * gdb.LATE_SCAN_INSNS
+    base = stop_pc - 4 * a64.LATE_SCAN_INSNS
     pad = (FET + 0x398 - base) // 4
     inferior = _Inferior(base, [0xd503201f] * pad + words)
     fake = types.SimpleNamespace(Breakpoint=_FakeBp, BP_WATCHPOINT=6, WP_WRITE=1,
@@ -415,7 +420,7 @@ def _watching_agent(monkeypatch, stop_pc: int, words: list, regs: dict):
                                  selected_inferior=lambda: inferior)
     monkeypatch.setitem(sys.modules, "gdb", fake)
     spec = {"step": "shrink to 0", "geometry": [4096, 48, 4, 48]}
-    agent = gdb._Agent(spec, io.StringIO())
+    agent = gdb_agent.Agent(spec, io.StringIO())
     agent.reg = lambda name: regs[name]
     agent.symbolise = lambda addr: f"free_empty_tables+{addr - FET:#x}"
     agent.mem = types.SimpleNamespace(read=lambda pa, n: (0).to_bytes(8, "little"))
@@ -426,7 +431,7 @@ def _watching_agent(monkeypatch, stop_pc: int, words: list, regs: dict):
     agent.watches[wp.number] = (watch, wp, 0x180000004422c003)
     agent.bps.append(wp)
     tlbi = _FakeBp(f"*{FET + 0x3ac:#x}")
-    agent.tlbi_bps[tlbi.number] = (FET + 0x3ac, "vaae1is", 0)
+    agent.tlbi_bps[tlbi.number] = (FET + 0x3ac, "vaae1is", 0, None)
     agent.bps.append(tlbi)
     return agent, wp, watch
 
@@ -517,8 +522,11 @@ def test_agent_ends_its_recording_when_gdb_gives_up_on_the_target(monkeypatch):
     agent.sp_size, agent.sp_from = 64, "vmemmap_start"      # set by run() in gdb
     agent.loop()
     lines = [json.loads(line) for line in agent.out.getvalue().splitlines()]
-    assert [d["kind"] for d in lines] == ["stopping", "disconnected"]
-    assert lines[1]["message"] == "Disconnected from target." and "stops" in lines[1]["stats"]
+    # the recording is partial, and says so first (the checks then ERROR)
+    assert [d["kind"] for d in lines] == ["incomplete", "stopping", "disconnected"]
+    assert "lost the connection" in lines[0]["why"]
+    assert lines[2]["message"] == "Disconnected from target." and "stops" in lines[2]["stats"]
+    assert lines[2]["stats"]["incomplete"] == [lines[0]["why"]]
 
 
 

@@ -508,10 +508,11 @@ def register_run(sub, add_kernel_options, build_request) -> None:
                    help="DIMM size (default: the method's own; a multiple of the "
                         f"block size; {_takers('dimm_mb')})")
     g.add_argument("--order-check", choices=["on", "full", "off"], default="on",
-                   help="gdb around every removal: 'on' (default) checks every free and "
-                        "follows the TLB-flush order until 16 cleared table entries were "
-                        "followed (every block-mapped removal, the first page-mapped "
-                        "one); 'full' follows it on every removal; 'off' attaches no gdb")
+                   help="gdb around every removal: 'on' (default; 'full' is the same) "
+                        "follows every removal of every cycle in full: every free, "
+                        "every cleared table entry and vmemmap leaf, every tlbi and "
+                        "the dsb that completes it, arch_remove_memory()'s linear map; "
+                        "'off' attaches no gdb (the ordering checks are then not run)")
     g.add_argument("--no-order-check", dest="order_check", action="store_const",
                    const="off", help="the same as --order-check=off")
     g.add_argument("--no-walker", action="store_true",

@@ -18,7 +18,7 @@ from harness.drive.phases import (  # noqa: F401  (re-exported: methods and test
     PhaseCollector,
     struct_page_geometry,
 )
-from harness.drive.steps import FLUSH_CLEARS_ENOUGH, StepRunner  # noqa: F401
+from harness.drive.steps import StepRunner
 from harness.errors import HarnessError
 from harness.inspect import sysfs
 from harness.inspect.sysfs import MemoryBlock

@@ -22,11 +22,6 @@ from harness.errors import HarnessError
 from harness.records import Geometry, OrderRecord, Step
 from harness.session import Guest
 
-# "on": the flush order is followed on every removal until this many cleared
-# entries were followed (block-mapped removals clear 1-4 entries each, cheap; a
-# page-mapped one clears 64, all followed); "full": on every removal
-FLUSH_CLEARS_ENOUGH = 16
-
 Progress = Callable[[str], None]
 
 
@@ -56,8 +51,8 @@ class StepRunner:
         self.art = art
         self.tables = tables
         self.progress = progress          # called with one line per step
-        # the free-time ordering checks around every removal: "on", "full" or
-        # "off" (see removal_step for what "on" leaves out)
+        # the free-time ordering checks around every removal: "on" ("full" is
+        # the same: every removal followed in full) or "off"
         self.order_check = order_check
         self.steps: list[Step] = []
         self.step_lines: list[tuple[int, str]] = []   # (console line no, step)
@@ -114,7 +109,7 @@ class StepRunner:
             return self.step(name, action, transport)
         from harness import progress
         from harness.inspect import gdb
-        flush = self.order_check == "full" or self.flush_clears() < FLUSH_CLEARS_ENOUGH
+        flush = True              # every removal followed in full
         seen = sum(1 for r in self.order if r.step == name)   # --cycles repeats
         spec = gdb.GdbSpec.for_removal(
             self.art.vmlinux, port=machine.spec.gdb_port, out_dir=self.guest.out_dir,
@@ -142,11 +137,6 @@ class StepRunner:
                                  stats=dict(session.stats))
                 self.order[index] = record
                 self.order_progress(record)
-
-    def flush_clears(self) -> int:
-        """Table entries whose flush order this run has already followed."""
-        return sum(1 for r in self.order if r.flush_check
-                   for e in r.events if e.get("kind") == "clear")
 
     def order_progress(self, record: OrderRecord) -> None:
         """One progress line for a watched removal: its stops by kind."""

@@ -811,43 +811,98 @@ def check_walker_no_bad_entries(run: MethodRun) -> Check:
 
 # ---------------------------------------------------------------- ordering (gdb)
 
+def followed(rec: Any) -> str:
+    """What was seen of one watched removal, for the report."""
+    st = rec.stats or {}
+    kinds: dict = {}
+    for d in rec.events:
+        kinds[d.get("kind", "?")] = kinds.get(d.get("kind", "?"), 0) + 1
+    seen = ", ".join(f"{kinds[k]} {k}" for k in ("free", "clear", "tlbi", "dsb",
+                                                 "remove_enter") if kinds.get(k))
+    whys = [d.get("why", "") for d in rec.events if d.get("kind") == "incomplete"]
+    if rec.error:
+        return f"{rec.step}: not followed: {rec.error}"
+    if whys:
+        return f"{rec.step}: followed in part ({'; '.join(whys)}): {seen or 'no stops'}"
+    if not rec.flush_check:
+        return f"{rec.step}: frees followed, flush order not followed: {seen or 'no stops'}"
+    return (f"{rec.step}: followed in full ({st.get('stops', '?')} stops: "
+            f"{seen or 'none'})")
+
+
 def _order_check(run: MethodRun, name: str,
                  judge_events: Callable[[list[Any], str], Any], flush_only: bool) -> Check:
-    """One Part per watched removal (``MethodRun.order``), judged by harness.inspect.order."""
+    """One Part per watched removal (``MethodRun.order``), judged by
+    harness.inspect.order. A removal not followed, or followed in part, makes
+    the check ERROR (a SKIP of a required check), never a PASS; the evidence
+    ends with what was followed of each removal."""
     from harness.inspect import order
     parts = []
+    total = len(run.order)
+    unfollowed = 0
     for rec in run.order:
         step = rec.step
         if rec.error:
+            unfollowed += 1
             parts.append(Part(SKIP if "not watched" in rec.error else ERROR,
                               f"{step}: {rec.error}", step))
             continue
         if flush_only and not rec.flush_check:
+            unfollowed += 1
+            parts.append(Part(ERROR, f"{step}: not followed: the flush order of this "
+                              "removal was not recorded", step))
             continue
-        events = [order.event_from_dict(dict(d)) for d in rec.events]
+        events = [e for e in (order.event_from_dict(dict(d)) for d in rec.events) if e]
         v = judge_events(events, step)
         parts.append(Part(v.verdict, v.evidence, step, v.applicable))
+    listing = "\n".join(followed(r) for r in run.order)
+    if unfollowed:
+        listing = f"not followed: {unfollowed} of {total} removals\n" + listing
     if parts and not any(p.looked for p in parts):
-        # gdb watched every removal and none freed a table (a removal under one
-        # PUD block clears a leaf): nothing to judge, which is not "could not look"
-        return Check(name, SKIP, NOT_APPLICABLE + "\n".join(p.text for p in parts))
-    return combine(run, name, parts, "no removal was watched through the gdbstub")
+        # gdb watched every removal and nothing applied (a removal under one
+        # PUD block frees no table): nothing to judge, which is not "could not look"
+        return Check(name, SKIP, NOT_APPLICABLE + "\n".join(p.text for p in parts)
+                     + "\n" + listing)
+    check = combine(run, name, parts, "no removal was watched through the gdbstub")
+    if listing and check.verdict != SKIP:
+        check = Check(check.name, check.verdict, check.evidence + "\nremovals:\n"
+                      + _indent(listing.splitlines()), check.step)
+    return check
 
 
 def check_no_table_freed_while_linked(run: MethodRun) -> Check:
     """The review's first point: no page is freed while a live table entry still
     points at it (the table's parent entry must be cleared first)."""
     from harness.inspect import order
-    return _order_check(run, "no-table-freed-while-linked",
+    return _order_check(run, order.NO_TABLE_FREED_WHILE_LINKED,
                         order.check_no_table_freed_while_linked, False)
 
 
 def check_tlb_flushed_before_free(run: MethodRun) -> Check:
-    """The review's second point: between clearing a table's parent entry and
-    freeing the table, a TLB invalidation covering it must have executed."""
+    """The review's second point, for tables: between clearing a table's parent
+    entry and freeing the table, a TLB invalidation covering it must have been
+    issued and completed (a dsb ish or stronger on the same CPU)."""
     from harness.inspect import order
-    return _order_check(run, "tlb-flushed-before-free",
+    return _order_check(run, order.TLB_FLUSHED_BEFORE_FREE,
                         order.check_tlb_flushed_before_free, True)
+
+
+def check_leaf_flushed_before_free(run: MethodRun) -> Check:
+    """The review's second point, for leaves ("flush_tlb_all() is too late"):
+    a vmemmap page is freed only after its cleared leaf was invalidated and
+    the invalidation completed; the linear map's cleared leaves are
+    invalidated, completed, before arch_remove_memory() returns."""
+    from harness.inspect import order
+    return _order_check(run, order.LEAF_FLUSHED_BEFORE_FREE,
+                        order.check_leaf_flushed_before_free, True)
+
+
+def check_unlinked_tables_freed(run: MethodRun) -> Check:
+    """A table whose parent entry a removal cleared is freed (a table unlinked
+    and kept is a leaked page-table page), seen in a one-cycle run."""
+    from harness.inspect import order
+    return _order_check(run, order.UNLINKED_TABLES_FREED,
+                        order.check_unlinked_tables_freed, True)
 
 
 # ---------------------------------------------------------------- kselftest
@@ -926,11 +981,14 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("walker-no-bad-entries", check_walker_no_bad_entries),
     ("no-table-freed-while-linked", check_no_table_freed_while_linked),
     ("tlb-flushed-before-free", check_tlb_flushed_before_free),
+    ("leaf-flushed-before-free", check_leaf_flushed_before_free),
+    ("unlinked-tables-freed", check_unlinked_tables_freed),
     ("kselftest", check_kselftest),
 )
 
 _WALKER_CHECKS = ("walker-agrees-with-ptdump", "walker-no-bad-entries")
-_ORDER_CHECKS = ("no-table-freed-while-linked", "tlb-flushed-before-free")
+_ORDER_CHECKS = ("no-table-freed-while-linked", "tlb-flushed-before-free",
+                 "leaf-flushed-before-free", "unlinked-tables-freed")
 
 
 def required_checks(run: MethodRun) -> tuple[str, ...]:
