@@ -60,9 +60,9 @@ def test_scan_sites_finds_aligned_tlbi_and_their_completing_dsb(tmp_path):
     sites = a64.scan_sites(obj.read_bytes())
     # the first two reach the dsb ish at 20 (the dsb ishst does not complete a
     # tlbi); the last one's straight line ends at ret, before the dsb sy
-    assert sites["tlbi"] == [[4, "vaae1is", 3, True, 20, "ish"],
-                             [12, "vmalle1is", 31, True, 20, "ish"],
-                             [28, "vaale1is", 2, False, None, None]]
+    assert sites["tlbi"] == [[4, "vaae1is", 3, True, 20, "ish", True],
+                             [12, "vmalle1is", 31, True, 20, "ish", True],
+                             [28, "vaale1is", 2, False, None, None, False]]
     assert sites["dsb"] == [[16, "ishst"], [20, "ish"], [36, "sy"]]
 
 
@@ -431,7 +431,7 @@ def _watching_agent(monkeypatch, stop_pc: int, words: list, regs: dict):
     agent.watches[wp.number] = (watch, wp, 0x180000004422c003)
     agent.bps.append(wp)
     tlbi = _FakeBp(f"*{FET + 0x3ac:#x}")
-    agent.tlbi_bps[tlbi.number] = (FET + 0x3ac, "vaae1is", 0, None)
+    agent.tlbi_bps[tlbi.number] = (FET + 0x3ac, "vaae1is", 0, None, False)
     agent.bps.append(tlbi)
     return agent, wp, watch
 

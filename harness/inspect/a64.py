@@ -160,9 +160,13 @@ def _ends_straight_line(word: int) -> bool:
 
 
 def paired_dsb(code: bytes, off: int, limit: int = PAIR_SCAN_INSNS) -> Optional[tuple]:
-    """``(offset, option)`` of the first ``dsb`` that completes a broadcast
-    invalidation (:data:`DSB_COMPLETES`) after the instruction at ``off`` on
-    its straight line (see :func:`_ends_straight_line`), or None."""
+    """``(offset, option, unbranched)`` of the first ``dsb`` that completes a
+    broadcast invalidation (:data:`DSB_COMPLETES`) after the instruction at
+    ``off`` on its straight line (see :func:`_ends_straight_line`), or None.
+    ``unbranched``: no branch of any kind (conditional ones included) lies
+    between the two, so the CPU that executed the tlbi executes this dsb next
+    on its path, before any call the free could come from."""
+    unbranched = True
     for k in range(1, limit + 1):
         at = off + 4 * k
         if at + 4 > len(code):
@@ -170,18 +174,20 @@ def paired_dsb(code: bytes, off: int, limit: int = PAIR_SCAN_INSNS) -> Optional[
         word = int.from_bytes(code[at:at + 4], "little")
         opt = decode_dsb(word)
         if opt in DSB_COMPLETES:
-            return at, opt
+            return at, opt, unbranched
         if _ends_straight_line(word):
             return None
+        if is_branch(word):
+            unbranched = False
     return None
 
 
 def scan_sites(elf_bytes: bytes) -> dict:
     """Every ``tlbi`` and ``dsb`` in vmlinux's executable sections.
 
-    ``{"tlbi": [[addr, op, rt, may_cover_table, dsb_addr|None, dsb_option|None]],
-    "dsb": [[addr, option]]}``; ``dsb_addr`` is the tlbi's paired barrier
-    (:func:`paired_dsb`)."""
+    ``{"tlbi": [[addr, op, rt, may_cover_table, dsb_addr|None, dsb_option|None,
+    unbranched]], "dsb": [[addr, option]]}``; ``dsb_addr`` is the tlbi's paired
+    barrier (:func:`paired_dsb`)."""
     from elftools.elf.elffile import ELFFile
     SHF_EXECINSTR = 0x4
     tlbi_pat = re.compile(rb"[\x00-\xff][\x80-\x9f][\x08-\x0f]\xd5", re.S)
@@ -202,7 +208,8 @@ def scan_sites(elf_bytes: bytes) -> dict:
             pair = paired_dsb(code, off)
             tlbis.append([base + off, op.name, op.rt, op.may_cover_table,
                           None if pair is None else base + pair[0],
-                          None if pair is None else pair[1]])
+                          None if pair is None else pair[1],
+                          pair is not None and pair[2]])
         for m in dsb_pat.finditer(code):
             off = m.start()
             if off % 4:

@@ -77,6 +77,7 @@ class Agent:
         from harness.inspect import a64, order, walker
         self.gdb, self.walker, self.order, self.a64 = gdb, walker, order, a64
         self.spec, self.out = spec, out
+        self.t0 = time.monotonic()
         self.step = spec["step"]
         self.geo = walker.Geometry(*spec["geometry"])
         self.seq = 0
@@ -108,6 +109,8 @@ class Agent:
 
     # -- output
     def emit(self, d: dict) -> None:
+        # t: seconds since the agent started (where the time of a removal goes)
+        d.setdefault("t", round(time.monotonic() - self.t0, 4))
         self.out.write(json.dumps(d) + "\n")
 
     def event(self, ev) -> None:
@@ -244,10 +247,10 @@ class Agent:
                                "the frees of a removal cannot be followed")
         if spec["flush_check"]:
             self.arm_watches(before)
-            for addr, op, rt, dsb in spec["tlbi_sites"]:
+            for addr, op, rt, dsb, unbranched in spec["tlbi_sites"]:
                 bp = gdb.Breakpoint(f"*{addr:#x}", internal=True)
                 bp.enabled = False
-                self.tlbi_bps[bp.number] = (addr, op, rt, dsb)
+                self.tlbi_bps[bp.number] = (addr, op, rt, dsb, unbranched)
                 self.bps.append(bp)
             enter = self.maybe_sym("arch_remove_memory")
             if enter is not None:
@@ -436,7 +439,7 @@ class Agent:
             if n not in regs:
                 regs[n] = self.reg("sp" if n == 31 else f"x{n}")
             return regs[n]
-        sites = [(a, op, rt) for a, op, rt, _d in self.tlbi_bps.values()]
+        sites = [(a, op, rt) for a, op, rt, _d, _u in self.tlbi_bps.values()]
         store, tlbis, why = a64.late_window(words, base, pc, w.entry_va, reg, sites)
         if store == pc - 4 and not why:
             self.record_write(number, new, pc)
@@ -450,7 +453,7 @@ class Agent:
         if not self.record_write(number, new, at, late=late):
             return
         for addr, op, rt in tlbis:
-            dsb = next((d for a, _o, _r, d in self.tlbi_bps.values() if a == addr), None)
+            dsb = next((d for a, _o, _r, d, _u in self.tlbi_bps.values() if a == addr), None)
             self.tlbi_event(addr, op, rt, dsb, note=(
                 f"executed between the store at {self.symbolise(store)} and a watch stop "
                 f"that QEMU reported {(pc - store) // 4 - 1} instructions later, at "
@@ -499,11 +502,12 @@ class Agent:
 
     # -- invalidations and their completion
     def on_tlbi(self, number: int) -> None:
-        addr, op_name, rt, dsb = self.tlbi_bps[number]
-        self.tlbi_event(addr, op_name, rt, dsb)
+        addr, op_name, rt, dsb, unbranched = self.tlbi_bps[number]
+        self.tlbi_event(addr, op_name, rt, dsb, unbranched=unbranched)
         self.counts["tlbi"] += 1
 
-    def tlbi_event(self, addr: int, op_name: str, rt: int, dsb, note: str = "") -> None:
+    def tlbi_event(self, addr: int, op_name: str, rt: int, dsb, note: str = "",
+                   unbranched: bool = False) -> None:
         """Record the TLBI at ``addr`` with its operand from x``rt`` now; the
         pending clears it covers now wait for its completion (the dsb)."""
         order = self.order
@@ -530,7 +534,16 @@ class Agent:
                     else t.covers(link.va, link.span)):
                 by.append(t.seq)
         self.uncompleted.setdefault(cpu, []).append((t, dsb))
-        if dsb is not None:
+        if dsb is not None and unbranched:
+            # the paired dsb follows with no branch in between (a64.paired_dsb):
+            # the instructions between are decoded, not stopped at, which saves
+            # a stop (two TB flushes in QEMU) per invalidation
+            opt = self.a64.decode_dsb(int.from_bytes(
+                bytes(self.gdb.selected_inferior().read_memory(dsb, 4)), "little"))
+            self.complete(cpu, dsb, opt or "?", note=(
+                f"{(dsb - addr) // 4 - 1} instructions after the tlbi at "
+                f"{self.symbolise(addr)}, none a branch: executed next on its path"))
+        elif dsb is not None:
             self.enable_dsb(dsb)
 
     def enable_dsb(self, addr: int) -> None:
@@ -553,14 +566,14 @@ class Agent:
         self.counts["dsb"] += 1
         self.complete(self.cpu(), addr, self.a64.decode_dsb(word) or "?")
 
-    def complete(self, cpu, addr: int, option: str) -> None:
+    def complete(self, cpu, addr: int, option: str, note: str = "") -> None:
         waiting = self.uncompleted.pop(cpu, [])
         if not waiting:
             self.counts["other"] += 1
         else:
             done = [t.seq for t, _d in waiting]
             self.event(self.order.Dsb(self.next_seq(), self.step, addr, option, cpu,
-                                      tuple(done), pc_sym=self.symbolise(addr)))
+                                      tuple(done), pc_sym=self.symbolise(addr), note=note))
             for key in [k for k, (_c, _l, by) in self.pending.items() if set(by) & set(done)]:
                 del self.pending[key]
         needed = {d for ts in self.uncompleted.values() for _t, d in ts if d is not None}
@@ -602,13 +615,15 @@ class Agent:
 
     def on_remove_return(self, number: int) -> None:
         win = self.window
-        if win is None or self.reg("sp") != win["sp"] or self.cpu() != win["cpu"]:
+        # the task may have moved to another CPU meanwhile: its stack pointer
+        # (back at the entry's value) tells the call apart from another one
+        if win is None or self.reg("sp") != win["sp"]:
             self.counts["other"] += 1          # the same return address, another call
             return
         leaves = self.order.range_leaves(self.mem, self.geo, self.spec["root_pa"],
                                          win["lin_lo"], win["lin_hi"])
         pc = self.reg("pc")
-        self.event(self.order.RemoveReturn(self.next_seq(), self.step, win["cpu"],
+        self.event(self.order.RemoveReturn(self.next_seq(), self.step, self.cpu(),
                                            self.order.valid_ranges(leaves),
                                            pc_sym=self.symbolise(pc)))
         bp = win["bp"]
