@@ -287,7 +287,7 @@ class Agent:
             return self.swapper_va + (entry_pa - self.spec["root_pa"])
         return self.pa_to_lin(entry_pa)
 
-    def watch(self, link, leaf: bool) -> None:
+    def watch(self, link, leaf: bool, region: str = "") -> None:
         gdb = self.gdb
         entry_va = self.entry_va(link.entry_pa)
         wp = gdb.Breakpoint(f"*(unsigned long *){entry_va:#x}",
@@ -296,10 +296,11 @@ class Agent:
         if wp.type != gdb.BP_HARDWARE_WATCHPOINT:
             raise RuntimeError(f"gdb made a software watchpoint for {entry_va:#x}: "
                                "the gdbstub refused a hardware one")
-        w = self.order.Watch(self.next_seq(), self.step, link, entry_va, leaf=leaf)
+        w = self.order.Watch(self.next_seq(), self.step, link, entry_va, leaf=leaf,
+                             region=region)
         old = int.from_bytes(self.mem.read(link.entry_pa, 8), "little")
         self.watches[wp.number] = (w, wp, old)
-        if leaf:
+        if leaf and region == "vmemmap":
             self.leaf_watches[link.entry_pa] = w
         self.bps.append(wp)
         self.event(w)
@@ -319,7 +320,7 @@ class Agent:
             self.watch(link, leaf=False)
         for leaf in self.order.range_leaves(self.mem, self.geo, spec["root_pa"], vm_lo, vm_hi):
             self.watch(self.order.Link(leaf.pa, leaf.entry_pa, leaf.va, leaf.span, leaf.level),
-                       leaf=True)
+                       leaf=True, region="vmemmap")
 
     def watch_root_writes(self) -> None:
         """swapper_pg_dir is read-only in the kernel image: arm64 writes its
@@ -496,7 +497,8 @@ class Agent:
         wp.delete()
         self.bps.remove(wp)
         del self.watches[number]
-        self.pending[("leaf" if w.leaf else "table", link.table_pa)] = [c, link, []]
+        if w.region != "linear":
+            self.pending[("leaf" if w.leaf else "table", link.table_pa)] = [c, link, []]
         self.update_tlbi()
         return True
 
@@ -606,6 +608,12 @@ class Agent:
         if self.window is not None:
             self.give_up("arch_remove_memory() entered again before the previous call "
                          "returned")
+        if self.spec["flush_check"]:
+            # who clears the linear map: the first and the last leaf are watched
+            # (every one would cost a stop each: 32768 with rodata=full)
+            for leaf in {id(x): x for x in (leaves[:1] + leaves[-1:])}.values():
+                self.watch(self.order.Link(leaf.pa, leaf.entry_pa, leaf.va, leaf.span,
+                                           leaf.level), leaf=True, region="linear")
         bp = self.gdb.Breakpoint(f"*{lr:#x}", internal=True)
         self.roles[bp.number] = "arch_remove_return"
         self.bps.append(bp)

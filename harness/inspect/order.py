@@ -98,18 +98,23 @@ class Watch:
     # removal frees: ``link.table_pa`` is then the PA it maps, ``link.span``
     # the size it maps
     leaf: bool = False
+    # for a leaf: "vmemmap" (its pages are freed) or "linear" (the first and
+    # last leaf of an arch_remove_memory() range: who cleared them)
+    region: str = ""
 
     def to_dict(self) -> dict:
         d = {"kind": self.kind, "seq": self.seq, "step": self.step,
              "link": self.link.to_dict(), "entry_va": hex(self.entry_va)}
         if self.leaf:
             d["leaf"] = True
+            d["region"] = self.region or "vmemmap"
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Watch:
         return cls(d["seq"], d.get("step", ""), Link.from_dict(d["link"]),
-                   _int(d["entry_va"]), leaf=bool(d.get("leaf", False)))
+                   _int(d["entry_va"]), leaf=bool(d.get("leaf", False)),
+                   region=d.get("region", "vmemmap" if d.get("leaf") else ""))
 
 
 @dataclass(frozen=True)
@@ -591,12 +596,13 @@ def check_unlinked_tables_freed(events: Sequence, step: str = "") -> OrderVerdic
         return partial
     watched = {e.link.table_pa: e for e in events if isinstance(e, Watch) and not e.leaf}
     cleared = {}
-    freed: set = set()
     for e in events:
         if isinstance(e, Clear) and not e.leaf and e.table_pa in watched:
             cleared.setdefault(e.table_pa, e)
-        elif isinstance(e, Free):
-            freed.update(p for p in cleared if e.pa <= p < e.pa_end)
+    # freed at any point of the recording: a table freed before its entry was
+    # cleared is not leaked (no-table-freed-while-linked judges that order)
+    freed = {p for e in events if isinstance(e, Free) for p in cleared
+             if e.pa <= p < e.pa_end}
     if not cleared:
         return OrderVerdict(UNLINKED_TABLES_FREED, SKIP,
                             f"no watched table entry was cleared{where}", applicable=False)
@@ -611,7 +617,7 @@ def check_unlinked_tables_freed(events: Sequence, step: str = "") -> OrderVerdic
             lines.append(f"table PA {p:#x} ({_child(link)} table of the {link.level} entry "
                          f"for VA {link.va:#x}-{link.va + link.span:#x}, level "
                          f"{_hw_level(link)}): entry cleared by {c.pc_sym or hex(c.pc)}, "
-                         f"no free of the page followed")
+                         f"the page never freed while the removal was followed")
         return OrderVerdict(UNLINKED_TABLES_FREED, FAIL, "\n".join(_clip(lines)), counts)
     return OrderVerdict(UNLINKED_TABLES_FREED, PASS,
                         f"{len(cleared)} tables unlinked{where}, each freed afterwards",
@@ -635,7 +641,12 @@ def check_leaf_flushed_before_free(events: Sequence, step: str = "") -> OrderVer
     if partial:
         return partial
     done = completions(events)
-    leaves = {e.link.entry_pa: e for e in events if isinstance(e, Watch) and e.leaf}
+    leaves = {e.link.entry_pa: e for e in events if isinstance(e, Watch) and e.leaf
+              and e.region != "linear"}
+    lin_watch = {e.entry_va: e for e in events if isinstance(e, Watch) and e.leaf
+                 and e.region == "linear"}
+    lin_clear = {lin_watch[e.entry_va].link.va: e for e in events
+                 if isinstance(e, Clear) and e.leaf and e.entry_va in lin_watch}
     enters = [e for e in events if isinstance(e, RemoveEnter)]
     if not leaves and not enters:
         happened = any(isinstance(e, (Free, Clear)) for e in events)
@@ -734,16 +745,26 @@ def check_leaf_flushed_before_free(events: Sequence, step: str = "") -> OrderVer
                             f"{va:#x}-{va + run.span:#x}")
         if bad_runs:
             va, run = bad_runs[0]
-            last = [t for t, _ps in good + issued]
-            after = (f"; the last invalidation overlapping it, {last[-1].describe()}, ran "
-                     f"while it was still mapped" if last else
-                     "; no invalidation overlapping the range ran after any clear")
+            over = [t for t in tlbis if en.seq < t.seq < ret.seq
+                    and t.covers_leaf(va, run.span)]
+            after = (f"; {over[-1].describe()} covered it, but ran while it was still "
+                     f"mapped" if over else
+                     "; no invalidation covering it ran between its clear and the return")
+            c = lin_clear.get(va)
+            if c is not None:
+                who = f"cleared by {c.pc_sym or hex(c.pc)}"
+            else:
+                known = sorted(lin_clear.items())
+                who = ("its clearing write not watched (only the first and last leaf of "
+                       "a range are" + (f"; the first was cleared by "
+                                        f"{known[0][1].pc_sym or hex(known[0][1].pc)})"
+                                        if known else ")"))
             problems.append(f"linear map: {len(bad_runs)} of {total} leaves of {what} were "
                             f"cleared with no TLB invalidation after the clear before it "
                             f"returned at {ret.pc_sym or '?'}: first {run.level} entry for "
-                            f"VA {va:#x}-{va + run.span:#x} (PA "
-                            f"{en.pa + va - lo:#x}; linear-map leaves are not watched one by "
-                            f"one, so the clearing PC is not recorded){after}")
+                            f"VA {va:#x}-{va + run.span:#x} (level "
+                            f"{_LEVEL_NO.get(run.level, '?')}, PA {en.pa + va - lo:#x}), "
+                            f"{who}{after}")
         if not (stale or half_runs or bad_runs):
             ok.append(f"{what}: {total} linear-map leaves cleared, then invalidated "
                       f"({', '.join(sorted({t.op for t, _ in good}))}) and completed before "
@@ -802,8 +823,11 @@ RULES = {
 }
 
 
+_LEVEL_NO = {"PGD": "0", "P4D": "0", "PUD": "1", "PMD": "2", "PTE": "3"}
+
+
 def _hw_level(link: Link) -> str:
-    return {"PGD": "0", "P4D": "0", "PUD": "1", "PMD": "2", "PTE": "3"}.get(link.level, "?")
+    return _LEVEL_NO.get(link.level, "?")
 
 
 def _clip(lines: list, keep: int = 40) -> list:
