@@ -8,7 +8,7 @@ through ``/sys/devices/system/memory/remove`` with gdb attached
 time with and without gdb, attach/detach time, walk cost per stop, and both
 checks' verdicts. ``--no-gdb`` times the same removal without gdb.
 
-Run: flock /work/.qemu-slot.lock python bench/bench_order.py [--rodata-full]
+Run: .venv/bin/python bench/bench_order.py [--rodata-full]
          [--patch FILE]... [--no-flush-check] [--no-gdb] [--record FILE --note TEXT]
 """
 from __future__ import annotations
@@ -75,11 +75,10 @@ def one_run(art, rodata_full: bool, use_gdb: bool, flush_check: bool, out: Path,
                 res["remove_s"] = round(time.monotonic() - t1, 3)
             res["with_attach_detach_s"] = round(time.monotonic() - t0, 3)
             res["stats"] = session.stats
-            a = order.check_no_table_freed_while_linked(session.events, spec.step)
-            b = order.check_tlb_flushed_before_free(session.events, spec.step)
+            verdicts = [rule(session.events, spec.step) for rule in order.RULES.values()]
             res["checks"] = {v.check: {"verdict": v.verdict, "counts": v.counts,
                                        "evidence": v.evidence.splitlines()[:4]}
-                             for v in (a, b)}
+                             for v in verdicts}
             res["events_path"] = spec.events_path
             res["lines"] = session.lines
             # the guest runs on after detach
@@ -116,8 +115,10 @@ def main() -> int:
         if args.record and res.get("lines") is not None:
             head = {"kind": "recording", "step": f"remove {ADDR:#x}",
                     "how": args.note or " ".join(sys.argv),
-                    "command": "flock /work/.qemu-slot.lock .venv/bin/python "
-                               + " ".join(sys.argv),
+                    "command": ".venv/bin/python " + " ".join(
+                        str(Path(a).resolve().relative_to(Path.cwd()))
+                        if Path(a).is_absolute() and Path(a).resolve().is_relative_to(
+                            Path.cwd()) else a for a in sys.argv),
                     "rodata_full": args.rodata_full,
                     "patches": [Path(p).name for p in args.patch],
                     "patch_text": {Path(p).name: Path(p).read_text() for p in args.patch},

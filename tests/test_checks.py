@@ -807,7 +807,8 @@ def test_walker_bad_entries_are_evidence():
 def order_record(name: str, step: str = "remove 0x80000000", flush=True) -> dict:
     """A watched removal from a recorded stop sequence (tests/data/order-*.jsonl)."""
     lines = [json.loads(l) for l in (DATA / name).read_text().splitlines() if l.strip()]
-    events = [d for d in lines if d.get("kind") in ("watch", "clear", "tlbi", "free")]
+    from harness.inspect import order
+    events = [d for d in lines if order.event_from_dict(d) is not None]
     return {"step": step, "pa_start": 0x80000000, "pa_end": 0x88000000,
             "flush_check": flush, "events": events, "stats": {}, "error": ""}
 
@@ -818,6 +819,10 @@ def test_order_checks_on_recorded_removals():
     found = by_name(clean)
     assert found["no-table-freed-while-linked"].verdict == PASS
     assert found["tlb-flushed-before-free"].verdict == PASS
+    assert found["leaf-flushed-before-free"].verdict == PASS
+    assert found["unlinked-tables-freed"].verdict == PASS
+    # the report lists what was followed of each removal
+    assert "remove 0x80000000: followed in full" in found["tlb-flushed-before-free"].evidence
     early = make_run(order=(order_record("order-free-before-clear-rodata-full.jsonl"),))
     c = by_name(early)["no-table-freed-while-linked"]
     assert c.verdict == FAIL and c.step == "remove 0x80000000"

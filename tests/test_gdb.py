@@ -540,3 +540,41 @@ def test_a_relative_report_folder_is_made_absolute_for_gdb(tmp_path, monkeypatch
                                    root_pa=0)
     assert spec.out_dir == str(tmp_path / "runs" / "x")
     assert spec.config_path == str(tmp_path / "runs" / "x" / "gdb-order-remove-a.json")
+
+
+# ------------------------------------------------------------------ partial recordings
+
+def _looping_agent(monkeypatch, tmp_path, hits, max_stops=20000, detach=False):
+    regs = {"x0": 0, "x1": 0, "lr": 0, "pc": 0xffff800080001000}
+    agent, _wp = _agent(monkeypatch, regs, {})
+    agent.spec.update(out_dir=str(tmp_path), tag="t", max_stops=max_stops)
+    if detach:
+        (tmp_path / "gdb-t.detach").write_text("detach\n")
+    seq = iter(hits)
+
+    def execute(cmd, to_string=False):
+        if cmd == "continue":
+            agent.last_hit = next(seq)
+        return ""
+    agent.gdb.execute = execute
+    agent.mem = None
+    agent.sp_size, agent.sp_from = 64, "vmemmap_start"
+    agent.loop()
+    return [json.loads(line) for line in agent.out.getvalue().splitlines()]
+
+
+def test_an_unexpected_stop_ends_the_recording_as_incomplete(monkeypatch, tmp_path):
+    lines = _looping_agent(monkeypatch, tmp_path, [["signal:SIGTRAP"]])
+    assert lines[0]["kind"] == "incomplete" and "signal:SIGTRAP" in lines[0]["why"]
+    assert lines[-1]["kind"] == "detached" and lines[-1]["stats"]["incomplete"]
+
+
+def test_the_interrupt_the_driver_asked_for_is_not_incomplete(monkeypatch, tmp_path):
+    lines = _looping_agent(monkeypatch, tmp_path, [["signal:SIGINT"]], detach=True)
+    assert [d["kind"] for d in lines] == ["stopping", "detached"]
+    assert lines[-1]["stats"]["incomplete"] == []
+
+
+def test_the_stop_cap_makes_the_recording_incomplete(monkeypatch, tmp_path):
+    lines = _looping_agent(monkeypatch, tmp_path, [[12345]] * 3, max_stops=3)
+    assert lines[0]["kind"] == "incomplete" and "after 3 stops" in lines[0]["why"]

@@ -197,20 +197,105 @@ def _recorded(name):
     return header, events_from_lines(lines[1:])
 
 
+# real captures (bench/bench_order.py --record, see tests/data/README): the
+# verdict of each rule, in order.RULES' order: no-table-freed-while-linked,
+# tlb-flushed-before-free, leaf-flushed-before-free, unlinked-tables-freed
 RECORDED = [
-    # file, expected no-table-freed-while-linked, tlb-flushed-before-free
-    ("order-clean-block.jsonl", "PASS", "PASS"),
-    ("order-clean-rodata-full.jsonl", "PASS", "PASS"),
-    ("order-free-before-clear-rodata-full.jsonl", "FAIL", "FAIL"),
-    ("order-no-flush-rodata-full.jsonl", "PASS", "FAIL"),
+    ("order-clean-block.jsonl", "PASS", "PASS", "PASS", "PASS"),
+    ("order-clean-rodata-full.jsonl", "PASS", "PASS", "PASS", "PASS"),
+    ("order-free-before-clear-rodata-full.jsonl", "FAIL", "FAIL", "PASS", "PASS"),   # 0005
+    ("order-no-flush-rodata-full.jsonl", "PASS", "FAIL", "PASS", "PASS"),            # 0007
+    ("order-vmemmap-freed-before-flush-block.jsonl", "PASS", "PASS", "FAIL", "PASS"),  # 0022
+    ("order-flush-without-dsb-rodata-full.jsonl", "PASS", "FAIL", "PASS", "PASS"),   # 0023
+    ("order-unlinked-never-freed-rodata-full.jsonl", "PASS", "PASS", "PASS", "FAIL"),  # 0024
+    ("order-2017-ordering-rodata-full.jsonl", "FAIL", "FAIL", "FAIL", "PASS"),       # 0025
+    ("order-linear-never-flushed-block.jsonl", "PASS", "PASS", "FAIL", "PASS"),      # 0026
 ]
 
+# what a FAIL must name (the issue's evidence), per rule
+NAMES = {
+    order.TLB_FLUSHED_BEFORE_FREE: ("table PA 0x", "entry at VA 0x", "from "),
+    order.LEAF_FLUSHED_BEFORE_FREE: ("VA 0x",),
+    order.UNLINKED_TABLES_FREED: ("table PA 0x", "level ", "entry cleared by "),
+    order.NO_TABLE_FREED_WHILE_LINKED: ("PA 0x", "still linked from", "level "),
+}
 
-@pytest.mark.parametrize("name,linked,flushed", RECORDED)
-def test_recorded_streams(name, linked, flushed):
+
+@pytest.mark.parametrize("name,linked,flushed,leaf,unlinked", RECORDED)
+def test_recorded_streams(name, linked, flushed, leaf, unlinked):
     header, evs = _recorded(name)
-    a = order.check_no_table_freed_while_linked(evs, header["step"])
-    b = order.check_tlb_flushed_before_free(evs, header["step"])
-    assert (a.verdict, b.verdict) == (linked, flushed), (a.evidence, b.evidence)
+    got = [rule(evs, header["step"]) for rule in order.RULES.values()]
+    assert [v.verdict for v in got] == [linked, flushed, leaf, unlinked], \
+        [(v.check, v.verdict, v.evidence[:400]) for v in got]
+    for v in got:
+        if v.verdict == "FAIL":
+            for needle in NAMES[v.check]:
+                assert needle in v.evidence, (v.check, needle, v.evidence[:600])
+    counts = {k: n for v in got for k, n in v.counts.items()}
     for field, want in header.get("expect", {}).items():
-        assert {**a.counts, **b.counts}.get(field) == want, field
+        assert counts.get(field) == want, field
+
+
+def test_the_leaf_rule_names_leaf_pc_free_and_caller_on_the_vmemmap_capture():
+    header, evs = _recorded("order-vmemmap-freed-before-flush-block.jsonl")
+    v = order.check_leaf_flushed_before_free(evs, header["step"])
+    line = v.evidence.splitlines()[1]
+    # the leaf's VA and level, the PC that cleared it, the freed PA, the free's caller
+    for needle in ("vmemmap PMD leaf for VA 0x", "(level 2", "cleared by unmap_hotplug_range+",
+                   "freed PA 0x", "from free_hotplug_page_range", "no covering TLB invalidation"):
+        assert needle in line, (needle, line)
+
+
+def test_the_completion_rule_names_the_tlbi_and_the_free_without_a_barrier():
+    header, evs = _recorded("order-flush-without-dsb-rodata-full.jsonl")
+    v = order.check_tlb_flushed_before_free(evs, header["step"])
+    line = v.evidence.splitlines()[1]
+    for needle in ("tlbi vaae1is", "at free_empty_tables+", "covered it, but no dsb ish",
+                   "issued, never completed", "free_unref_page(PA 0x"):
+        assert needle in line, (needle, line)
+    # the clean kernel's own flushes complete: every one has a dsb after it
+    _h, clean = _recorded("order-clean-rodata-full.jsonl")
+    done = order.completions(clean)
+    assert all(t.seq in done for t in clean if isinstance(t, order.Tlbi))
+
+
+def test_the_2017_ordering_fails_the_leaf_rule_and_the_table_rules():
+    header, evs = _recorded("order-2017-ordering-rodata-full.jsonl")
+    leaf = order.check_leaf_flushed_before_free(evs, header["step"])
+    assert leaf.verdict == "FAIL" and "while the leaf still mapped it" in leaf.evidence
+    table = order.check_tlb_flushed_before_free(evs, header["step"])
+    assert table.verdict == "FAIL" and "freed before its entry was cleared" in table.evidence
+
+
+# ---------------------------------------------------------------- partial recordings
+
+def _cut(evs, keep: int, why: str):
+    return list(evs[:keep]) + [order.Incomplete(10**6, "remove 0x80000000", why)]
+
+
+@pytest.mark.parametrize("why", [
+    "stopped recording after 20000 stops (the cap, max_stops)",
+    "gdb lost the connection to QEMU's gdbstub: Remote connection closed",
+    "the guest stopped for no breakpoint of the agent (signal:SIGTRAP) at 0xffff8000",
+    "arch_remove_memory() had not returned when the recording ended",
+])
+def test_a_partial_recording_is_never_a_verdict(why):
+    """A recording cut short is ERROR for every rule, even where what was
+    recorded before the cut looks clean (or looks like a FAIL)."""
+    for name in ("order-clean-rodata-full.jsonl", "order-no-flush-rodata-full.jsonl"):
+        _h, evs = _recorded(name)
+        for keep in (len(evs) // 3, len(evs)):
+            for rule in order.RULES.values():
+                v = rule(_cut(evs, keep, why), "remove 0x80000000")
+                assert v.verdict == "ERROR" and why in v.evidence, (rule, v.verdict)
+
+
+def test_a_table_cleared_and_never_seen_freed_is_no_longer_a_pass():
+    """Before: PASS (no free seen) and 'not applicable'. Now the unlinked rule FAILs."""
+    _h, evs = _recorded("order-clean-rodata-full.jsonl")
+    cleared = {e.table_pa for e in evs if isinstance(e, order.Clear) and not e.leaf}
+    victim = sorted(cleared)[0]
+    cut = [e for e in evs if not (isinstance(e, order.Free) and e.pa <= victim < e.pa_end)]
+    v = order.check_unlinked_tables_freed(cut, "remove 0x80000000")
+    assert v.verdict == "FAIL" and f"table PA {victim:#x}" in v.evidence
+    assert order.unfreed_tables(cut) == [victim]
