@@ -18,7 +18,6 @@ from test_walker import Tables, kernel_attrs
 
 from harness.build.layout import Geometry as WalkGeometry
 from harness.build.layout import KernelLayout
-from harness.drive import steps as steps_mod
 from harness.drive.common import Recorder
 from harness.drive.phases import RAM_BASE, PhaseCollector
 from harness.drive.steps import StepRunner

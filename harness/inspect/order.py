@@ -430,6 +430,8 @@ class OrderVerdict:
     evidence: str
     counts: dict = field(default_factory=dict)
     applicable: bool = True    # False: a SKIP that looked and found nothing to judge
+    # where each violation is, for the report's pictures: (va, span, level, text)
+    marks: tuple = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -525,6 +527,7 @@ def check_tlb_flushed_before_free(events: Sequence, step: str = "") -> OrderVerd
     cleared: dict[int, Clear] = {}
     tlbis: list = []
     freed_ok, problems, unobserved = [], [], []
+    marks: list = []
     used: dict = {}
     seen: set = set()
     for e in events:
@@ -542,6 +545,9 @@ def check_tlb_flushed_before_free(events: Sequence, step: str = "") -> OrderVerd
                 c = cleared.get(pa)
                 if c is None:
                     if e.linked:
+                        marks.append((link.va, link.span, link.level,
+                                      f"table PA {pa:#x} of this {link.level} entry not "
+                                      f"flushed: freed before its entry was cleared"))
                         problems.append(f"{head} freed before its entry was cleared "
                                         f"(no flush can have covered it) during step "
                                         f"{e.step or step or '?'}")
@@ -558,6 +564,9 @@ def check_tlb_flushed_before_free(events: Sequence, step: str = "") -> OrderVerd
                     unobserved.append(f"{head}: cleared by {c.pc_sym or hex(c.pc)}, "
                                       f"but {c.late}")
                 else:
+                    marks.append((link.va, link.span, link.level,
+                                  f"table PA {pa:#x} of this {link.level} entry not flushed: "
+                                  f"cleared, then freed with {why}"))
                     problems.append(f"{head} cleared by {c.pc_sym or hex(c.pc)}, freed "
                                     f"with {why} during step {e.step or step or '?'}")
     counts = {"watched": len(watched), "cleared": len(cleared),
@@ -568,7 +577,8 @@ def check_tlb_flushed_before_free(events: Sequence, step: str = "") -> OrderVerd
         lines = [f"{len(problems)} of {counts['freed']} freed tables{where} were not "
                  f"flushed (invalidation issued and completed) between the clear of "
                  f"their entry and the free:"] + problems
-        return OrderVerdict(TLB_FLUSHED_BEFORE_FREE, FAIL, "\n".join(_clip(lines)), counts)
+        return OrderVerdict(TLB_FLUSHED_BEFORE_FREE, FAIL, "\n".join(_clip(lines)), counts,
+                            marks=tuple(marks))
     if unobserved:
         lines = [f"{len(unobserved)} freed tables{where}: the clearing write or what "
                  f"followed it was not seen: cannot judge"] + unobserved
@@ -654,6 +664,7 @@ def check_leaf_flushed_before_free(events: Sequence, step: str = "") -> OrderVer
                             f"no vmemmap leaf was watched and no arch_remove_memory() call "
                             f"was seen{where}", applicable=happened)
     problems, unobserved, ok = [], [], []
+    marks: list = []
     # (a) vmemmap leaves whose pages are freed
     cleared: dict = {}
     tlbis: list = []
@@ -679,6 +690,9 @@ def check_leaf_flushed_before_free(events: Sequence, step: str = "") -> OrderVer
                 c = cleared.get(epa)
                 if c is None:
                     if any(m.entry_pa == epa for m in e.mapped_by):
+                        marks.append((link.va, link.span, link.level,
+                                      f"leaf given up before its flush: PA "
+                                      f"{e.pa:#x} freed while this leaf still mapped it"))
                         problems.append(f"{head} while the leaf still mapped it (not "
                                         f"cleared, so no invalidation can have covered it)")
                     else:
@@ -693,6 +707,9 @@ def check_leaf_flushed_before_free(events: Sequence, step: str = "") -> OrderVer
                     unobserved.append(f"{head}: cleared by {c.pc_sym or hex(c.pc)}, "
                                       f"but {c.late}")
                 else:
+                    marks.append((link.va, link.span, link.level,
+                                  f"leaf given up before its flush: PA {e.pa:#x} freed "
+                                  f"with {why}"))
                     problems.append(f"{head}: cleared by {c.pc_sym or hex(c.pc)}, freed "
                                     f"with {why}")
     freed_leaves = len(judged)
@@ -743,6 +760,10 @@ def check_leaf_flushed_before_free(events: Sequence, step: str = "") -> OrderVer
                             f"dsb ish (or osh, sy) executed{cpu} after it before the return "
                             f"at {ret.pc_sym or '?'}: first {run.level} entry for VA "
                             f"{va:#x}-{va + run.span:#x}")
+        for va, run in (stale + half_runs + bad_runs)[:1]:
+            marks.append((va, run.span, run.level,
+                          f"leaf given up before its flush: {len(stale + half_runs + bad_runs)} "
+                          f"linear-map leaves of {what} not invalidated after their clear"))
         if bad_runs:
             va, run = bad_runs[0]
             over = [t for t in tlbis if en.seq < t.seq < ret.seq
@@ -776,7 +797,8 @@ def check_leaf_flushed_before_free(events: Sequence, step: str = "") -> OrderVer
         lines = [f"{len(problems)} leaf ordering violation(s){where} (a page or mapping "
                  f"given up before a completed TLB invalidation covered its cleared "
                  f"leaf):"] + problems
-        return OrderVerdict(LEAF_FLUSHED_BEFORE_FREE, FAIL, "\n".join(_clip(lines)), counts)
+        return OrderVerdict(LEAF_FLUSHED_BEFORE_FREE, FAIL, "\n".join(_clip(lines)), counts,
+                            marks=tuple(marks))
     if unobserved:
         lines = [f"{len(unobserved)} leaf case(s){where} could not be judged:"] + unobserved
         return OrderVerdict(LEAF_FLUSHED_BEFORE_FREE, ERROR, "\n".join(_clip(lines)), counts)

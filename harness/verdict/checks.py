@@ -814,7 +814,7 @@ def check_walker_no_bad_entries(run: MethodRun) -> Check:
 def followed(rec: Any) -> str:
     """What was seen of one watched removal, for the report."""
     st = rec.stats or {}
-    kinds: dict = {}
+    kinds: dict[str, int] = {}
     for d in rec.events:
         kinds[d.get("kind", "?")] = kinds.get(d.get("kind", "?"), 0) + 1
     seen = ", ".join(f"{kinds[k]} {k}" for k in ("free", "clear", "tlbi", "dsb",

@@ -186,8 +186,8 @@ def _deeper_holes(base: Phase, phase: Phase, region: str) -> list:
 
 
 def _order_marks(run: MethodRun) -> dict:
-    """step -> [(va, span, level, what)]: tables freed while linked, and tables
-    freed with no covering TLB invalidation between their clear and the free."""
+    """step -> [(va, span, level, what)]: pages freed while linked, and what
+    the flush rules count as violations (harness.inspect.order's own marks)."""
     from harness.inspect import order
     out: dict = {}
     for rec in run.order:
@@ -200,34 +200,9 @@ def _order_marks(run: MethodRun) -> dict:
                            f"this {l.level} entry ({e.caller or hex(e.lr)})")
                           for l in e.linked]
         if rec.get("flush_check"):
-            marks += _unflushed(events, order)
-    return out
-
-
-def _unflushed(events: list, order) -> list:
-    """Watched tables freed with no covering TLB invalidation between the clear
-    of their entry and the free (or freed before the clear): what
-    order.check_tlb_flushed_before_free counts as violations."""
-    watched = {e.link.table_pa: e.link for e in events if isinstance(e, order.Watch)}
-    cleared, flushed, done, out = {}, set(), set(), []
-    for e in events:
-        if isinstance(e, order.Clear) and e.table_pa in watched:
-            cleared.setdefault(e.table_pa, e.seq)
-        elif isinstance(e, order.Tlbi):
-            flushed |= {pa for pa, seq in cleared.items()
-                        if e.seq > seq and e.covers(watched[pa].va, watched[pa].span)}
-        elif isinstance(e, order.Free):
-            for pa in [p for p in watched if e.pa <= p < e.pa_end and p not in done]:
-                done.add(pa)             # a later free of the page is a reuse
-                link = watched[pa]
-                if pa in cleared and pa not in flushed:
-                    why = "cleared, then freed with no TLB invalidation in between"
-                elif pa not in cleared and e.linked:
-                    why = "freed before its entry was cleared"
-                else:
-                    continue
-                out.append((link.va, link.span, link.level,
-                            f"table PA 0x{pa:x} of this {link.level} entry not flushed: {why}"))
+            for rule in (order.check_tlb_flushed_before_free,
+                         order.check_leaf_flushed_before_free):
+                marks += list(rule(events, rec.step).marks)
     return out
 
 
