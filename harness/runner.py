@@ -47,7 +47,7 @@ class RunOptions:
     dimms: int = 2
     dimm_mb: int = 0                  # 0: the method's default
     walk: bool = True
-    order_check: str = "on"           # gdb around every removal: "on", "full", "off"
+    order_check: str = "on"           # gdb around removals: "on", "full", "sampled", "off"
     race_seconds: int = 45            # the race method's add/remove loop bound
     jobs: int = 1                     # guests side by side (see default_jobs)
 

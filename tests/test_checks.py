@@ -867,3 +867,25 @@ def test_watched_removals_that_free_no_table_are_not_applicable():
     assert leafc.verdict == ERROR and "no arch_remove_memory() call" in leafc.evidence
     others = [c for c in by_name(run).values() if c.name != "leaf-flushed-before-free"]
     assert checks.method_verdict(run, others) == PASS
+
+
+def test_sampled_removals_are_said_not_followed_and_not_an_error():
+    """--order-check sampled: the removals not followed make the flush checks
+    SKIP with 'not followed: N of M removals', which is no ERROR (asked for)
+    and no PASS; without sampling the same record is an ERROR."""
+    first = order_record("order-clean-rodata-full.jsonl")
+    second = dict(order_record("order-clean-block.jsonl", "remove 0x88000000", flush=False))
+    second["events"] = [e for e in second["events"] if e["kind"] == "free"]
+    run = make_run(order=(first, second), options={"order_check": "sampled"})
+    found = by_name(run)
+    for name in ("tlb-flushed-before-free", "leaf-flushed-before-free",
+                 "unlinked-tables-freed"):
+        c = found[name]
+        assert c.verdict == SKIP and c.evidence.startswith(checks.SAMPLED), c.evidence
+        assert "not followed: 1 of 2 removals" in c.evidence
+        assert "remove 0x80000000: followed in full" in c.evidence
+    assert found["no-table-freed-while-linked"].verdict == PASS
+    assert checks.method_verdict(run, found.values()) == PASS
+    full = by_name(make_run(order=(first, second), options={"order_check": "on"}))
+    assert full["tlb-flushed-before-free"].verdict == ERROR
+    assert "not followed: 1 of 2 removals" in full["tlb-flushed-before-free"].evidence

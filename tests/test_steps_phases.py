@@ -238,7 +238,8 @@ def test_on_and_full_both_follow_every_removal_in_full(tmp_path, monkeypatch):
     """No sampling: every removal of every cycle is followed (issue: a check
     that looked at part of what happened is not a PASS)."""
     specs = fake_gdb(monkeypatch, ["clear"] * 64)
-    for check, flushes in (("on", [True, True, True]), ("full", [True, True, True])):
+    for check, flushes in (("on", [True, True, True]), ("full", [True, True, True]),
+                           ("sampled", [True, False, False])):
         specs.clear()
         runner = StepRunner(FakeGuest(tmp_path, gdb_port=1234), art(), FakeView(),
                             order_check=check)

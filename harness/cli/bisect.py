@@ -85,7 +85,7 @@ def register(sub: Any) -> None:
     p.add_argument("--cycles", type=int, default=1, help="add->remove cycles (default 1)")
     p.add_argument("--append", action="append", default=[], metavar="PARAM",
                    help="extra kernel parameter (repeatable)")
-    p.add_argument("--order-check", choices=["on", "full", "off"], default="on",
+    p.add_argument("--order-check", choices=["on", "full", "sampled", "off"], default="on",
                    help="gdb around every removal (see 'run --help')")
     p.add_argument("--log", type=Path, default=None, metavar="FILE",
                    help=f"append one line per commit here (default: GIT_DIR/{LOG_NAME})")

@@ -51,7 +51,7 @@ def register(sub, add_kernel_options) -> None:
                    help="apply this patch after patches/series on every geometry")
     p.add_argument("--append", action="append", default=[], metavar="PARAM",
                    help="extra kernel parameter (repeatable)")
-    p.add_argument("--order-check", choices=["on", "full", "off"], default="on",
+    p.add_argument("--order-check", choices=["on", "full", "sampled", "off"], default="on",
                    help="gdb around every removal (see 'run --help')")
     p.add_argument("--report", metavar="DIR", type=Path, default=None,
                    help="keep each geometry's report folder here "

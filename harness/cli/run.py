@@ -507,11 +507,14 @@ def register_run(sub, add_kernel_options, build_request) -> None:
     g.add_argument("--dimm-size", type=int, default=0, metavar="MIB",
                    help="DIMM size (default: the method's own; a multiple of the "
                         f"block size; {_takers('dimm_mb')})")
-    g.add_argument("--order-check", choices=["on", "full", "off"], default="on",
+    g.add_argument("--order-check", choices=["on", "full", "sampled", "off"], default="on",
                    help="gdb around every removal: 'on' (default; 'full' is the same) "
                         "follows every removal of every cycle in full: every free, "
                         "every cleared table entry and vmemmap leaf, every tlbi and "
                         "the dsb that completes it, arch_remove_memory()'s linear map; "
+                        "'sampled' follows the first removal of each method in full and "
+                        "only the frees of the others (the flush checks then SKIP with "
+                        "'not followed: N of M removals', and the summary says so); "
                         "'off' attaches no gdb (the ordering checks are then not run)")
     g.add_argument("--no-order-check", dest="order_check", action="store_const",
                    const="off", help="the same as --order-check=off")

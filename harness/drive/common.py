@@ -82,7 +82,7 @@ class Recorder:
     step_lines: _Part[list[tuple[int, str]]] = _Part("runner")   # (console line, step)
     order: _Part[list[OrderRecord]] = _Part("runner")   # one per watched removal
     progress: _Part[Optional[Callable[[str], None]]] = _Part("runner")   # a line per step
-    order_check: _Part[str] = _Part("runner")   # "on", "full", "off" (removal_step)
+    order_check: _Part[str] = _Part("runner")   # "on", "full", "sampled", "off" (removal_step)
     # the phase collector's
     phases: _Part[list[Phase]] = _Part("collector")
     geometry: _Part[Geometry] = _Part("collector")   # learned at the first phase

@@ -52,7 +52,8 @@ class StepRunner:
         self.tables = tables
         self.progress = progress          # called with one line per step
         # the free-time ordering checks around every removal: "on" ("full" is
-        # the same: every removal followed in full) or "off"
+        # the same: every removal followed in full), "sampled" (the first
+        # removal in full, the others' frees only) or "off"
         self.order_check = order_check
         self.steps: list[Step] = []
         self.step_lines: list[tuple[int, str]] = []   # (console line no, step)
@@ -109,7 +110,8 @@ class StepRunner:
             return self.step(name, action, transport)
         from harness import progress
         from harness.inspect import gdb
-        flush = True              # every removal followed in full
+        # every removal followed in full, but with "sampled" (the first only)
+        flush = self.order_check != "sampled" or not any(r.flush_check for r in self.order)
         seen = sum(1 for r in self.order if r.step == name)   # --cycles repeats
         spec = gdb.GdbSpec.for_removal(
             self.art.vmlinux, port=machine.spec.gdb_port, out_dir=self.guest.out_dir,

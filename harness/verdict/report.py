@@ -272,6 +272,15 @@ def _options_lines(report: Json) -> list[str]:
         lines.append(f"order checks: off ({why}) for {', '.join(methods)}: no gdb around "
                      "removals; a table freed while linked or before its TLB flush goes "
                      "unseen")
+    sampled = [m["method"] for m in report["methods"]
+               if (m.get("run", {}).get("options") or {}).get("order_check") == "sampled"]
+    if sampled:
+        recs = [o for m in report["methods"] if m["method"] in sampled
+                for o in (m.get("run", {}).get("order") or ())]
+        full = sum(1 for o in recs if o.get("flush_check"))
+        lines.append(f"order checks: sampled (--order-check sampled) for "
+                     f"{', '.join(sampled)}: {full} of {len(recs)} removals followed in "
+                     "full (the first of each method), the others' frees only")
     return lines
 
 
