@@ -1,6 +1,9 @@
 """The detection matrix (harness/repro.py): trailers, statuses, exit code,
 output; every shipped regression has a complete header. Runs are faked here;
-the real matrix runs in tests/test_qemu.py and bench."""
+the real regressions run in tests/test_qemu.py (make test), in
+tests/test_repro_configs.py (make test-repro: those with a Repro-Config) and bench."""
+
+import json
 
 import pytest
 
@@ -132,3 +135,107 @@ def test_every_shipped_regression_has_a_complete_header():
     for r in regs:
         assert r.point and r.methods, r.name
         assert r.expect or r.why, f"{r.name}: Repro-Expect: - needs a Repro-Why"
+
+
+# ------------------------------------------------------------ --update-readme
+
+def saved_matrix(tmp_path):
+    """A matrix.json as `repro --json` (and `make test-repro`) leaves it."""
+    rows = [repro.MatrixRow("clean 16k-47 probe", "(clean kernel)", (), repro.CLEAN_PASS,
+                            {"no-kernel-splat": repro.Cell("PASS", "no report", "probe")},
+                            ("probe",), ("16k-47",)),
+            repro.MatrixRow("0009-partial-pmd-vmemmap-16k", "d. partial PMD, 16K",
+                            ("no-kernel-splat",), repro.CAUGHT,
+                            {"no-kernel-splat": repro.Cell(
+                                "FAIL", "oops at virtual address ffffffbfc02e0000", "probe")},
+                            ("probe",), ("16k-47",), exit_code=1)]
+    data = {"rows": [r.to_dict() for r in rows], "exit_code": repro.matrix_exit_code(rows)}
+    path = tmp_path / "matrix.json"
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path, rows
+
+
+README_TEXT = ("# Seeded regressions\n\nprose before\n\n<!-- repro-matrix:start -->\n"
+               "| old | table |\n<!-- repro-matrix:end -->\n\nprose after\n")
+
+
+def test_update_readme_from_a_saved_matrix(tmp_path, capsys):
+    from harness import cli
+    matrix, rows = saved_matrix(tmp_path)
+    one, two = tmp_path / "README.md", tmp_path / "other.md"
+    one.write_text(README_TEXT)
+    two.write_text("top\n" + README_TEXT)
+    assert cli.main(["repro", "--markdown", str(matrix), "--update-readme", str(one),
+                     "--update-readme", str(two)]) == 0
+    out, err = capsys.readouterr()
+    assert out == ""                                   # the table went into the files
+    table = repro.matrix_markdown(rows)
+    assert one.read_text() == README_TEXT.replace("| old | table |\n", table)
+    assert two.read_text() == "top\n" + one.read_text()
+    assert "| `0009-partial-pmd-vmemmap-16k` | d. partial PMD, 16K | probe " \
+           "`--config 16k-47` | `no-kernel-splat` | caught | oops at virtual address " \
+           "ffffffbfc02e0000 |" in one.read_text()
+    assert "| `clean kernel` | (clean kernel) | probe `--config 16k-47` | - | clean |" \
+        in one.read_text()
+    assert f"{one}: matrix table updated (2 rows)" in err
+    # the same matrix again: nothing to change
+    assert cli.main(["repro", "--markdown", str(matrix), "--update-readme", str(one)]) == 0
+    assert f"{one}: matrix table unchanged" in capsys.readouterr().err
+    # without --update-readme, --markdown prints the same table
+    assert cli.main(["repro", "--markdown", str(matrix)]) == 0
+    assert capsys.readouterr().out == table
+
+
+def test_update_readme_refuses_a_file_without_markers_and_writes_none(tmp_path, capsys):
+    from harness import cli
+    matrix, _ = saved_matrix(tmp_path)
+    good, bad = tmp_path / "README.md", tmp_path / "plain.md"
+    good.write_text(README_TEXT)
+    bad.write_text("no markers here\n")
+    assert cli.main(["repro", "--markdown", str(matrix), "--update-readme", str(good),
+                     "--update-readme", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"--update-readme {bad}: markers <!-- repro-matrix:start -->" in err
+    assert good.read_text() == README_TEXT and bad.read_text() == "no markers here\n"
+    assert cli.main(["repro", "--update-readme", str(good)]) == 2
+    assert "--markdown MATRIX_JSON" in capsys.readouterr().err
+
+
+def test_update_readme_after_a_run(tmp_path, monkeypatch, capsys):
+    """A run (faked) writes matrix.json and the same table into the file; a file
+    without markers is refused before anything runs."""
+    from harness import cli
+    from harness.cli import repro as cli_repro
+    regs = tmp_path / "regs"
+    regs.mkdir()
+    reg(regs, "0009-a", point="a", methods="probe", config="16k-47",
+        expect="no-kernel-splat")
+    shipped = repro.discover
+    monkeypatch.setattr(repro, "discover", lambda names=(): shipped(names, regs))
+    ran = []
+
+    def fake_runner(kernel_src):
+        def run(configs, patches, append, methods, cycles, folder):
+            ran.append((configs, patches))
+            return report(1 if patches else 0,
+                          **{"no-kernel-splat": "FAIL" if patches else "PASS"})
+        return run
+    monkeypatch.setattr(cli_repro, "_runner", fake_runner)
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    out = tmp_path / "out"
+    assert cli.main(["repro", "--all", "--report", str(out), "--update-readme",
+                     str(plain)]) == 2
+    assert ran == [] and not out.exists()
+    capsys.readouterr()
+    readme = tmp_path / "README.md"
+    readme.write_text(README_TEXT)
+    assert cli.main(["repro", "--all", "--json", "--report", str(out),
+                     "--update-readme", str(readme)]) == 0
+    assert ran == [(("16k-47",), ()), (("16k-47",), (str(regs / "0009-a.patch"),))]
+    data = json.loads((out / "matrix.json").read_text())
+    assert json.loads(capsys.readouterr().out) == data
+    assert readme.read_text() == README_TEXT.replace(
+        "| old | table |\n", repro.matrix_markdown(repro.rows_from_json(data)))
+    assert "| `0009-a` | a | probe `--config 16k-47` | `no-kernel-splat` | caught |" \
+        in readme.read_text()

@@ -1,5 +1,6 @@
 """``hotplug-harness repro``: run the seeded regressions and print the detection
-matrix (regression × check, with the evidence line), clean kernels included."""
+matrix (regression × check, with the evidence line), clean kernels included;
+``--update-readme FILE`` writes its Markdown table between FILE's markers."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,7 @@ from harness.verdict import repro
 EPILOG = """\
 Each patches/repro/*.patch names, in its header, the review point it plants,
 the methods, config fragments and kernel parameters that can see it, and the
-checks expected to FAIL (Repro-* trailers; see harness/repro.py). For every
+checks expected to FAIL (Repro-* trailers; see harness/verdict/repro.py). For every
 shape used, the clean kernel runs too: its row must pass.
 
 examples:
@@ -21,8 +22,18 @@ examples:
   hotplug-harness repro 0005 0007               # by number or name
   hotplug-harness repro --all --json > m.json   # machine-readable matrix
   hotplug-harness repro --markdown m.json       # README table from a saved matrix
+  hotplug-harness repro --markdown m.json --update-readme patches/repro/README.md
+                                                # ... written between its markers
   hotplug-harness repro --html m.json > m.html  # the matrix page (also written by a run)
   hotplug-harness repro --list                  # what each regression plants
+
+--update-readme FILE (repeatable) replaces what lies between the lines
+<!-- repro-matrix:start --> and <!-- repro-matrix:end --> in FILE with the
+matrix's Markdown table: the one this run makes, or with --markdown
+MATRIX_JSON the saved one (no run, nothing printed). `make test-repro` runs
+the regressions that need a config fragment of their own (Repro-Config) and
+their clean kernels through this command (tests/test_repro_configs.py) and
+leaves reports/repro/matrix.json, the table of patches/repro/README.md.
 
 exit codes: 0 every expected regression caught and every clean kernel passed,
 1 a regression missed or a clean kernel failed, 2 the harness or the machine
@@ -44,6 +55,11 @@ def register(sub, add_kernel_options) -> None:
     p.add_argument("--list", action="store_true", help="list the regressions and exit")
     p.add_argument("--report", metavar="DIR", type=Path, default=None,
                    help="keep every run's report folder here (default: ./runs/repro-...)")
+    p.add_argument("--update-readme", metavar="FILE", type=Path, action="append",
+                   default=[],
+                   help="write the matrix's Markdown table between FILE's "
+                        "<!-- repro-matrix:start/end --> markers (repeatable; with "
+                        "--markdown MATRIX_JSON: from the saved matrix, no run)")
     add_matrix_outputs(p)
     p.set_defaults(func=cmd_repro)
 
@@ -51,7 +67,10 @@ def register(sub, add_kernel_options) -> None:
 def cmd_repro(args) -> int:
     if args.markdown:
         rows = repro.rows_from_json(json.loads(args.markdown.read_text()))
-        print(repro.matrix_markdown(rows), end="")
+        if args.update_readme:
+            update_readmes(args.update_readme, rows)
+        else:
+            print(repro.matrix_markdown(rows), end="")
         return 0
     if args.html:
         from harness.verdict import htmlreport
@@ -60,7 +79,9 @@ def cmd_repro(args) -> int:
         return 0
     if not args.names and not args.all and not args.list:
         from harness.errors import HarnessError
-        raise HarnessError("name regressions (e.g. 0005) or say --all", step="repro")
+        raise HarnessError("name regressions (e.g. 0005) or say --all"
+                           + (" (--update-readme from a saved matrix: --markdown MATRIX_JSON)"
+                              if args.update_readme else ""), step="repro")
     regs = repro.discover(args.names)
     if args.list:
         for r in regs:
@@ -69,6 +90,7 @@ def cmd_repro(args) -> int:
                   f"{' --config ' + '+'.join(r.configs) if r.configs else ''}"
                   f"{' ' + ' '.join(r.append) if r.append else ''}\n    expect: {expect}")
         return 0
+    _readmes(args.update_readme)        # a file without the markers: refused now, not after
     from harness.cli.run import default_dir, make_private_dirs, write_matrix
     out = args.report or default_dir("repro")
     make_private_dirs(out)
@@ -76,8 +98,40 @@ def cmd_repro(args) -> int:
                             clean=not args.no_clean)
     data = {"rows": [r.to_dict() for r in rows], "exit_code": repro.matrix_exit_code(rows)}
     from harness.verdict import htmlreport
-    return write_matrix(out, data, repro.matrix_text(rows), htmlreport.repro_matrix(data, out),
+    code = write_matrix(out, data, repro.matrix_text(rows), htmlreport.repro_matrix(data, out),
                         args.json)
+    update_readmes(args.update_readme, rows)
+    return code
+
+
+def _readmes(files) -> list:
+    """(path, text) of each --update-readme file; refused (exit 2) when one
+    cannot be read or lacks the markers, before anything runs or is written."""
+    from harness.errors import HarnessError
+    found = []
+    for f in files:
+        path = Path(f)
+        try:
+            text = path.read_text()
+            repro.replace_between(text, "")
+        except OSError as e:
+            raise HarnessError(f"--update-readme {path}: {e.strerror}", step="repro") from e
+        except HarnessError as e:
+            raise HarnessError(f"--update-readme {path}: {e.message}", step="repro") from e
+        found.append((path, text))
+    return found
+
+
+def update_readmes(files, rows) -> None:
+    """Each file's ``repro-matrix`` block replaced by the rows' Markdown table;
+    every file is read and checked for its markers before any is written."""
+    table = repro.matrix_markdown(rows)
+    for path, old in _readmes(files):
+        text = repro.replace_between(old, table)
+        if text != old:
+            path.write_text(text)
+        ui.info(f"[repro] {path}: matrix table {'updated' if text != old else 'unchanged'}"
+                f" ({len(rows)} rows)")
 
 
 def _runner(kernel_src: str):
