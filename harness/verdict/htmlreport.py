@@ -33,6 +33,7 @@ from harness.inspect import ptdump
 from harness.inspect.walker import leaves_covering_va
 from harness.records import ERROR, FAIL, MethodRun, Phase
 from harness.verdict import checks as rules
+from harness.verdict import repro
 
 REPORT_HTML, MATRIX_HTML = "report.html", "matrix.html"
 TEMPLATES = Path(__file__).with_name("templates")
@@ -558,7 +559,7 @@ def repro_matrix(data: dict, folder: Optional[Path] = None) -> dict:
                             "title": f"{c.get('method', '')}: {c.get('evidence', '')}"}
         note = r.get("error") or (f"not expected to be caught: {r['why']}" if r.get("why")
                                   else "")
-        sub = _repro_folder(r)
+        sub = repro.run_folder(r)
         page = Path(folder) / sub / REPORT_HTML if folder else None
         rows.append({"name": r.get("name", ""), "status": r.get("status", ""),
                      "link": f"{sub}/{REPORT_HTML}" if page and page.is_file() else "",
@@ -574,16 +575,6 @@ def repro_matrix(data: dict, folder: Optional[Path] = None) -> dict:
             "columns": columns, "rows": rows,
             "legend": "a ringed cell is a check the regression is expected to FAIL; "
                       "hover a cell for its evidence"}
-
-
-def _repro_folder(row: dict) -> str:
-    """The run folder repro.run_matrix gave this row."""
-    from harness.verdict import repro
-    if row.get("point") != "(clean kernel)":
-        return row.get("name", "")
-    return "clean-" + repro._shape_slug(tuple(row.get("configs", ())),
-                                        tuple(row.get("append", ())),
-                                        tuple(row.get("methods", ())))
 
 
 def write_matrix_html(path: Path, matrix: dict) -> Path:

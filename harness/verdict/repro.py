@@ -238,6 +238,15 @@ def _shape_slug(configs: tuple, append: tuple, methods: tuple) -> str:
         ["+".join(configs) or "default", *append, *methods]))
 
 
+def run_folder(row: dict) -> str:
+    """The run folder, under the matrix's, that :func:`run_matrix` gave a row
+    (a ``MatrixRow.to_dict()``)."""
+    if row.get("point") != "(clean kernel)":
+        return str(row.get("name", ""))
+    return "clean-" + _shape_slug(tuple(row.get("configs", ())), tuple(row.get("append", ())),
+                                  tuple(row.get("methods", ())))
+
+
 # ---------------------------------------------------------------- output
 
 def _columns(rows: list[MatrixRow]) -> list[str]:
@@ -338,4 +347,4 @@ def replace_between(text: str, block: str, tag: str = "repro-matrix") -> str:
 
 __all__ = ["Regression", "MatrixRow", "Cell", "discover", "load", "run_matrix",
            "matrix_text", "matrix_markdown", "matrix_exit_code", "rows_from_json",
-           "replace_between"]
+           "replace_between", "run_folder"]
