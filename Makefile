@@ -1,8 +1,18 @@
 # make deps       host packages (root or sudo) + the project's .venv (system python3)
-# make test       the whole test suite (unit tests + real kernel + real QEMU)
+# make test       the whole test suite (unit tests + real kernel + real QEMU),
+#                 except the tests marked repro
 # make test-unit  the tests that need no kernel and no QEMU
 #                 (both write JUnit, TEST_JUNIT / UNIT_JUNIT, and end with a
 #                 per-file summary of it: scripts/run_tests.py)
+# make test-repro the seeded regressions with a Repro-Config (a kernel config
+#                 of their own: today 16k-47, 64k-42, kasan+debug-vm), each
+#                 run as its header says, and the clean kernel of each shape
+#                 (tests/test_repro_configs.py, marker repro): three cold
+#                 kernel builds, ~25-35 min on 2 cores, a few minutes once
+#                 built. Leaves reports/repro/ (matrix.json, each run's report,
+#                 JUnit: REPRO_JUNIT); `hotplug-harness repro --markdown
+#                 reports/repro/matrix.json --update-readme patches/repro/README.md`
+#                 writes its table into that README
 # make test-qemu  deps, build the default kernel, run every scenario, verdict
 # make test-matrix  every page-table geometry x every method (6 kernel builds)
 # make bench      benchmarks: build, boot, walker, run, each beside kunit.py
@@ -19,8 +29,9 @@ RUN_ARGS ?=
 MATRIX_ARGS ?=
 TEST_JUNIT ?= reports/suite/junit.xml
 UNIT_JUNIT ?= reports/unit/junit.xml
+REPRO_JUNIT ?= reports/repro/junit.xml
 
-.PHONY: deps venv test test-unit test-qemu test-matrix bench build clean-cache lint
+.PHONY: deps venv test test-unit test-repro test-qemu test-matrix bench build clean-cache lint
 
 deps:
 	VENV=$(VENV) sh ./scripts/install-deps
@@ -31,10 +42,14 @@ venv:
 
 # -v: each test's name and result as it finishes (a CI log shows where a run is)
 test: deps
-	$(PY) scripts/run_tests.py $(TEST_JUNIT) -v -ra tests
+	$(PY) scripts/run_tests.py $(TEST_JUNIT) -v -ra -m "not repro" tests
 
+# (the repro tests are marked kernel and qemu too: -m "not kernel..." leaves them out)
 test-unit: venv
 	$(PY) scripts/run_tests.py $(UNIT_JUNIT) -q -ra -m "not kernel and not qemu" tests
+
+test-repro: deps
+	$(PY) scripts/run_tests.py $(REPRO_JUNIT) -v -ra -m repro tests
 
 lint: venv
 	$(PY) -m ruff check .

@@ -226,8 +226,8 @@ def test_race_method_runs_under_load(kernel, tmp_path):
     assert run["run"]["options"]["order_check"] == "off"
 
 
-# every regression the default geometry can show (other geometries need cold
-# builds of their own: `hotplug-harness repro --all` runs those)
+# every regression the default geometry can show (those with a Repro-Config need
+# cold builds of their own: make test-repro runs them, tests/test_repro_configs.py)
 SUITE = {r.name: r for r in repro.discover() if r.expect and not r.configs}
 
 

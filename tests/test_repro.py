@@ -239,3 +239,53 @@ def test_update_readme_after_a_run(tmp_path, monkeypatch, capsys):
         "| old | table |\n", repro.matrix_markdown(repro.rows_from_json(data)))
     assert "| `0009-a` | a | probe `--config 16k-47` | `no-kernel-splat` | caught |" \
         in readme.read_text()
+
+
+# ------------------------------------------------------------ make test-repro
+
+def make_marker_expression(target: str) -> str:
+    """The -m expression of a Makefile target's pytest line ('' when none)."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    recipe = re.search(rf"^{re.escape(target)}:.*\n((?:\t.*\n)+)", text, re.M)
+    assert recipe, target
+    found = re.search(r'-m ("[^"]*"|\S+)', recipe.group(1))
+    return found.group(1).strip('"') if found else ""
+
+
+def collected(marker: str) -> list:
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                           "-p", "no:cacheprovider", "--strict-markers", "-m", marker,
+                           "tests/test_repro_configs.py", "tests/test_qemu.py"],
+                          capture_output=True, text=True, cwd=root, timeout=120)
+    assert proc.returncode in (0, 5), proc.stdout + proc.stderr      # 5: none selected
+    return [line for line in proc.stdout.splitlines() if "::" in line]
+
+
+def test_make_test_repro_runs_each_configured_regression_and_make_test_none():
+    """make test-repro: one test per regression with a Repro-Config and one per
+    clean shape; make test and make test-unit: none of them. Between
+    make test (test_qemu's SUITE) and make test-repro every regression whose
+    header expects a FAIL runs."""
+    configured = [r for r in repro.discover() if r.configs]
+    assert configured
+    ids = collected(make_marker_expression("test-repro"))
+    assert sorted(i.split("[", 1)[1].rstrip("]") for i in ids
+                  if "::test_configured_regression_fails_the_named_checks[" in i) == \
+        sorted(r.name for r in configured)
+    shapes = {r.shape for r in configured}
+    assert len([i for i in ids if "::test_clean_kernel_passes_in_the_same_shape[" in i]) == \
+        len(shapes)
+    assert all(i.startswith("tests/test_repro_configs.py::") for i in ids)
+    for target in ("test", "test-unit"):
+        expression = make_marker_expression(target)
+        assert expression, target
+        assert not [i for i in collected(expression) if "test_repro_configs" in i], target
+    from test_qemu import SUITE
+    assert {r.name for r in repro.discover() if r.expect} <= set(SUITE) | {
+        r.name for r in configured}

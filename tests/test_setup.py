@@ -238,12 +238,12 @@ def _make_n(target: str) -> list:
 
 
 @pytest.mark.skipif(not shutil.which("make"), reason="no make")
-@pytest.mark.parametrize("target", ["test", "test-unit", "test-qemu", "bench", "build",
-                                    "clean-cache"])
+@pytest.mark.parametrize("target", ["test", "test-unit", "test-repro", "test-qemu", "bench",
+                                    "build", "clean-cache"])
 def test_make_targets_use_the_venv(target):
     lines = _make_n(target)
     assert lines[0].endswith("sh ./scripts/install-deps" + ("" if target in (
-        "test", "test-qemu", "bench", "build") else " --venv"))
+        "test", "test-repro", "test-qemu", "bench", "build") else " --venv"))
     python = [line for line in lines[1:] if "python" in line]
     assert python, lines
     for line in python:
@@ -254,7 +254,7 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     commands = [line.strip() for line in ci.splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
-    assert commands[-1] == "make test"
+    assert commands[-2:] == ["make test", "make test-repro"]
     assert "```sh\nmake test-qemu" in (ROOT / "README.md").read_text()
 
 
