@@ -299,3 +299,77 @@ def test_a_table_cleared_and_never_seen_freed_is_no_longer_a_pass():
     v = order.check_unlinked_tables_freed(cut, "remove 0x80000000")
     assert v.verdict == "FAIL" and f"table PA {victim:#x}" in v.evidence
     assert order.unfreed_tables(cut) == [victim]
+
+
+# ---------------------------------------------------------------- dsb and the linear map
+
+def test_decode_dsb_options_and_which_complete():
+    from harness.inspect import a64
+    assert a64.decode_dsb(0xD5033B9F) == "ish" and a64.decode_dsb(0xD5033A9F) == "ishst"
+    assert a64.decode_dsb(0xD5033F9F) == "sy" and a64.decode_dsb(0xD503339F) == "osh"
+    assert a64.decode_dsb(0xD503309F) is None          # SSBB
+    assert a64.decode_dsb(0xD5033FDF) is None          # ISB
+    assert [o for o in ("ish", "ishst", "osh", "sy", "nsh", "ld")
+            if o in a64.DSB_COMPLETES] == ["ish", "osh", "sy"]
+
+
+def test_paired_dsb_says_whether_a_branch_lies_between():
+    from harness.inspect import a64
+
+    def code(*words):
+        return b"".join(w.to_bytes(4, "little") for w in words)
+    TLBI, ISHST, ISH, ISB, BNE, ADD, RET, BL = (0xD5088360, 0xD5033A9F, 0xD5033B9F,
+                                                0xD5033FDF, 0x54FFFFC1, 0x91000400,
+                                                0xD65F03C0, 0x94000000)
+    assert a64.paired_dsb(code(TLBI, ISH, ISB), 0) == (4, "ish", True)
+    assert a64.paired_dsb(code(TLBI, ISHST, ISH), 0) == (8, "ish", True)   # ishst skipped
+    assert a64.paired_dsb(code(TLBI, ADD, BNE, ISH), 0) == (12, "ish", False)   # a loop
+    assert a64.paired_dsb(code(TLBI, ISB, BL, ISH), 0) is None     # a call ends the line
+    assert a64.paired_dsb(code(TLBI, RET, ISH), 0) is None
+
+
+WLIN = 0xFFFF000040000000
+WRUN = order.LeafRun(WLIN, 0x200000, "PMD", 4)          # four 2 MiB leaves
+
+
+def _window(*between, valid_at_return=()):
+    enter = order.RemoveEnter(1, "s", 0x80000000, 0x800000, 0, (WRUN,), WLIN)
+    ret = order.RemoveReturn(99, "s", 0, tuple(valid_at_return), "try_remove_memory+0xe8")
+    return [enter, *between, ret]
+
+
+def _wtlbi(seq, full, lo=0, hi=0, lin_valid=(), cpu=0):
+    return order.Tlbi(seq, "s", 0xffff800080010000, "vmalle1is" if full else "vaale1is",
+                      0, full, lo, hi, not full, True, "flush+0x10", cpu=cpu,
+                      lin_valid=tuple(lin_valid))
+
+
+def _wdsb(seq, *tlbis, cpu=0):
+    return order.Dsb(seq, "s", 0xffff800080010004, "ish", cpu, tuple(tlbis), "flush+0x14")
+
+
+def test_the_linear_map_rule_on_synthetic_windows():
+    rule = order.check_leaf_flushed_before_free
+    # cleared, then a full flush that completed: PASS
+    assert rule(_window(_wtlbi(10, True), _wdsb(11, 10))).verdict == "PASS"
+    # the full flush ran while two leaves were still mapped: those two FAIL
+    v = rule(_window(_wtlbi(10, True, lin_valid=[(WLIN + 0x400000, WLIN + 0x800000)]),
+                     _wdsb(11, 10)))
+    assert v.verdict == "FAIL" and "2 of 4 leaves" in v.evidence
+    assert f"VA {WLIN + 0x400000:#x}" in v.evidence and "while it was still mapped" in v.evidence
+    # issued after the clear, never completed before the return
+    v = rule(_window(_wtlbi(10, True)))
+    assert v.verdict == "FAIL" and "no dsb ish" in v.evidence and "4 of 4" in v.evidence
+    # a dsb on another CPU completes nothing of CPU 0's
+    assert rule(_window(_wtlbi(10, True), order.Dsb(11, "s", 0, "ish", 1, (), ""))
+                ).verdict == "FAIL"
+    # a leaf-only tlbi of one VA covers the one leaf it falls in
+    v = rule(_window(_wtlbi(10, False, WLIN, WLIN + 0x1000), _wdsb(11, 10)))
+    assert v.verdict == "FAIL" and "3 of 4 leaves" in v.evidence
+    # still mapped at the return
+    v = rule(_window(_wtlbi(10, True), _wdsb(11, 10),
+                     valid_at_return=[(WLIN, WLIN + 0x200000)]))
+    assert v.verdict == "FAIL" and "still mapped when it returned" in v.evidence
+    # a return never seen: cannot judge
+    enter = _window()[0]
+    assert rule([enter]).verdict == "ERROR"
