@@ -3,6 +3,9 @@
 * ``ptdump``  - ``/sys/kernel/debug/kernel_page_tables`` -> :class:`ptdump.Snapshot`
 * ``sysfs``   - memory blocks, ``/proc/iomem``, ``/proc/meminfo``
 * ``walker``  - walk the arm64 kernel translation tables from guest RAM files
+* ``order``   - the ordering events of a removal and the four rules that judge them
+* ``gdb`` (the driver), ``gdb_agent`` (runs inside gdb) and ``a64`` (the AArch64
+  decoder): how those events are recorded over QEMU's gdbstub
 
 Nothing here needs QEMU to import or test. All address ranges are half-open
 ``[start, end)``; where the kernel prints an inclusive end (``/proc/iomem``) the
