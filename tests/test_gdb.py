@@ -60,9 +60,9 @@ def test_scan_sites_finds_aligned_tlbi_and_their_completing_dsb(tmp_path):
     sites = a64.scan_sites(obj.read_bytes())
     # the first two reach the dsb ish at 20 (the dsb ishst does not complete a
     # tlbi); the last one's straight line ends at ret, before the dsb sy
-    assert sites["tlbi"] == [[4, "vaae1is", 3, True, 20, "ish", True],
-                             [12, "vmalle1is", 31, True, 20, "ish", True],
-                             [28, "vaale1is", 2, False, None, None, False]]
+    assert sites["tlbi"] == [[4, "vaae1is", 3, True, 20, "ish", True, None],
+                             [12, "vmalle1is", 31, True, 20, "ish", True, None],
+                             [28, "vaale1is", 2, False, None, None, False, None]]
     assert sites["dsb"] == [[16, "ishst"], [20, "ish"], [36, "sy"]]
 
 

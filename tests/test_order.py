@@ -373,3 +373,22 @@ def test_the_linear_map_rule_on_synthetic_windows():
     # a return never seen: cannot judge
     enter = _window()[0]
     assert rule([enter]).verdict == "ERROR"
+
+
+def test_a_per_page_tlbi_loop_is_recognised_and_counted():
+    """flush_tlb_kernel_range()'s loop as 6.12 compiles it with 64K pages
+    (unmap_hotplug_range+0x27c): 8192 iterations for a 512 MiB flush."""
+    from harness.inspect import a64
+    words = (0xD50883F4, 0x91004294, 0xEB1400FF, 0x54FFFFA8, 0xD5033B9F)
+    code = b"".join(w.to_bytes(4, "little") for w in words)
+    assert a64.tlbi_loop(code, 0) == (0x10, 7, "hi", False)
+    assert a64.paired_dsb(code, 0) == (16, "ish", False)
+    start = 0xFFFFC00000000 >> 0        # operand units (VA >> 12)
+    assert a64.loop_count(start, start + 8192 * 0x10, 0x10, "hi", False) == 8192
+    assert a64.loop_count(start, start, 0x10, "hi", False) == 1    # runs once anyway
+    assert a64.loop_count(start, start + 0x35, 0x10, "ne", True) is None
+    # not a loop: the add steps another register, or the branch goes elsewhere
+    other = (0xD50883F4, 0x91004273, 0xEB1400FF, 0x54FFFFA8)
+    assert a64.tlbi_loop(b"".join(w.to_bytes(4, "little") for w in other), 0) is None
+    away = (0xD50883F4, 0x91004294, 0xEB1400FF, 0x54FFFF88)
+    assert a64.tlbi_loop(b"".join(w.to_bytes(4, "little") for w in away), 0) is None

@@ -182,12 +182,64 @@ def paired_dsb(code: bytes, off: int, limit: int = PAIR_SCAN_INSNS) -> Optional[
     return None
 
 
+# B.cond condition codes the loop decoder understands
+_COND = {0x3: "lo", 0x8: "hi", 0x1: "ne", 0x2: "hs"}
+
+
+def tlbi_loop(code: bytes, off: int) -> Optional[tuple]:
+    """A ``tlbi`` that is the whole body of a loop stepping its own operand::
+
+        tlbi OP, Xt ; add Xt, Xt, #inc ; cmp Xa, Xb ; b.cond <the tlbi>
+
+    (``flush_tlb_kernel_range()``'s loop, one invalidation per page). Returns
+    ``(inc, end_reg, cond, rt_first)``: the loop runs while ``Xa COND Xb``
+    holds after the add, ``end_reg`` is the other operand of the ``cmp`` and
+    ``rt_first`` says whether Xt is ``Xa``. None for anything else. No store
+    lies in such a loop, so the memory every iteration sees is the memory the
+    first one saw."""
+    if off + 16 > len(code):
+        return None
+    tlbi, add, cmp_, br = (int.from_bytes(code[off + 4 * k:off + 4 * k + 4], "little")
+                           for k in range(4))
+    rt = tlbi & 31
+    if add & 0xFF800000 != 0x91000000 or (add & 31) != rt or (add >> 5) & 31 != rt:
+        return None
+    inc = ((add >> 10) & 0xFFF) << (12 if (add >> 22) & 1 else 0)
+    if cmp_ & 0xFF20FC1F != 0xEB00001F:            # SUBS XZR, Xn, Xm (LSL #0)
+        return None
+    rn, rm = (cmp_ >> 5) & 31, (cmp_ >> 16) & 31
+    if rt not in (rn, rm) or rn == rm or inc == 0:
+        return None
+    if br & 0xFF000010 != 0x54000000:
+        return None
+    target = off + 12 + 4 * _sext((br >> 5) & 0x7FFFF, 19)
+    cond = _COND.get(br & 0xF)
+    if target != off or cond is None:
+        return None
+    return inc, (rm if rn == rt else rn), cond, rn == rt
+
+
+def loop_count(start: int, end: int, inc: int, cond: str, rt_first: bool) -> Optional[int]:
+    """How many times the loop of :func:`tlbi_loop` runs its ``tlbi`` when it
+    is at the first one with ``Xt = start`` and the other register ``end``;
+    None when it cannot be told (it would not end)."""
+    u = (1 << 64) - 1
+    if cond == "ne":
+        diff = (end - start) & u
+        return None if diff % inc else max(1, diff // inc)
+    # continue while Xt < end: "cmp Xt, end; b.lo" or "cmp end, Xt; b.hi"
+    if (cond in ("lo",) and rt_first) or (cond == "hi" and not rt_first):
+        return 1 if end <= start else -(-(end - start) // inc)
+    return None
+
+
 def scan_sites(elf_bytes: bytes) -> dict:
     """Every ``tlbi`` and ``dsb`` in vmlinux's executable sections.
 
     ``{"tlbi": [[addr, op, rt, may_cover_table, dsb_addr|None, dsb_option|None,
-    unbranched]], "dsb": [[addr, option]]}``; ``dsb_addr`` is the tlbi's paired
-    barrier (:func:`paired_dsb`)."""
+    unbranched, loop|None]], "dsb": [[addr, option]]}``; ``dsb_addr`` is the
+    tlbi's paired barrier (:func:`paired_dsb`), ``loop`` what :func:`tlbi_loop`
+    found."""
     from elftools.elf.elffile import ELFFile
     SHF_EXECINSTR = 0x4
     tlbi_pat = re.compile(rb"[\x00-\xff][\x80-\x9f][\x08-\x0f]\xd5", re.S)
@@ -209,7 +261,7 @@ def scan_sites(elf_bytes: bytes) -> dict:
             tlbis.append([base + off, op.name, op.rt, op.may_cover_table,
                           None if pair is None else base + pair[0],
                           None if pair is None else pair[1],
-                          pair is not None and pair[2]])
+                          pair is not None and pair[2], tlbi_loop(code, off)])
         for m in dsb_pat.finditer(code):
             off = m.start()
             if off % 4:

@@ -109,7 +109,7 @@ class GdbSpec:
     geometry: tuple                       # (granule, va_bits, levels, pa_bits)
     root_pa: int                          # PA of swapper_pg_dir
     flush_check: bool = True
-    tlbi_sites: tuple = ()                # ((address, op, Rt, dsb address, unbranched), ...)
+    tlbi_sites: tuple = ()                # ((address, op, Rt, dsb, unbranched, loop), ...)
     vmemmap_start: Optional[int] = None   # VMEMMAP_START (ptdump's "vmemmap start")
     page_offset: Optional[int] = None     # default: the geometry's va_base
     memstart: Optional[int] = None        # default: read memstart_addr from the guest
@@ -179,16 +179,16 @@ def gdb_argv(spec: GdbSpec) -> list:
 
 def tlbi_sites(vmlinux) -> list:
     """Every TLBI in vmlinux's executable sections:
-    ``[(addr, op, rt, may_cover_table, dsb_addr, dsb_option, unbranched)]``
+    ``[(addr, op, rt, may_cover_table, dsb_addr, dsb_option, unbranched, loop)]``
     (``dsb_addr``: the barrier that completes it on its straight line, or None;
-    ``unbranched``: no branch between the two).
+    ``unbranched``: no branch between the two; ``loop``: a64.tlbi_loop).
 
     Decoded from the instruction words (:func:`harness.inspect.a64.scan_sites`),
     not from a disassembler; cached under the harness cache by the vmlinux digest."""
     from harness.host import cache_root
     data = Path(vmlinux).read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:24]
-    cache = cache_root() / "tlbi-sites" / f"{digest}.v3.json"
+    cache = cache_root() / "tlbi-sites" / f"{digest}.v4.json"
     try:
         return [tuple(x) for x in json.loads(cache.read_text())["sites"]["tlbi"]]
     except (OSError, ValueError, KeyError, TypeError):
@@ -204,13 +204,14 @@ def tlbi_sites(vmlinux) -> list:
 def followed_sites(sites) -> tuple:
     """The TLBIs the agent breaks on: broadcast ones that invalidate kernel
     entries by VA, by range or all of them (``(addr, op, rt, dsb_addr,
-    unbranched)``). By-ASID forms (user address spaces) and local
+    unbranched, loop)``). By-ASID forms (user address spaces) and local
     (non-broadcast) ones never count for the checks, so they cost no stops."""
     out = []
-    for addr, name, rt, _may, dsb, _opt, unbranched in sites:
+    for addr, name, rt, _may, dsb, _opt, unbranched, loop in sites:
         op = a64.TlbiOp(name, rt)
         if op.broadcast and (op.full or op.by_va or op.by_range):
-            out.append((addr, name, rt, dsb, bool(unbranched)))
+            out.append((addr, name, rt, dsb, bool(unbranched),
+                        None if loop is None else tuple(loop)))
     return tuple(out)
 
 

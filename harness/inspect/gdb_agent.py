@@ -92,6 +92,8 @@ class Agent:
         self.dsb_bps: dict = {}            # dsb addr -> bp
         self.dsb_roles: dict = {}          # bp number -> (addr, option)
         self.uncompleted: dict = {}        # cpu -> [Tlbi]
+        self.loops: dict = {}              # tlbi bp number -> a64.tlbi_loop
+        self.resting: dict = {}            # cpu -> [tlbi bp resting until its loop's dsb]
         self.tlbi_on = False
         self.tlbi_toggles = 0
         self.prev_free = None
@@ -247,10 +249,12 @@ class Agent:
                                "the frees of a removal cannot be followed")
         if spec["flush_check"]:
             self.arm_watches(before)
-            for addr, op, rt, dsb, unbranched in spec["tlbi_sites"]:
+            for addr, op, rt, dsb, unbranched, loop in spec["tlbi_sites"]:
                 bp = gdb.Breakpoint(f"*{addr:#x}", internal=True)
                 bp.enabled = False
                 self.tlbi_bps[bp.number] = (addr, op, rt, dsb, unbranched)
+                if loop is not None:
+                    self.loops[bp.number] = tuple(loop)
                 self.bps.append(bp)
             enter = self.maybe_sym("arch_remove_memory")
             if enter is not None:
@@ -505,17 +509,48 @@ class Agent:
     # -- invalidations and their completion
     def on_tlbi(self, number: int) -> None:
         addr, op_name, rt, dsb, unbranched = self.tlbi_bps[number]
-        self.tlbi_event(addr, op_name, rt, dsb, unbranched=unbranched)
         self.counts["tlbi"] += 1
+        loop = self.loops.get(number)
+        if loop is not None and dsb is not None and self.loop_tlbi(number, loop):
+            return
+        self.tlbi_event(addr, op_name, rt, dsb, unbranched=unbranched)
+
+    def loop_tlbi(self, number: int, loop: tuple) -> bool:
+        """The first ``tlbi`` of a per-page loop (a64.tlbi_loop): the whole
+        loop is recorded as one invalidation of the range its operand steps
+        through, and the site's breakpoint rests until the loop's dsb (8192
+        stops for one 512 MiB flush with 64K pages otherwise). Nothing stores
+        inside the loop, so the leaves valid now are valid at every iteration."""
+        addr, op_name, rt, dsb, _u = self.tlbi_bps[number]
+        inc, end_reg, cond, rt_first = loop
+        start, end = self.reg(f"x{rt}"), self.reg(f"x{end_reg}")
+        n = self.a64.loop_count(start, end, inc, cond, rt_first)
+        op = self.order.TlbiOp(op_name, rt)
+        if n is None or n == 1 or not op.by_va or n > (1 << 20):
+            return False           # one pass (or unknown): an ordinary stop
+        _full, lo, _hi = self.order.tlbi_effect(op, start, self.geo.page_shift)
+        _full, _lo, hi = self.order.tlbi_effect(op, start + (n - 1) * inc,
+                                                self.geo.page_shift)
+        a, b = (rt, end_reg) if rt_first else (end_reg, rt)
+        self.tlbi_event(addr, op_name, rt, dsb, lo_hi=(lo, hi), note=(
+            f"the first of a loop of {n} (x{rt} from {start:#x} by {inc:#x} while "
+            f"x{a} {cond} x{b}, x{end_reg} = {end:#x}): recorded as one invalidation of "
+            f"the range, decoded, not stopped at {n} times"))
+        bp = next(b for b in self.bps if b.number == number)
+        bp.enabled = False
+        self.resting.setdefault(self.cpu(), []).append(number)
+        return True
 
     def tlbi_event(self, addr: int, op_name: str, rt: int, dsb, note: str = "",
-                   unbranched: bool = False) -> None:
+                   unbranched: bool = False, lo_hi=None) -> None:
         """Record the TLBI at ``addr`` with its operand from x``rt`` now; the
         pending clears it covers now wait for its completion (the dsb)."""
         order = self.order
         op = order.TlbiOp(op_name, rt)
         xt = 0 if rt == 31 else self.reg(f"x{rt}")
         full, lo, hi = order.tlbi_effect(op, xt, self.geo.page_shift)
+        if lo_hi is not None:
+            lo, hi = lo_hi
         cpu = self.cpu()
         snap = None
         win = self.window
@@ -569,6 +604,10 @@ class Agent:
         self.complete(self.cpu(), addr, self.a64.decode_dsb(word) or "?")
 
     def complete(self, cpu, addr: int, option: str, note: str = "") -> None:
+        for number in self.resting.pop(cpu, []):      # a loop ended: its site wakes
+            bp = next((b for b in self.bps if b.number == number), None)
+            if bp is not None and self.tlbi_on:
+                bp.enabled = True
         waiting = self.uncompleted.pop(cpu, [])
         if not waiting:
             self.counts["other"] += 1
@@ -590,8 +629,9 @@ class Agent:
         on = bool(self.pending) or self.window is not None
         if on == self.tlbi_on or not self.tlbi_bps:
             return
+        resting = {n for ns in self.resting.values() for n in ns}
         for bp in self.bps:
-            if bp.number in self.tlbi_bps:
+            if bp.number in self.tlbi_bps and not (on and bp.number in resting):
                 bp.enabled = on
         self.tlbi_on = on
         self.tlbi_toggles += 1
