@@ -526,8 +526,15 @@ class Agent:
         start, end = self.reg(f"x{rt}"), self.reg(f"x{end_reg}")
         n = self.a64.loop_count(start, end, inc, cond, rt_first)
         op = self.order.TlbiOp(op_name, rt)
+        if n == 1 and dsb == addr + 16:
+            # the loop ends after this pass and its dsb follows the b.cond:
+            # nothing but add, cmp and the branch lies between, as unbranched
+            self.tlbi_event(addr, op_name, rt, dsb, unbranched=True, dsb_note=(
+                f"after the only pass of the loop (x{end_reg} = {end:#x} ends it): the "
+                f"add, the cmp and the b.{cond} between, no store, no call"))
+            return True
         if n is None or n == 1 or not op.by_va or n > (1 << 20):
-            return False           # one pass (or unknown): an ordinary stop
+            return False           # unknown, or a loop whose dsb is elsewhere: a stop
         _full, lo, _hi = self.order.tlbi_effect(op, start, self.geo.page_shift)
         _full, _lo, hi = self.order.tlbi_effect(op, start + (n - 1) * inc,
                                                 self.geo.page_shift)
@@ -542,7 +549,7 @@ class Agent:
         return True
 
     def tlbi_event(self, addr: int, op_name: str, rt: int, dsb, note: str = "",
-                   unbranched: bool = False, lo_hi=None) -> None:
+                   unbranched: bool = False, lo_hi=None, dsb_note: str = "") -> None:
         """Record the TLBI at ``addr`` with its operand from x``rt`` now; the
         pending clears it covers now wait for its completion (the dsb)."""
         order = self.order
@@ -577,7 +584,7 @@ class Agent:
             # a stop (two TB flushes in QEMU) per invalidation
             opt = self.a64.decode_dsb(int.from_bytes(
                 bytes(self.gdb.selected_inferior().read_memory(dsb, 4)), "little"))
-            self.complete(cpu, dsb, opt or "?", note=(
+            self.complete(cpu, dsb, opt or "?", note=dsb_note or (
                 f"{(dsb - addr) // 4 - 1} instructions after the tlbi at "
                 f"{self.symbolise(addr)}, none a branch: executed next on its path"))
         elif dsb is not None:
