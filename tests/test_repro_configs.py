@@ -148,8 +148,9 @@ def test_configured_regression_fails_the_named_checks(matrix, patch):
     if not reg.expect:
         pytest.skip(f"{patch}: run, not asserted (Repro-Expect: -; {reg.why}): "
                     f"{row.status}, exit {row.exit_code}; see {REPORT / 'matrix.txt'}")
-    assert row.exit_code == 1, (f"{patch}: the run must fail the kernel (exit 1), it "
-                                f"exited {row.exit_code}\n{shown(row)}")
+    code = row.exit_code               # (a local: pytest shows it, not the whole row)
+    assert code == 1, (f"{patch}: the run must fail the kernel (exit 1), it exited {code}"
+                       f"\n{shown(row)}")
     report = REPORT / patch / "report.json"
     assert report.is_file(), f"{patch}: no report.json\n{shown(row)}"
     found = [Check.from_dict(c) for m in json.loads(report.read_text())["methods"]
@@ -163,5 +164,6 @@ def test_clean_kernel_passes_in_the_same_shape(matrix, shape):
     """The clean kernel, built and run the way the regressions of this shape
     are: every method passes (else the regressions' FAILs would prove nothing)."""
     row = matrix.clean(SHAPES[shape])
-    assert (row.status, row.exit_code) == (repro.CLEAN_PASS, 0), (
+    got = (row.status, row.exit_code)
+    assert got == (repro.CLEAN_PASS, 0), (
         f"the clean kernel fails in the shape {shape}\n{shown(row)}")
