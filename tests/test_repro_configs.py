@@ -2,7 +2,7 @@
 another page-table geometry, KASAN...), on real kernels under QEMU: ``make
 test-repro`` (marker ``repro``; ``make test`` and ``make test-unit`` leave it out).
 
-Each such regression needs a cold kernel build of its own configuration (5-8
+Each such regression needs a cold kernel build of its own configuration (7-12
 min on 2 cores; later runs of the same configuration rebuild incrementally, and
 a cached kernel not at all), which is why ``tests/test_qemu.py`` runs only the
 others. Here one ``hotplug-harness repro`` run takes every selected regression
@@ -41,7 +41,7 @@ from harness.verdict import repro
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu, pytest.mark.repro]
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "reports" / "repro"
-LIMIT_S = 2 * 3600         # three cold builds and eight runs take ~30-40 min on 2 cores
+LIMIT_S = 2 * 3600         # three cold builds and seven runs: 33 min on 2 cores (2026-12-07)
 
 CONFIGURED = {r.name: r for r in repro.discover() if r.configs}
 
