@@ -889,3 +889,12 @@ def test_sampled_removals_are_said_not_followed_and_not_an_error():
     full = by_name(make_run(order=(first, second), options={"order_check": "on"}))
     assert full["tlb-flushed-before-free"].verdict == ERROR
     assert "not followed: 1 of 2 removals" in full["tlb-flushed-before-free"].evidence
+
+
+def test_a_kasan_report_line_names_the_address_it_is_about():
+    crash = {"kind": "kasan", "title": "BUG: KASAN: use-after-free in ptdump_pte_entry+0xe8/0xec",
+             "lines": ["BUG: KASAN: use-after-free in ptdump_pte_entry+0xe8/0xec",
+                       "Read of size 8 at addr ffff000001e84c08 by task cat/123"],
+             "step": "add/remove loop (45 s)", "first_line_no": 812}
+    line = checks.crash_line(crash)
+    assert "(Read of size 8 at addr ffff000001e84c08)" in line and "step add/remove" in line

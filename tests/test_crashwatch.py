@@ -289,3 +289,18 @@ def test_lockdep_warning_closes_at_the_end_of_its_trace():
     done = [r for line in lines for r in watcher.feed(line)]
     assert [(r.kind, len(r.call_trace), r.complete) for r in done] == [("warning", 2, True)]
     assert done[0].lines[-1] == " lock_acquire+0x1c8/0x338"
+
+
+def test_a_kasan_summary_names_the_address_it_is_about():
+    """The KASAN title names a function only; the report's access line names the
+    address (0012's evidence otherwise depended on a later Oops naming one)."""
+    watcher = CrashWatcher()
+    for line in ("==================================================================",
+                 "BUG: KASAN: use-after-free in ptdump_pte_entry+0xe8/0xec",
+                 "Read of size 8 at addr ffff000001e84c08 by task cat/123",
+                 "Call trace:", " ptdump_pte_entry+0xe8/0xec",
+                 "=================================================================="):
+        watcher.feed(line)
+    [report] = watcher.reports or watcher.flush()
+    assert report.kind == "kasan"
+    assert report.summary().endswith(": Read of size 8 at addr ffff000001e84c08")

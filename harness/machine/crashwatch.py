@@ -78,6 +78,8 @@ _SIGNATURES = (
 _END_TRACE = re.compile(r"^---\[ end trace [0-9a-f]+ \]---")
 _END_PANIC = re.compile(r"^---\[ end Kernel panic")
 _KASAN_RULE = re.compile(r"^={20,}$")
+# the address a KASAN report is about ("Read of size 8 at addr ffff000001e84c08")
+_KASAN_ACCESS = re.compile(r"(Read|Write) of size \d+ at addr [0-9a-f]+")
 _REG = re.compile(r"^(pc|lr) : (\S+)")
 _SYMBOL = re.compile(r"([\w.$]+)\+0x([0-9a-f]+)/0x([0-9a-f]+)")
 _TRACE_ENTRY = re.compile(r"^\s+([\w.$]+\+0x[0-9a-f]+/0x[0-9a-f]+)")
@@ -130,7 +132,10 @@ class CrashReport:
 
     def summary(self) -> str:
         where = f" (pc {self.pc_symbol})" if self.pc_symbol else ""
-        return f"{self.kind}: {self.title}{where}"
+        access = next((m.group(0) for line in self.lines
+                       if (m := _KASAN_ACCESS.search(line))), "") \
+            if self.kind == "kasan" else ""
+        return f"{self.kind}: {self.title}{where}" + (f": {access}" if access else "")
 
     def text(self) -> str:
         return "\n".join(self.lines)

@@ -639,7 +639,12 @@ def crash_line(crash: Union[Crash, Mapping[str, Any]]) -> str:
     pc = f" (pc {c.pc_symbol})" if c.pc_symbol else ""
     step = f", step {c.step}" if c.step else ""
     line = f", console line {c.first_line_no}" if c.first_line_no else ""
-    return f"{c.kind if 'kind' in c else '?'}: {c.title}{pc}{step}{line}"
+    # a KASAN title names a function; its access line names the address
+    access = next((m.group(0) for text in c.lines
+                   if (m := re.search(r"(Read|Write) of size \d+ at addr [0-9a-f]+", text))),
+                  "") if c.kind == "kasan" else ""
+    return (f"{c.kind if 'kind' in c else '?'}: {c.title}{pc}"
+            f"{f' ({access})' if access else ''}{step}{line}")
 
 
 def check_no_kernel_splat(run: MethodRun) -> Check:
