@@ -510,6 +510,38 @@ def _flush_verdict(tlbis: list, done: dict, before: int, covers) -> tuple:
                   f"executed{where} after it before the free: issued, never completed")
 
 
+def _problems_first(check: str, counts: dict, marks: list, problems: list, fail_head: str,
+                    unobserved: list, error_head: str) -> Optional[OrderVerdict]:
+    """FAIL when anything broke the rule, else ERROR when something could not
+    be seen, else None (the caller decides between PASS and SKIP)."""
+    if problems:
+        return OrderVerdict(check, FAIL, "\n".join(_clip([fail_head] + problems)), counts,
+                            marks=tuple(marks))
+    if unobserved:
+        return OrderVerdict(check, ERROR, "\n".join(_clip([error_head] + unobserved)),
+                            counts)
+    return None
+
+
+def _judge_freed(c: Optional[Clear], still_there: bool, tlbis: list, done: dict,
+                 free_seq: int, covers) -> tuple:
+    """One freed table or page against the clear of the entry that linked or
+    mapped it: ``(how, tlbi, why)`` with how "ok" (a covering invalidation
+    issued after the clear completed before the free), "early" (freed before
+    the clear, the entry still there), "unseen" (what happened could not be
+    seen: ``why``) or "unflushed" (``why``)."""
+    if c is None:
+        return (("early", None, "") if still_there else
+                ("unseen", None, "entry found clear but its clearing write was not "
+                                 "observed"))
+    t, why = _flush_verdict([x for x in tlbis if x.seq > c.seq], done, free_seq, covers)
+    if t is not None:
+        return "ok", t, ""
+    if c.late:
+        return "unseen", None, f"cleared by {c.pc_sym or hex(c.pc)}, but {c.late}"
+    return "unflushed", None, why
+
+
 def check_tlb_flushed_before_free(events: Sequence, step: str = "") -> OrderVerdict:
     """For each watched table that was freed: cleared before the free, and a
     covering broadcast invalidation issued between the clear and the free and
@@ -543,27 +575,22 @@ def check_tlb_flushed_before_free(events: Sequence, step: str = "") -> OrderVerd
                 head = (f"{e.describe()}: table PA {pa:#x} of {link.level} entry at VA "
                         f"{link.va:#x} (level {_hw_level(link)})")
                 c = cleared.get(pa)
-                if c is None:
-                    if e.linked:
-                        marks.append((link.va, link.span, link.level,
-                                      f"table PA {pa:#x} of this {link.level} entry not "
-                                      f"flushed: freed before its entry was cleared"))
-                        problems.append(f"{head} freed before its entry was cleared "
-                                        f"(no flush can have covered it) during step "
-                                        f"{e.step or step or '?'}")
-                    else:
-                        unobserved.append(f"{head}: entry found clear but its clearing "
-                                          f"write was not observed")
-                    continue
-                t, why = _flush_verdict([x for x in tlbis if x.seq > c.seq], done, e.seq,
-                                        lambda x, link=link: x.covers(link.va, link.span))
-                if t is not None:
+                how, t, why = _judge_freed(c, bool(e.linked), tlbis, done, e.seq,
+                                           lambda x, link=link: x.covers(link.va, link.span))
+                if how == "early":
+                    marks.append((link.va, link.span, link.level,
+                                  f"table PA {pa:#x} of this {link.level} entry not "
+                                  f"flushed: freed before its entry was cleared"))
+                    problems.append(f"{head} freed before its entry was cleared "
+                                    f"(no flush can have covered it) during step "
+                                    f"{e.step or step or '?'}")
+                elif how == "unseen":
+                    unobserved.append(f"{head}: {why}")
+                elif how == "ok":
                     freed_ok.append(pa)
                     used[pa] = t
-                elif c.late:
-                    unobserved.append(f"{head}: cleared by {c.pc_sym or hex(c.pc)}, "
-                                      f"but {c.late}")
                 else:
+                    assert c is not None
                     marks.append((link.va, link.span, link.level,
                                   f"table PA {pa:#x} of this {link.level} entry not flushed: "
                                   f"cleared, then freed with {why}"))
@@ -573,16 +600,15 @@ def check_tlb_flushed_before_free(events: Sequence, step: str = "") -> OrderVerd
               "freed": len(freed_ok) + len(problems) + len(unobserved),
               "flushed_in_time": len(freed_ok), "violations": len(problems),
               "unobserved": len(unobserved)}
-    if problems:
-        lines = [f"{len(problems)} of {counts['freed']} freed tables{where} were not "
-                 f"flushed (invalidation issued and completed) between the clear of "
-                 f"their entry and the free:"] + problems
-        return OrderVerdict(TLB_FLUSHED_BEFORE_FREE, FAIL, "\n".join(_clip(lines)), counts,
-                            marks=tuple(marks))
-    if unobserved:
-        lines = [f"{len(unobserved)} freed tables{where}: the clearing write or what "
-                 f"followed it was not seen: cannot judge"] + unobserved
-        return OrderVerdict(TLB_FLUSHED_BEFORE_FREE, ERROR, "\n".join(_clip(lines)), counts)
+    bad = _problems_first(
+        TLB_FLUSHED_BEFORE_FREE, counts, marks,
+        problems, f"{len(problems)} of {counts['freed']} freed tables{where} were not "
+                  f"flushed (invalidation issued and completed) between the clear of "
+                  f"their entry and the free:",
+        unobserved, f"{len(unobserved)} freed tables{where}: the clearing write or what "
+                    f"followed it was not seen: cannot judge")
+    if bad:
+        return bad
     if not freed_ok:
         return OrderVerdict(TLB_FLUSHED_BEFORE_FREE, SKIP,
                        f"{len(watched)} tables watched{where}, none was freed", counts,
@@ -688,25 +714,21 @@ def check_leaf_flushed_before_free(events: Sequence, step: str = "") -> OrderVer
                         f"{link.table_pa:#x}-{link.table_pa + link.span:#x}): freed PA "
                         f"{e.pa:#x}-{e.pa_end:#x} by {e.describe()}")
                 c = cleared.get(epa)
-                if c is None:
-                    if any(m.entry_pa == epa for m in e.mapped_by):
-                        marks.append((link.va, link.span, link.level,
-                                      f"leaf given up before its flush: PA "
-                                      f"{e.pa:#x} freed while this leaf still mapped it"))
-                        problems.append(f"{head} while the leaf still mapped it (not "
-                                        f"cleared, so no invalidation can have covered it)")
-                    else:
-                        unobserved.append(f"{head}: leaf found clear but its clearing "
-                                          f"write was not observed")
-                    continue
-                t, why = _flush_verdict([x for x in tlbis if x.seq > c.seq], done, e.seq,
-                                        lambda x, link=link: x.covers_leaf(link.va, link.span))
-                if t is not None:
+                how, t, why = _judge_freed(
+                    c, any(m.entry_pa == epa for m in e.mapped_by), tlbis, done, e.seq,
+                    lambda x, link=link: x.covers_leaf(link.va, link.span))
+                if how == "early":
+                    marks.append((link.va, link.span, link.level,
+                                  f"leaf given up before its flush: PA "
+                                  f"{e.pa:#x} freed while this leaf still mapped it"))
+                    problems.append(f"{head} while the leaf still mapped it (not "
+                                    f"cleared, so no invalidation can have covered it)")
+                elif how == "unseen":
+                    unobserved.append(f"{head}: {why}")
+                elif how == "ok":
                     ok.append(head)
-                elif c.late:
-                    unobserved.append(f"{head}: cleared by {c.pc_sym or hex(c.pc)}, "
-                                      f"but {c.late}")
                 else:
+                    assert c is not None
                     marks.append((link.va, link.span, link.level,
                                   f"leaf given up before its flush: PA {e.pa:#x} freed "
                                   f"with {why}"))
@@ -793,15 +815,13 @@ def check_leaf_flushed_before_free(events: Sequence, step: str = "") -> OrderVer
     counts = {"vmemmap_leaves_watched": len(leaves), "vmemmap_leaves_freed": freed_leaves,
               "remove_calls": windows, "violations": len(problems),
               "unobserved": len(unobserved)}
-    if problems:
-        lines = [f"{len(problems)} leaf ordering violation(s){where} (a page or mapping "
-                 f"given up before a completed TLB invalidation covered its cleared "
-                 f"leaf):"] + problems
-        return OrderVerdict(LEAF_FLUSHED_BEFORE_FREE, FAIL, "\n".join(_clip(lines)), counts,
-                            marks=tuple(marks))
-    if unobserved:
-        lines = [f"{len(unobserved)} leaf case(s){where} could not be judged:"] + unobserved
-        return OrderVerdict(LEAF_FLUSHED_BEFORE_FREE, ERROR, "\n".join(_clip(lines)), counts)
+    bad = _problems_first(
+        LEAF_FLUSHED_BEFORE_FREE, counts, marks,
+        problems, f"{len(problems)} leaf ordering violation(s){where} (a page or mapping "
+                  f"given up before a completed TLB invalidation covered its cleared leaf):",
+        unobserved, f"{len(unobserved)} leaf case(s){where} could not be judged:")
+    if bad:
+        return bad
     if not ok:
         return OrderVerdict(LEAF_FLUSHED_BEFORE_FREE, SKIP,
                             f"{len(leaves)} vmemmap leaves watched{where}, none freed, and "
