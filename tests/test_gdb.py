@@ -578,3 +578,25 @@ def test_the_interrupt_the_driver_asked_for_is_not_incomplete(monkeypatch, tmp_p
 def test_the_stop_cap_makes_the_recording_incomplete(monkeypatch, tmp_path):
     lines = _looping_agent(monkeypatch, tmp_path, [[12345]] * 3, max_stops=3)
     assert lines[0]["kind"] == "incomplete" and "after 3 stops" in lines[0]["why"]
+
+
+def test_a_connection_lost_after_the_detach_request_leaves_the_recording_whole(
+        monkeypatch, tmp_path):
+    """The driver asks to detach only once the step is over: a gdb that then
+    gives up on the target (a slow interrupt) lost nothing of the removal."""
+    regs = {"x0": 0, "x1": 0, "lr": 0, "pc": 0xffff800080001000}
+    agent, _wp = _agent(monkeypatch, regs, {})
+    agent.spec.update(out_dir=str(tmp_path), tag="t", max_stops=20000)
+    (tmp_path / "gdb-t.detach").write_text("detach\n")
+
+    def execute(cmd, to_string=False):
+        if cmd == "continue":
+            raise RuntimeError("Disconnected from target.")
+        return ""
+    agent.gdb.execute = execute
+    agent.mem = None
+    agent.sp_size, agent.sp_from = 64, "vmemmap_start"
+    agent.loop()
+    lines = [json.loads(line) for line in agent.out.getvalue().splitlines()]
+    assert [d["kind"] for d in lines] == ["note", "stopping", "disconnected"]
+    assert lines[-1]["stats"]["incomplete"] == []
