@@ -14,7 +14,7 @@ prints:
 ``--max-minutes`` stops starting new runs after that long; the figure then
 says how many runs were made (never extrapolated).
 
-  flock /work/.qemu-slot.lock .venv/bin/python bench/bench_false_alarms.py --runs 20
+  .venv/bin/python bench/bench_false_alarms.py --runs 20
 
 Exit: 0 whatever the figures; 2 if the build or the machine fails.
 """

@@ -15,8 +15,8 @@ first cycle to last) is printed next to it as context.
 
 Run with the QEMU slot lock held, e.g.
 
-  flock /work/.qemu-slot.lock .venv/bin/python bench/bench_leak.py --runs 10 --cycles 2
-  flock /work/.qemu-slot.lock .venv/bin/python bench/bench_leak.py --runs 3 --cycles 2 \\
+  .venv/bin/python bench/bench_leak.py --runs 10 --cycles 2
+  .venv/bin/python bench/bench_leak.py --runs 3 --cycles 2 \\
       --patch patches/repro/0021-vmemmap-leak-per-cycle.patch --expect-leak
 
 '--record DIR' writes the first run's show_stacks texts (before, cycle-N) to DIR.
@@ -27,7 +27,6 @@ SKIPs). Exit: 0 whatever the figures; 2 if the build or the machine fails.
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import benchlib as bl  # noqa: E402
 
 from harness.build import kernel as build  # noqa: E402
 from harness.drive import acpi_dimm  # noqa: E402
@@ -131,8 +133,7 @@ def one_run(art, args, out: Path, record: Path | None) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = "$ flock /work/.qemu-slot.lock " + " ".join(
-        shlex.quote(a) for a in [sys.executable, "bench/bench_leak.py"] + sys.argv[1:])
+    command = bl.command_text([sys.executable, "bench/bench_leak.py"] + sys.argv[1:])
     configs = () if args.default_kernel else (leakcheck.CONFIG,)
     try:
         art = build.build(build.BuildRequest(configs=configs, patches=tuple(args.patch)))

@@ -17,7 +17,7 @@ and prints:
 Every failing run's first evidence line is printed, so a catch can be read.
 Run with the QEMU slot lock held, e.g.
 
-  flock /work/.qemu-slot.lock .venv/bin/python bench/bench_race.py --runs 10 --clean-runs 3
+  .venv/bin/python bench/bench_race.py --runs 10 --clean-runs 3
 
 Targets (issue 10): caught >= 90% of the runs, each within 60 s of loop.
 Exit: 0 whatever the figures; 2 if a build or the machine fails.

@@ -36,10 +36,22 @@ def harness_argv(*args: str) -> list:
     return HARNESS + [str(a) for a in args]
 
 
+def relative_paths(text: str) -> str:
+    """A command as it reads from the checkout, naming no path of the machine
+    that ran it: the checkout's own prefix dropped, the home folder as ``~``,
+    the temporary folder as ``$TMPDIR``."""
+    for path, short in ((str(REPO) + "/", ""), (tempfile.gettempdir() + "/", "$TMPDIR/"),
+                        (os.path.expanduser("~") + "/", "~/")):
+        if len(path) > 2:
+            text = text.replace(path, short)
+    return text
+
+
 def command_text(argv: Sequence[str], env: Optional[dict] = None) -> str:
-    """``$ VAR=value ... argv`` as a shell would take it (run from the repo root)."""
+    """``$ VAR=value ... argv`` as a shell would take it (run from the repo root),
+    its paths relative (:func:`relative_paths`)."""
     prefix = [f"{k}={shlex.quote(str(v))}" for k, v in (env or {}).items()]
-    return "$ " + " ".join(prefix + [shlex.quote(str(a)) for a in argv])
+    return relative_paths("$ " + " ".join(prefix + [shlex.quote(str(a)) for a in argv]))
 
 
 @dataclass
