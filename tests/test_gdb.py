@@ -507,21 +507,11 @@ def test_detach_reads_the_events_after_gdb_exits(tmp_path, monkeypatch):
     assert session.stats["sigints"] == 1
 
 
-def test_agent_ends_its_recording_when_gdb_gives_up_on_the_target(monkeypatch):
+def test_agent_ends_its_recording_when_gdb_gives_up_on_the_target(monkeypatch, tmp_path):
     """If gdb disconnects anyway, what was recorded stands: the agent says
     'disconnected' with its stats (the driver then detaches QEMU itself)."""
-    regs = {"x0": 0, "x1": 0, "lr": 0}
-    agent, _wp = _agent(monkeypatch, regs, {})
-
-    def execute(cmd, to_string=False):
-        if cmd == "continue":
-            raise RuntimeError("Disconnected from target.")
-        return ""
-    agent.gdb.execute = execute
-    agent.mem = None
-    agent.sp_size, agent.sp_from = 64, "vmemmap_start"      # set by run() in gdb
-    agent.loop()
-    lines = [json.loads(line) for line in agent.out.getvalue().splitlines()]
+    lines = _looping_agent(monkeypatch, tmp_path,
+                           [RuntimeError("Disconnected from target.")])
     # the recording is partial, and says so first (the checks then ERROR)
     assert [d["kind"] for d in lines] == ["incomplete", "stopping", "disconnected"]
     assert "lost the connection" in lines[0]["why"]
@@ -545,6 +535,8 @@ def test_a_relative_report_folder_is_made_absolute_for_gdb(tmp_path, monkeypatch
 # ------------------------------------------------------------------ partial recordings
 
 def _looping_agent(monkeypatch, tmp_path, hits, max_stops=20000, detach=False):
+    """The agent's loop over fake stops: each of ``hits`` is what one
+    'continue' stops on, or an exception it raises."""
     regs = {"x0": 0, "x1": 0, "lr": 0, "pc": 0xffff800080001000}
     agent, _wp = _agent(monkeypatch, regs, {})
     agent.spec.update(out_dir=str(tmp_path), tag="t", max_stops=max_stops)
@@ -554,7 +546,10 @@ def _looping_agent(monkeypatch, tmp_path, hits, max_stops=20000, detach=False):
 
     def execute(cmd, to_string=False):
         if cmd == "continue":
-            agent.last_hit = next(seq)
+            hit = next(seq)
+            if isinstance(hit, BaseException):
+                raise hit
+            agent.last_hit = hit
         return ""
     agent.gdb.execute = execute
     agent.mem = None
@@ -584,19 +579,7 @@ def test_a_connection_lost_after_the_detach_request_leaves_the_recording_whole(
         monkeypatch, tmp_path):
     """The driver asks to detach only once the step is over: a gdb that then
     gives up on the target (a slow interrupt) lost nothing of the removal."""
-    regs = {"x0": 0, "x1": 0, "lr": 0, "pc": 0xffff800080001000}
-    agent, _wp = _agent(monkeypatch, regs, {})
-    agent.spec.update(out_dir=str(tmp_path), tag="t", max_stops=20000)
-    (tmp_path / "gdb-t.detach").write_text("detach\n")
-
-    def execute(cmd, to_string=False):
-        if cmd == "continue":
-            raise RuntimeError("Disconnected from target.")
-        return ""
-    agent.gdb.execute = execute
-    agent.mem = None
-    agent.sp_size, agent.sp_from = 64, "vmemmap_start"
-    agent.loop()
-    lines = [json.loads(line) for line in agent.out.getvalue().splitlines()]
+    lines = _looping_agent(monkeypatch, tmp_path, [RuntimeError("Disconnected from target.")],
+                           detach=True)
     assert [d["kind"] for d in lines] == ["note", "stopping", "disconnected"]
     assert lines[-1]["stats"]["incomplete"] == []

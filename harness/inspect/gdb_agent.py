@@ -80,6 +80,7 @@ class Agent:
         self.t0 = time.monotonic()
         self.step = spec["step"]
         self.geo = walker.Geometry(*spec["geometry"])
+        self.codec = walker._Codec(self.geo)     # descriptor -> output address
         self.seq = 0
         self.stops = 0
         self.stop_s = 0.0
@@ -351,8 +352,6 @@ class Agent:
 
     def detach_requested(self) -> bool:
         """The driver writes this file before the SIGINT that ends the recording."""
-        if "out_dir" not in self.spec:
-            return False
         return os.path.exists(self.spec["out_dir"] + f"/gdb-{self.spec['tag']}.detach")
 
     def loop(self) -> None:
@@ -474,9 +473,10 @@ class Agent:
                 f"that QEMU reported {(pc - store) // 4 - 1} instructions later, at "
                 f"{self.symbolise(pc)}; x{rt} read at the stop (only barriers after the "
                 "tlbi)"))
-            for k in range((addr - base) // 4 + 1, len(words)):
-                if base + 4 * k < pc and a64.decode_dsb(words[k]) in a64.DSB_COMPLETES:
-                    self.complete(self.cpu(), base + 4 * k, a64.decode_dsb(words[k]))
+            for k in range((addr - base) // 4 + 1, (pc - base) // 4):
+                option = a64.decode_dsb(words[k])
+                if option in a64.DSB_COMPLETES:
+                    self.complete(self.cpu(), base + 4 * k, option)
                     break
 
     def on_swapper_write(self) -> None:
@@ -495,12 +495,8 @@ class Agent:
         or links (a table) what it did (then False)."""
         w, wp, old = self.watches[number]
         link = w.link
-        codec = self.walker._Codec(self.geo)
-        if w.leaf:
-            if new & 1 and codec.addr(new) == link.table_pa:
-                self.counts["watch_other"] += 1
-                return False
-        elif new & 3 == 3 and codec.addr(new) == link.table_pa:
+        valid = new & 1 if w.leaf else new & 3 == 3      # a leaf, or a table descriptor
+        if valid and self.codec.addr(new) == link.table_pa:
             self.counts["watch_other"] += 1
             return False
         c = self.order.Clear(self.next_seq(), self.step, link.table_pa, w.entry_va,
@@ -668,7 +664,7 @@ class Agent:
         if self.spec["flush_check"]:
             # who clears the linear map: the first and the last leaf are watched
             # (every one would cost a stop each: 32768 with rodata=full)
-            for leaf in {id(x): x for x in (leaves[:1] + leaves[-1:])}.values():
+            for leaf in leaves[:1] + leaves[1:][-1:]:
                 self.watch(self.order.Link(leaf.pa, leaf.entry_pa, leaf.va, leaf.span,
                                            leaf.level), leaf=True, region="linear")
         bp = self.gdb.Breakpoint(f"*{lr:#x}", internal=True)
@@ -765,7 +761,7 @@ class Agent:
     def mapped_by(self, pa: int, pa_end: int) -> tuple:
         """Watched vmemmap leaves that still map some of ``[pa, pa_end)``."""
         out = []
-        codec = self.walker._Codec(self.geo)
+        codec = self.codec
         for entry_pa, w in self.leaf_watches.items():
             link = w.link
             if not (link.table_pa < pa_end and pa < link.table_pa + link.span):
