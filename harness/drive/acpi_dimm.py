@@ -21,7 +21,9 @@ from harness.drive.common import (
     Recorder,
     blocks_in,
     memory_device,
-    set_state,
+    offline,
+    online,
+    removed_phase,
     wait_for,
 )
 from harness.drive.method import Method, register
@@ -50,34 +52,50 @@ def drive(rec: Recorder, opts: Options) -> None:
         suffix = "" if cycle == 1 else f"@{cycle}"
         dimms = [plug(rec, i, opts, suffix) for i in range(1, opts.dimms + 1)]
         rec.phase("added" + suffix)
-        for name, addr, size in dimms:
-            blocks = blocks_in(rec, addr, addr + size)
-            rec.step(f"online {name}", lambda b=blocks: set_state(rec, b, opts.online_type))
+        for d in dimms:
+            online(rec, d.name, d.addr, d.end, opts.online_type)
         rec.phase("online" + suffix)
         digest = rec.step("use memory", lambda: write_data(rec, opts.fill_mb))
-        for n, (name, addr, size) in enumerate(dimms, 1):
-            unplug(rec, name, addr, size)
-            last = n == len(dimms)
-            phase = f"removed-{n}{suffix}"
-            rec.phase(phase)
-            rec.removed(phase, addr, addr + size, baseline="before" if last else "")
+        for n, d in enumerate(dimms, 1):
+            unplug(rec, d, f"removed-{n}{suffix}",
+                   baseline="before" if n == len(dimms) else "")
         rec.step("data intact", lambda d=digest: check_data(rec, d))
         rec.step("free memory", lambda: rec.sh(f"rm -f {DATA}"))
         if opts.cycles > 1:
             rec.phase(f"cycle-{cycle}", leak=True)
 
 
-def plug(rec: Recorder, index: int, opts: Options, suffix: str):
-    """object-add + device_add; wait until the guest shows the new blocks."""
-    machine = rec.guest.machine
-    name, mem = f"dimm{index}", f"mem{index}"
-    size = opts.dimm_mb << 20
-    path = str(Path(machine.spec.run_dir) / f"{mem}{suffix.replace('@', '-')}")
+@dataclass(frozen=True)
+class Dimm:
+    """A plugged pc-dimm: its id, its memory backend's id, where QEMU put it."""
+    name: str
+    memdev: str
+    addr: int
+    size: int
 
-    def add():
-        machine.qmp_cmd("object-add", **{"qom-type": "memory-backend-file", "id": mem,
+    @property
+    def end(self) -> int:
+        return self.addr + self.size
+
+
+def plug(rec: Recorder, index: int, opts: Options, suffix: str) -> Dimm:
+    """DIMM ``dimmINDEX`` of ``opts.dimm_mb`` MiB, backed by a file of this
+    cycle in the guest's run folder."""
+    mem = f"mem{index}"
+    path = str(Path(rec.guest.machine.spec.run_dir) / f"{mem}{suffix.replace('@', '-')}")
+    return add_dimm(rec, f"dimm{index}", mem, opts.dimm_mb << 20, path)
+
+
+def add_dimm(rec: Recorder, name: str, memdev: str, size: int, path: str) -> Dimm:
+    """Step ``add NAME`` (QMP): ``object-add`` a file-backed memory backend
+    ``memdev`` at ``path`` and ``device_add`` a pc-dimm on it; wait until the
+    guest shows its blocks. Its file joins the walker's backings."""
+    machine = rec.guest.machine
+
+    def add() -> int:
+        machine.qmp_cmd("object-add", **{"qom-type": "memory-backend-file", "id": memdev,
                                          "size": size, "mem-path": path, "share": True})
-        machine.qmp_cmd("device_add", driver="pc-dimm", id=name, memdev=mem)
+        machine.qmp_cmd("device_add", driver="pc-dimm", id=name, memdev=memdev)
         addr = int(memory_device(machine, name)["addr"])
         bs = sysfs.parse_memory_blocks(rec.sh(sysfs.MEMORY_BLOCKS_CMD)).block_size
         want = size // bs
@@ -86,7 +104,7 @@ def plug(rec: Recorder, index: int, opts: Options, suffix: str):
         return addr
     addr = rec.step(f"add {name}", add, transport="qmp")
     rec.backings.append((addr, path))
-    return name, addr, size
+    return Dimm(name, memdev, addr, size)
 
 
 DATA = "/tmp/harness-fill"
@@ -127,18 +145,30 @@ def blocks_gone(rec: Recorder, blocks) -> bool:
     return res.exit_code == 0
 
 
-def unplug(rec: Recorder, name: str, addr: int, size: int) -> None:
-    machine = rec.guest.machine
-    blocks = blocks_in(rec, addr, addr + size)
-    rec.step(f"offline {name}", lambda: set_state(rec, blocks, "offline"))
+def unplug(rec: Recorder, dimm: Dimm, phase: str, baseline: str = "") -> None:
+    """Offline the DIMM's blocks (step ``offline NAME``), then delete it."""
+    offline(rec, dimm.name, dimm.addr, dimm.end)
+    delete_dimm(rec, dimm, phase, baseline)
 
-    def delete():
-        machine.qmp_cmd("device_del", id=name)
-        machine.wait_event("DEVICE_DELETED", {"device": name}, 30.0)
-        machine.qmp_cmd("object-del", id=name.replace("dimm", "mem"))
-        wait_for(lambda: blocks_gone(rec, blocks), 10, f"the blocks of {name} to disappear")
-    rec.removal_step(f"remove {name}", addr, addr + size, delete, transport="qmp")
-    rec.backings[:] = [b for b in rec.backings if b[0] != addr]
+
+def delete_dimm(rec: Recorder, dimm: Dimm, phase: str, baseline: str = "") -> None:
+    """Removal step ``remove NAME`` (QMP; its blocks offline first):
+    ``device_del``, wait for ``DEVICE_DELETED`` (the guest's ACPI eject removed
+    the memory), ``object-del`` and wait until its blocks are gone; watched
+    through gdb when the ordering checks are on. Then phase ``phase`` and the
+    removal of the DIMM's range."""
+    machine = rec.guest.machine
+    blocks = blocks_in(rec, dimm.addr, dimm.end)
+
+    def delete() -> None:
+        machine.qmp_cmd("device_del", id=dimm.name)
+        machine.wait_event("DEVICE_DELETED", {"device": dimm.name}, 30.0)
+        machine.qmp_cmd("object-del", id=dimm.memdev)
+        wait_for(lambda: blocks_gone(rec, blocks), 10,
+                 f"the blocks of {dimm.name} to disappear")
+    rec.removal_step(f"remove {dimm.name}", dimm.addr, dimm.end, delete, transport="qmp")
+    rec.backings[:] = [b for b in rec.backings if b[0] != dimm.addr]
+    removed_phase(rec, phase, dimm.addr, dimm.end, baseline)
 
 
 METHOD = register(Method(

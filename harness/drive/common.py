@@ -176,6 +176,30 @@ def blocks_in(rec: Recorder, pa_start: int, pa_end: int) -> tuple[MemoryBlock, .
     return table.in_range(pa_start, pa_end)
 
 
+def online(rec: Recorder, label: str, pa_start: int, pa_end: int,
+           online_type: str = "online_movable") -> None:
+    """Step ``online LABEL``: every block of ``[pa_start, pa_end)`` to
+    ``online_type`` (``online``, ``online_movable``, ``online_kernel``)."""
+    rec.step(f"online {label}",
+             lambda: set_state(rec, blocks_in(rec, pa_start, pa_end), online_type))
+
+
+def offline(rec: Recorder, label: str, pa_start: int, pa_end: int) -> None:
+    """Step ``offline LABEL``: every block of ``[pa_start, pa_end)`` offline."""
+    rec.step(f"offline {label}",
+             lambda: set_state(rec, blocks_in(rec, pa_start, pa_end), "offline"))
+
+
+def removed_phase(rec: Recorder, phase: str, pa_start: int, pa_end: int,
+                  baseline: str = "") -> Phase:
+    """What follows every removal step: inspect the guest (phase ``phase``) and
+    tell the removal checks that it follows removing ``[pa_start, pa_end)``,
+    compared with ``baseline`` ("" while a neighbour stays online)."""
+    taken = rec.phase(phase)
+    rec.removed(phase, pa_start, pa_end, baseline)
+    return taken
+
+
 def set_state(rec: Recorder, blocks: Iterable[MemoryBlock], state: str) -> None:
     """Write ``state`` to each block's state file (all must succeed), in block
     order, in one guest command (``&&``: it stops at the first refusal, and the

@@ -58,9 +58,8 @@ def drive(rec: Recorder, opts: Options) -> None:
     results = []
     for cycle in range(1, opts.cycles + 1):
         suffix = "" if cycle == 1 else f"@{cycle}"
-        name, addr, size = acpi_dimm.plug(rec, 1, acpi_dimm.Options(dimm_mb=opts.dimm_mb),
-                                          suffix)
-        blocks = blocks_in(rec, addr, addr + size)
+        dimm = acpi_dimm.plug(rec, 1, acpi_dimm.Options(dimm_mb=opts.dimm_mb), suffix)
+        blocks = blocks_in(rec, dimm.addr, dimm.end)
         rec.step(f"online dimm1{suffix}",
                  lambda b=blocks: set_state(rec, b, "online_movable"))
         rec.phase("online" + suffix)
@@ -77,9 +76,7 @@ def drive(rec: Recorder, opts: Options) -> None:
             rec.guest.run(f"echo online_movable > /sys/devices/system/memory/"
                           f"memory{b.index}/state", 60)
         rec.phase("after-selftest" + suffix)
-        acpi_dimm.unplug(rec, name, addr, size)
-        rec.phase("removed-1" + suffix)
-        rec.removed("removed-1" + suffix, addr, addr + size, baseline="before")
+        acpi_dimm.unplug(rec, dimm, "removed-1" + suffix, baseline="before")
         if opts.cycles > 1:
             rec.phase(f"cycle-{cycle}", leak=True)
 

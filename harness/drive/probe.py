@@ -19,9 +19,10 @@ from harness.drive.common import (
     MEMROOT,
     REMOVAL_CHECKS,
     Recorder,
-    blocks_in,
     check_section_size,
-    set_state,
+    offline,
+    online,
+    removed_phase,
     try_bootmem_offline,
 )
 from harness.drive.method import Method, register
@@ -82,26 +83,36 @@ def drive(rec: Recorder, opts: Options) -> None:
     for cycle in range(1, opts.cycles + 1):
         suffix = "" if cycle == 1 else f"@{cycle}"
         for a in addrs:
-            rec.step(f"probe {a:#x}", lambda a=a: rec.sh(f"echo {a:#x} > {MEMROOT}/probe",
-                                                        blame="kernel"))
+            probe_block(rec, a)
         rec.phase("added" + suffix)
         for a in addrs:
-            rec.step(f"online {a:#x}", lambda a=a: set_state(
-                rec, blocks_in(rec, a, a + bs), opts.online_type))
+            online(rec, f"{a:#x}", a, a + bs, opts.online_type)
         rec.phase("online" + suffix)
         for n, a in enumerate(addrs, 1):
-            rec.step(f"offline {a:#x}", lambda a=a: set_state(
-                rec, blocks_in(rec, a, a + bs), "offline"))
-            rec.removal_step(f"remove {a:#x}", a, a + bs,
-                             lambda a=a: rec.sh(f"echo {a:#x} > {MEMROOT}/remove",
-                                                blame="kernel"))
-            phase = f"removed-{n}{suffix}"
-            rec.phase(phase)
-            rec.removed(phase, a, a + bs, baseline="before" if n == len(addrs) else "")
+            offline(rec, f"{a:#x}", a, a + bs)
+            remove_block(rec, a, bs, f"removed-{n}{suffix}",
+                         baseline="before" if n == len(addrs) else "")
         if opts.cycles > 1:
             rec.phase(f"cycle-{cycle}", leak=True)
     rec.bootmem = rec.step("offline boot memory (must fail)",
                            lambda: try_bootmem_offline(rec, before))
+
+
+def probe_block(rec: Recorder, addr: int) -> None:
+    """Step ``probe ADDR``: the block at ``addr`` added through the probe file
+    (it comes up offline)."""
+    rec.step(f"probe {addr:#x}",
+             lambda: rec.sh(f"echo {addr:#x} > {MEMROOT}/probe", blame="kernel"))
+
+
+def remove_block(rec: Recorder, addr: int, size: int, phase: str,
+                 baseline: str = "") -> None:
+    """Removal step ``remove ADDR`` (``memory/remove``, patches/0002: it offlines
+    what is still online first), watched through gdb when the ordering checks
+    are on; then phase ``phase`` and the removal of ``[addr, addr + size)``."""
+    rec.removal_step(f"remove {addr:#x}", addr, addr + size,
+                     lambda: rec.sh(f"echo {addr:#x} > {MEMROOT}/remove", blame="kernel"))
+    removed_phase(rec, phase, addr, addr + size, baseline)
 
 
 def raise_missing(rec: Recorder) -> None:

@@ -175,7 +175,8 @@ def drive(rec: Recorder, opts: Options) -> None:
         raise HarnessError(f"{MEMROOT}/remove is missing: this kernel lacks patches/0002",
                            step="split-leaf", blame=HARNESS)
     rec.phase("before")
-    name, addr, size = acpi_dimm.plug(rec, 1, opts, "")
+    dimm = acpi_dimm.plug(rec, 1, opts, "")
+    name, addr, size = dimm.name, dimm.addr, dimm.size
     rec.phase("added")
     blocks = blocks_in(rec, addr, addr + size)
     rec.step(f"online {name}", lambda: set_state(rec, blocks, opts.online_type))
@@ -196,7 +197,7 @@ def drive(rec: Recorder, opts: Options) -> None:
     if attempt["outcome"] == "removed":
         _after_removal(rec, opts, name, addr, size, target, bs)
     elif attempt["outcome"] == "refused":
-        _after_refusal(rec, opts, name, addr, size, target, bs, attempt)
+        _after_refusal(rec, opts, dimm, target, bs, attempt)
     else:
         raise HarnessError(
             f"echo {target:#x} > {MEMROOT}/remove failed with "
@@ -271,7 +272,7 @@ def _after_removal(rec: Recorder, opts: Options, name: str, addr: int, size: int
     rec.phase("removed-2")
 
 
-def _after_refusal(rec: Recorder, opts: Options, name: str, addr: int, size: int,
+def _after_refusal(rec: Recorder, opts: Options, dimm: acpi_dimm.Dimm,
                    target: int, bs: int, attempt: dict) -> None:
     still = blocks_in(rec, target, target + bs)
     if not still:
@@ -289,9 +290,7 @@ def _after_refusal(rec: Recorder, opts: Options, name: str, addr: int, size: int
              lambda: set_state(rec, still, opts.online_type))
     rec.step("touch memory", lambda: acpi_dimm.fill(rec, opts.fill_mb))
     rec.step("free memory", lambda: rec.sh(f"rm -f {FILL}"))
-    acpi_dimm.unplug(rec, name, addr, size)
-    rec.removed("removed-2", addr, addr + size, baseline="before")
-    rec.phase("removed-2")
+    acpi_dimm.unplug(rec, dimm, "removed-2", baseline="before")
 
 
 METHOD = register(Method(

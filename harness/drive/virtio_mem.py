@@ -17,6 +17,7 @@ from harness.drive.common import (
     block_size,
     blocks_in,
     memory_device,
+    removed_phase,
     wait_for,
 )
 from harness.drive.method import Method, register
@@ -45,27 +46,59 @@ def boot_options(base: BootOptions, kconfig: Optional[dict] = None) -> BootOptio
 
 
 def drive(rec: Recorder, opts: Options) -> None:
-    machine = rec.guest.machine
     rec.phase("before", leak=opts.cycles > 1)
-    addr = int(memory_device(machine, DEVICE)["memaddr"])
-    rec.backings.append((addr, str(Path(machine.spec.run_dir) / "vmem0")))
+    addr = region(rec)
     size = opts.size_mb << 20
-    rec.step(f"auto-online {opts.online_type}", lambda: rec.sh(
-        f"echo {opts.online_type} > {MEMROOT}/auto_online_blocks"))
+    auto_online(rec, opts.online_type)
     for cycle in range(1, opts.cycles + 1):
         suffix = "" if cycle == 1 else f"@{cycle}"
-        rec.step(f"grow to {opts.size_mb} MiB", lambda: resize(rec, size), "qmp")
-        rec.step("wait for blocks online", lambda: wait_online(rec, addr, size))
+        grow(rec, addr, 0, size)
         rec.phase("online" + suffix)
-        rec.removal_step("shrink to 0", addr, addr + size, lambda: shrink(rec, addr, size),
-                         "qmp")
-        phase = f"removed-1{suffix}"
-        rec.phase(phase)
-        rec.removed(phase, addr, addr + size, baseline="before")
+        shrink_to(rec, addr, size, 0, f"removed-1{suffix}", baseline="before")
         if opts.cycles > 1:
             rec.phase(f"cycle-{cycle}", leak=True)
     rec.notes.append("virtio-mem: blocks are plugged and onlined by the guest "
                      "driver, so there is no separate 'added' (offline) phase")
+
+
+def region(rec: Recorder, device: str = DEVICE, backend: str = "vmem0") -> int:
+    """Where the device's region starts (QMP ``memaddr``); its RAM file
+    (``{run_dir}/BACKEND``, boot_options) joins the walker's backings once."""
+    machine = rec.guest.machine
+    addr = int(memory_device(machine, device)["memaddr"])
+    backing = (addr, str(Path(machine.spec.run_dir) / backend))
+    if backing not in rec.backings:
+        rec.backings.append(backing)
+    return addr
+
+
+def auto_online(rec: Recorder, online_type: str = "online_movable") -> None:
+    """Step ``auto-online TYPE``: what the guest's driver onlines plugged blocks as."""
+    rec.step(f"auto-online {online_type}",
+             lambda: rec.sh(f"echo {online_type} > {MEMROOT}/auto_online_blocks"))
+
+
+def _mib(size: int) -> str:
+    return f"{size >> 20} MiB" if size else "0"
+
+
+def grow(rec: Recorder, addr: int, old: int, new: int) -> None:
+    """Steps ``grow to N MiB`` (QMP ``requested-size``, until ``size`` follows)
+    and ``wait for blocks online`` (the blocks of ``[addr + old, addr + new)``,
+    onlined by the guest's driver: auto_online first)."""
+    rec.step(f"grow to {_mib(new)}", lambda: resize(rec, new), "qmp")
+    rec.step("wait for blocks online", lambda: wait_online(rec, addr + old, new - old))
+
+
+def shrink_to(rec: Recorder, addr: int, old: int, new: int, phase: str,
+              baseline: str = "") -> None:
+    """Removal step ``shrink to N MiB`` over ``[addr + new, addr + old)`` (the
+    driver unplugs from the top), watched through gdb when the ordering checks
+    are on; then phase ``phase`` and the removal of that range."""
+    start, end = addr + new, addr + old
+    rec.removal_step(f"shrink to {_mib(new)}", start, end,
+                     lambda: shrink(rec, start, end - start, new), "qmp")
+    removed_phase(rec, phase, start, end, baseline)
 
 
 def resize(rec: Recorder, size: int) -> int:
@@ -76,19 +109,20 @@ def resize(rec: Recorder, size: int) -> int:
     return size
 
 
-def shrink(rec: Recorder, addr: int, size: int) -> int:
-    """requested-size 0, then wait until the guest has really removed the memory.
-    The device reports size 0 as soon as the driver has unplugged the last
-    sub-block, which can be before the driver removes the memory block
-    (offline_and_remove_memory); /proc/iomem drops the System RAM range only
-    after arch_remove_memory() has freed the tables, so that is the end."""
-    resize(rec, 0)
+def shrink(rec: Recorder, addr: int, size: int, target: int = 0) -> int:
+    """requested-size ``target``, then wait until the guest has really removed
+    ``[addr, addr + size)``. The device reports its new size as soon as the
+    driver has unplugged the last sub-block, which can be before the driver
+    removes the memory block (offline_and_remove_memory); /proc/iomem drops the
+    System RAM range only after arch_remove_memory() has freed the tables, so
+    that is the end."""
+    resize(rec, target)
 
     def gone() -> bool:
         ram = sysfs.system_ram(rec.sh("cat /proc/iomem"))
         return not any(s < addr + size and addr < e for s, e in ram)
     wait_for(gone, 30, f"System RAM at {addr:#x} to leave /proc/iomem")
-    return 0
+    return target
 
 
 def wait_online(rec: Recorder, addr: int, size: int) -> int:
