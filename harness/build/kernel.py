@@ -74,6 +74,7 @@ class KernelArtifacts:
     toolchain: str
     seconds: float = 0.0
     rebuilt: bool = False
+    series: tuple = ()           # ((name, "3/5", subject, series file), ...): mails of a series
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -87,6 +88,7 @@ class KernelArtifacts:
         d.pop("files", None)  # meta.json's integrity record (see verify_entry)
         d["patches"] = tuple(tuple(p) for p in d["patches"])
         d["fragments"] = tuple(d["fragments"])
+        d["series"] = tuple(tuple(s) for s in d.get("series", ()))
         return cls(**d)
 
     @functools.cached_property
@@ -353,6 +355,8 @@ def store(inputs: Inputs, outdir: Path, log: Path, seconds: float) -> KernelArti
         build_log=str(dest / "build.log"), cache_key=key,
         source=inputs.source.describe(),
         patches=tuple((p.name, p.sha256) for p in inputs.patches),
+        series=tuple((p.name, p.part, p.subject, p.mbox) for p in inputs.patches
+                     if p.subject),
         fragments=tuple(f.name for f in inputs.fragments),
         config_digest=kconfig.digest(inputs.requested),
         kernel_release=release.read_text().strip() if release.exists() else "",

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import progress
+from harness.build import series
 from harness.errors import HarnessError, PatchError
 from harness.host import (
     DEBIAN_SOURCE_PACKAGE,
@@ -160,10 +161,20 @@ def _single_subdir(folder: Path) -> Path:
 class Patch:
     path: Path
     sha256: str
+    subject: str = ""     # a mail of a series (build.series): its Subject, prefix removed
+    part: str = ""        # its place in the series, "3/5"
+    mbox: str = ""        # the series file it came from
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def label(self) -> str:
+        """How errors name it: the file, or the series mail by place and Subject."""
+        if not self.subject:
+            return str(self.path)
+        return f'{self.part} "{self.subject}" of {self.mbox}'
 
 
 def read_series(series_file: Path = SERIES_FILE) -> list:
@@ -185,13 +196,37 @@ def read_series(series_file: Path = SERIES_FILE) -> list:
 
 
 def load_patches(paths: Iterable) -> list:
+    """Patch records for patch files and series files (``series.SeriesFile``,
+    from ``--series``). A ``--patch`` file that holds several mails is a series
+    too, split the same way and said so: each mail applies on the previous one
+    and keeps its Subject."""
     patches = []
     for p in paths:
+        option = "--series" if isinstance(p, series.SeriesFile) else "--patch"
         path = Path(p).expanduser().resolve()
         if not path.is_file():
-            raise HarnessError(f"--patch {p}: no such file", step="patch")
-        patches.append(Patch(path, hashlib.sha256(path.read_bytes()).hexdigest()))
+            raise HarnessError(f"{option} {p}: no such file", step="patch")
+        raw = path.read_bytes()
+        if option == "--series" or series.is_series(raw):
+            patches.extend(_series_patches(path, raw, option))
+        else:
+            patches.append(Patch(path, hashlib.sha256(raw).hexdigest()))
     return patches
+
+
+def _series_patches(path: Path, raw: bytes, option: str) -> list:
+    found = series.split(raw)
+    if not found.mails:
+        raise HarnessError(f"{option} {path}: no patch in it ({found.messages} mail(s), none "
+                           "with a diff); --series takes 'git format-patch --stdout' "
+                           "output or b4 am's .mbx, --patch takes a plain diff",
+                           step="patch")
+    progress.info(series.describe(path, found)
+                  + ("" if option == "--series" else "; applied one by one, as --series does"),
+                  "patch")
+    return [Patch(file, hashlib.sha256(mail.data).hexdigest(), mail.subject, mail.part,
+                  str(path))
+            for mail, file in series.materialise(found, raw, cache_root() / "series")]
 
 
 def touched_files(patch_text: str) -> list:
@@ -241,8 +276,10 @@ def explain_patch_failure(patch: Patch, output: str) -> PatchError:
             failures.append((current, int(m.group(1)), int(m.group(2))))
         if "can't find file to patch" in line or "No file to patch" in line:
             failures.append((current, 0, 0))
+    if patch.subject:   # a mail of a series: the file it was written to, to look at
+        output = f"(patch {patch.part} as applied: {patch.path})\n" + output
     if not failures:
-        return PatchError(f"patch {patch.path} does not apply", step="patch",
+        return PatchError(f"patch {patch.label} does not apply", step="patch",
                           evidence=output)
     first = failures[0]
     where = ", ".join(f"{f} hunk #{n} (at line {at})" if n else f"{f} (missing)"
@@ -251,7 +288,7 @@ def explain_patch_failure(patch: Patch, output: str) -> PatchError:
     if first[1]:
         evidence += f"\n\nfirst failing hunk ({first[0]} #{first[1]}):\n" \
                     + hunk_text(text, first[0], first[1])
-    return PatchError(f"patch {patch.path} does not apply: {where}",
+    return PatchError(f"patch {patch.label} does not apply: {where}",
                       step="patch", evidence=evidence)
 
 

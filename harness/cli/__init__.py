@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from harness import progress, signals
-from harness.build import kconfig
+from harness.build import kconfig, series
 from harness.build import kernel as build_mod
 from harness.errors import HarnessError
 
@@ -27,6 +27,8 @@ examples:
   hotplug-harness build                          # Debian's 6.12 + patches/series, 4k-48
   hotplug-harness build --config 64k-42 --json   # 2-level tables (64K pages, 42-bit VA)
   hotplug-harness build --kernel-src ~/linux --patch my-fix.patch
+  hotplug-harness run --method probe --series v2.mbx --mail   # a series from the list,
+                                                 # a verdict to paste in the reply
   hotplug-harness cache list
 
 'COMMAND --help' explains each command's options.
@@ -57,7 +59,9 @@ def add_kernel_options(p: argparse.ArgumentParser) -> None:
                         + ". A geometry fragment (e.g. 64k-42) replaces the "
                           "default 4k-48")
     g.add_argument("--patch", action="append", default=[], metavar="FILE",
-                   help="apply this patch after patches/series (repeatable)")
+                   help=series.PATCH_HELP)
+    g.add_argument("--series", dest="patch", action="append", type=series.SeriesFile,
+                   metavar="MBOX", help=series.SERIES_HELP)
     g.add_argument("--no-series", action="store_true",
                    help="do not apply patches/series")
     g.add_argument("--llvm", action="store_true", help="build with LLVM=1 (clang)")

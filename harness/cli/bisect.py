@@ -64,7 +64,7 @@ runs the command from the tree's top folder):
 
 
 def register(sub: Any) -> None:
-    from harness.build import kconfig
+    from harness.build import kconfig, series
     p = sub.add_parser("bisect-run", help="one 'git bisect run' step: build this tree, "
                                           "run, exit 0 good / 1 bad / 125 skip",
                        description="Build the kernel tree as checked out, run the chosen "
@@ -78,6 +78,10 @@ def register(sub: Any) -> None:
     p.add_argument("--patch", action="append", default=[], metavar="FILE",
                    help="apply this patch after patches/series (repeatable; use an "
                         "absolute path: git bisect runs in the tree)")
+    p.add_argument("--series", dest="patch", action="append", type=series.SeriesFile,
+                   metavar="MBOX", help="a patch series from the list (git format-patch "
+                                        "--stdout, b4 am .mbx), applied mail by mail at "
+                                        "every commit; absolute path, as --patch")
     p.add_argument("--method", default="acpi-dimm", metavar="NAME[,NAME]|all",
                    help="methods to run (default acpi-dimm)")
     p.add_argument("--check", action="append", default=[], metavar="NAME",

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from harness import progress as ui
+from harness.build import series
 from harness.cli.run import add_matrix_outputs
 from harness.verdict import geomatrix
 
@@ -25,6 +26,7 @@ examples:
   hotplug-harness matrix                               # 6 geometries x 4 methods
   hotplug-harness matrix --geometry 64k-42,16k-47 --method probe
   hotplug-harness matrix --patch my-fix.patch          # your patch on every geometry
+  hotplug-harness matrix --series v2.mbx --method probe  # a series from the list
   hotplug-harness matrix --json > g.json               # machine-readable
   hotplug-harness matrix --markdown g.json             # the README table; no run
 
@@ -49,6 +51,10 @@ def register(sub, add_kernel_options) -> None:
                         + ", ".join(geomatrix.DEFAULT_METHODS) + ")")
     p.add_argument("--patch", action="append", default=[], metavar="FILE",
                    help="apply this patch after patches/series on every geometry")
+    p.add_argument("--series", dest="patch", action="append", type=series.SeriesFile,
+                   metavar="MBOX", help="a patch series from the list (git format-patch "
+                                        "--stdout, b4 am .mbx) on every geometry; see "
+                                        "'build --help'")
     p.add_argument("--append", action="append", default=[], metavar="PARAM",
                    help="extra kernel parameter (repeatable)")
     p.add_argument("--order-check", choices=["on", "full", "sampled", "off"], default="on",

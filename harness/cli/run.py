@@ -23,6 +23,7 @@ from harness.drive import method as method_mod
 from harness.errors import HarnessError
 from harness.inspect import leakcheck
 from harness.session import BootOptions, boot
+from harness.verdict import mail
 
 BOOT_EPILOG = """\
 examples:
@@ -321,6 +322,8 @@ examples:
   hotplug-harness run                               # every method, default kernel
   hotplug-harness run --method probe --cycles 3
   hotplug-harness run --patch patches/repro/0001-....patch --report out/
+  hotplug-harness run --method probe --series v2.mbx --mail   # a series from the
+                                      # list; prints a reply (Tested-by only on PASS)
   hotplug-harness report out/                       # re-print and re-judge
 
 --report DIR is replaced by each run (a folder the harness did not write is
@@ -382,7 +385,9 @@ def cmd_run(args, build_request) -> int:
                   f"{extra['stopped_in']}; writing a partial report", file=sys.stderr)
         report.write_report(out, kernel, runs, judged, extra)
     data = json.loads((final / "report.json").read_text())
-    if args.json:
+    if args.mail:
+        print(mail.render(data, args.tested_by or mail.tested_by()), end="")
+    elif args.json:
         print(json.dumps(data, indent=1))
     else:
         print(report.summary(data, final))
@@ -437,6 +442,10 @@ def write_matrix(out: Path, data: dict, text: str, page: dict, as_json: bool) ->
 def kernel_identity(art) -> dict:
     """What report.json's "kernel" says of the artifacts a run booted."""
     return {"source": art.source, "patches": [list(p) for p in art.patches],
+            **({"series": [{"name": n, "part": part, "subject": subject, "from": mbox}
+                           for n, part, subject, mbox in mails]}
+               if (mails := getattr(art, "series", ())) else {}),
+            **({"commit": commit} if (commit := mail.git_commit(art.source)) else {}),
             "config_digest": art.config_digest, "cache_key": art.cache_key,
             "release": art.kernel_release, "fragments": list(art.fragments)}
 
@@ -444,7 +453,9 @@ def kernel_identity(art) -> dict:
 def cmd_report(args) -> int:
     from harness.verdict import report
     data, code = report.rejudge(Path(args.dir))
-    if args.json:
+    if args.mail:
+        print(mail.render(data, args.tested_by or mail.tested_by()), end="")
+    elif args.json:
         print(json.dumps(data, indent=1))
     else:
         print(report.summary(data, Path(args.dir)))
@@ -527,10 +538,23 @@ def register_run(sub, add_kernel_options, build_request) -> None:
                         "same")
     g.add_argument("--report", metavar="DIR", help="write the report here")
     g.add_argument("--json", action="store_true", help="print report.json")
+    g.add_argument("--mail", action="store_true", help=mail.MAIL_HELP)
+    g.add_argument("--tested-by", type=mail.tested_by_arg, metavar='"NAME <EMAIL>"',
+                   help=mail.TESTED_BY_HELP)
     track_given(r)
     r.set_defaults(func=lambda a: cmd_run(a, build_request))
     p = sub.add_parser("report", help="re-print and re-judge a saved run",
-                       description="Re-judge a saved run (report.json) without booting.")
+                       description="Re-judge a saved run (report.json) without booting.",
+                       epilog="examples:\n"
+                              "  hotplug-harness report out/         # the summary again\n"
+                              "  hotplug-harness report out/ --mail  # a reply to paste; "
+                              "Tested-by: only on PASS\n"
+                              "  hotplug-harness report out/ --mail --tested-by "
+                              "\"Ann Author <ann@example.org>\"",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", help="a folder written by 'run --report DIR'")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--mail", action="store_true", help=mail.MAIL_HELP)
+    p.add_argument("--tested-by", type=mail.tested_by_arg, metavar='"NAME <EMAIL>"',
+                   help=mail.TESTED_BY_HELP)
     p.set_defaults(func=cmd_report)

@@ -242,6 +242,10 @@ def _indent_all(text: str) -> str:
 
 def _kernel_line(kernel: Json) -> str:
     parts = [f"{k} {kernel[k]}" for k in ("release", "source") if kernel.get(k)]
+    commit = kernel.get("commit")
+    if commit:
+        parts.append(f"commit {commit['sha'][:12]}"
+                     + (" with local changes" if commit.get("dirty") else ""))
     if kernel.get("fragments"):
         parts.append("config " + "+".join(kernel["fragments"]))
     if kernel.get("cache_key"):
@@ -251,6 +255,9 @@ def _kernel_line(kernel: Json) -> str:
                for p in kernel.get("patches") or ()]
     if patches:
         line += "\npatches: " + ", ".join(patches)
+    for mail in kernel.get("series") or ():
+        line += f"\n  series {mail.get('part', '?')}: {mail.get('subject', '')}" \
+                f" ({mail.get('name', '?')})"
     return line
 
 
