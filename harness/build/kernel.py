@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness import progress as progress_mod
+from harness.build import applied
 from harness.build import kconfig
 from harness.build import source as src
 from harness.build.layout import KernelLayout
@@ -135,7 +136,9 @@ def _sha(obj) -> str:
 
 def gather_inputs(req: BuildRequest) -> Inputs:
     source = src.resolve_source(req.kernel_src)
-    paths = (src.read_series() if req.series else []) + list(req.patches)
+    # the series' patches that the tree already carries are skipped, and said so
+    paths = (applied.series_to_apply(source, src.read_series()) if req.series
+             else []) + list(req.patches)
     patches = tuple(src.load_patches(paths))
     fragments = tuple(kconfig.resolve_fragments(req.configs))
     return Inputs(source, patches, fragments, kconfig.merge(fragments),
