@@ -447,18 +447,29 @@ class HotplugGuest:
         check that could not look is an ERROR: the removal checks, the walker's,
         the ordering checks when they are on) and no step stopped. The failure
         names the test's report folder."""
+        __tracebackhide__ = True       # the failure shows the test's line, not this one
         checks = self.judge()
         wanted = names or tuple(checks)
         ok = ("PASS",) if names else ("PASS", "SKIP")
-        bad = [f"{n}: {checks[n].verdict if n in checks else 'not judged'}"
-               f"{(': ' + checks[n].evidence) if n in checks else ''}" for n in wanted
-               if n not in checks or checks[n].verdict not in ok]
+        bad = [f"{n}: {checks[n].verdict}: {_evidence(checks[n].evidence)}"
+               if n in checks else f"{n}: not judged"
+               for n in wanted if n not in checks or checks[n].verdict not in ok]
         if self.error is not None:      # a step's error the test caught
             bad.append(f"stopped: {self.error}")
-        where = (f"\nreport: {shown(self.report.folder)} (report.json, report.html)"
-                 if self.report is not None else "")
-        assert not bad, "\n".join(bad) + where
+        if bad:
+            where = (f"\nreport: {shown(self.report.folder)} (report.json, report.html)"
+                     if self.report is not None else "")
+            raise AssertionError("\n".join(bad) + where)
         return checks
+
+
+def _evidence(text: str, lines: int = 6) -> str:
+    """A check's evidence in a failure message: its first lines (the report
+    keeps the whole)."""
+    kept = text.splitlines()
+    more = len(kept) - lines
+    return "\n".join(kept[:lines]) + (f"\n  ... {more} more line(s) in the report"
+                                      if more > 0 else "")
 
 
 class ReportFolder:

@@ -508,3 +508,11 @@ def test_building_blocks_plug_and_unplug_a_dimm_and_resize_virtio_mem():
     assert [(c, x.get("value")) for c, x in guest.qmp if c == "qom-set"] == [
         ("qom-set", 512 << 20), ("qom-set", half), ("qom-set", 0)]
     assert (a, "/run/fake/vmem0") in rec.backings     # its RAM file, for the walker
+
+
+def test_a_long_evidence_is_cut_in_the_message_not_in_the_report():
+    from harness.pytest_plugin import _evidence
+    assert _evidence("one\ntwo") == "one\ntwo"
+    text = "\n".join(f"free {n}" for n in range(40))
+    assert _evidence(text) == "\n".join(f"free {n}" for n in range(6)) + \
+        "\n  ... 34 more line(s) in the report"
