@@ -952,7 +952,7 @@ def default_tree() -> tuple[Path, Path, dict[str, str], Path, str]:
     from harness.build import kernel, source
     from harness.host import cache_root
     inputs = kernel.gather_inputs(kernel.BuildRequest())
-    outdir = cache_root() / "build" / inputs.outdir_key[:24]
+    outdir = kernel.outdir_path(source.work_tree(inputs.source), inputs)
     return outdir, source.pristine_tree(inputs.source), dict(inputs.requested), \
         cache_root(), inputs.source.short
 

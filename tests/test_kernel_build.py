@@ -64,5 +64,5 @@ def test_broken_patch_names_file_and_hunk_and_keeps_tree(default_kernel, tmp_pat
 def test_cache_list_shows_the_kernel(default_kernel):
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "cache", "list", "--json"],
                           capture_output=True, text=True, cwd=ROOT, check=True)
-    keys = [a["cache_key"] for a in json.loads(proc.stdout)]
+    keys = [a.get("cache_key") for a in json.loads(proc.stdout) if a["kind"] == "kernel"]
     assert default_kernel.cache_key in keys

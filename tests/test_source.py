@@ -1,5 +1,7 @@
 """Source identity, series parsing and patch application on a tiny fake tree."""
 import os
+import shutil
+import subprocess
 import time
 
 import pytest
@@ -131,3 +133,92 @@ def test_failing_patch_names_file_and_hunk_and_leaves_tree_alone(
 def test_missing_patch_file(tmp_path):
     with pytest.raises(HarnessError, match="--patch .*nope.patch: no such file"):
         src.load_patches([tmp_path / "nope.patch"])
+
+
+# ------------------------------------------------- a tree's own work copy ---
+
+def _mtimes(tree):
+    return {p.relative_to(tree).as_posix(): p.stat().st_mtime_ns
+            for p in tree.rglob("*") if p.is_file()}
+
+
+def test_work_copy_is_one_per_path_and_follows_edits_file_by_file(
+        private_cache, fake_tree):
+    (fake_tree / "scripts").mkdir()
+    script = fake_tree / "scripts" / "gen.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    (fake_tree / "arch" / "arm64" / "link").symlink_to("mm/mmu.c")
+    first = src.prepare(src.resolve_source(str(fake_tree)), [])
+    tree = first.path
+    assert (tree / "README").read_text() == "hello\n"
+    assert os.access(tree / "scripts" / "gen.sh", os.X_OK)
+    assert os.readlink(tree / "arch" / "arm64" / "link") == "mm/mmu.c"
+    before = _mtimes(tree)
+    time.sleep(0.01)
+    # an edit, a new file, a removed file, a touch with no change
+    (fake_tree / "README").write_text("edited\n")
+    (fake_tree / "arch" / "arm64" / "mm" / "new.c").write_text("int x;\n")
+    script.unlink()
+    os.utime(fake_tree / "arch" / "arm64" / "mm" / "mmu.c")
+    second = src.prepare(src.resolve_source(str(fake_tree)), [])
+    assert second.path == tree                       # same work copy, new content
+    assert set(second.changed) == {"README", "arch/arm64/mm/new.c", "scripts/gen.sh"}
+    after = _mtimes(tree)
+    assert after["README"] > before["README"]
+    assert after["arch/arm64/mm/mmu.c"] == before["arch/arm64/mm/mmu.c"]
+    assert "scripts/gen.sh" not in after
+    assert (tree / "README").read_text() == "edited\n"
+    # nothing changed: nothing written
+    assert src.prepare(src.resolve_source(str(fake_tree)), []).changed == ()
+    assert _mtimes(tree) == after
+    assert len(list((private_cache / "trees").iterdir())) == 1
+
+
+def test_work_copy_with_patches_follows_edits_of_patched_files(
+        private_cache, fake_tree, tmp_path):
+    ok = src.load_patches([write(tmp_path, "ok.patch", PATCH_OK)])
+    tree = src.prepare(src.resolve_source(str(fake_tree)), ok).path
+    mmu = fake_tree / "arch" / "arm64" / "mm" / "mmu.c"
+    mmu.write_text(mmu.read_text().replace("line 30\n", "line 30 edited\n"))
+    result = src.prepare(src.resolve_source(str(fake_tree)), ok)
+    text = (tree / "arch/arm64/mm/mmu.c").read_text()
+    assert "line 10 patched" in text and "line 30 edited" in text
+    assert result.changed == ("arch/arm64/mm/mmu.c",)
+    # the patch dropped: the file is the tree's own again
+    src.prepare(src.resolve_source(str(fake_tree)), [])
+    assert (tree / "arch/arm64/mm/mmu.c").read_text() == mmu.read_text()
+    assert "patched" not in mmu.read_text()
+
+
+def test_tree_built_in_place_is_refused_unless_git_says_what_is_source(
+        private_cache, fake_tree):
+    (fake_tree / ".config").write_text("CONFIG_X=y\n")
+    with pytest.raises(HarnessError, match=r"built in place \(\.config present\).*"
+                                           r"make mrproper"):
+        src.prepare(src.resolve_source(str(fake_tree)), [])
+
+
+@pytest.mark.skipif(not shutil.which("git"), reason="needs git")
+def test_git_tree_copies_what_git_lists_not_build_products(private_cache, fake_tree):
+    (fake_tree / ".gitignore").write_text("*.o\n.config\n")
+    run = lambda *a: subprocess.run(["git", "-C", str(fake_tree), *a], check=True,  # noqa: E731
+                                    capture_output=True)
+    run("init", "-q")
+    run("add", "-A")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    (fake_tree / ".config").write_text("CONFIG_X=y\n")
+    (fake_tree / "arch" / "arm64" / "mm" / "mmu.o").write_bytes(b"\0")
+    (fake_tree / "untracked.c").write_text("int y;\n")
+    tree = src.prepare(src.resolve_source(str(fake_tree)), []).path
+    assert (tree / "untracked.c").exists() and (tree / "README").exists()
+    assert not (tree / ".config").exists() and not (tree / "arch/arm64/mm/mmu.o").exists()
+    assert not (tree / ".git").exists()
+
+
+def test_outdir_is_a_child_of_the_work_copy(private_cache, fake_tree):
+    from harness.build import kernel
+    inputs = kernel.Inputs(src.resolve_source(str(fake_tree)), (), (), {}, "gcc", False)
+    tree = src.work_tree(inputs.source)
+    out = kernel.outdir_path(tree, inputs)
+    assert out.parent == tree and out.name.startswith(".harness-o-")

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness import progress as progress_mod
-from harness.build import applied
-from harness.build import kconfig
+from harness.build import applied, kconfig
+from harness.build import cache as cache_mod
 from harness.build import source as src
 from harness.build.layout import KernelLayout
 from harness.errors import BuildError, HarnessError
@@ -124,8 +124,9 @@ class Inputs:
 
     @property
     def outdir_key(self) -> str:
-        """One O= tree per source, config and toolchain: patches reuse it."""
-        return _sha({"source": self.source.identity,
+        """One O= tree per work copy, config and toolchain: patches, and a
+        tree's own edits, reuse it."""
+        return _sha({"source": self.source.tree_key,
                      "config": kconfig.render(self.requested),
                      "toolchain": self.toolchain, "llvm": self.llvm})
 
@@ -257,6 +258,24 @@ def check_file(path: Path, record, label: str):
 
 
 @contextmanager
+def locked_nowait(name):
+    """Yield True holding lock ``name`` (as ``locked``), False if another run
+    holds it; None: no lock, True."""
+    if name is None:
+        yield True
+        return
+    path = cache_root() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+@contextmanager
 def locked(name: str):
     """An exclusive lock shared by every harness process on this machine."""
     path = cache_root() / "locks" / f"{name}.lock"
@@ -279,23 +298,36 @@ def build(req: BuildRequest = BuildRequest(), progress=None) -> KernelArtifacts:
     key = inputs.cache_key
     cached, problem = verify_entry(key)
     if cached:
+        cache_mod.touch(artifacts_dir(key))
         return _replace(cached, seconds=time.monotonic() - start, rebuilt=False)
     if problem:
         cache_message(f"{problem}: rebuilding")
-    with locked(f"source-{inputs.source.short}"):
+    # one lock per work copy (a tree path's, a tarball's): every state of a
+    # reviewer's tree is built in the same work copy
+    with locked(f"source-{inputs.source.tree_key}"):
         cached, again = verify_entry(key)  # built by another run while we waited?
         if cached:
+            cache_mod.touch(artifacts_dir(key))
             return _replace(cached, seconds=time.monotonic() - start, rebuilt=False)
         if again and again != problem:
             cache_message(f"{again}: rebuilding")
         tree = src.prepare(inputs.source, list(inputs.patches))
-        outdir = cache_root() / "build" / inputs.outdir_key[:24]
+        outdir = outdir_path(tree.path, inputs)
         outdir.mkdir(parents=True, exist_ok=True)
         maker = Make(tree.path, outdir, req, progress)
         configure(maker, inputs, _config_stamp(inputs, tree))
         maker.build_image()
         art = store(inputs, outdir, maker.log_path, time.monotonic() - start)
+        cache_mod.touch(tree.path.parent)
+    cache_mod.auto_prune(keep=(artifacts_dir(key), tree.path.parent))
     return art
+
+
+def outdir_path(tree: Path, inputs: Inputs) -> Path:
+    """The O= folder: a direct child of the work copy, so kbuild names every
+    source relative to it (``srctree := ..``) and compiler command lines, hence
+    ccache's keys, do not depend on where the work copy is."""
+    return tree / f".harness-o-{inputs.outdir_key[:16]}"
 
 
 def _replace(art: KernelArtifacts, **changes) -> KernelArtifacts:
@@ -465,8 +497,7 @@ class Make:
         self.quiet = progress is False
         self.progress = progress if progress is not None else sys.stderr.isatty()
         self.clock, self.interval = clock, interval
-        self.env = dict(os.environ, **FIXED_ENV,
-                        CCACHE_DIR=str(cache_root() / "ccache"))
+        self.env = dict(os.environ, **FIXED_ENV, **ccache_env())
 
     def argv(self, targets, kconfig_file: Path | None = None) -> list:
         jobs = self.req.jobs or os.cpu_count() or 1
@@ -543,6 +574,23 @@ class Make:
 
     def build_image(self) -> None:
         self.run(["Image"], stage="build")
+
+
+CCACHE_MAXSIZE = "3G"   # ccache evicts its oldest results past this
+
+
+def ccache_env() -> dict:
+    """ccache's settings for kernel builds. Its folder is the harness cache's;
+    ``CCACHE_BASEDIR`` turns any absolute path under the cache (work copies,
+    O= folders) into one relative to the O= folder, and ``CCACHE_NOHASHDIR``
+    keeps the O= folder's own path out of the key (it only reaches the debug
+    info's compilation folder): the same source compiles to one ccache entry
+    in every work copy. The user's own ``CCACHE_*`` settings win."""
+    env = {"CCACHE_DIR": str(cache_root() / "ccache"),
+           "CCACHE_BASEDIR": str(cache_root()),
+           "CCACHE_NOHASHDIR": "1",
+           "CCACHE_MAXSIZE": CCACHE_MAXSIZE}
+    return {k: v for k, v in env.items() if k not in os.environ or k == "CCACHE_DIR"}
 
 
 def _have(tool: str) -> bool:

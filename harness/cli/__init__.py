@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import time
 from pathlib import Path
 
 from harness import progress, signals
@@ -50,9 +52,12 @@ started are stopped, and 'run' writes a partial report marked interrupted.
 
 def add_kernel_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("kernel")
-    g.add_argument("--kernel-src", default="debian", metavar="debian|DIR|TARBALL",
-                   help="kernel source: 'debian' (linux-source-6.12, the default), "
-                        "a kernel tree (never modified), or a tarball")
+    g.add_argument("--kernel-src", default=None, metavar="debian|DIR|TARBALL",
+                   help="kernel source: 'debian' (linux-source-6.12), a kernel tree "
+                        "(never modified: built in a work copy kept in sync file by "
+                        "file, so an edit rebuilds in seconds), or a tarball. "
+                        "Default: the kernel tree in the current folder if there is "
+                        "one (the output says so), else 'debian'")
     g.add_argument("--config", action="append", default=[], metavar="NAME|FILE",
                    help="add a config fragment (repeatable); names: "
                         + ", ".join(kconfig.available_fragments())
@@ -90,6 +95,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_cache(args) -> int:
+    from harness.build import cache as cache_mod
     if args.action == "clean":
         removed = build_mod.clean_cache(everything=args.all)
         for path in removed:
@@ -97,19 +103,47 @@ def cmd_cache(args) -> int:
         if not removed:
             print("nothing to remove")
         return 0
-    arts = build_mod.list_cache()
-    if args.json:
-        print(json.dumps([a.to_dict() for a in arts], indent=1))
+    if args.action == "prune":
+        limit = cache_mod.parse_size(args.max_size) if args.max_size is not None \
+            else cache_mod.max_bytes()
+        gone = cache_mod.prune(limit, dry_run=args.dry_run)
+        verb = "would remove" if args.dry_run else "removed"
+        for e in gone:
+            print(f"{verb} {e.kind:8s} {e.key:24s} {cache_mod.human(e.size):>10s}  {e.holds}")
+        left = sum(e.size for e in cache_mod.entries())
+        print(f"{len(gone)} entr{'y' if len(gone) == 1 else 'ies'} {verb}; the cache "
+              f"holds {cache_mod.human(left)} (cap {cache_mod.human(limit)})")
         return 0
-    if not arts:
-        print("no cached kernels")
-    for a in arts:
-        size = sum(Path(p).stat().st_size for p in (a.image, a.vmlinux)
-                   if Path(p).exists()) >> 20
-        patches = ", ".join(n for n, _ in a.patches) or "no patches"
-        print(f"{a.cache_key[:16]}  {a.kernel_release:20s} {size:4d} MiB  "
-              f"{'+'.join(a.fragments)}  [{patches}]")
+    found = cache_mod.entries()
+    arts = {a.cache_key[:24]: a for a in build_mod.list_cache()}
+    if args.json:
+        out = []
+        for e in found:
+            d = e.to_dict()
+            if e.kind == "kernel" and e.key in arts:
+                d.update(arts[e.key].to_dict())
+            out.append(d)
+        print(json.dumps(out, indent=1))
+        return 0
+    if not found:
+        print(f"the cache ({cache_mod.cache_root()}) is empty")
+        return 0
+    now = time.time()
+    print(f"{'kind':8s} {'key':24s} {'size':>10s} {'used':>9s}  holds")
+    for e in found:
+        print(f"{e.kind:8s} {e.key:24s} {cache_mod.human(e.size):>10s} "
+              f"{_ago(now - e.last_used):>9s}  {e.holds}")
+    total = sum(e.size for e in found)
+    print(f"total {cache_mod.human(total)}; cap {cache_mod.human(cache_mod.max_bytes())} "
+          f"({cache_mod.ENV_MAX}); 'cache prune' removes the least recently used")
     return 0
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return "just now"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -125,11 +159,28 @@ def parser() -> argparse.ArgumentParser:
     add_kernel_options(b)
     b.add_argument("--json", action="store_true", help="one JSON object on stdout")
     b.set_defaults(func=cmd_build)
-    c = sub.add_parser("cache", help="list or free cached kernels")
-    c.add_argument("action", choices=["list", "clean"])
+    c = sub.add_parser("cache", help="list, prune or clean the cache",
+                       description="What the harness cache holds: built kernels, work "
+                                   "copies of sources (with their O= folders), "
+                                   "snapshots of booted guests, ccache.",
+                       epilog="examples:\n"
+                              "  hotplug-harness cache list        # each entry, its size, "
+                              "when last used, what it holds\n"
+                              "  hotplug-harness cache prune --max-size 10G --dry-run\n"
+                              "  hotplug-harness cache clean --all # everything\n\n"
+                              "A build that stores a new kernel prunes the cache to "
+                              "HOTPLUG_HARNESS_CACHE_MAX\n(default 20G; 0: never), least "
+                              "recently used first. ccache has its own cap (3G).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("action", choices=["list", "prune", "clean"])
     c.add_argument("--all", action="store_true",
                    help="with clean: everything the cache holds (unpacked sources, work "
                         "trees, O= trees, ccache, guest images, downloaded .debs)")
+    c.add_argument("--max-size", metavar="SIZE", default=None,
+                   help="with prune: the size to prune to (e.g. 10G; default "
+                        "HOTPLUG_HARNESS_CACHE_MAX or 20G)")
+    c.add_argument("--dry-run", action="store_true",
+                   help="with prune: say what would be removed")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_cache)
     _add_later_commands(sub)
@@ -177,10 +228,29 @@ def add_verbosity(p: argparse.ArgumentParser, default) -> None:
                    help="also print every guest command line and console line")
 
 
+def default_kernel_src(cwd: Path | None = None) -> str:
+    """``--kernel-src`` when not given: the kernel tree in the current folder
+    (said on stderr), else Debian's source."""
+    cwd = Path.cwd() if cwd is None else cwd
+    makefile = cwd / "Makefile"
+    try:
+        head = makefile.read_text(errors="replace")[:2000] if makefile.is_file() else ""
+    except OSError:
+        head = ""
+    if (cwd / "arch" / "arm64").is_dir() and re.search(
+            r"^VERSION = \d+\s*\nPATCHLEVEL = \d+", head, re.M):
+        progress.info(f"building the kernel tree in the current folder ({cwd}); "
+                      f"--kernel-src debian builds Debian's linux-source-6.12", "source")
+        return str(cwd)
+    return "debian"
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     level = getattr(args, "verbosity", None)
     progress.set_level(progress.NORMAL if level is None else level)
+    if hasattr(args, "kernel_src") and args.kernel_src is None:
+        args.kernel_src = default_kernel_src()
     signals.install()
     try:
         return args.func(args)
