@@ -214,7 +214,7 @@ def test_update_readme_after_a_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(repro, "discover", lambda names=(): shipped(names, regs))
     ran = []
 
-    def fake_runner(kernel_src):
+    def fake_runner(kernel_src, series=True):
         def run(configs, patches, append, methods, cycles, folder):
             ran.append((configs, patches))
             return report(1 if patches else 0,

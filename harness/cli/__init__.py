@@ -246,7 +246,14 @@ def default_kernel_src(cwd: Path | None = None) -> str:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:   # argparse's usage error exits 2, which git bisect takes
+        from harness.cli import bisect as cli_bisect  # for "bad": bisect-run aborts
+        if e.code == 2 and cli_bisect.BISECT_COMMAND in (sys.argv[1:] if argv is None
+                                                          else argv):
+            return cli_bisect.ABORT
+        raise
     level = getattr(args, "verbosity", None)
     progress.set_level(progress.NORMAL if level is None else level)
     if hasattr(args, "kernel_src") and args.kernel_src is None:

@@ -85,7 +85,8 @@ def cmd_matrix(args) -> int:
 
     def run(configs, methods, folder: Path) -> dict:
         return run_to_report(args.kernel_src, configs, args.patch, args.append, methods,
-                             1, folder, order_check=args.order_check)
+                             1, folder, order_check=args.order_check,
+                             series=not args.no_series)
     cells = geomatrix.run_matrix(geos, methods, out, run, progress=ui.info)
     return write_matrix(out, geomatrix.to_json(cells), geomatrix.matrix_text(cells),
                         geomatrix.html_matrix(cells, out), args.json)

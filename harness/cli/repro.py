@@ -94,8 +94,8 @@ def cmd_repro(args) -> int:
     from harness.cli.run import default_dir, make_private_dirs, write_matrix
     out = args.report or default_dir("repro")
     make_private_dirs(out)
-    rows = repro.run_matrix(regs, out, _runner(args.kernel_src), progress=ui.info,
-                            clean=not args.no_clean)
+    rows = repro.run_matrix(regs, out, _runner(args.kernel_src, not args.no_series),
+                            progress=ui.info, clean=not args.no_clean)
     data = {"rows": [r.to_dict() for r in rows], "exit_code": repro.matrix_exit_code(rows)}
     from harness.verdict import htmlreport
     code = write_matrix(out, data, repro.matrix_text(rows), htmlreport.repro_matrix(data, out),
@@ -134,9 +134,10 @@ def update_readmes(files, rows) -> None:
                 f" ({len(rows)} rows)")
 
 
-def _runner(kernel_src: str):
+def _runner(kernel_src: str, series: bool = True):
     from harness.cli.run import run_to_report
 
     def run(configs, patches, append, methods, cycles, folder: Path) -> dict:
-        return run_to_report(kernel_src, configs, patches, append, methods, cycles, folder)
+        return run_to_report(kernel_src, configs, patches, append, methods, cycles, folder,
+                             series=series)
     return run

@@ -395,17 +395,18 @@ def cmd_run(args, build_request) -> int:
 
 
 def run_to_report(kernel_src: str, configs, patches, append, methods, cycles: int,
-                  folder: Path, order_check: str = "on") -> dict:
+                  folder: Path, order_check: str = "on", series: bool = True) -> dict:
     """Build, run ``methods`` and write a report folder; returns report.json.
     For the commands that run many kernels (repro, matrix): no signal handling
-    or folder swap of their own, the caller's folder is used as it is."""
+    or folder swap of their own, the caller's folder is used as it is.
+    ``series=False``: without patches/series (--no-series)."""
     from harness import runner
     from harness.verdict import checks, report
     configs, append, note = leakcheck.for_cycles(cycles, configs, append)
     if note:
         ui.info(note)
     art = build_mod.build(build_mod.BuildRequest(kernel_src=kernel_src, configs=configs,
-                                                 patches=tuple(patches)),
+                                                 patches=tuple(patches), series=series),
                           progress=False if ui.quiet() else None)
     ropts = runner.RunOptions(methods=runner.resolve_methods(",".join(methods)),
                               boot=BootOptions(cmdline=append), cycles=cycles,
@@ -425,6 +426,9 @@ def add_matrix_outputs(p) -> None:
     p.add_argument("--html", metavar="MATRIX_JSON", type=Path, default=None,
                    help="print the HTML page (matrix.html) for a saved matrix; no run")
     p.add_argument("--kernel-src", default="debian", metavar="debian|DIR|TARBALL")
+    p.add_argument("--no-series", action="store_true",
+                   help="do not apply patches/series (a tree that carries it already; "
+                        "without this, each of its patches found in the tree is skipped)")
 
 
 def write_matrix(out: Path, data: dict, text: str, page: dict, as_json: bool) -> int:
