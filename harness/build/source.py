@@ -126,12 +126,8 @@ def _dir_identity(path: Path) -> str:
             for name in sorted(filter(None, untracked.split(b"\0"))):
                 h.update(name + _hash_file(path / name.decode()).encode())
             return h.hexdigest()
-    for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if d != ".git")
-        for name in sorted(files):
-            st = os.lstat(os.path.join(root, name))
-            h.update(f"{os.path.relpath(os.path.join(root, name), path)}:"
-                     f"{st.st_size}:{st.st_mtime_ns}\n".encode())
+    for name, (size, mtime, _link) in sorted(tree_files(path).items()):
+        h.update(f"{name}:{size}:{mtime}\n".encode())
     return h.hexdigest()
 
 
