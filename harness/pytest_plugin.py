@@ -85,6 +85,8 @@ INI = {
                    "or a tarball (default debian)"),
     "patch": ("paths", [], "patches applied after patches/series, one a line"),
     "config": ("linelist", [], "config fragments (names or files), one a line"),
+    "no_series": ("bool", False, "do not apply patches/series (its patches already in "
+                  "the tree are skipped anyway)"),
     "order_check": ("string", "on", "gdb around every removal step and the ordering "
                     "checks: on (default), sampled or off"),
     "reports": ("string", REPORTS, "folder for each test's report folder (default "
@@ -102,6 +104,8 @@ def pytest_addoption(parser) -> None:
                      "(repeatable; ini: hh_patch)")
     g.addoption("--hh-config", action="append", default=None, metavar="NAME|FILE",
                 help="hotplug-harness: add a config fragment (repeatable; ini: hh_config)")
+    g.addoption("--hh-no-series", action="store_true", default=None,
+                help="hotplug-harness: do not apply patches/series (ini: hh_no_series)")
     g.addoption("--hh-order-check", default=None, choices=ORDER_CHECKS,
                 help="hotplug-harness: gdb around every removal step and the four "
                      "ordering checks: 'on' (default; 'full' is the same), 'sampled' "
@@ -515,7 +519,8 @@ def hh_kernel(request):
     config = request.config
     req = BuildRequest(kernel_src=hh_option(config, "kernel_src"),
                        configs=tuple(hh_option(config, "config")),
-                       patches=tuple(hh_option(config, "patch")))
+                       patches=tuple(hh_option(config, "patch")),
+                       series=not hh_option(config, "no_series"))
     start = time.monotonic()
     with build_output(config) as say:
         art = build(req, progress=None)
