@@ -83,9 +83,15 @@ def test_auto_prune_says_what_it_removed(filled, monkeypatch, capsys):
     monkeypatch.setenv(cache.ENV_MAX, "16M")
     cache.auto_prune()
     assert "removed 1 least recently used entry" in capsys.readouterr().err
-    monkeypatch.setenv(cache.ENV_MAX, "0")
-    cache.auto_prune()                                 # 0: never
+    monkeypatch.setenv(cache.ENV_MAX, "1M")
+    cache.auto_prune()                                 # pruned a moment ago: not again
     assert (filled / "trees" / "pabc").exists()
+    cache.auto_prune(every=0)
+    assert not (filled / "trees" / "pabc").exists()
+    entry(filled / "trees" / "new", 1 << 20, 0)
+    monkeypatch.setenv(cache.ENV_MAX, "0")
+    cache.auto_prune(every=0)                          # 0: never
+    assert (filled / "trees" / "new").exists()
 
 
 def test_hard_links_count_once(private_cache):

@@ -225,11 +225,21 @@ def prune(limit: int | None = None, dry_run: bool = False, keep=()) -> list:
     return removed
 
 
-def auto_prune(keep=()) -> None:
-    """After a build stored something: prune to the cap, saying what went."""
+AUTO_PRUNE_EVERY_S = 600   # sizing the cache walks every work copy (~1 s each)
+
+
+def auto_prune(keep=(), every: float = AUTO_PRUNE_EVERY_S) -> None:
+    """After a build stored something: prune to the cap, saying what went.
+    At most once per ``every`` seconds (the cap is a soft one: an edit loop
+    must not pay for walking every work copy at each build)."""
     limit = max_bytes()
     if limit <= 0:
         return
+    stamp = cache_root() / "locks" / "last-prune"
+    if every and time.time() - _mtime(stamp) < every:
+        return
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.touch()
     start = time.monotonic()
     gone = prune(limit, keep=keep)
     if gone:
