@@ -99,3 +99,17 @@ def test_pytest_plugin_no_series(tmp_path):
     assert plugin_series(project, "--hh-no-series") is False
     (project / "pytest.ini").write_text("[pytest]\nhh_no_series = true\n")
     assert plugin_series(project) is False
+
+
+def test_ci_workflow_input():
+    """ci.yml's no-series input reaches build and run through the environment
+    (NO_SERIES), never written into a run: script."""
+    text = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    inputs = text.split("    inputs:\n", 1)[1].split("\npermissions:", 1)[0]
+    assert "      no-series:\n" in inputs and "type: boolean" in inputs.split(
+        "      no-series:\n", 1)[1].split("default:", 1)[0]
+    assert "  NO_SERIES: ${{ inputs.no-series && '--no-series' || '' }}\n" in text
+    scripts = text.split("run: |")[1:]
+    assert not any("inputs.no-series" in s.split("\n      - ", 1)[0] for s in scripts)
+    for command in ("harness.cli build", "harness.cli run"):
+        assert f'{command} --kernel-src "$KERNEL_SRC" $NO_SERIES' in text, command
