@@ -209,15 +209,18 @@ def test_the_report_shows_the_series(private_cache):
 
 # ------------------------------------------------------------ real kernel ---
 
+FROM_ = b"From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
 TWO = ("0012-ptdump-without-hotplug-lock.patch", "0020-bootmem-offline-allowed.patch")
 
 
 @pytest.mark.kernel
 def test_the_default_kernel_builds_with_a_two_mail_series(tmp_path):
     """Two seeded regressions (each a git format-patch mail, on different files)
-    concatenated into one mbox, as format-patch --stdout writes a series."""
+    in one mbox, as format-patch --stdout writes a series (a mail saved without
+    its From_ line gets one)."""
     mbx = tmp_path / "two.mbx"
-    mbx.write_bytes(b"".join((ROOT / "patches" / "repro" / n).read_bytes() for n in TWO))
+    mails = [(ROOT / "patches" / "repro" / n).read_bytes() for n in TWO]
+    mbx.write_bytes(b"".join(m if series.FROM_LINE.match(m) else FROM_ + m for m in mails))
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "build", "--series",
                            str(mbx), "--json"], cwd=ROOT, capture_output=True, text=True,
                           timeout=3600)
