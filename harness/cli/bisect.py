@@ -274,8 +274,8 @@ def classify(report: Mapping[str, Any], chosen: Iterable[str] = (), hang_is: str
         return code, [], reason
     others = [f"{m['method']}:{c['name']}" for m in report.get("methods", [])
               for c in m.get("checks", []) if c["verdict"] == FAIL]
-    return GOOD, [], ("chosen checks passed" + (f" (other checks failed: "
-                                                  f"{', '.join(others)})" if others else ""))
+    return GOOD, [], ("checks passed: the chosen ones" if chosen else "checks passed") + (
+        f" (other checks failed: {', '.join(others)})" if others else "")
 
 
 def _first_evidence(e: HarnessError) -> str:
