@@ -68,7 +68,8 @@ def add_kernel_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--series", dest="patch", action="append", type=series.SeriesFile,
                    metavar="MBOX", help=series.SERIES_HELP)
     g.add_argument("--no-series", action="store_true",
-                   help="do not apply patches/series")
+                   help="do not apply patches/series (without this, each of its patches "
+                        "the tree already carries is skipped, and said so)")
     g.add_argument("--llvm", action="store_true", help="build with LLVM=1 (clang)")
     g.add_argument("-j", "--jobs", type=int, default=0,
                    help="make -j (default: number of CPUs)")
