@@ -160,7 +160,7 @@ def _problems(method: Json) -> tuple[list[str], list[str]]:
         step = f" (step {c['step']})" if c.get("step") else ""
         head = (f"FAIL: {name}, {c['name']}{step}:" if c["verdict"] == FAIL
                 else f"Could not check: {name}, {c['name']}{step}:")
-        block = [head, *_wrap(_short(c.get("evidence", "")), "    ")]
+        block = [*_wrap(head, "  ", ""), *_wrap(_short(c.get("evidence", "")), "    ")]
         (fails if c["verdict"] == FAIL else errors).extend(block)
     error = (method.get("run") or {}).get("error")
     if error:
@@ -168,7 +168,7 @@ def _problems(method: Json) -> tuple[list[str], list[str]]:
         head = (f"FAIL: {name}, the run stopped in step {error.get('step')}:" if kernel
                 else f"Could not check: {name}, the run stopped in step "
                      f"{error.get('step')} ({error.get('blame')}):")
-        block = [head, *_wrap(_short(str(error.get("message", ""))), "    ")]
+        block = [*_wrap(head, "  ", ""), *_wrap(_short(str(error.get("message", ""))), "    ")]
         (fails if kernel else errors).extend(block)
     return fails, errors
 
