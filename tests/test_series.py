@@ -122,6 +122,14 @@ def test_load_patches_splits_a_series_in_order(private_cache, mbox):
     assert src.load_patches([series.SeriesFile(str(mbox))]) == patches
 
 
+def test_cache_clean_all_removes_the_split_mails(private_cache, mbox):
+    from harness.build.kernel import clean_cache
+    src.load_patches([series.SeriesFile(str(mbox))])
+    assert (private_cache / "series").is_dir()
+    assert str(private_cache / "series") in clean_cache(everything=True)
+    assert not (private_cache / "series").exists()
+
+
 def test_a_series_applies_mail_after_mail(private_cache, mbox, pristine, tmp_path):
     patches = src.load_patches([series.SeriesFile(str(mbox))])
     scratch = tmp_path / "scratch"

@@ -616,7 +616,7 @@ def list_cache() -> list:
 # home directory) must not lose anything the harness did not make.
 CACHE_ENTRIES = ("artifacts", "build", "trees", "src", "ccache", "guest-image",
                  "debs", "file-hashes.json", "snapshots", "tlbi-sites", "kunit",
-                 "method-seconds.json")
+                 "method-seconds.json", "series")
 
 
 def clean_cache(everything: bool = False) -> list:
