@@ -40,7 +40,7 @@ def recording_run_to_report(monkeypatch):
 def test_matrix(monkeypatch, tmp_path, given, series):
     seen = recording_run_to_report(monkeypatch)
 
-    def run_matrix(geos, methods, out, run, progress):
+    def run_matrix(geos, methods, out, run, progress, **kw):
         run(("4k-48",), methods, out / "4k-48")
         raise SystemExit(0)          # what the matrix does with it is not the point
     monkeypatch.setattr(geomatrix, "run_matrix", run_matrix)

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.build import versions
 from harness.errors import ConfigError, HarnessError
 from harness.paths import CONFIG_DIR  # noqa: E402  (checkout or shipped copy)
 
@@ -79,15 +80,21 @@ def available_fragments(config_dir: Path = CONFIG_DIR) -> list:
     return sorted(p.stem for p in config_dir.glob("*.config"))
 
 
-def resolve_fragments(requested: Iterable[str], config_dir: Path = CONFIG_DIR) -> list:
+def resolve_fragments(requested: Iterable[str], config_dir: Path = CONFIG_DIR,
+                      version: str = "") -> list:
     """The default base + geometry, then the requested fragments in order.
 
-    A requested geometry fragment replaces the default one.
+    A requested geometry fragment replaces the default one. With the tree's
+    ``version`` ("6.1"), a fragment named NAME is read from
+    ``config_dir/VERSION/NAME.config`` when that exists (build/versions.py).
     """
-    extra = [load_fragment(s, config_dir) for s in requested]
-    base = [load_fragment(DEFAULT_BASE, config_dir)]
+    def load(spec: str) -> Fragment:
+        where = versions.fragment_dir(version, spec, config_dir) if version else config_dir
+        return load_fragment(spec, where)
+    extra = [load(s) for s in requested]
+    base = [load(DEFAULT_BASE)]
     if not any(f.geometry for f in extra):
-        base.append(load_fragment(DEFAULT_GEOMETRY, config_dir))
+        base.append(load(DEFAULT_GEOMETRY))
     seen, result = set(), []
     for frag in base + extra:
         if frag.path not in seen:

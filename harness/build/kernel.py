@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness import progress as progress_mod
-from harness.build import applied, kconfig
+from harness.build import applied, kconfig, versions
 from harness.build import cache as cache_mod
 from harness.build import source as src
 from harness.build.layout import KernelLayout
@@ -137,11 +137,14 @@ def _sha(obj) -> str:
 
 def gather_inputs(req: BuildRequest) -> Inputs:
     source = src.resolve_source(req.kernel_src)
+    # the tree's own version picks the series and fragments (build/versions.py)
+    version = versions.tree_version(source)
+    versions.check_applicable(version, "geometry", req.configs)
     # the series' patches that the tree already carries are skipped, and said so
-    paths = (applied.series_to_apply(source, src.read_series()) if req.series
-             else []) + list(req.patches)
+    paths = (applied.series_to_apply(source, src.read_series(versions.series_file(version)))
+             if req.series else []) + list(req.patches)
     patches = tuple(src.load_patches(paths))
-    fragments = tuple(kconfig.resolve_fragments(req.configs))
+    fragments = tuple(kconfig.resolve_fragments(req.configs, version=version))
     return Inputs(source, patches, fragments, kconfig.merge(fragments),
                   toolchain_version(req.llvm), req.llvm)
 
@@ -616,7 +619,7 @@ def list_cache() -> list:
 # home directory) must not lose anything the harness did not make.
 CACHE_ENTRIES = ("artifacts", "build", "trees", "src", "ccache", "guest-image",
                  "debs", "file-hashes.json", "snapshots", "tlbi-sites", "kunit",
-                 "method-seconds.json", "series")
+                 "method-seconds.json", "series", "kernel-versions.json")
 
 
 def clean_cache(everything: bool = False) -> list:

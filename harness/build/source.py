@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import progress
-from harness.build import series
+from harness.build import series, versions
 from harness.errors import HarnessError, PatchError
 from harness.host import (
     DEBIAN_SOURCE_PACKAGE,
@@ -81,6 +81,10 @@ def resolve_source(spec: str = "debian") -> Source:
         path = require_file(DEBIAN_SOURCE_TARBALL, DEBIAN_SOURCE_PACKAGE,
                             "Debian kernel source tarball")
         return Source("tarball", path, _file_identity(path))
+    debian = versions.debian_source(spec)     # debian-6.1: installed when asked
+    if debian is not None:
+        path = versions.ensure_debian_source(debian)
+        return Source("tarball", path, _file_identity(path))
     path = Path(spec).expanduser().resolve()
     if path.is_dir():
         if not (path / "Makefile").is_file() or not (path / "arch" / "arm64").is_dir():
@@ -90,7 +94,8 @@ def resolve_source(spec: str = "debian") -> Source:
     if path.is_file():
         return Source("tarball", path, _file_identity(path))
     raise HarnessError(f"--kernel-src {spec}: no such file or directory "
-                       "(use 'debian', a kernel tree, or a tarball)", step="source")
+                       "(use 'debian', 'debian-6.1', a kernel tree, or a tarball)",
+                       step="source")
 
 
 def _file_identity(path: Path) -> str:

@@ -52,8 +52,10 @@ started are stopped, and 'run' writes a partial report marked interrupted.
 
 def add_kernel_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("kernel")
-    g.add_argument("--kernel-src", default=None, metavar="debian|DIR|TARBALL",
-                   help="kernel source: 'debian' (linux-source-6.12), a kernel tree "
+    g.add_argument("--kernel-src", default=None, metavar="debian|debian-6.1|DIR|TARBALL",
+                   help="kernel source: 'debian' (linux-source-6.12), 'debian-6.1' "
+                        "(Debian 12's own kernel, linux-source-6.1, installed with apt "
+                        "when missing; its own patch series, patches/6.1/series), a kernel tree "
                         "(never modified: built in a work copy kept in sync file by "
                         "file, so an edit rebuilds in seconds), or a tarball. "
                         "Default: the kernel tree in the current folder if there is "

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from harness import progress as ui
-from harness.build import series
+from harness.build import series, versions
 from harness.cli.run import add_matrix_outputs
 from harness.verdict import geomatrix
 
@@ -18,7 +18,11 @@ verdict; below it, the shape the harness saw (levels, page size, memory block
 size, sizeof(struct page)) and the host walker's table pages per level before
 the add, at online and after the last removal.
 
-A geometry that does not build or boot is a row with the reason, not dropped.
+A geometry that does not build or boot is a row with the reason, not dropped;
+one the kernel version cannot have (4k-52 on 6.1) is a row of N/A with why
+(harness/build/versions.py NOT_APPLICABLE), which does not fail the matrix.
+--kernel-src takes several sources, comma-separated: each geometry runs on
+each (rows "GEOMETRY @SOURCE", folders SOURCE/GEOMETRY).
 Results known to fail on the stock kernel are XFAIL with the reason
 (harness/geomatrix.py EXPECTED); XPASS means one passed and the list is stale.
 
@@ -26,6 +30,8 @@ examples:
   hotplug-harness matrix                               # 6 geometries x 4 methods
   hotplug-harness matrix --geometry 64k-42,16k-47 --method probe
   hotplug-harness matrix --patch my-fix.patch          # your patch on every geometry
+  hotplug-harness matrix --kernel-src debian,debian-6.1 --geometry 4k-48,64k-42
+                                                       # 6.12 and Debian 12's own 6.1
   hotplug-harness matrix --series v2.mbx --method probe  # a series from the list
   hotplug-harness matrix --json > g.json               # machine-readable
   hotplug-harness matrix --markdown g.json             # the README table; no run
@@ -83,10 +89,16 @@ def cmd_matrix(args) -> int:
     out = args.report or default_dir("matrix")
     make_private_dirs(out)
 
-    def run(configs, methods, folder: Path) -> dict:
-        return run_to_report(args.kernel_src, configs, args.patch, args.append, methods,
-                             1, folder, order_check=args.order_check,
-                             series=not args.no_series)
-    cells = geomatrix.run_matrix(geos, methods, out, run, progress=ui.info)
+    sources = versions.parse_sources(args.kernel_src)
+    cells = []
+    for src in sources:
+        def run(configs, methods, folder: Path, src=src) -> dict:
+            return run_to_report(src, configs, args.patch, args.append, methods,
+                                 1, folder, order_check=args.order_check,
+                                 series=not args.no_series)
+        # one source: the rows are its geometries (folders out/GEOMETRY);
+        # a source axis: each row names its source (out/SOURCE/GEOMETRY)
+        cells += geomatrix.run_matrix(geos, methods, out, run, progress=ui.info,
+                                      source=src if len(sources) > 1 else "")
     return write_matrix(out, geomatrix.to_json(cells), geomatrix.matrix_text(cells),
                         geomatrix.html_matrix(cells, out), args.json)

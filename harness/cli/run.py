@@ -425,7 +425,10 @@ def add_matrix_outputs(p) -> None:
                    help="print the README table for a matrix saved with --json; no run")
     p.add_argument("--html", metavar="MATRIX_JSON", type=Path, default=None,
                    help="print the HTML page (matrix.html) for a saved matrix; no run")
-    p.add_argument("--kernel-src", default="debian", metavar="debian|DIR|TARBALL")
+    p.add_argument("--kernel-src", default="debian", metavar="SRC[,SRC]",
+                   help="the kernel source(s), comma-separated: each is debian (6.12), "
+                        "debian-6.1, a tree or a tarball; several make a source axis "
+                        "(default debian)")
     p.add_argument("--no-series", action="store_true",
                    help="do not apply patches/series (a tree that carries it already; "
                         "without this, each of its patches found in the tree is skipped)")

@@ -22,17 +22,19 @@ README table is generated from a saved ``--json`` without booting.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 from harness.build import kconfig
+from harness.build.versions import NotApplicable
 from harness.drive.method import default_order
 from harness.errors import HarnessError
 from harness.records import ERROR, FAIL, PASS, SKIP
 from harness.verdict.checks import NOT_APPLICABLE
 
 XFAIL, XPASS = "XFAIL", "XPASS"
+NA = "N/A"       # cannot work on this kernel version (build/versions.py), with the reason
 DEFAULT_METHODS = default_order()    # the methods of `run --method all` (the registry)
 # (geometry, method) -> why this is known to fail on the stock 6.12 kernel.
 # "*" matches every geometry or every method. Each entry names what would make
@@ -73,6 +75,18 @@ class Cell:
     geometry_seen: dict = field(default_factory=dict)   # levels, block size, ...
     expected: str = ""               # the EXPECTED reason, when listed
     seconds: float = 0.0
+    source: str = ""                 # the --kernel-src of the row, on a source axis
+
+    @property
+    def row(self) -> str:
+        """The row it belongs to: its geometry, on a source axis with the source."""
+        return f"{self.geometry} @{self.source}" if self.source else self.geometry
+
+    @property
+    def folder(self) -> str:
+        """Its run folder, relative to the matrix's."""
+        return f"{source_folder(self.source)}/{self.geometry}" if self.source \
+            else self.geometry
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -160,32 +174,54 @@ def error_cells(geometry: str, methods: Iterable[str], why: str) -> list[Cell]:
                  (why,), expected=expected_reason(geometry, m)) for m in methods]
 
 
+def na_cells(geometry: str, methods: Iterable[str], why: str) -> list[Cell]:
+    """A geometry (or method) that cannot work on the source's kernel version:
+    every cell is N/A with the reason (not a failure)."""
+    return [Cell(geometry, m, SKIP, NA, (why,)) for m in methods]
+
+
+def source_folder(source: str) -> str:
+    """A --kernel-src as a folder name: debian-6.1, a tree's or tarball's own name."""
+    name = source if source.startswith("debian") else Path(source).name
+    return "".join(ch if ch.isalnum() or ch in ".+-_" else "_" for ch in name) or "source"
+
+
 RunFn = Callable[[tuple, tuple, Path], dict]     # (configs, methods, folder) -> report
 
 
 def run_matrix(geos: Iterable[str], methods: tuple, out: Path, run_fn: RunFn,
-               progress: Optional[Callable] = None) -> list[Cell]:
+               progress: Optional[Callable] = None, source: str = "") -> list[Cell]:
     """Build and run every geometry; a HarnessError of one geometry (build,
-    boot) becomes that row's reason and the next geometry runs."""
+    boot) becomes that row's reason and the next geometry runs; a geometry the
+    kernel version cannot have (NotApplicable) is a row of N/A with the reason.
+    ``source``: the rows' --kernel-src on a source axis (folders
+    ``out/SOURCE/GEOMETRY``; else ``out/GEOMETRY``)."""
     cells: list[Cell] = []
     say = progress or (lambda _text: None)
+    tag = f" @{source}" if source else ""
     for geo in geos:
-        say(f"[matrix] {geo}: build and run {', '.join(methods)}")
+        say(f"[matrix] {geo}{tag}: build and run {', '.join(methods)}")
+        folder = Cell(geo, "", "", "", source=source).folder
         try:
-            report = run_fn((geo,), methods, out / geo)
+            report = run_fn((geo,), methods, out / folder)
+        except NotApplicable as e:
+            say(f"[matrix] {geo}{tag}: N/A: {e.message}")
+            cells += [replace(c, source=source) for c in na_cells(geo, methods, e.message)]
+            continue
         except HarnessError as e:
             why = f"{e.step or 'build'}: {e.message.splitlines()[0][:200]}"
-            say(f"[matrix] {geo}: {why}")
-            cells += error_cells(geo, methods, why)
+            say(f"[matrix] {geo}{tag}: {why}")
+            cells += [replace(c, source=source) for c in error_cells(geo, methods, why)]
             continue
         got = {m["method"]: m for m in report.get("methods", ())}
+        row = []
         for name in methods:
             if name in got:
-                cells.append(cell_of(geo, got[name]))
+                row.append(cell_of(geo, got[name]))
             else:
-                cells += error_cells(geo, [name], "the method did not run")
-        say(f"[matrix] {geo}: " + ", ".join(f"{c.method} {c.status}"
-                                            for c in cells if c.geometry == geo))
+                row += error_cells(geo, [name], "the method did not run")
+        cells += [replace(c, source=source) for c in row]
+        say(f"[matrix] {geo}{tag}: " + ", ".join(f"{c.method} {c.status}" for c in row))
     return cells
 
 
@@ -193,7 +229,7 @@ def matrix_exit_code(cells: Iterable[Cell]) -> int:
     """0: every cell PASS or XFAIL; 1: a kernel failed a check (unexpectedly) or
     an expected failure passed (the table must be updated); 2: a cell could not
     be judged (harness, machine)."""
-    statuses = [c.status for c in cells]
+    statuses = [c.status for c in cells]     # N/A: cannot work there, said why
     if any(s in (FAIL, XPASS) for s in statuses):
         return 1
     if any(s in (ERROR, SKIP) for s in statuses):
@@ -207,13 +243,17 @@ def _levels(tables: dict) -> str:
 
 
 def _grid(cells: list[Cell]) -> tuple[list[str], list[str], dict]:
-    geos = list(dict.fromkeys(c.geometry for c in cells))
+    """Rows (a geometry, on a source axis with its source), methods, cells."""
+    geos = list(dict.fromkeys(c.row for c in cells))
     methods = list(dict.fromkeys(c.method for c in cells))
-    return geos, methods, {(c.geometry, c.method): c for c in cells}
+    return geos, methods, {(c.row, c.method): c for c in cells}
 
 
 def _shape(cells: list[Cell], geo: str) -> str:
-    seen = next((c.geometry_seen for c in cells if c.geometry == geo and c.geometry_seen), {})
+    na = next((c for c in cells if c.row == geo and c.status == NA), None)
+    if na is not None:
+        return "not applicable: " + (na.problems[0] if na.problems else "")
+    seen = next((c.geometry_seen for c in cells if c.row == geo and c.geometry_seen), {})
     if not seen:
         return "not observed"
     parts = [f"{seen.get('levels', '?')} levels",
@@ -240,12 +280,12 @@ def matrix_text(cells: list[Cell]) -> str:
             continue
         seq = [f"{phase}: {_levels(regions.get('Linear Mapping', {}))} | "
                f"{_levels(regions.get('vmemmap', {}))}" for phase, regions in c.tables.items()]
-        lines.append(f"  {c.geometry} {c.method}: " + "; ".join(seq))
-    notes = [c for c in cells if c.status != PASS]
+        lines.append(f"  {c.row} {c.method}: " + "; ".join(seq))
+    notes = [c for c in cells if c.status not in (PASS, NA)]
     if notes:
         lines += ["", "not passing:"]
         for c in notes:
-            lines.append(f"  {c.geometry} {c.method} {c.status}"
+            lines.append(f"  {c.row} {c.method} {c.status}"
                          + (f" (expected: {c.expected})" if c.expected else ""))
             lines += [f"      {p}" for p in c.problems[:4]]
     return "\n".join(lines) + "\n"
@@ -266,7 +306,7 @@ def matrix_markdown(cells: list[Cell]) -> str:
                 named = [p for p in c.problems if " FAIL: " in p] or list(c.problems)
                 mark += f" ({named[0].split(':', 1)[0].split(' at step ')[0]})"
             marks.append(mark)
-        first = next((c for c in cells if c.geometry == g and c.tables), None)
+        first = next((c for c in cells if c.row == g and c.tables), None)
         tables = " → ".join(_levels(r.get("Linear Mapping", {}))
                             for r in first.tables.values()) if first else "-"
         if first:
@@ -276,6 +316,9 @@ def matrix_markdown(cells: list[Cell]) -> str:
     if reasons:
         out.append("")
         out += [f"- XFAIL {g} {m}: {why}" for g, m, why in reasons]
+    na = dict.fromkeys((c.row, c.problems[0]) for c in cells if c.status == NA and c.problems)
+    if na:
+        out += ([""] if not reasons else []) + [f"- N/A {row}: {why}" for row, why in na]
     return "\n".join(out) + "\n"
 
 
@@ -288,7 +331,8 @@ def html_matrix(cells: list[Cell], folder: Optional[Path] = None) -> dict:
     for g in geos:
         statuses = [at[(g, m)].status for m in methods if (g, m) in at]
         worst = next((s for s in (FAIL, XPASS, ERROR, SKIP, XFAIL) if s in statuses), PASS)
-        link = f"{g}/report.html" if folder and (Path(folder) / g / "report.html").exists() \
+        rel = next(c.folder for c in cells if c.row == g)
+        link = f"{rel}/report.html" if folder and (Path(folder) / rel / "report.html").exists() \
             else ""
         cells_out = {}
         for m in methods:
@@ -302,7 +346,7 @@ def html_matrix(cells: list[Cell], folder: Optional[Path] = None) -> dict:
         rows.append({"name": g, "status": worst, "link": link,
                      "info": {"shape": _shape(cells, g)},
                      "note": "; ".join(sorted({c.expected for c in cells
-                                               if c.geometry == g and c.expected})),
+                                               if c.row == g and c.expected})),
                      "cells": cells_out})
     return {"title": "geometry × method", "row_header": "geometry",
             "subtitle": "hotplug-harness matrix: every page-table geometry fragment",
