@@ -116,3 +116,12 @@ def test_cache_cli_list_and_prune(filled):
     out = subprocess.run(cli + ["prune", "--max-size", "9M"], capture_output=True,
                          text=True, env=env, cwd=ROOT, check=True).stdout
     assert "removed kernel   old" in out and "2 entries removed" in out
+
+
+def test_split_series_are_entries(private_cache):
+    folder = private_cache / "series" / "abc"
+    folder.mkdir(parents=True)
+    (folder / "0001-x.patch").write_text("diff\n")
+    (e,) = cache.entries()
+    assert (e.kind, e.key) == ("series", "abc")
+    assert e.holds == "a series split into 1 patch(es): 0001-x.patch..."

@@ -9,6 +9,7 @@ Entries (each removable on its own):
   or a tree's path) with its ``O=`` folders inside, plus, for a tarball, its
   unpacked copy ``src/KEY``;
 * ``snapshot`` ``snapshots/KEY``: a booted guest saved for fast boots;
+* ``series``   ``series/KEY``: the patches of one ``--series`` mbox, split;
 * ``ccache``   the compiler cache (capped by ccache itself, ``CCACHE_MAXSIZE``).
 
 "Last used" is the entry folder's mtime, moved by :func:`touch` whenever a
@@ -37,7 +38,7 @@ ENV_MAX = "HOTPLUG_HARNESS_CACHE_MAX"
 
 @dataclass
 class Entry:
-    kind: str            # kernel | tree | snapshot | ccache
+    kind: str            # kernel | tree | snapshot | series | ccache
     key: str
     paths: tuple         # folders removed together
     size: int            # bytes on disk
@@ -157,6 +158,12 @@ def entries(sizes: bool = True) -> list:
         if folder.is_dir() and not folder.name.startswith("."):
             found.append(Entry("snapshot", folder.name, (folder,), size([folder]),
                                _mtime(folder), "a booted guest, saved for fast boots"))
+    for folder in sorted((root / "series").glob("*")):
+        if folder.is_dir():
+            mails = sorted(q.name for q in folder.glob("*.patch"))
+            found.append(Entry("series", folder.name, (folder,), size([folder]),
+                               _mtime(folder), f"a series split into {len(mails)} "
+                               f"patch(es)" + (f": {mails[0]}..." if mails else "")))
     old_builds = root / "build"
     if old_builds.is_dir():    # O= folders of the layout before work copies held them
         found.append(Entry("tree", "build", (old_builds,), size([old_builds]),
