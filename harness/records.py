@@ -13,6 +13,7 @@ run can be re-judged without booting (``hotplug-harness report DIR``).
 * ``error``           :class:`RunError` (the ``HarnessError`` that stopped the run)
 * ``options``         :class:`CheckOptions` (what the checks must know of the run)
 * ``order``           :class:`OrderRecord` (one per removal watched through gdb)
+* ``hotadds``         :class:`HotAddAttempt` (hot-adds at chosen addresses, ``drive/reach.py``)
 
 These records are :class:`Keyed`: one read from a saved dict writes back
 exactly that dict's keys, in its order (keys added later are absent from old
@@ -191,6 +192,27 @@ class BootmemAttempt(Keyed):
     console: Optional[tuple[str, ...]] = None  # console lines about it meanwhile
 
     _LOAD = MappingProxyType({"zones": _tuple, "range": _tuple, "console": _tuple})
+
+
+@dataclass(frozen=True)
+class HotAddAttempt(Keyed):
+    """One hot-add through the probe file at a chosen physical address
+    (``drive/reach.py``) and what the kernel made of it: the write's exit code
+    and output, whether a memory block appeared, the console lines printed
+    meanwhile, and how many bytes ``/proc/kpageflags`` gave for the block's last
+    frame (8 when the frame is below ``max_pfn``, 0 when it is not)."""
+
+    kind: str = ""                         # "after-boot-memory", "top-of-reach", "beyond-reach"
+    pa: Optional[int] = None
+    size: Optional[int] = None
+    reach: Optional[tuple[int, int]] = None   # the PA range the linear map must cover
+    exit_code: Optional[int] = None
+    output: str = ""
+    present: Optional[bool] = None         # a memory block for it appeared
+    console: tuple[str, ...] = ()
+    kpageflags_bytes: Optional[int] = None
+
+    _LOAD = MappingProxyType({"reach": _tuple, "console": _tuple})
 
 
 def _cycles(value: Any) -> tuple[KselftestResult, ...]:
@@ -433,6 +455,7 @@ class MethodRun:
     required: tuple[str, ...] = ()     # check names the method needs (empty: derived)
     options: CheckOptions = field(default_factory=CheckOptions.unknown)
     order: tuple[OrderRecord, ...] = ()   # watched removals
+    hotadds: tuple[HotAddAttempt, ...] = ()   # hot-adds at chosen addresses (reach)
 
     def __post_init__(self) -> None:
         """Dicts given for the typed records (older callers) are read as saved."""
@@ -444,6 +467,7 @@ class MethodRun:
         set_(self, "error", _as(RunError, self.error))
         set_(self, "options", _options(self.options))
         set_(self, "order", tuple(_as(OrderRecord, o) for o in self.order))
+        set_(self, "hotadds", tuple(_as(HotAddAttempt, h) for h in self.hotadds))
 
     def phase(self, name: str) -> Optional[Phase]:
         for p in self.phases:
@@ -462,7 +486,9 @@ class MethodRun:
                 "error": _dict_or_none(self.error),
                 "notes": list(self.notes), "required": list(self.required),
                 "options": self.options.to_dict(),
-                "order": [o.to_dict() for o in self.order]}
+                "order": [o.to_dict() for o in self.order],
+                # only when there are some: reports without them keep their keys
+                **({"hotadds": [h.to_dict() for h in self.hotadds]} if self.hotadds else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MethodRun:
@@ -477,7 +503,8 @@ class MethodRun:
                    notes=tuple(d.get("notes", ())),
                    required=tuple(d.get("required", ())),
                    options=CheckOptions.from_dict(d.get("options") or {}),
-                   order=tuple(OrderRecord.from_dict(o) for o in d.get("order") or ()))
+                   order=tuple(OrderRecord.from_dict(o) for o in d.get("order") or ()),
+                   hotadds=tuple(HotAddAttempt.from_dict(h) for h in d.get("hotadds") or ()))
 
 
 def _dict_or_none(record: Optional[Keyed]) -> Optional[dict[str, Any]]:

@@ -206,7 +206,7 @@ def recorded_run(name: str, rec: Recorder, reports, options: CheckOptions,
                      crashes=tuple(Crash.from_dict(_crash_dict(c, rec)) for c in reports),
                      bootmem_offline=rec.bootmem, kselftest=kselftest, error=error,
                      notes=tuple(rec.notes), order=tuple(rec.order), required=required,
-                     options=options)
+                     options=options, hotadds=tuple(getattr(rec, "hotadds", ())))
 
 
 def _crash_dict(report, rec: Optional[Recorder]) -> dict:

@@ -26,6 +26,20 @@ examples:
                                                 # ... written between its markers
   hotplug-harness repro --html m.json > m.html  # the matrix page (also written by a run)
   hotplug-harness repro --list                  # what each regression plants
+  hotplug-harness repro --history               # every upstream fix undone (patches/history)
+  hotplug-harness repro --upstream 8fac67ca236b # one fix's scenario on the project's revert
+  hotplug-harness repro --upstream 8fac67ca236b --patch my-revert.patch
+                                                # ... on a revert of your own
+
+--history runs patches/history instead of patches/repro: each patch undoes
+one upstream fix (Upstream-Fix: trailer) and names the scenario that shows
+it; the matrix carries the fix's id and title, and each shape's clean row
+runs the stock kernel (or the stock kernel with the fix's backport, for a
+fix the stock kernel lacks: Repro-Clean-Patch). --upstream SHA runs the
+scenario registered for that fix, once, on the project's revert or on
+--patch FILE: exit 1 when the bug shows (every check the scenario names
+FAILs; for a fix no scenario shows, any FAIL), 0 when it does not, 2 when
+the run could not judge.
 
 --update-readme FILE (repeatable) replaces what lies between the lines
 <!-- repro-matrix:start --> and <!-- repro-matrix:end --> in FILE with the
@@ -53,6 +67,15 @@ def register(sub, add_kernel_options) -> None:
     p.add_argument("--no-clean", action="store_true",
                    help="skip the clean kernel's rows")
     p.add_argument("--list", action="store_true", help="list the regressions and exit")
+    p.add_argument("--history", action="store_true",
+                   help="the upstream fixes undone in patches/history instead of "
+                        "patches/repro (NAME: by upstream id or file name)")
+    p.add_argument("--upstream", metavar="SHA", default=None,
+                   help="run the scenario registered for upstream fix SHA (7+ hex digits) "
+                        "on its revert in patches/history, or on --patch FILE")
+    p.add_argument("--patch", metavar="FILE", type=Path, default=None,
+                   help="with --upstream: your own revert of that fix instead of the "
+                        "project's")
     p.add_argument("--report", metavar="DIR", type=Path, default=None,
                    help="keep every run's report folder here (default: ./runs/repro-...)")
     p.add_argument("--update-readme", metavar="FILE", type=Path, action="append",
@@ -77,16 +100,22 @@ def cmd_repro(args) -> int:
         print(htmlreport.render_matrix(htmlreport.repro_matrix(
             json.loads(args.html.read_text()), args.html.parent)), end="")
         return 0
-    if not args.names and not args.all and not args.list:
-        from harness.errors import HarnessError
-        raise HarnessError("name regressions (e.g. 0005) or say --all"
+    from harness.errors import HarnessError
+    if args.patch is not None and not args.upstream:
+        raise HarnessError("--patch goes with --upstream SHA", step="repro")
+    if args.upstream:
+        return cmd_upstream(args)
+    if not args.names and not args.all and not args.list and not args.history:
+        raise HarnessError("name regressions (e.g. 0005) or say --all or --history"
                            + (" (--update-readme from a saved matrix: --markdown MATRIX_JSON)"
                               if args.update_readme else ""), step="repro")
-    regs = repro.discover(args.names)
+    regs = (repro.discover(args.names, repro.HISTORY_DIR) if args.history
+            else repro.discover(args.names))
     if args.list:
         for r in regs:
             expect = ", ".join(r.expect) or f"- ({r.why})"
-            print(f"{r.name}\n    {r.point}\n    run: {', '.join(r.methods)}"
+            print(f"{r.name}\n" + (f"    upstream {r.upstream}\n" if r.upstream else "")
+                  + f"    {r.point}\n    run: {', '.join(r.methods)}"
                   f"{' --config ' + '+'.join(r.configs) if r.configs else ''}"
                   f"{' ' + ' '.join(r.append) if r.append else ''}\n    expect: {expect}")
         return 0
@@ -101,6 +130,39 @@ def cmd_repro(args) -> int:
     code = write_matrix(out, data, repro.matrix_text(rows), htmlreport.repro_matrix(data, out),
                         args.json)
     update_readmes(args.update_readme, rows)
+    return code
+
+
+def cmd_upstream(args) -> int:
+    """``--upstream SHA [--patch FILE]``: one fix's scenario, one kernel, no clean row."""
+    from dataclasses import replace
+
+    from harness.cli.run import default_dir, make_private_dirs
+    from harness.errors import HarnessError
+    reg = repro.find_upstream(args.upstream)
+    if args.patch is not None:
+        if not args.patch.is_file():
+            raise HarnessError(f"--patch {args.patch}: no such file", step="repro")
+        reg = replace(reg, name=args.patch.stem, path=str(args.patch.resolve()), stock=False)
+    out = args.report or default_dir("repro")
+    make_private_dirs(out)
+    ui.info(f"[repro] upstream {reg.upstream}: {reg.point}; "
+            f"{'the stock kernel' if reg.stock else Path(reg.path).name}")
+    rows = repro.run_matrix([reg], out, _runner(args.kernel_src, not args.no_series),
+                            progress=ui.info, clean=False)
+    row = rows[0]
+    shows = row.status == repro.CAUGHT or (
+        not reg.expect and any(c.verdict == "FAIL" for c in row.cells.values()))
+    code = 1 if shows else 2 if row.status == repro.ERROR else 0
+    data = {"rows": [row.to_dict()], "exit_code": code, "upstream": reg.upstream}
+    (out / "matrix.json").write_text(json.dumps(data, indent=1) + "\n")
+    print(json.dumps(data, indent=1) if args.json else
+          repro.matrix_text(rows).rsplit("exit ", 1)[0]
+          + f"upstream {reg.upstream}: "
+          + {1: "the bug shows", 0: "the bug does not show", 2: "could not judge"}[code]
+          + f" (exit {code})" + ("" if reg.expect else
+                                 f"; no scenario is expected to show it: {reg.why}")
+          + f"\nreport: {out / reg.name}")
     return code
 
 

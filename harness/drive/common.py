@@ -27,6 +27,7 @@ from harness.records import (  # noqa: F401  (REMOVAL_CHECKS: methods import it 
     REMOVAL_CHECKS,
     BootmemAttempt,
     Geometry,
+    HotAddAttempt,
     KselftestResult,
     OrderRecord,
     Phase,
@@ -101,6 +102,7 @@ class Recorder:
                                  order_check=order_check)
         self.removals: list[Removal] = []
         self.bootmem: Optional[BootmemAttempt] = None
+        self.hotadds: list[HotAddAttempt] = []   # drive/reach.py's probes
         # the method's mem-on-off-test.sh result; a dict (hotplug/kselftest.py) is
         # read as KselftestResult when the run is recorded (runner._method_run)
         self.kselftest: Union[KselftestResult, dict[str, Any], None] = None

@@ -37,6 +37,7 @@ from harness.records import (
     SKIP,
     Check,
     Crash,
+    HotAddAttempt,
     KselftestResult,
     Leaf,
     MethodRun,
@@ -628,6 +629,93 @@ def check_bootmem_not_removable(run: MethodRun) -> Check:
                  f"arm64's rule ({seen}; {'; '.join(why)}): {head}{tail}", step)
 
 
+# ---------------------------------------------------------------- hot-adds at chosen addresses
+
+_RANGE_REFUSED = "exceeds maximum addressable range"   # mhp_range_allowed()'s line
+
+
+def _hotadd_head(h: HotAddAttempt) -> str:
+    pa, size = h.pa or 0, h.size or 0
+    return (f"{h.kind} PA {_span(pa, pa + size)}: probe exit code {h.exit_code}, "
+            f"block {'present' if h.present else 'absent'} after")
+
+
+def _hotadd_console(h: HotAddAttempt) -> str:
+    return "".join(f"\n    console: {line.strip()}" for line in h.console[-3:])
+
+
+def check_hotadd_frames_visible(run: MethodRun) -> Check:
+    """Frames of hot-added memory lie below ``max_pfn``: reading a hot-added
+    block's last frame from ``/proc/kpageflags`` gives its 8 bytes (arm64 raises
+    max_pfn in arch_add_memory(), upstream 8fac67ca236b; without it the read is
+    end-of-file)."""
+    name = "hotadd-frames-visible"
+    read = [h for h in run.hotadds if h.present and h.kpageflags_bytes is not None]
+    if not read:
+        return Check(name, SKIP, "no hot-added block's frames were read from /proc/kpageflags")
+    step = _named_step(run, "kpageflags", "probe")
+    bad = [h for h in read if h.kpageflags_bytes != 8]
+    lines = [f"{_hotadd_head(h)}; /proc/kpageflags gave {h.kpageflags_bytes} bytes for "
+             f"its last frame (PFN {((h.pa or 0) + (h.size or 0)) // _granule(run) - 1:#x})"
+             for h in (bad or read)]
+    if bad:
+        return Check(name, FAIL, f"hot-added frames beyond max_pfn: {lines[0]}; max_pfn "
+                     "was not raised by the hot-add (/proc/kpage* and page_owner stop "
+                     "short of hot-added memory)" + _more(lines[1:]), step)
+    return Check(name, PASS, "; ".join(lines), step)
+
+
+def _granule(run: MethodRun) -> int:
+    return run.geometry.granule or 4096
+
+
+def check_hotadd_within_reach_accepted(run: MethodRun) -> Check:
+    """Memory the platform may hot-add inside the linear map's reach (right
+    after the boot memory, and the last block below PHYS_OFFSET + the linear
+    region's size, PHYS_OFFSET as the boot memory gives it) is accepted: a
+    refusal there means the linear region does not cover where hot-added memory
+    can be (upstream 97d6786e0669, ee7febce0519)."""
+    name = "hotadd-within-reach-accepted"
+    tried = [h for h in run.hotadds if h.kind in ("after-boot-memory", "top-of-reach")]
+    if not tried:
+        return Check(name, SKIP, "no hot-add inside the linear map's reach was tried")
+    step = _named_step(run, "probe", "probe")
+    bad = [h for h in tried if h.exit_code != 0 or not h.present]
+    if bad:
+        h = bad[0]
+        reach = f" (the reach expected: PA {_span(*h.reach)})" if h.reach else ""
+        return Check(name, FAIL, f"a hot-add inside the linear map's reach was refused: "
+                     f"{_hotadd_head(h)}{reach}; output: {h.output.strip() or '-'}"
+                     + _hotadd_console(h) + _more([_hotadd_head(b) for b in bad[1:]]), step)
+    return Check(name, PASS, "accepted: " + "; ".join(_hotadd_head(h) for h in tried), step)
+
+
+def check_hotadd_beyond_reach_refused(run: MethodRun) -> Check:
+    """A hot-add past the linear map's reach (PHYS_OFFSET + the linear region's
+    size) is refused, by the range check ("exceeds maximum addressable range",
+    E2BIG), before anything is mapped (upstream 58284a901b42): accepted, it
+    would be mapped past PAGE_END. A refusal without that line did not test the
+    rule: SKIP (an ERROR when required)."""
+    name = "hotadd-beyond-reach-refused"
+    tried = [h for h in run.hotadds if h.kind == "beyond-reach"]
+    if not tried:
+        return Check(name, SKIP, "no hot-add beyond the linear map's reach was tried")
+    step = _named_step(run, "beyond", "probe")
+    for h in tried:
+        reach = f" (the linear map reaches PA {_span(*h.reach)})" if h.reach else ""
+        if h.exit_code == 0 or h.present:
+            return Check(name, FAIL, f"a hot-add beyond the linear map's reach was "
+                         f"accepted: {_hotadd_head(h)}{reach}; the kernel must refuse it "
+                         f"(arch_get_mappable_range)" + _hotadd_console(h), step)
+        if not any(_RANGE_REFUSED in line for line in h.console):
+            return Check(name, SKIP, f"not exercised: {_hotadd_head(h)}{reach}, refused, "
+                         f"but without the range check's line ('{_RANGE_REFUSED}'); "
+                         f"output: {h.output.strip() or '-'}" + _hotadd_console(h), step)
+    said = next(line for line in tried[0].console if _RANGE_REFUSED in line)
+    return Check(name, PASS, f"refused: {_hotadd_head(tried[0])}; console: {said.strip()}",
+                 step)
+
+
 def _named_step(run: MethodRun, needle: str, default: str) -> str:
     """The first step whose name contains ``needle``, else ``default``."""
     return next((s.name for s in run.steps if needle in s.name), default)
@@ -990,6 +1078,9 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("online-memory-mapped", check_online_memory_mapped),
     ("contiguous-groups-whole", check_contiguous_groups_whole),
     ("bootmem-not-removable", check_bootmem_not_removable),
+    ("hotadd-frames-visible", check_hotadd_frames_visible),
+    ("hotadd-within-reach-accepted", check_hotadd_within_reach_accepted),
+    ("hotadd-beyond-reach-refused", check_hotadd_beyond_reach_refused),
     ("no-kernel-splat", check_no_kernel_splat),
     ("no-leak-across-cycles", check_no_leak_across_cycles),
     ("walker-agrees-with-ptdump", check_walker_agrees_with_ptdump),
@@ -1024,6 +1115,8 @@ def required_checks(run: MethodRun) -> tuple[str, ...]:
 def _applicable(name: str, run: MethodRun) -> bool:
     if name in _ORDER_CHECKS:        # shown when watched (or required)
         return bool(run.order)
+    if name.startswith("hotadd-"):   # shown where hot-adds were tried (reach)
+        return bool(run.hotadds)
     return name != "kselftest" or run.kselftest is not None
 
 

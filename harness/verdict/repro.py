@@ -13,6 +13,15 @@ Each regression is one patch whose header carries trailers the harness reads::
 ``Repro-Why:`` then says why. It is run and shown, and does not count against
 the exit code. Adding a regression is adding one patch file.
 
+``patches/history/`` holds the same kind of patch for upstream fixes: each
+undoes one fix's effect on the kernel the harness builds and names it with
+``Upstream-Fix: <sha> ("<title>")`` (:data:`HISTORY_DIR`, ``repro --history``,
+``repro --upstream SHA``). Two more trailers serve a fix the kernel does not
+carry yet: ``Repro-Kernel: stock`` (the row runs the stock kernel: the patch
+file holds a header only) and ``Repro-Clean-Patch: FILE`` (relative to the
+patch's folder, repeatable with commas: the clean row of that shape carries
+it, e.g. a backport of the fix, so that the clean row can pass).
+
 :func:`run_matrix` builds each regression (incrementally: one ``O=`` tree per
 configuration), runs the scenarios that can see it, judges them, and runs the
 clean kernel once per (configuration, parameters, methods) used, for the
@@ -33,7 +42,9 @@ from harness.paths import PATCH_DIR
 from harness.records import Verdict
 
 REPRO_DIR = PATCH_DIR / "repro"
+HISTORY_DIR = PATCH_DIR / "history"
 _TRAILER = re.compile(r"^Repro-([A-Za-z-]+):\s*(.*?)\s*$")
+_UPSTREAM = re.compile(r"^Upstream-Fix:\s*([0-9a-f]{7,40})\b\s*(.*?)\s*$")
 CAUGHT, MISSED, NOT_EXPECTED, CLEAN_PASS, CLEAN_FAIL, ERROR = (
     "caught", "MISSED", "not expected", "clean", "CLEAN FAILED", "ERROR")
 
@@ -50,6 +61,18 @@ class Regression:
     append: tuple = ()
     cycles: int = 1
     why: str = ""
+    upstream: str = ""            # 'SHA ("title")' of the upstream fix it undoes
+    stock: bool = False           # the stock kernel is the regression (Repro-Kernel: stock)
+    clean_patches: tuple = ()     # what the clean row of its shape carries
+
+    @property
+    def upstream_sha(self) -> str:
+        return self.upstream.split(" ", 1)[0]
+
+    @property
+    def patches(self) -> tuple:
+        """The patches its row's kernel carries beyond patches/series."""
+        return () if self.stock else (self.path,)
 
     @property
     def shape(self) -> tuple:
@@ -70,6 +93,9 @@ def parse_header(text: str) -> dict:
         m = _TRAILER.match(line)
         if m:
             found[m[1].lower()] = m[2]
+        m = _UPSTREAM.match(line)
+        if m:
+            found["upstream"] = f"{m[1]} {m[2]}".strip()
     return found
 
 
@@ -82,10 +108,21 @@ def load(path: Path) -> Regression:
         raise HarnessError(f"{path}: header lacks Repro-{lacks}"
                            " (see harness/repro.py for the trailers)", step="repro")
     expect = () if t["expect"].strip() in ("-", "none") else _split(t["expect"])
+    kernel = t.get("kernel", "patched").strip()
+    if kernel not in ("patched", "stock"):
+        raise HarnessError(f"{path}: Repro-Kernel: {kernel!r} is neither 'stock' nor "
+                           "'patched'", step="repro")
+    clean = tuple(str((path.parent / c).resolve()) if not Path(c).is_absolute() else c
+                  for c in re.split(r"\s*,\s*", t.get("clean-patch", "").strip()) if c)
+    for c in clean:
+        if not Path(c).is_file():
+            raise HarnessError(f"{path}: Repro-Clean-Patch {c} does not exist", step="repro")
     return Regression(name=path.stem, path=str(path), point=t["point"],
                       methods=_split(t["methods"]), expect=expect,
                       configs=_split(t.get("config", "")), append=_split(t.get("append", "")),
-                      cycles=int(t.get("cycles", "1")), why=t.get("why", ""))
+                      cycles=int(t.get("cycles", "1")), why=t.get("why", ""),
+                      upstream=t.get("upstream", ""), stock=kernel == "stock",
+                      clean_patches=clean)
 
 
 def discover(names: Iterable[str] = (), folder: Path = REPRO_DIR) -> list[Regression]:
@@ -104,6 +141,22 @@ def discover(names: Iterable[str] = (), folder: Path = REPRO_DIR) -> list[Regres
             chosen += hits
         paths = chosen
     return [load(p) for p in paths]
+
+
+def find_upstream(sha: str, folder: Path = HISTORY_DIR) -> Regression:
+    """The history patch registered for the upstream fix ``sha`` (a prefix of 7
+    characters or more, as ``Upstream-Fix:`` gives it)."""
+    sha = sha.strip().lower()
+    regs = discover((), folder)
+    hits = [r for r in regs if len(sha) >= 7 and r.upstream_sha
+            and (r.upstream_sha.startswith(sha) or sha.startswith(r.upstream_sha))]
+    if len(hits) != 1:
+        known = ", ".join(r.upstream for r in regs if r.upstream)
+        raise HarnessError(f"{'no' if not hits else 'more than one'} history patch for "
+                           f"upstream {sha!r} in {folder}"
+                           + ("" if len(sha) >= 7 else " (give 7 hex digits or more)")
+                           + f"; registered: {known}", step="repro")
+    return hits[0]
 
 
 # ---------------------------------------------------------------- results
@@ -131,6 +184,8 @@ class MatrixRow:
     seconds: float = 0.0
     why: str = ""
     cycles: int = 1
+    upstream: str = ""            # the upstream fix a history row undoes
+    patches: tuple = ()           # the row's patches beyond patches/series (file names)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -198,17 +253,18 @@ def run_matrix(regs: list[Regression], out: Path, run_fn: RunFn,
     builds and runs one kernel (the CLI passes the real thing; tests a fake)."""
     import time
     rows: list[MatrixRow] = []
-    shapes = list(dict.fromkeys(r.shape for r in regs)) if clean else []
-    todo = [(None, s) for s in shapes] + [(r, r.shape) for r in regs]
-    for reg, (configs, append, methods, cycles) in todo:
-        name = reg.name if reg else "clean " + _shape_name(configs, append, methods, cycles)
+    shapes = list(dict.fromkeys((r.shape, r.clean_patches) for r in regs)) if clean else []
+    todo = [(None, s, cp) for s, cp in shapes] + [(r, r.shape, r.patches) for r in regs]
+    for reg, (configs, append, methods, cycles), patches in todo:
+        names = tuple(Path(p).stem for p in patches)
+        name = reg.name if reg else "clean " + _shape_name(configs, append, methods, cycles,
+                                                           names)
         progress(f"[repro] {name}: {', '.join(methods)}"
                  + (f" ({'+'.join(configs)})" if configs else "")
                  + (f" [{' '.join(append)}]" if append else ""))
         start = time.monotonic()
-        patches = (reg.path,) if reg else ()
         folder = Path(out) / (reg.name if reg else "clean-" + _shape_slug(configs, append,
-                                                                          methods))
+                                                                          methods, names))
         error, blame = "", ""
         try:
             report = run_fn(configs, patches, append, methods, cycles, folder)
@@ -222,20 +278,31 @@ def run_matrix(regs: list[Regression], out: Path, run_fn: RunFn,
                         cells=cells_of(report), methods=methods, configs=configs,
                         append=append, exit_code=report.get("exit_code", 2), error=error,
                         seconds=round(time.monotonic() - start, 1),
-                        why=reg.why if reg else "", cycles=cycles)
+                        why=reg.why if reg else "", cycles=cycles,
+                        upstream=reg.upstream if reg else "",
+                        patches=tuple(Path(p).name for p in patches))
         progress(f"[repro] {name}: {row.status} in {row.seconds:.0f}s")
         rows.append(row)
     return rows
 
 
-def _shape_name(configs: tuple, append: tuple, methods: tuple = (), cycles: int = 1) -> str:
+def _shape_name(configs: tuple, append: tuple, methods: tuple = (), cycles: int = 1,
+                patches: tuple = ()) -> str:
     parts = ["+".join(configs) or "4k-48"] + list(append) + [",".join(methods)]
-    return " ".join(p for p in parts if p) + (f" x{cycles}" if cycles > 1 else "")
+    return (" ".join(p for p in parts if p) + (f" x{cycles}" if cycles > 1 else "")
+            + "".join(f" + {_short(p)}" for p in patches))
 
 
-def _shape_slug(configs: tuple, append: tuple, methods: tuple) -> str:
+def _short(patch: str) -> str:
+    """A patch's file name, without its .patch suffix, cut to its number and
+    first words (the clean row of a history shape names the fix it carries)."""
+    stem = Path(patch).name.removesuffix(".patch")
+    return stem if len(stem) <= 24 else stem[:24]
+
+
+def _shape_slug(configs: tuple, append: tuple, methods: tuple, patches: tuple = ()) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]", "_", "-".join(
-        ["+".join(configs) or "default", *append, *methods]))
+        ["+".join(configs) or "default", *append, *methods, *map(_short, patches)]))
 
 
 def run_folder(row: dict) -> str:
@@ -244,7 +311,7 @@ def run_folder(row: dict) -> str:
     if row.get("point") != "(clean kernel)":
         return str(row.get("name", ""))
     return "clean-" + _shape_slug(tuple(row.get("configs", ())), tuple(row.get("append", ())),
-                                  tuple(row.get("methods", ())))
+                                  tuple(row.get("methods", ())), tuple(row.get("patches", ())))
 
 
 # ---------------------------------------------------------------- output
@@ -281,6 +348,8 @@ def matrix_text(rows: list[MatrixRow]) -> str:
                  in _BAD]
         if not shown and not r.error and not r.why:
             continue
+        if r.upstream:
+            lines.append(f"{r.name}: undoes upstream {r.upstream}")
         lines.append(f"{r.name} ({r.point}; {', '.join(r.methods)}"
                      + (f"; {'+'.join(r.configs)}" if r.configs else "")
                      + (f"; {' '.join(r.append)}" if r.append else "") + "):")
@@ -301,11 +370,18 @@ def matrix_text(rows: list[MatrixRow]) -> str:
 
 
 def matrix_markdown(rows: list[MatrixRow]) -> str:
-    """The README's table: one line per regression (clean rows first)."""
+    """The README's table: one line per regression (clean rows first). Rows
+    of upstream fixes (``patches/history``) get the fix's id and title first."""
+    history = any(r.upstream for r in rows)
     out = ["| kernel | review point | run with | expected to fail | result | evidence |",
            "|---|---|---|---|---|---|"]
+    if history:
+        out = ["| upstream fix | kernel | what goes wrong without it | run with | "
+               "expected to fail | result | evidence |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         name = r.name if r.point != "(clean kernel)" else "clean kernel"
+        if r.point == "(clean kernel)" and r.patches:
+            name += " + " + ", ".join(p.removesuffix(".patch") for p in r.patches)
         run = ", ".join(r.methods)
         if r.configs:
             run += f" `--config {'+'.join(r.configs)}`"
@@ -318,6 +394,13 @@ def matrix_markdown(rows: list[MatrixRow]) -> str:
             first = next((c for c in r.cells.values() if c.verdict in _BAD),
                          None)
         evidence = (first.evidence if first else (r.why or r.error or "")).replace("|", "\\|")
+        if history:
+            fix = r.upstream.replace("|", "\\|") if r.upstream else "-"
+            kernel = "stock" if (r.upstream and not r.patches) else f"`{name}`"
+            out.append(f"| {fix} | {kernel} | {r.point} | {run} | "
+                       f"{', '.join(f'`{c}`' for c in r.expect) or '-'} | {r.status} | "
+                       f"{evidence[:160]} |")
+            continue
         out.append(f"| `{name}` | {r.point} | {run} | "
                    f"{', '.join(f'`{c}`' for c in r.expect) or '-'} | {r.status} | "
                    f"{evidence[:160]} |")
@@ -331,7 +414,8 @@ def rows_from_json(data: dict) -> list[MatrixRow]:
         rows.append(MatrixRow(**{**d, "cells": cells, "expect": tuple(d["expect"]),
                                  "methods": tuple(d["methods"]),
                                  "configs": tuple(d["configs"]),
-                                 "append": tuple(d["append"])}))
+                                 "append": tuple(d["append"]),
+                                 "patches": tuple(d.get("patches", ()))}))
     return rows
 
 
@@ -345,6 +429,7 @@ def replace_between(text: str, block: str, tag: str = "repro-matrix") -> str:
     return f"{head}{start}\n{block}{end}{tail}"
 
 
-__all__ = ["Regression", "MatrixRow", "Cell", "discover", "load", "run_matrix",
+__all__ = ["Regression", "MatrixRow", "Cell", "discover", "find_upstream", "load",
+           "run_matrix", "HISTORY_DIR",
            "matrix_text", "matrix_markdown", "matrix_exit_code", "rows_from_json",
            "replace_between", "run_folder"]

@@ -1,0 +1,222 @@
+"""Upstream fixes undone (patches/history), the registry and ``repro --history``
+/ ``--upstream``, and the hot-add checks the reach method feeds. Runs are
+faked here; ``tests/test_history_real.py`` (make test-repro) runs the matrix."""
+
+import json
+from pathlib import Path
+
+import pytest
+from test_repro import report
+
+from harness import cli
+from harness.cli import repro as cli_repro
+from harness.errors import HarnessError
+from harness.records import Geometry, HotAddAttempt, MethodRun
+from harness.verdict import checks, repro
+
+ROOT = Path(__file__).resolve().parent.parent
+HISTORY = repro.discover((), repro.HISTORY_DIR)
+
+
+def test_every_history_patch_names_its_fix_and_a_scenario():
+    assert len(HISTORY) >= 10
+    shas = [r.upstream_sha for r in HISTORY]
+    assert len(set(shas)) == len(shas)
+    for r in HISTORY:
+        assert r.name.startswith(r.upstream_sha + "-"), r.name
+        assert '("' in r.upstream and r.upstream.endswith('")'), r.upstream
+        assert r.methods and r.point
+        assert r.expect or r.why, f"{r.name}: Repro-Expect: - needs a Repro-Why"
+        text = Path(r.path).read_text()
+        assert ("diff --git" in text) != r.stock, r.name
+        for c in r.clean_patches:
+            assert Path(c).is_file()
+    caught = [r for r in HISTORY if r.expect]
+    assert len(caught) >= 5
+
+
+def test_expected_checks_exist():
+    names = {n for n, _ in checks.RULES}
+    for r in HISTORY:
+        assert set(r.expect) <= names, r.name
+
+
+def test_find_upstream_by_prefix():
+    assert repro.find_upstream("8fac67c").name.startswith("8fac67ca236b")
+    assert repro.find_upstream("95a58852b0e5413b6ef4c93da60a80e89da9986a").stock
+    with pytest.raises(HarnessError, match="7 hex digits"):
+        repro.find_upstream("8fac")
+    with pytest.raises(HarnessError, match="no history patch for upstream 'deadbeef'"):
+        repro.find_upstream("deadbeef")
+
+
+def write(folder, name, body="diff --git a/x b/x\n", **trailers):
+    lines = [f"Repro-{k.replace('_', '-').title()}: {v}" for k, v in trailers.items()
+             if k != "upstream"]
+    path = folder / f"{name}.patch"
+    path.write_text("Subject: x\n\n" + (f"Upstream-Fix: {trailers['upstream']}\n"
+                                         if "upstream" in trailers else "")
+                    + "\n".join(lines) + "\n---\n" + body)
+    return path
+
+
+def test_stock_row_and_clean_patch(tmp_path):
+    fixes = tmp_path / "fixes"
+    fixes.mkdir()
+    (fixes / "0002-fix.patch").write_text("fix\n")
+    hist = tmp_path / "history"
+    hist.mkdir()
+    write(hist, "95a58852b0e5-stock", body="", upstream='95a58852b0e5 ("Reject")',
+          point="split", methods="split-leaf", expect="online-memory-mapped",
+          kernel="stock", clean_patch="../fixes/0002-fix.patch")
+    write(hist, "8fac67ca236b-maxpfn", upstream='8fac67ca236b ("max_pfn")',
+          point="max_pfn", methods="reach", expect="hotadd-frames-visible")
+    regs = repro.discover((), hist)
+    calls = []
+
+    def fake(configs, patches, append, methods, cycles, folder):
+        calls.append((methods, tuple(Path(p).name for p in patches), folder.name))
+        bad = (methods == ("split-leaf",) and not patches) or any("maxpfn" in p
+                                                                  for p in patches)
+        check = "online-memory-mapped" if methods == ("split-leaf",) else \
+            "hotadd-frames-visible"
+        return report(1 if bad else 0, **{check: "FAIL" if bad else "PASS"})
+    rows = repro.run_matrix(regs, tmp_path / "out", fake)
+    assert calls[0] == (("reach",), (), "clean-default-reach")
+    assert calls[1] == (("split-leaf",), ("0002-fix.patch",),
+                        "clean-default-split-leaf-0002-fix")
+    assert calls[2] == (("reach",), ("8fac67ca236b-maxpfn.patch",), "8fac67ca236b-maxpfn")
+    assert calls[3] == (("split-leaf",), (), "95a58852b0e5-stock")
+    assert [r.status for r in rows] == [repro.CLEAN_PASS, repro.CLEAN_PASS,
+                                        repro.CAUGHT, repro.CAUGHT]
+    assert repro.matrix_exit_code(rows) == 0
+    assert [repro.run_folder(r.to_dict()) for r in rows] == [c[2] for c in calls]
+    md = repro.matrix_markdown(rows)
+    assert md.startswith("| upstream fix | kernel |")
+    assert '| 95a58852b0e5 ("Reject") | stock | split | split-leaf |' in md
+    assert "| - | `clean kernel + 0002-fix` |" in md
+    back = repro.rows_from_json(json.loads(json.dumps({"rows": [r.to_dict()
+                                                                for r in rows]})))
+    assert back == rows
+    text = repro.matrix_text(rows)
+    assert '95a58852b0e5-stock: undoes upstream 95a58852b0e5 ("Reject")' in text
+
+
+def test_repro_markdown_without_history_rows_is_unchanged():
+    row = repro.MatrixRow("0005-a", "a", ("tables-freed",), repro.CAUGHT)
+    assert repro.matrix_markdown([row]).startswith("| kernel | review point |")
+
+
+def fake_runner(result):
+    ran = []
+
+    def runner(kernel_src, series=True):
+        def run(configs, patches, append, methods, cycles, folder):
+            ran.append((configs, tuple(Path(p).name for p in patches), append, methods))
+            return result(patches)
+        return run
+    return runner, ran
+
+
+def test_upstream_runs_the_registered_scenario(tmp_path, monkeypatch, capsys):
+    runner, ran = fake_runner(lambda p: report(1, **{"hotadd-frames-visible": "FAIL"}))
+    monkeypatch.setattr(cli_repro, "_runner", runner)
+    assert cli.main(["repro", "--upstream", "8fac67ca236b", "--report",
+                     str(tmp_path / "a")]) == 1
+    assert ran == [((), ("8fac67ca236b-max-pfn-not-updated.patch",), (), ("reach",))]
+    out = capsys.readouterr().out
+    assert 'upstream 8fac67ca236b ("arm64: mm: update max_pfn after memory hotplug"): ' \
+           "the bug shows (exit 1)" in out
+    mine = tmp_path / "my-revert.patch"
+    mine.write_text("diff\n")
+    runner, ran = fake_runner(lambda p: report(0, **{"hotadd-frames-visible": "PASS"}))
+    monkeypatch.setattr(cli_repro, "_runner", runner)
+    assert cli.main(["repro", "--upstream", "8fac67c", "--patch", str(mine),
+                     "--report", str(tmp_path / "b")]) == 0
+    assert ran == [((), ("my-revert.patch",), (), ("reach",))]
+    assert "the bug does not show (exit 0)" in capsys.readouterr().out
+    # the stock kernel is the revert of a fix it lacks
+    runner, ran = fake_runner(lambda p: report(1, **{"online-memory-mapped": "FAIL"}))
+    monkeypatch.setattr(cli_repro, "_runner", runner)
+    assert cli.main(["repro", "--upstream", "95a58852b0e5", "--report",
+                     str(tmp_path / "c")]) == 1
+    assert ran == [((), (), (), ("split-leaf",))]
+    # a harness error is 2
+    runner, ran = fake_runner(lambda p: report(2, **{"hotadd-frames-visible": "ERROR"}))
+    monkeypatch.setattr(cli_repro, "_runner", runner)
+    assert cli.main(["repro", "--upstream", "8fac67ca236b", "--report",
+                     str(tmp_path / "d")]) == 2
+
+
+def test_upstream_usage_errors(tmp_path, capsys):
+    assert cli.main(["repro", "--patch", str(tmp_path / "x.patch"), "--all"]) == 2
+    assert "--patch goes with --upstream" in capsys.readouterr().err
+    assert cli.main(["repro", "--upstream", "8fac67ca236b", "--patch",
+                     str(tmp_path / "missing.patch")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_history_list(capsys):
+    assert cli.main(["repro", "--history", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert 'upstream 58284a901b42 ("arm64/mm: Validate hotplug range before creating ' \
+           'linear mapping")' in out
+
+
+# ---------------------------------------------------------------- the hot-add checks
+
+def run_with(*hotadds):
+    return MethodRun(method="reach", geometry=Geometry(granule=4096), hotadds=hotadds)
+
+
+REACH = (0x40000000, 0x800040000000)
+
+
+def attempt(kind, pa, code=0, present=True, read=8, console=()):
+    return HotAddAttempt(kind=kind, pa=pa, size=0x8000000, reach=REACH, exit_code=code,
+                         present=present, console=console, kpageflags_bytes=read)
+
+
+def test_hotadd_checks_pass_on_the_stock_shape():
+    line = ("Hotplug memory [0x800040000000-0x800048000000] exceeds maximum addressable "
+            "range [0x40000000-0x80003fffffff]")
+    run = run_with(attempt("top-of-reach", 0x800038000000),
+                   attempt("beyond-reach", 0x800040000000, 1, False, None, (line,)),
+                   attempt("after-boot-memory", 0x80000000))
+    got = {c.name: c for c in checks.judge(run) if c.name.startswith("hotadd-")}
+    assert [c.verdict for c in got.values()] == ["PASS"] * 3
+    assert "exceeds maximum addressable range" in got["hotadd-beyond-reach-refused"].evidence
+
+
+def test_hotadd_checks_fail_with_evidence():
+    run = run_with(attempt("top-of-reach", 0x800038000000, 1, False, None),
+                   attempt("beyond-reach", 0x800040000000),
+                   attempt("after-boot-memory", 0x80000000, read=0))
+    got = {c.name: c for c in checks.judge(run) if c.name.startswith("hotadd-")}
+    assert got["hotadd-frames-visible"].verdict == "FAIL"
+    assert "PFN 0x87fff" in got["hotadd-frames-visible"].evidence
+    assert got["hotadd-within-reach-accepted"].verdict == "FAIL"
+    assert "top-of-reach PA 0x800038000000" in got["hotadd-within-reach-accepted"].evidence
+    assert got["hotadd-beyond-reach-refused"].verdict == "FAIL"
+
+
+def test_a_refusal_without_the_range_line_is_not_exercised():
+    run = run_with(attempt("beyond-reach", 0x800040000000, 1, False, None))
+    check = checks.check_hotadd_beyond_reach_refused(run)
+    assert check.verdict == "SKIP" and check.evidence.startswith("not exercised")
+
+
+def test_hotadd_checks_only_where_hotadds_were_tried():
+    plain = MethodRun(method="probe", geometry=Geometry(granule=4096))
+    assert not [c for c in checks.judge(plain) if c.name.startswith("hotadd-")]
+    assert "hotadds" not in plain.to_dict()
+    run = run_with(attempt("top-of-reach", 0x800038000000))
+    assert MethodRun.from_dict(json.loads(json.dumps(run.to_dict()))) == run
+
+
+def test_reach_of_counts_from_the_boot_memory():
+    from harness.drive import reach
+
+    class Phase:
+        system_ram = ((0x40000000, 0x80000000),)
+    assert reach.reach_of(Phase, 0xffff000000000000, 0xffff800000000000) == REACH
