@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from harness import progress as ui
+from harness.build import versions
 from harness.cli.run import add_matrix_outputs
 from harness.verdict import repro
+from harness.verdict.geomatrix import source_folder
 
 EPILOG = """\
 Each patches/repro/*.patch names, in its header, the review point it plants,
@@ -123,8 +126,16 @@ def cmd_repro(args) -> int:
     from harness.cli.run import default_dir, make_private_dirs, write_matrix
     out = args.report or default_dir("repro")
     make_private_dirs(out)
-    rows = repro.run_matrix(regs, out, _runner(args.kernel_src, not args.no_series),
-                            progress=ui.info, clean=not args.no_clean)
+    sources = versions.parse_sources(args.kernel_src)
+    rows = []
+    for src in sources:     # a source axis: each source's rows in out/SOURCE/, named
+        axis = len(sources) > 1
+        if axis:
+            ui.info(f"[repro] --kernel-src {src}: {len(regs)} regression(s)")
+        found = repro.run_matrix(regs, out / source_folder(src) if axis else out,
+                                 _runner(src, not args.no_series),
+                                 progress=ui.info, clean=not args.no_clean)
+        rows += [replace(r, source=src) for r in found] if axis else found
     data = {"rows": [r.to_dict() for r in rows], "exit_code": repro.matrix_exit_code(rows)}
     from harness.verdict import htmlreport
     code = write_matrix(out, data, repro.matrix_text(rows), htmlreport.repro_matrix(data, out),
@@ -153,7 +164,7 @@ def cmd_upstream(args) -> int:
     row = rows[0]
     shows = row.status == repro.CAUGHT or (
         not reg.expect and any(c.verdict == "FAIL" for c in row.cells.values()))
-    code = 1 if shows else 2 if row.status == repro.ERROR else 0
+    code = 1 if shows else 2 if row.status in (repro.ERROR, repro.NOT_APPLICABLE) else 0
     data = {"rows": [row.to_dict()], "exit_code": code, "upstream": reg.upstream}
     (out / "matrix.json").write_text(json.dumps(data, indent=1) + "\n")
     print(json.dumps(data, indent=1) if args.json else
@@ -197,9 +208,19 @@ def update_readmes(files, rows) -> None:
 
 
 def _runner(kernel_src: str, series: bool = True):
+    from harness.build import source as src
     from harness.cli.run import run_to_report
+    from harness.errors import HarnessError
 
     def run(configs, patches, append, methods, cycles, folder: Path) -> dict:
-        return run_to_report(kernel_src, configs, patches, append, methods, cycles, folder,
-                             series=series)
+        try:
+            return run_to_report(kernel_src, configs, patches, append, methods, cycles,
+                                 folder, series=series)
+        except HarnessError as e:   # a 6.12 patch that another version cannot take: n/a
+            na = versions.foreign_patch(
+                versions.tree_version(src.resolve_source(kernel_src)), e, patches) \
+                if e.step == "patch" else None
+            if na is None:
+                raise
+            raise na from e
     return run

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from harness.build.versions import NotApplicable
 from harness.errors import KERNEL, HarnessError
 from harness.paths import PATCH_DIR
 from harness.records import Verdict
@@ -47,6 +48,7 @@ _TRAILER = re.compile(r"^Repro-([A-Za-z-]+):\s*(.*?)\s*$")
 _UPSTREAM = re.compile(r"^Upstream-Fix:\s*([0-9a-f]{7,40})\b\s*(.*?)\s*$")
 CAUGHT, MISSED, NOT_EXPECTED, CLEAN_PASS, CLEAN_FAIL, ERROR = (
     "caught", "MISSED", "not expected", "clean", "CLEAN FAILED", "ERROR")
+NOT_APPLICABLE = "n/a"     # the patch or shape cannot work on the source's kernel version
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,12 @@ class MatrixRow:
     cycles: int = 1
     upstream: str = ""            # the upstream fix a history row undoes
     patches: tuple = ()           # the row's patches beyond patches/series (file names)
+    source: str = ""              # its --kernel-src, on a source axis (repro --kernel-src A,B)
+
+    @property
+    def label(self) -> str:
+        """How the matrix names the row: on a source axis, with its source."""
+        return f"{self.name} @{self.source}" if self.source else self.name
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -270,9 +278,11 @@ def run_matrix(regs: list[Regression], out: Path, run_fn: RunFn,
             report = run_fn(configs, patches, append, methods, cycles, folder)
         except HarnessError as e:      # e.g. the kernel does not build
             report, error, blame = {"exit_code": e.exit_code, "methods": []}, e.message, e.blame
+            blame = "n/a" if isinstance(e, NotApplicable) else blame
         status = status_of(reg, report)
         if error and status != CAUGHT:
-            status = MISSED if (reg and blame == "kernel" and reg.expect) else ERROR
+            status = MISSED if (reg and blame == "kernel" and reg.expect) else \
+                NOT_APPLICABLE if blame == "n/a" else ERROR
         row = MatrixRow(name=name, point=reg.point if reg else "(clean kernel)",
                         expect=reg.expect if reg else (), status=status,
                         cells=cells_of(report), methods=methods, configs=configs,
@@ -308,6 +318,9 @@ def _shape_slug(configs: tuple, append: tuple, methods: tuple, patches: tuple = 
 def run_folder(row: dict) -> str:
     """The run folder, under the matrix's, that :func:`run_matrix` gave a row
     (a ``MatrixRow.to_dict()``)."""
+    if row.get("source"):      # a source axis: each source's rows in a folder of its own
+        from harness.verdict.geomatrix import source_folder
+        return f"{source_folder(row['source'])}/" + run_folder({**row, "source": ""})
     if row.get("point") != "(clean kernel)":
         return str(row.get("name", ""))
     return "clean-" + _shape_slug(tuple(row.get("configs", ())), tuple(row.get("append", ())),
@@ -335,12 +348,12 @@ def matrix_text(rows: list[MatrixRow]) -> str:
     """The matrix for a terminal, then each row's evidence for its expected
     (or failing) checks. ``*`` marks an expected check."""
     cols = _columns(rows)
-    width = max([len(r.name) for r in rows] + [10])
+    width = max([len(r.label) for r in rows] + [10])
     lines = ["regression × check (* = expected to FAIL)", ""]
     lines.append(f"{'':{width}}  {'status':12} " + " ".join(f"{i + 1:>6}" for i in
                                                             range(len(cols))))
     for r in rows:
-        lines.append(f"{r.name:{width}}  {r.status:12} "
+        lines.append(f"{r.label:{width}}  {r.status:12} "
                      + " ".join(f"{_mark(r, c):>6}" for c in cols))
     lines += ["", "checks: " + ", ".join(f"{i + 1} {c}" for i, c in enumerate(cols)), ""]
     for r in rows:
@@ -350,7 +363,7 @@ def matrix_text(rows: list[MatrixRow]) -> str:
             continue
         if r.upstream:
             lines.append(f"{r.name}: undoes upstream {r.upstream}")
-        lines.append(f"{r.name} ({r.point}; {', '.join(r.methods)}"
+        lines.append(f"{r.label} ({r.point}; {', '.join(r.methods)}"
                      + (f"; {'+'.join(r.configs)}" if r.configs else "")
                      + (f"; {' '.join(r.append)}" if r.append else "") + "):")
         if r.why:
@@ -379,7 +392,8 @@ def matrix_markdown(rows: list[MatrixRow]) -> str:
         out = ["| upstream fix | kernel | what goes wrong without it | run with | "
                "expected to fail | result | evidence |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        name = r.name if r.point != "(clean kernel)" else "clean kernel"
+        name = (r.name if r.point != "(clean kernel)" else "clean kernel") \
+            + (f" @{r.source}" if r.source else "")
         if r.point == "(clean kernel)" and r.patches:
             name += " + " + ", ".join(p.removesuffix(".patch") for p in r.patches)
         run = ", ".join(r.methods)
