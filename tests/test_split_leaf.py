@@ -123,7 +123,7 @@ def test_registered_as_a_method_with_room_for_one_1g_dimm():
     assert runner.METHODS["split-leaf"] is split_leaf.METHOD
     assert split_leaf.METHOD.mode == "acpi"
     opts = split_leaf.boot_options(BootOptions(mem_mb=1024, slots=0, maxmem_mb=1024))
-    assert opts.slots >= 1 and opts.maxmem_mb >= 1024 + split_leaf.DIMM_MB
+    assert opts.slots >= 2 and opts.maxmem_mb >= 1024 + split_leaf.DIMM_MB + 128
     assert "movablecore=256M" in opts.cmdline
     assert split_leaf.Options().dimm_mb == 1024 and split_leaf.Options().block == 1
 
@@ -192,6 +192,36 @@ def test_fixed_kernel_refuses_the_removal_and_passes(kernel, tmp_path):
     # nothing was removed at refused-1; the whole DIMM then goes, and is judged
     assert [(r["phase"], r["pa_start"], r["pa_end"]) for r in method["run"]["removals"]] \
         == [("removed-2", 0x80000000, 0xc0000000)]
+    for name in ("blocks-lifecycle", "no-stale-linear-map", "no-stale-vmemmap",
+                 "tables-freed", "online-memory-mapped", "no-kernel-splat"):
+        assert checks[name]["verdict"] == "PASS", checks[name]
+
+
+UPSTREAM_FIX = ROOT / "patches" / "fixes" / \
+    "0002-arm64-mm-reject-memory-removal-that-splits-a-kernel-leaf-mapping.patch"
+
+
+@pytest.mark.kernel
+@pytest.mark.qemu
+def test_upstream_fix_refuses_the_offline_and_passes(kernel, tmp_path):
+    """Upstream's rule (95a58852b0e5, backported as patches/fixes/0002) refuses
+    at offline time, per block: the block stays online, every block of the
+    PUD-mapped DIMM refuses, and a 128 MiB DIMM that splits nothing goes."""
+    proc = harness_cli("run", "--method", "split-leaf", "--patch", str(UPSTREAM_FIX),
+                       "--report", str(tmp_path), timeout=2400)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    method, checks = _method(tmp_path)
+    assert method["verdict"] == "PASS" and not method["run"]["crashes"]
+    notes = "\n".join(method["run"]["notes"])
+    assert "offlining 0x88000000-0x90000000 refused with EPERM" in notes
+    assert "[88000000 90000000] splits a leaf entry in linear map" in notes
+    assert "every block of dimm1 refused to go offline" in notes
+    phases = {p["name"]: p for p in method["run"]["phases"]}
+    refused = {b["index"]: b["state"] for b in phases["refused-2"]["blocks"]["blocks"]}
+    assert all(refused[i] == "online" for i in range(16, 24))
+    assert [(r["phase"], r["pa_start"], r["pa_end"], r["baseline"])
+            for r in method["run"]["removals"]] == [
+        ("removed-2", 0xc0000000, 0xc8000000, "refused-2")]
     for name in ("blocks-lifecycle", "no-stale-linear-map", "no-stale-vmemmap",
                  "tables-freed", "online-memory-mapped", "no-kernel-splat"):
         assert checks[name]["verdict"] == "PASS", checks[name]

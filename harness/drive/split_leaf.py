@@ -45,6 +45,16 @@ methods' removals). Then, by outcome:
   acpi-dimm does (offline all, ``device_del``): a removal that splits nothing
   must still succeed, so phase ``removed-2`` carries a ``Removal`` of the whole
   DIMM against ``before`` and every removal check looks at it.
+* **offline refused** (upstream's fix, backported as ``patches/fixes/0002``:
+  the memory notifier refuses MEM_GOING_OFFLINE of a block whose linear-map
+  or vmemmap edges lie inside a leaf, EPERM and "splits a leaf entry"): the
+  block stays online; phase ``refused-1`` must find the whole DIMM mapped and
+  memory is written into it. That rule works per block, so no block of the
+  PUD-mapped DIMM can be offlined and the DIMM cannot be removed at all: the
+  method offlines each block in turn and requires the same refusal (phase
+  ``refused-2``), then proves that a removal which splits nothing still works
+  by plugging a 128 MiB DIMM (PMD-mapped; phases ``added-2``, ``online-2``)
+  and removing it whole (phase ``removed-2``, compared with ``refused-2``).
 """
 from __future__ import annotations
 
@@ -77,6 +87,8 @@ EXPECTED_FAIL = ("unfixed kernels (stock 6.12.117): online-memory-mapped FAILs a
                  ".patch")
 LINEAR = "Linear Mapping"
 REFUSAL_TEXT = "removal refused"   # patches/fixes/0001's console line
+OFFLINE_REFUSAL_TEXT = "splits a leaf entry"   # upstream's (patches/fixes/0002)
+SMALL_DIMM_MB = 128                # removable whole under upstream's rule
 FILL = "/tmp/harness-fill"
 # arm64 CONT_PTES / CONT_PMDS per granule (arch/arm64/include/asm/pgtable-hwdef.h)
 CONT_ENTRIES = {4096: {"PTE": 16, "PMD": 16}, 16384: {"PTE": 128, "PMD": 32},
@@ -92,8 +104,8 @@ class Options:
 
 
 def boot_options(base: BootOptions, kconfig: Optional[dict] = None) -> BootOptions:
-    return replace(base, slots=max(base.slots, 1),
-                   maxmem_mb=max(base.maxmem_mb, base.mem_mb + DIMM_MB),
+    return replace(base, slots=max(base.slots, 2),
+                   maxmem_mb=max(base.maxmem_mb, base.mem_mb + DIMM_MB + SMALL_DIMM_MB),
                    cmdline=base.cmdline + (BOOTMEM_MOVABLE,))
 
 
@@ -191,7 +203,10 @@ def drive(rec: Recorder, opts: Options) -> None:
                      f"({addr:#x}-{addr + size:#x}) lies inside a larger linear-map "
                      f"leaf: {leaves}")
     victim = blocks_in(rec, target, target + bs)
-    rec.step(f"offline {target:#x}", lambda: set_state(rec, victim, "offline"))
+    refused = rec.step(f"offline {target:#x}", lambda: _try_offline(rec, victim[0].index))
+    if refused:
+        _after_offline_refusal(rec, opts, dimm, target, bs, refused)
+        return
     attempt = rec.removal_step(f"remove {target:#x}", target, target + bs,
                                lambda: _try_remove(rec, target))
     if attempt["outcome"] == "removed":
@@ -221,6 +236,71 @@ def _leaves_to_split(rec: Recorder, online, start: int, end: int) -> str:
             step="split-leaf", blame=HARNESS,
             evidence=f"ptdump: {ptdump.format_entry(entry)}" if entry else "")
     return "; ".join(dict.fromkeys(leaf.text(off) for leaf in found))
+
+
+def _try_offline(rec: Recorder, index: int) -> Optional[dict]:
+    """Offline ``memoryINDEX``: None when it went offline; the refusal (errno,
+    console lines) when the kernel refused it for splitting a leaf (upstream's
+    rule); any other failure stops the run, blamed on the kernel."""
+    lines: list = []
+    reader, listener = rec.guest.reader, lines.append
+    reader.listeners.append(listener)
+    try:
+        res = rec.guest.run(f"echo offline > {MEMROOT}/memory{index}/state", 120)
+        if res.exit_code != 0:
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end and not any(OFFLINE_REFUSAL_TEXT in l
+                                                     for l in lines):
+                time.sleep(0.05)
+    finally:
+        reader.listeners.remove(listener)
+    if res.exit_code == 0:
+        return None
+    text = (res.stdout + res.stderr).strip()
+    said = [l.strip() for l in lines if OFFLINE_REFUSAL_TEXT in l]
+    name = errno_name(text)
+    if name not in REFUSALS or not said:
+        raise HarnessError(f"offline of memory{index} failed with {name or 'no errno'} "
+                           f"and no '{OFFLINE_REFUSAL_TEXT}' line: neither an offline "
+                           f"nor upstream's refusal", step=f"offline memory{index}",
+                           evidence=text[-300:], blame=KERNEL)
+    return {"outcome": "refused", "errno": name, "exit_code": res.exit_code,
+            "output": text[-300:], "console": said[-3:]}
+
+
+def _after_offline_refusal(rec: Recorder, opts: Options, dimm: acpi_dimm.Dimm,
+                           target: int, bs: int, attempt: dict) -> None:
+    """Upstream's rule refused to offline the block (see the module's doc)."""
+    rec.notes.append(f"split-leaf: offlining {target:#x}-{target + bs:#x} refused with "
+                     f"{attempt['errno']} (upstream's rule, at offline time); console: "
+                     + " | ".join(attempt["console"]))
+    rec.phase("refused-1")
+    rec.step("touch memory", lambda: acpi_dimm.fill(rec, opts.fill_mb))
+    rec.step("free memory", lambda: rec.sh(f"rm -f {FILL}"))
+    refused = []
+    for b in blocks_in(rec, dimm.addr, dimm.end):
+        got = rec.step(f"offline memory{b.index} (must be refused)",
+                       lambda b=b: _try_offline(rec, b.index))
+        if got is None:
+            raise HarnessError(f"memory{b.index} of {dimm.name} went offline, yet its "
+                               f"edges lie inside the DIMM's leaf: upstream's rule "
+                               f"refused memory{victim_index(target, bs)} but not this",
+                               step=f"offline memory{b.index}", blame=KERNEL)
+        refused.append(f"memory{b.index}")
+    rec.notes.append(f"split-leaf: every block of {dimm.name} refused to go offline "
+                     f"({', '.join(refused)}): under upstream's rule a DIMM mapped by one "
+                     f"leaf cannot be removed at all")
+    rec.phase("refused-2")
+    small = acpi_dimm.plug(rec, 2, replace(opts, dimm_mb=SMALL_DIMM_MB), "")
+    rec.phase("added-2")
+    blocks = blocks_in(rec, small.addr, small.end)
+    rec.step(f"online {small.name}", lambda: set_state(rec, blocks, opts.online_type))
+    rec.phase("online-2")
+    acpi_dimm.unplug(rec, small, "removed-2", baseline="refused-2")
+
+
+def victim_index(target: int, bs: int) -> int:
+    return target // bs
 
 
 def _try_remove(rec: Recorder, pa: int) -> dict:

@@ -229,12 +229,26 @@ def _lifecycle_problems(run: MethodRun, removal: Removal,
     problems: list[str] = []
     missing: list[str] = []
     for phase_name, present, state in rules:
-        phase = run.phase(phase_name)
+        phase = _lifecycle_phase(run, removal, phase_name)
         if phase is not None:
             problems += _phase_blocks(phase, want, present, state)
         elif phase_name != "added":
             missing.append(phase_name)
     return problems, missing
+
+
+def _lifecycle_phase(run: MethodRun, removal: Removal, name: str) -> Optional[Phase]:
+    """The phase ``name``; for "added" and "online", the last one named so, or
+    NAME-N (a second device plugged later: split-leaf), before the removal's."""
+    if name not in ("added", "online"):
+        return run.phase(name)
+    found = None
+    for phase in run.phases:
+        if phase.name == removal.phase:
+            break
+        if phase.name == name or re.fullmatch(rf"{name}-\d+", phase.name):
+            found = phase
+    return found if found is not None else run.phase(name)
 
 
 def _phase_blocks(phase: Phase, want: list[int], present: bool,
