@@ -297,7 +297,7 @@ def test_version():
 # import name -> distribution that provides it
 DISTRIBUTIONS = {"paramiko": "paramiko", "pexpect": "pexpect", "elftools": "pyelftools",
                  "qemu": "qemu.qmp", "cryptography": "cryptography", "jinja2": "jinja2",
-                 "pytest": "pytest"}
+                 "pytest": "pytest", "kcidb_io": "kcidb-io"}
 # Modules that exist only inside another program, never pip-installed:
 # gdb's embedded Python (gdb-multiarch, from apt), imported by code gdb runs.
 NOT_FROM_PIP = {"gdb"}

@@ -35,6 +35,7 @@ examples:
   hotplug-harness matrix --series v2.mbx --method probe  # a series from the list
   hotplug-harness matrix --json > g.json               # machine-readable
   hotplug-harness matrix --markdown g.json             # the README table; no run
+  hotplug-harness matrix --kcidb kcidb.json            # also every run as KCIDB JSON
 
 exit codes: 0 every cell PASS or XFAIL, 1 a kernel failed a check (or an XFAIL
 passed), 2 a cell could not be judged (build, boot, harness), 130/143
@@ -83,7 +84,13 @@ def cmd_matrix(args) -> int:
             json.loads(args.markdown.read_text()))), end="")
         return 0
     from harness import runner
-    from harness.cli.run import default_dir, make_private_dirs, run_to_report, write_matrix
+    from harness.cli.run import (
+        default_dir,
+        make_private_dirs,
+        run_to_report,
+        write_kcidb,
+        write_matrix,
+    )
     geos = runner.select_names(args.geometry, geomatrix.geometries(), "geometry", "matrix")
     methods = runner.select_names(args.method, list(runner.METHODS), "method", "matrix")
     out = args.report or default_dir("matrix")
@@ -100,5 +107,7 @@ def cmd_matrix(args) -> int:
         # a source axis: each row names its source (out/SOURCE/GEOMETRY)
         cells += geomatrix.run_matrix(geos, methods, out, run, progress=ui.info,
                                       source=src if len(sources) > 1 else "")
-    return write_matrix(out, geomatrix.to_json(cells), geomatrix.matrix_text(cells),
+    code = write_matrix(out, geomatrix.to_json(cells), geomatrix.matrix_text(cells),
                         geomatrix.html_matrix(cells, out), args.json)
+    write_kcidb(args, out)
+    return code

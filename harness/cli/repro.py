@@ -123,7 +123,7 @@ def cmd_repro(args) -> int:
                   f"{' ' + ' '.join(r.append) if r.append else ''}\n    expect: {expect}")
         return 0
     _readmes(args.update_readme)        # a file without the markers: refused now, not after
-    from harness.cli.run import default_dir, make_private_dirs, write_matrix
+    from harness.cli.run import default_dir, make_private_dirs, write_kcidb, write_matrix
     out = args.report or default_dir("repro")
     make_private_dirs(out)
     sources = versions.parse_sources(args.kernel_src)
@@ -141,6 +141,7 @@ def cmd_repro(args) -> int:
     code = write_matrix(out, data, repro.matrix_text(rows), htmlreport.repro_matrix(data, out),
                         args.json)
     update_readmes(args.update_readme, rows)
+    write_kcidb(args, out)
     return code
 
 
@@ -167,6 +168,8 @@ def cmd_upstream(args) -> int:
     code = 1 if shows else 2 if row.status in (repro.ERROR, repro.NOT_APPLICABLE) else 0
     data = {"rows": [row.to_dict()], "exit_code": code, "upstream": reg.upstream}
     (out / "matrix.json").write_text(json.dumps(data, indent=1) + "\n")
+    from harness.cli.run import write_kcidb
+    write_kcidb(args, out)
     print(json.dumps(data, indent=1) if args.json else
           repro.matrix_text(rows).rsplit("exit ", 1)[0]
           + f"upstream {reg.upstream}: "

@@ -376,6 +376,7 @@ def cmd_run(args, build_request) -> int:
         extra = {"seconds": round(time.monotonic() - start, 2)}
         if art is not None:
             kernel = kernel_identity(art)
+            keep_build_log(art, out)
             extra.update(build_seconds=art.seconds, rebuilt=art.rebuilt)
         if stopped is not None:
             extra.update(interrupted=True, signal=signals.signame(stopped),
@@ -412,6 +413,7 @@ def run_to_report(kernel_src: str, configs, patches, append, methods, cycles: in
                               boot=BootOptions(cmdline=append), cycles=cycles,
                               order_check=order_check)
     folder.mkdir(parents=True, exist_ok=True)
+    keep_build_log(art, folder)
     runs = runner.run_all(art, ropts, folder)
     report.write_report(folder, kernel_identity(art), runs,
                         {r.method: checks.judge(r) for r in runs})
@@ -432,6 +434,7 @@ def add_matrix_outputs(p) -> None:
     p.add_argument("--no-series", action="store_true",
                    help="do not apply patches/series (a tree that carries it already; "
                         "without this, each of its patches found in the tree is skipped)")
+    kcidb_arguments(p)
 
 
 def write_matrix(out: Path, data: dict, text: str, page: dict, as_json: bool) -> int:
@@ -454,12 +457,53 @@ def kernel_identity(art) -> dict:
                if (mails := getattr(art, "series", ())) else {}),
             **({"commit": commit} if (commit := mail.git_commit(art.source)) else {}),
             "config_digest": art.config_digest, "cache_key": art.cache_key,
-            "release": art.kernel_release, "fragments": list(art.fragments)}
+            "release": art.kernel_release, "fragments": list(art.fragments),
+            **({"toolchain": tc} if (tc := getattr(art, "toolchain", "")) else {})}
+
+
+def keep_build_log(art, folder: Path) -> None:
+    """The build log beside the report (``build.log``: the build's excerpt in
+    ``--kcidb``); an artifact without one (or a fake) leaves nothing."""
+    from harness.verdict import kcidb
+    log = getattr(art, "build_log", None)
+    if log and Path(log).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, folder / kcidb.BUILD_LOG)
+
+
+def kcidb_arguments(p) -> None:
+    """--kcidb FILE and --kcidb-origin NAME (report, matrix, repro)."""
+    p.add_argument("--kcidb", metavar="FILE", type=Path, default=None,
+                   help="also write the results as KCIDB JSON (KernelCI's results "
+                        "database; submit with kcidb-submit, see docs/kcidb.md)")
+    p.add_argument("--kcidb-origin", metavar="NAME", default="hotplug_harness",
+                   type=_kcidb_origin,
+                   help="the KCIDB origin (the CI system's name, given by KernelCI; "
+                        "default hotplug_harness)")
+
+
+def _kcidb_origin(text: str) -> str:
+    from harness.verdict import kcidb
+    try:
+        return kcidb.check_origin(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def write_kcidb(args, folder: Path) -> None:
+    """With --kcidb FILE: the report(s) under ``folder`` as KCIDB JSON."""
+    if getattr(args, "kcidb", None) is None:
+        return
+    from harness.verdict import kcidb
+    doc = kcidb.from_folder(folder, args.kcidb_origin)
+    kcidb.write(args.kcidb, doc)
+    ui.info(f"{args.kcidb}: {kcidb.counts(doc)}", "kcidb")
 
 
 def cmd_report(args) -> int:
     from harness.verdict import report
     data, code = report.rejudge(Path(args.dir))
+    write_kcidb(args, Path(args.dir))
     if args.mail:
         print(mail.render(data, args.tested_by or mail.tested_by()), end="")
     elif args.json:
@@ -564,4 +608,5 @@ def register_run(sub, add_kernel_options, build_request) -> None:
     p.add_argument("--mail", action="store_true", help=mail.MAIL_HELP)
     p.add_argument("--tested-by", type=mail.tested_by_arg, metavar='"NAME <EMAIL>"',
                    help=mail.TESTED_BY_HELP)
+    kcidb_arguments(p)
     p.set_defaults(func=cmd_report)
