@@ -18,7 +18,7 @@ import pytest
 from harness import cli, progress, runner
 from harness.build import source as src
 from harness.cli import run as cli_run
-from harness.drive import acpi_dimm, kselftest, method, probe, race, split_leaf, virtio_mem
+from harness.drive import acpi_dimm, kselftest, method, probe, race, reach, split_leaf, virtio_mem
 from harness.errors import HarnessError
 from harness.records import REMOVAL_CHECKS, MethodRun
 from harness.session import BootOptions
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ART = SimpleNamespace(source="debian 6.12", patches=(), config_digest="cd",
                       cache_key="ef" * 32, kernel_release="6.12.0", fragments=("base",),
                       seconds=0.1, rebuilt=False, kconfig={})
-MODULES = (acpi_dimm, probe, virtio_mem, kselftest, split_leaf, race)
+MODULES = (acpi_dimm, probe, virtio_mem, kselftest, split_leaf, race, reach)
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +57,7 @@ def stand_in(name="fifth", mode="dt", **kw) -> method.Method:
 def test_every_module_registers_one_method_and_the_runner_uses_the_registry():
     assert runner.METHODS is method.load()
     assert list(runner.METHODS) == ["acpi-dimm", "probe", "virtio-mem", "kselftest",
-                                    "split-leaf", "race"]
+                                    "split-leaf", "race", "reach"]
     for module in MODULES:
         assert runner.METHODS[module.METHOD.name] is module.METHOD
         assert module.METHOD.drive is module.drive and module.METHOD.options is module.Options
@@ -76,7 +76,8 @@ def test_declarations_as_before():
         "virtio-mem": ("dt", REMOVAL_CHECKS, True),
         "kselftest": ("acpi", REMOVAL_CHECKS + ("kselftest",), True),
         "split-leaf": ("acpi", REMOVAL_CHECKS, True),
-        "race": ("dt", REMOVAL_CHECKS, False)}
+        "race": ("dt", REMOVAL_CHECKS, False),
+        "reach": ("dt", REMOVAL_CHECKS + reach.CHECKS, False)}
 
 
 def test_lookup_and_unknown_names():
@@ -140,8 +141,8 @@ def test_a_new_method_is_one_new_file(tmp_path):
     assert lines[0] == "('acpi-dimm', 'probe', 'virtio-mem', 'kselftest', 'fifth')"
     assert lines[1] == "exit 2"
     assert "  fifth       a fifth way to remove memory" in proc.stdout
-    assert squeeze("acpi-dimm, probe, virtio-mem, kselftest, fifth, split-leaf, race or "
-                   "all") in squeeze(proc.stdout)
+    assert squeeze("acpi-dimm, probe, virtio-mem, kselftest, fifth, split-leaf, race, "
+                   "reach or all") in squeeze(proc.stdout)
     assert "--dimms 3: fifth cannot honour it (fifth takes no --dimms)" in proc.stderr
 
 
@@ -350,6 +351,6 @@ def test_cli_help_is_generated_from_the_registry(monkeypatch):
     assert "[dt boot; --cycles --dimms]" in text            # the stand-in's line
     assert "[dt boot; --online-type --race-seconds; no --mem; no gdb]" in text
     assert "('all' is the 4 above; these are asked for by name:)" in text
-    assert squeeze("acpi-dimm, probe, virtio-mem, kselftest, split-leaf, fifth, race or all "
-                   "(default: all = acpi-dimm, probe, virtio-mem, kselftest)") in flat
+    assert squeeze("acpi-dimm, probe, virtio-mem, kselftest, split-leaf, fifth, race, reach or "
+                   "all (default: all = acpi-dimm, probe, virtio-mem, kselftest)") in flat
     assert squeeze("DIMMs to plug (default 2; taken by acpi-dimm, fifth)") in flat
