@@ -220,3 +220,51 @@ def test_reach_of_counts_from_the_boot_memory():
     class Phase:
         system_ram = ((0x40000000, 0x80000000),)
     assert reach.reach_of(Phase, 0xffff000000000000, 0xffff800000000000) == REACH
+
+
+# ---------------------------------------------------------------- isb after a table's flush
+
+DATA = ROOT / "tests" / "data"
+
+
+def recorded(name, isb):
+    """A real capture's events, its barriers marked as the agent now marks them."""
+    from harness.inspect import order
+    events = order.events_from_lines((DATA / name).read_text().splitlines())
+    if isb is None:
+        return events
+    return [order.Dsb(**{**e.__dict__, "isb_after": isb}) if isinstance(e, order.Dsb)
+            else e for e in events]
+
+
+def test_isb_follows_on_the_straight_line():
+    from harness.inspect import a64
+    nop, ret, b = 0xD503201F, 0xD65F03C0, 0x14000002
+    assert a64.isb_follows([a64.ISB]) is True
+    assert a64.isb_follows([nop, nop, a64.ISB]) is True
+    assert a64.isb_follows([nop, ret, a64.ISB]) is False
+    assert a64.isb_follows([b, a64.ISB]) is False
+    assert a64.isb_follows([nop] * 8 + [a64.ISB]) is False
+    assert a64.isb_follows([]) is None
+
+
+def test_isb_after_table_flush_on_recorded_removals():
+    from harness.inspect import order
+    judge = order.check_isb_after_table_flush
+    clean = judge(recorded("order-clean-rodata-full.jsonl", True), "remove 0x80000000")
+    assert clean.verdict == "PASS" and clean.counts["isb"] == 65, clean.evidence
+    bad = judge(recorded("order-clean-rodata-full.jsonl", False), "remove 0x80000000")
+    assert bad.verdict == "FAIL" and bad.counts["violations"] == 65
+    assert "with no isb after it before" in bad.evidence.splitlines()[1]
+    old = judge(recorded("order-clean-rodata-full.jsonl", None), "remove 0x80000000")
+    assert old.verdict == "SKIP" and not old.applicable      # recorded before: not judged
+    # what tlb-flushed-before-free fails is not judged here a second time
+    unflushed = judge(recorded("order-no-flush-rodata-full.jsonl", False), "x")
+    assert unflushed.verdict == "SKIP"
+
+
+def test_dsb_round_trips_isb_after():
+    from harness.inspect import order
+    d = order.Dsb(3, "s", 0x10, "ish", 1, (2,), isb_after=False)
+    assert order.Dsb.from_dict(d.to_dict()) == d
+    assert "isb_after" not in order.Dsb(3, "s", 0x10, "ish", 1, (2,)).to_dict()

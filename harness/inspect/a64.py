@@ -330,6 +330,27 @@ def is_branch(word: int) -> bool:
             or word & 0xFE000000 == 0xD6000000)
 
 
+ISB = 0xD5033FDF
+ISB_SCAN_INSNS = 8        # how far after a completing dsb its isb is looked for
+
+
+def isb_follows(words: list) -> Optional[bool]:
+    """Whether the instructions after a ``dsb`` (``words``, in order) reach an
+    ``isb`` on their straight line: True at an ``isb`` before any branch; False
+    at a branch or after :data:`ISB_SCAN_INSNS` words without one; None for no
+    words at all. Walk-cache invalidation needs the ``isb`` too: without it, an
+    instruction after the barrier may still have been fetched through the old
+    entry (upstream d6984c21d815)."""
+    if not words:
+        return None
+    for word in words[:ISB_SCAN_INSNS]:
+        if word == ISB:
+            return True
+        if is_branch(word):
+            return False
+    return False
+
+
 def is_barrier_or_hint(word: int) -> bool:
     """DSB/DMB/ISB/SB and the hint space (NOP, BTI, PAC hints): no register written."""
     return word & 0xFFFFF01F in (0xD503201F, 0xD503301F)

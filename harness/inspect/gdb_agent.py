@@ -592,7 +592,8 @@ class Agent:
                 bytes(self.gdb.selected_inferior().read_memory(dsb, 4)), "little"))
             self.complete(cpu, dsb, opt or "?", note=dsb_note or (
                 f"{(dsb - addr) // 4 - 1} instructions after the tlbi at "
-                f"{self.symbolise(addr)}, none a branch: executed next on its path"))
+                f"{self.symbolise(addr)}, none a branch: executed next on its path"),
+                isb=self.isb_after(dsb))
         elif dsb is not None:
             self.enable_dsb(dsb)
 
@@ -614,9 +615,19 @@ class Agent:
         word = int.from_bytes(bytes(self.gdb.selected_inferior().read_memory(addr, 4)),
                               "little")
         self.counts["dsb"] += 1
-        self.complete(self.cpu(), addr, self.a64.decode_dsb(word) or "?")
+        self.complete(self.cpu(), addr, self.a64.decode_dsb(word) or "?",
+                      isb=self.isb_after(addr))
 
-    def complete(self, cpu, addr: int, option: str, note: str = "") -> None:
+    def isb_after(self, addr: int):
+        """Whether an isb follows the dsb at ``addr`` on its straight line
+        (a64.isb_follows over the words after it, read from the guest)."""
+        after = bytes(self.gdb.selected_inferior().read_memory(
+            addr + 4, 4 * self.a64.ISB_SCAN_INSNS))
+        return self.a64.isb_follows([int.from_bytes(after[i:i + 4], "little")
+                                     for i in range(0, len(after), 4)])
+
+    def complete(self, cpu, addr: int, option: str, note: str = "",
+                 isb=None) -> None:
         for number in self.resting.pop(cpu, []):      # a loop ended: its site wakes
             bp = next((b for b in self.bps if b.number == number), None)
             if bp is not None and self.tlbi_on:
@@ -627,7 +638,8 @@ class Agent:
         else:
             done = [t.seq for t, _d in waiting]
             self.event(self.order.Dsb(self.next_seq(), self.step, addr, option, cpu,
-                                      tuple(done), pc_sym=self.symbolise(addr), note=note))
+                                      tuple(done), pc_sym=self.symbolise(addr), note=note,
+                                      isb_after=isb))
             for key in [k for k, (_c, _l, by) in self.pending.items() if set(by) & set(done)]:
                 del self.pending[key]
         needed = {d for ts in self.uncompleted.values() for _t, d in ts if d is not None}

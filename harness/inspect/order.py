@@ -48,6 +48,7 @@ NO_TABLE_FREED_WHILE_LINKED = "no-table-freed-while-linked"
 TLB_FLUSHED_BEFORE_FREE = "tlb-flushed-before-free"
 LEAF_FLUSHED_BEFORE_FREE = "leaf-flushed-before-free"
 UNLINKED_TABLES_FREED = "unlinked-tables-freed"
+ISB_AFTER_TABLE_FLUSH = "isb-after-table-flush"
 
 
 def _hex(v: Optional[int]) -> Optional[str]:
@@ -303,6 +304,9 @@ class Dsb:
     # non-empty: not stopped at, but decoded on the tlbi's unbranched path
     # (harness.inspect.a64.paired_dsb)
     note: str = ""
+    # an isb on the straight line after it (a64.isb_follows); None: not looked
+    # (a recording made before the agent looked, or a barrier not stopped at)
+    isb_after: Optional[bool] = None
 
     def to_dict(self) -> dict:
         d = {"kind": self.kind, "seq": self.seq, "step": self.step, "pc": hex(self.pc),
@@ -310,13 +314,15 @@ class Dsb:
              "pc_sym": self.pc_sym}
         if self.note:
             d["note"] = self.note
+        if self.isb_after is not None:
+            d["isb_after"] = self.isb_after
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Dsb:
         return cls(d["seq"], d.get("step", ""), _int(d["pc"]), d["option"], d.get("cpu"),
                    tuple(d.get("completes", ())), d.get("pc_sym", ""),
-                   note=d.get("note", ""))
+                   note=d.get("note", ""), isb_after=d.get("isb_after"))
 
 
 @dataclass(frozen=True)
@@ -621,6 +627,62 @@ def check_tlb_flushed_before_free(events: Sequence, step: str = "") -> OrderVerd
                    f"{len(freed_ok)} tables freed{where}: each entry cleared, then a "
                    f"covering TLB invalidation ({', '.join(ops)}) {how}, then the free",
                    counts)
+
+
+def check_isb_after_table_flush(events: Sequence, step: str = "") -> OrderVerdict:
+    """For each watched table freed after a covering invalidation that completed
+    (as :func:`check_tlb_flushed_before_free` finds it): the barrier that
+    completed it is followed by an ``isb`` on its straight line (upstream
+    d6984c21d815: without it, later instructions on that CPU may still use the
+    walk-cache entry of the freed table). A recording that did not look after
+    its barriers (``Dsb.isb_after`` None) is not judged: not applicable."""
+    name, where = ISB_AFTER_TABLE_FLUSH, f" during step {step}" if step else ""
+    watched = {e.link.table_pa: e for e in events if isinstance(e, Watch) and not e.leaf}
+    done = completions(events)
+    dsbs = {e.seq: e for e in events if isinstance(e, Dsb)}
+    cleared: dict = {}
+    tlbis: list = []
+    seen: set = set()
+    ok, problems, unseen = [], [], 0
+    for e in events:
+        if isinstance(e, Clear) and not e.leaf and e.table_pa in watched \
+                and e.table_pa not in cleared:
+            cleared[e.table_pa] = e
+        elif isinstance(e, Tlbi):
+            tlbis.append(e)
+        elif isinstance(e, Free):
+            for pa in [p for p in watched if e.pa <= p < e.pa_end and p not in seen]:
+                seen.add(pa)
+                link = watched[pa].link
+                how, t, _why = _judge_freed(cleared.get(pa), bool(e.linked), tlbis, done,
+                                            e.seq, lambda x, link=link: x.covers(link.va,
+                                                                                 link.span))
+                if how != "ok" or t is None:
+                    continue               # tlb-flushed-before-free judges those
+                dsb = dsbs.get(done.get(t.seq, -1))
+                if dsb is None or dsb.isb_after is None:
+                    unseen += 1
+                elif dsb.isb_after:
+                    ok.append(pa)
+                else:
+                    problems.append(
+                        f"table PA {pa:#x} of {link.level} entry at VA {link.va:#x} "
+                        f"(level {_hw_level(link)}): {t.describe()} completed by dsb "
+                        f"{dsb.option} at {dsb.pc_sym or hex(dsb.pc)} on CPU {dsb.cpu}, "
+                        f"with no isb after it before {e.describe()}")
+    counts = {"judged": len(ok) + len(problems), "isb": len(ok),
+              "violations": len(problems), "not_looked": unseen}
+    if problems:
+        return OrderVerdict(name, FAIL, "\n".join(_clip(
+            [f"{len(problems)} of {counts['judged']} freed tables{where} were flushed "
+             f"without an isb after the completing barrier (the walk cache may still "
+             f"hold them for later instructions):"] + problems)), counts)
+    if not ok:
+        return OrderVerdict(name, SKIP, f"no freed table{where} whose barrier was looked "
+                            f"after ({unseen} not looked)", counts, applicable=False)
+    return OrderVerdict(name, PASS, f"{len(ok)} tables freed{where}: each flush's "
+                        f"completing dsb followed by an isb"
+                        + (f" ({unseen} not looked)" if unseen else ""), counts)
 
 
 def check_unlinked_tables_freed(events: Sequence, step: str = "") -> OrderVerdict:

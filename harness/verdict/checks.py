@@ -1004,6 +1004,16 @@ def check_tlb_flushed_before_free(run: MethodRun) -> Check:
                         order.check_tlb_flushed_before_free, True)
 
 
+def check_isb_after_table_flush(run: MethodRun) -> Check:
+    """Walk-cache invalidation (upstream d6984c21d815): the barrier completing
+    a freed table's flush is followed by an isb. Shown wherever removals were
+    followed; not required (recordings made before the agent looked after its
+    barriers cannot say)."""
+    from harness.inspect import order
+    return _order_check(run, order.ISB_AFTER_TABLE_FLUSH,
+                        order.check_isb_after_table_flush, True)
+
+
 def check_leaf_flushed_before_free(run: MethodRun) -> Check:
     """The review's second point, for leaves ("flush_tlb_all() is too late"):
     a vmemmap page is freed only after its cleared leaf was invalidated and
@@ -1103,6 +1113,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("tlb-flushed-before-free", check_tlb_flushed_before_free),
     ("leaf-flushed-before-free", check_leaf_flushed_before_free),
     ("unlinked-tables-freed", check_unlinked_tables_freed),
+    ("isb-after-table-flush", check_isb_after_table_flush),
     ("kselftest", check_kselftest),
 )
 
@@ -1128,6 +1139,8 @@ def required_checks(run: MethodRun) -> tuple[str, ...]:
 
 def _applicable(name: str, run: MethodRun) -> bool:
     if name in _ORDER_CHECKS:        # shown when watched (or required)
+        return bool(run.order)
+    if name == "isb-after-table-flush":     # shown where removals were followed
         return bool(run.order)
     if name.startswith("hotadd-"):   # shown where hot-adds were tried (reach)
         return bool(run.hotadds)
