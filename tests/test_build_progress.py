@@ -22,7 +22,7 @@ sleep {silence}
 echo "  LD      vmlinux"
 exit {rc}
 """
-LINE = re.compile(r"^\[build\] (\d+)/(~?\d+) objects( \(\d+%\))?, \d+ s elapsed(, last .*)?$")
+LINE = re.compile(r"^\[build\] (\d+)(/~?\d+)? objects( \(\d+%\))?, \d+ s elapsed(, last .*)?$")
 
 
 @pytest.fixture
@@ -113,7 +113,14 @@ def test_line_format_with_a_fake_clock():
     est = build.BuildProgress(5, estimated=True, clock=lambda: 0.0)
     for _ in range(7):
         est.step("CC", "x.o")
-    assert est.line() == "[build] 7/~5 objects, 0 s elapsed, last CC x.o"  # no bogus %
+    # past the estimate: the count alone, never "7/~5" (over 100 %) nor a bogus %
+    assert est.line() == "[build] 7 objects, 0 s elapsed, last CC x.o"
+    exact = build.BuildProgress(3, clock=lambda: 0.0)
+    for _ in range(3):
+        exact.step("CC", "x.o")
+    assert exact.line() == "[build] 3/3 objects, 0 s elapsed, last CC x.o"
+    exact.step("LD", "vmlinux")
+    assert exact.line() == "[build] 4 objects, 0 s elapsed, last LD vmlinux"
 
 
 def test_default_interval_is_under_the_ci_bound():

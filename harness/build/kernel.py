@@ -443,7 +443,9 @@ class BuildProgress:
         total = f"~{self.total}" if self.estimated else str(self.total)
         pct = f" ({100 * self.steps // self.total}%)" \
             if 0 < self.total and self.steps < self.total else ""
-        text = (f"[build] {self.steps}/{total} objects{pct}, "
+        # past the total (an estimate too low): the count alone, never N/~M > 100 %
+        done = f"{self.steps}" if self.steps > self.total else f"{self.steps}/{total}"
+        text = (f"[build] {done} objects{pct}, "
                 f"{self.clock() - self.start:.0f} s elapsed")
         return text + (f", last {self.last}" if self.last else "")
 
