@@ -268,3 +268,47 @@ def test_dsb_round_trips_isb_after():
     d = order.Dsb(3, "s", 0x10, "ish", 1, (2,), isb_after=False)
     assert order.Dsb.from_dict(d.to_dict()) == d
     assert "isb_after" not in order.Dsb(3, "s", 0x10, "ish", 1, (2,)).to_dict()
+
+
+# ---------------------------------------------------------------- contiguous ranges flushed whole
+
+def removal(*tlbis_valid):
+    """arch_remove_memory() of 64 MiB at VA 0xffff000080000000 mapped by two
+    contiguous runs of 16 PMD blocks (32 MiB each); one Tlbi per (lo, hi,
+    still-valid ranges) in order."""
+    from harness.inspect import order
+    base, run = 0xffff000080000000, 32 << 20
+    events = [order.RemoveEnter(1, "s", 0x80000000, 64 << 20, 0,
+                                (order.LeafRun(base, 2 << 20, "PMD", 32),), base,
+                                cont=((base, base + run), (base + run, base + 2 * run)))]
+    for k, (lo, hi, valid) in enumerate(tlbis_valid, 2):
+        events.append(order.Tlbi(k, "s", 0x10, "vale1is", 0, False, lo, hi, True, True,
+                                 cpu=0, lin_valid=tuple(valid)))
+    events.append(order.RemoveReturn(99, "s", 0, ()))
+    return base, run, events
+
+
+def test_contiguous_flushed_whole():
+    from harness.inspect import order
+    base, run, _events = removal()
+    _b, _r, batched = removal((base, base + 2 * run, ()))          # 6.12: one flush at the end
+    assert order.check_contiguous_flushed_whole(batched, "s").verdict == "PASS"
+    # 48478b9f7913 undone: the first block cleared and flushed, 15 of its run valid
+    _b, _r, each = removal((base, base + 4096, [(base + (2 << 20), base + 2 * run)]))
+    v = order.check_contiguous_flushed_whole(each, "s")
+    assert v.verdict == "FAIL" and "partly cleared" in v.evidence, v.evidence
+    # one run cleared and flushed whole while the other is untouched: fine
+    _b, _r, per_run = removal((base, base + run, [(base + run, base + 2 * run)]))
+    assert order.check_contiguous_flushed_whole(per_run, "s").verdict == "PASS"
+    # a recording made before the groups were noted
+    old = [order.RemoveEnter(1, "s", 0, 1, 0), order.RemoveReturn(2, "s", 0, ())]
+    assert not order.check_contiguous_flushed_whole(old, "s").applicable
+
+
+def test_cont_groups_from_descriptors():
+    from harness.inspect import order
+    leaf = order.LeafEntry(0xffff000080200000, 2 << 20, "PMD", 0, 0x80200000,
+                           0x80200000 | order.PTE_CONT | 1)
+    plain = order.LeafEntry(0xffff0000a0000000, 2 << 20, "PMD", 0, 0xa0000000, 0xa0000001)
+    assert order.cont_groups([leaf, plain], 12) == ((0xffff000080000000,
+                                                     0xffff000082000000),)

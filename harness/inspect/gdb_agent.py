@@ -669,7 +669,9 @@ class Agent:
         leaves = self.order.range_leaves(self.mem, self.geo, self.spec["root_pa"], lo, hi)
         cpu = self.cpu()
         self.event(self.order.RemoveEnter(self.next_seq(), self.step, pa, size, cpu,
-                                          self.order.leaf_runs(leaves), lo))
+                                          self.order.leaf_runs(leaves), lo,
+                                          cont=self.order.cont_groups(
+                                              leaves, self.geo.page_shift)))
         if self.window is not None:
             self.give_up("arch_remove_memory() entered again before the previous call "
                          "returned")

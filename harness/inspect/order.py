@@ -49,6 +49,12 @@ TLB_FLUSHED_BEFORE_FREE = "tlb-flushed-before-free"
 LEAF_FLUSHED_BEFORE_FREE = "leaf-flushed-before-free"
 UNLINKED_TABLES_FREED = "unlinked-tables-freed"
 ISB_AFTER_TABLE_FLUSH = "isb-after-table-flush"
+CONTIGUOUS_FLUSHED_WHOLE = "contiguous-flushed-whole"
+PTE_CONT = 1 << 52
+# entries per contiguous run (CONT_PTES, CONT_PMDS) by page shift and level
+# (arch/arm64/include/asm/pgtable-hwdef.h)
+CONT_ENTRIES = {12: {"PTE": 16, "PMD": 16}, 14: {"PTE": 128, "PMD": 32},
+                16: {"PTE": 32, "PMD": 32}}
 
 
 def _hex(v: Optional[int]) -> Optional[str]:
@@ -351,17 +357,25 @@ class RemoveEnter:
     leaves: tuple = ()       # (LeafRun, ...)
     lin_va: int = 0          # linear-map VA of pa
     kind: str = "remove_enter"
+    # the VA ranges of the contiguous (CONT) groups among those leaves (merged);
+    # None: a recording made before the agent looked
+    cont: Optional[tuple] = None
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "seq": self.seq, "step": self.step, "pa": hex(self.pa),
-                "size": hex(self.size), "cpu": self.cpu, "lin_va": hex(self.lin_va),
-                "leaves": [[hex(r.va), hex(r.span), r.level, r.count] for r in self.leaves]}
+        d = {"kind": self.kind, "seq": self.seq, "step": self.step, "pa": hex(self.pa),
+             "size": hex(self.size), "cpu": self.cpu, "lin_va": hex(self.lin_va),
+             "leaves": [[hex(r.va), hex(r.span), r.level, r.count] for r in self.leaves]}
+        if self.cont is not None:
+            d["cont"] = [[hex(a), hex(b)] for a, b in self.cont]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> RemoveEnter:
+        cont = d.get("cont")
         return cls(d["seq"], d.get("step", ""), _int(d["pa"]), _int(d["size"]), d.get("cpu"),
                    tuple(LeafRun(_int(v), _int(s), lv, int(n)) for v, s, lv, n in d["leaves"]),
-                   _int(d.get("lin_va", 0)))
+                   _int(d.get("lin_va", 0)),
+                   cont=None if cont is None else tuple((_int(a), _int(b)) for a, b in cont))
 
 
 @dataclass(frozen=True)
@@ -683,6 +697,70 @@ def check_isb_after_table_flush(events: Sequence, step: str = "") -> OrderVerdic
     return OrderVerdict(name, PASS, f"{len(ok)} tables freed{where}: each flush's "
                         f"completing dsb followed by an isb"
                         + (f" ({unseen} not looked)" if unseen else ""), counts)
+
+
+def cont_groups(leaves: Sequence, page_shift: int) -> tuple:
+    """The VA ranges of the contiguous groups the leaves with the contiguous bit
+    belong to (each group: CONT_ENTRIES entries, aligned), in VA order."""
+    groups = []
+    for leaf in leaves:
+        n = CONT_ENTRIES.get(page_shift, {}).get(leaf.level)
+        if n and leaf.desc & PTE_CONT:
+            size = leaf.span * n
+            start = leaf.va - leaf.va % size
+            groups.append((start, start + size))
+    return tuple(sorted(set(groups)))
+
+
+def check_contiguous_flushed_whole(events: Sequence, step: str = "") -> OrderVerdict:
+    """Break-before-make for a contiguous run (upstream 48478b9f7913): inside
+    arch_remove_memory(), a TLB invalidation of part of a contiguous group of
+    the removed linear map runs only once the whole group is cleared. One
+    issued while some entries of the group are cleared and others still valid
+    invalidates a group the TLB may still hold whole through a neighbour: on
+    hardware, conflicting or stale entries (TCG has no contiguous TLB entries,
+    so only the order shows). Judged from the leaves still valid at each such
+    invalidation (``Tlbi.lin_valid``) and the groups seen at entry
+    (``RemoveEnter.cont``); recordings without them: not applicable."""
+    name, where = CONTIGUOUS_FLUSHED_WHOLE, f" during step {step}" if step else ""
+    problems, judged, groups_seen = [], 0, 0
+    for en in (e for e in events if isinstance(e, RemoveEnter)):
+        ret = next((r for r in events if isinstance(r, RemoveReturn) and r.seq > en.seq),
+                   None)
+        if en.cont is None or ret is None:
+            continue
+        groups_seen += len(en.cont)
+        lo, hi = en.lin_va, en.lin_va + en.size
+        for t in events:
+            if not isinstance(t, Tlbi) or not en.seq < t.seq < ret.seq \
+                    or t.lin_valid is None or not t.broadcast:
+                continue
+            a, b = t.covered_range()
+            for g0, g1 in en.cont:
+                if not (g0 < min(b, hi) and max(a, lo) < g1):
+                    continue
+                judged += 1
+                valid = clip(list(t.lin_valid), g0, g1)
+                if valid and coalesce(valid) != [(g0, g1)]:
+                    problems.append(
+                        f"{t.describe()}{'' if t.cpu is None else f' on CPU {t.cpu}'} "
+                        f"invalidated VA {a:#x}-{b:#x} while the contiguous range around "
+                        f"it ({g0:#x}-{g1:#x}) was partly cleared: still valid "
+                        + ", ".join(f"{x:#x}-{y:#x}" for x, y in valid[:2]))
+                    break
+    counts = {"groups": groups_seen, "judged": judged, "violations": len(problems)}
+    if problems:
+        return OrderVerdict(name, FAIL, "\n".join(_clip(
+            [f"{len(problems)} TLB invalidations{where} hit a contiguous range of the "
+             f"removed linear map that was only partly cleared (break-before-make "
+             f"wants the whole run cleared first):"] + problems)), counts)
+    if not groups_seen:
+        return OrderVerdict(name, SKIP, f"no contiguous linear-map range was removed"
+                            f"{where} (or the recording did not look)", counts,
+                            applicable=False)
+    return OrderVerdict(name, PASS, f"{groups_seen} contiguous range(s) removed{where}: "
+                        f"every invalidation came after the whole range was cleared",
+                        counts)
 
 
 def check_unlinked_tables_freed(events: Sequence, step: str = "") -> OrderVerdict:

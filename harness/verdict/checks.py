@@ -1014,6 +1014,16 @@ def check_isb_after_table_flush(run: MethodRun) -> Check:
                         order.check_isb_after_table_flush, True)
 
 
+def check_contiguous_flushed_whole(run: MethodRun) -> Check:
+    """Break-before-make for contiguous runs of the removed linear map (upstream
+    48478b9f7913): no TLB invalidation of a contiguous group while it is only
+    partly cleared. Shown where removals were followed; not required (older
+    recordings did not note the groups)."""
+    from harness.inspect import order
+    return _order_check(run, order.CONTIGUOUS_FLUSHED_WHOLE,
+                        order.check_contiguous_flushed_whole, True)
+
+
 def check_leaf_flushed_before_free(run: MethodRun) -> Check:
     """The review's second point, for leaves ("flush_tlb_all() is too late"):
     a vmemmap page is freed only after its cleared leaf was invalidated and
@@ -1114,6 +1124,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("leaf-flushed-before-free", check_leaf_flushed_before_free),
     ("unlinked-tables-freed", check_unlinked_tables_freed),
     ("isb-after-table-flush", check_isb_after_table_flush),
+    ("contiguous-flushed-whole", check_contiguous_flushed_whole),
     ("kselftest", check_kselftest),
 )
 
@@ -1140,7 +1151,7 @@ def required_checks(run: MethodRun) -> tuple[str, ...]:
 def _applicable(name: str, run: MethodRun) -> bool:
     if name in _ORDER_CHECKS:        # shown when watched (or required)
         return bool(run.order)
-    if name == "isb-after-table-flush":     # shown where removals were followed
+    if name in ("isb-after-table-flush", "contiguous-flushed-whole"):   # where followed
         return bool(run.order)
     if name.startswith("hotadd-"):   # shown where hot-adds were tried (reach)
         return bool(run.hotadds)
