@@ -258,6 +258,7 @@ def main(argv=None) -> int:
             return cli_bisect.ABORT
         raise
     level = getattr(args, "verbosity", None)
+    progress.attach()      # the CLI's handler: [stage] text on stderr (logging "harness.*")
     progress.set_level(progress.NORMAL if level is None else level)
     if hasattr(args, "kernel_src") and args.kernel_src is None:
         args.kernel_src = default_kernel_src()
