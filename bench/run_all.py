@@ -19,7 +19,7 @@ Every script writes its figures as JSON (--json-out); this script collects
 them into one results file (--results FILE; default ./bench-results.json)
 with the date, the commit and the machine line. --update-readme writes them
 to bench/results/latest.json (unless --results names another file) and
-regenerates README.md's performance section from it (bench/perf_readme.py).
+regenerates docs/performance.md's figures from it (bench/perf_readme.py).
 
 The build, boot and run benchmarks build kernels and boot QEMU guests: run
 them on an otherwise idle machine, or the figures measure the contention.
@@ -71,11 +71,11 @@ def parse_args(argv=None):
                         "./bench-results.json; with --update-readme "
                         "bench/results/latest.json)")
     p.add_argument("--note", default="", metavar="TEXT",
-                   help="a remark stored with the results and shown in README.md's "
+                   help="a remark stored with the results and shown in docs/performance.md's "
                         "section (e.g. what else ran on the machine)")
     p.add_argument("--update-readme", action="store_true",
                    help="write the results to bench/results/latest.json (or "
-                        "--results) and regenerate README.md's performance "
+                        "--results) and regenerate docs/performance.md's "
                         "section from them (bench/perf_readme.py)")
     p.add_argument("--runs", type=int, default=None, metavar="N",
                    help="bench_boot.py: boots per mode (its default: 5)")
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     if args.update_readme:
         import perf_readme
         readme = perf_readme.update_readme(args.results)
-        print(f"README performance section regenerated from {args.results}: {readme}")
+        print(f"docs/performance.md regenerated from {args.results}: {readme}")
     return 2 if failed else 0
 
 

@@ -242,7 +242,7 @@ def test_workflow_commands_are_the_docs():
             # python3-venv) from apt, as the README's docker command does
             installs = re.findall(r"apt-get install -y -q ([\w. -]+?);", script)
             assert installs and set(installs[0].split()) <= BOOTSTRAP, script
-            assert "apt-get update -q && apt-get install -y -q make" in README
+            assert "apt-get update -q && apt-get install -y -q make" in DOCS
             continue
         for cmd in commands(script):
             words = cmd.split()
