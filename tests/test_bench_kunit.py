@@ -2,7 +2,7 @@
 
 tests/data/kunit-run-cold.log and kunit-run-warm.log are
 RECORDED: captured from a real kunit.py run on this machine (2-core Debian 12
-VM), 2026-11-27 22:59-23:03, by 'flock /work/.qemu-slot2.lock .venv/bin/python
+VM), 2026-11-27 22:59-23:03, by '.venv/bin/python
 bench/bench_kunit.py' (kunit.py from Debian's linux-source-6.12, the
 harness's default kernel tree: a cold run in a fresh build dir, then a warm
 one). Each is kunitlib's log file as written (its first two lines, the

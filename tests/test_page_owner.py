@@ -5,7 +5,7 @@ The recorded files tests/data/page-owner-*.txt are show_stacks read from real
 acpi-dimm flow by bench/bench_leak.py: 2 x 512 MiB DIMMs added, onlined, 128 MiB
 written, offlined, removed, twice), made with
 
-    flock /work/.qemu-slot.lock .venv/bin/python bench/bench_leak.py --runs 1 \
+    .venv/bin/python bench/bench_leak.py --runs 1 \
         --cycles 2 --record DIR \
         [--patch patches/repro/0021-vmemmap-leak-per-cycle.patch --expect-leak]
 

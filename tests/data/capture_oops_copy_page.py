@@ -8,7 +8,7 @@ hot-added (movable) DIMMs; two adjacent 128 MiB DIMMs are plugged over QMP,
 onlined movable and filled, dimm1 is offlined and removed, then offlining dimm2
 migrates its pages and copy_page() reads a page whose linear mapping is gone.
 
-    flock /work/.qemu-slot.lock .venv/bin/python tests/data/capture_oops_copy_page.py OUT_DIR
+    .venv/bin/python tests/data/capture_oops_copy_page.py OUT_DIR
 """
 import sys
 from pathlib import Path

@@ -4,7 +4,7 @@ Boots the default kernel (``hotplug-harness build``) with ``--mode dt`` and the
 serial transport, runs ``echo c > /proc/sysrq-trigger`` over the serial console
 and keeps the raw console.log in OUT_DIR. Run from the repository root:
 
-    flock /work/.qemu-slot.lock .venv/bin/python tests/data/capture_sysrq_panic.py OUT_DIR
+    .venv/bin/python tests/data/capture_sysrq_panic.py OUT_DIR
 """
 import sys
 from pathlib import Path
