@@ -343,3 +343,34 @@ def test_ci_runs_both_sources_and_excludes_what_cannot_work():
     assert "KERNEL_SRC: ${{ matrix.source }}" in text
     for name in ("debian", "debian-6.1"):
         assert versions.debian_source(name) is not None
+
+
+# ------------------------------------------------ what 6.1 lays out otherwise
+
+def test_kernel_code_starts_at_text_in_612_and_stext_in_61():
+    """/proc/iomem's "Kernel code" is [__pa(_text), __pa(__init_begin)) in 6.12
+    and [__pa(_stext), ...) in 6.1: the walker pairs the right symbol's VA with
+    it (else swapper_pg_dir is read 64 KiB off)."""
+    from harness.build.layout import Geometry, KernelLayout
+    from harness.drive.phases import kernel_code_va
+    syms = {"_text": 0xffff800008000000, "_stext": 0xffff800008010000,
+            "__init_begin": 0xffff800008470000}
+    lay = KernelLayout(Geometry(4096, 48, 4), 128, syms)
+    assert kernel_code_va(lay, (0x40210000, 0x40670000)) == syms["_stext"]      # 6.1
+    assert kernel_code_va(lay, (0x40200000, 0x40670000)) == syms["_text"]       # 6.12
+    old = KernelLayout(Geometry(4096, 48, 4), 128, {"_text": syms["_text"]})
+    assert kernel_code_va(old, (0x40210000, 0x40670000)) == syms["_text"]
+
+
+def test_the_gdb_agent_gets_ptdumps_vmemmap_end():
+    """6.1's VMEMMAP_END is VMEMMAP_START + VMEMMAP_SIZE, not 6.12's -1 GiB:
+    the removal's gdb spec carries ptdump's "vmemmap end" to the agent."""
+    from harness.inspect import gdb
+    spec = gdb.GdbSpec.for_removal(
+        "/nonexistent/vmlinux", port=1, out_dir=".", step="remove 0x80000000",
+        pa_start=0x80000000, pa_end=0x88000000, backings=(), geometry=(4096, 48, 4, 48),
+        root_pa=0x40461000, vmemmap_start=0xfffffc0000000000, flush_check=False,
+        vmemmap_end=0xfffffe0000000000)
+    assert spec.to_dict()["vmemmap_end"] == 0xfffffe0000000000
+    # 2^47 of linear map in 4K pages, 64-byte struct pages: exactly that span
+    assert (spec.vmemmap_end - spec.vmemmap_start) // ((1 << 47) >> 12) == 64

@@ -22,7 +22,10 @@ _LEVEL_NAMES = {5: ("PGD", "P4D", "PUD", "PMD", "PTE"), 4: ("PGD", "PUD", "PMD",
                 3: ("PGD", "PMD", "PTE"), 2: ("PGD", "PTE")}
 _PAGE_SHIFTS = {4096: 12, 16384: 14, 65536: 16}
 # the kernel-image symbols the walker, the gdb agent and the Recorder need
-LAYOUT_SYMBOLS = ("swapper_pg_dir", "_text", "memstart_addr", "set_swapper_pgd")
+# _stext and __init_begin: which symbol /proc/iomem's "Kernel code" starts at
+# (drive/phases.kernel_code_va)
+LAYOUT_SYMBOLS = ("swapper_pg_dir", "_text", "memstart_addr", "set_swapper_pgd",
+                  "_stext", "__init_begin")
 
 
 class LayoutError(HarnessError):

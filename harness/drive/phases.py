@@ -149,8 +149,8 @@ class PhaseCollector:
             linear_offset=None, memstart=None,
             **struct_page_geometry(linear, vmemmap, geo.granule))
         try:
-            text = lay.symbol("_text")
             code = sysfs.kernel_code(iomem)
+            text = kernel_code_va(lay, code)
             self._root_pa = walk_mod.kimage_pa(lay.symbol("swapper_pg_dir"), text, code[0])
             memstart_pa = walk_mod.kimage_pa(lay.symbol("memstart_addr"), text, code[0])
         except HarnessError as e:
@@ -217,6 +217,21 @@ class PhaseCollector:
             self.geometry, linear_offset=va - pa,
             memstart=self.geometry.memstart if page_offset is None
             else page_offset - (va - pa))
+
+
+def kernel_code_va(lay, code: tuple) -> int:
+    """The VA of the symbol ``/proc/iomem``'s "Kernel code" starts at:
+    ``__pa_symbol(_text)`` in 6.12, ``__pa_symbol(_stext)`` in 6.1
+    (arch/arm64/kernel/setup.c). Both end the range at ``__init_begin``, so its
+    length says which; ``_text`` when the symbols cannot tell."""
+    length = code[1] - code[0]
+    for name in ("_text", "_stext"):
+        try:
+            if lay.symbol("__init_begin") - lay.symbol(name) == length:
+                return lay.symbol(name)
+        except HarnessError:
+            break
+    return lay.symbol("_text")
 
 
 def region_span(snap: ptdump.Snapshot, name: str) -> Optional[Span]:

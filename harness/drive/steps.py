@@ -118,7 +118,8 @@ class StepRunner:
             step=name, occurrence=seen + 1, pa_start=pa_start, pa_end=pa_end,
             backings=tables.backings, geometry=geo, root_pa=root_pa,
             vmemmap_start=tables.geometry.vmemmap_start, flush_check=flush,
-            memstart=tables.geometry.memstart, page_offset=tables.geometry.page_offset)
+            memstart=tables.geometry.memstart, page_offset=tables.geometry.page_offset,
+            vmemmap_end=tables.geometry.vmemmap_end)
         # recorded in place until the step ends (the list keeps its position)
         record = OrderRecord(name, pa_start, pa_end, flush)
         index = len(self.order)

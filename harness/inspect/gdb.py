@@ -113,6 +113,7 @@ class GdbSpec:
     vmemmap_start: Optional[int] = None   # VMEMMAP_START (ptdump's "vmemmap start")
     page_offset: Optional[int] = None     # default: the geometry's va_base
     memstart: Optional[int] = None        # default: read memstart_addr from the guest
+    vmemmap_end: Optional[int] = None     # ptdump's "vmemmap end" (default: 6.12's -1 GiB)
     tag: str = "order"
     gdb: str = GDB
     host: str = "127.0.0.1"

@@ -270,11 +270,13 @@ class Agent:
 
     def layout(self) -> None:
         """VMEMMAP_START and sizeof(struct page) (arch/arm64/include/asm/memory.h):
-        VMEMMAP_END = -1 GiB, VMEMMAP_SIZE = (linear-map pages) * sizeof."""
+        VMEMMAP_SIZE = (linear-map pages) * sizeof; VMEMMAP_END = -1 GiB in 6.12,
+        VMEMMAP_START + VMEMMAP_SIZE in 6.1 (VMEMMAP_START = -2^(VA_BITS -
+        VMEMMAP_SHIFT)): ptdump's "vmemmap end" when the spec has it."""
         geo = self.geo
         lin_lo, lin_hi = geo.linear_map_range()
         self.lin_pages = (lin_hi - lin_lo) >> geo.page_shift
-        self.vmemmap_end = (1 << 64) - (1 << 30)
+        self.vmemmap_end = self.spec.get("vmemmap_end") or (1 << 64) - (1 << 30)
         start = self.spec["vmemmap_start"]
         if start:
             size, rem = divmod(self.vmemmap_end - start, self.lin_pages)
