@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 from harness.build.kernel import KernelArtifacts
 from harness.build.layout import Geometry as WalkGeometry
+from harness.build.layout import KernelLayout
 from harness.errors import HarnessError
 from harness.inspect import leakcheck, ptdump, sysfs
 from harness.inspect import walker as walk_mod
@@ -219,7 +220,7 @@ class PhaseCollector:
             else page_offset - (va - pa))
 
 
-def kernel_code_va(lay, code: tuple) -> int:
+def kernel_code_va(lay: KernelLayout, code: tuple[int, int]) -> int:
     """The VA of the symbol ``/proc/iomem``'s "Kernel code" starts at:
     ``__pa_symbol(_text)`` in 6.12, ``__pa_symbol(_stext)`` in 6.1
     (arch/arm64/kernel/setup.c). Both end the range at ``__init_begin``, so its
