@@ -50,6 +50,8 @@ def parse_args(argv=None):
                         "(~5-10 min each on 2 CPUs; ~2-3 GiB of disk each)")
     p.add_argument("--runs", type=int, default=3, metavar="N",
                    help="warm runs per source (median; default 3)")
+    p.add_argument("--guests", type=int, default=None, metavar="N",
+                   help="passed to run --guests (default: the harness's, two side by side)")
     p.add_argument("--cycles", action="store_true",
                    help="also time run --method all --cycles 2 per source")
     p.add_argument("--cold-dir", type=Path, default=None, metavar="DIR",
@@ -91,7 +93,8 @@ def cold_build(args, source: str) -> dict:
 
 
 def warm_runs(args, source: str, cycles: int = 1) -> dict:
-    extra_args = ["--cycles", "2"] if cycles > 1 else []
+    extra_args = (["--cycles", "2"] if cycles > 1 else []) + \
+        (["--guests", str(args.guests)] if args.guests else [])
     label = f"warm run --method all{' --cycles 2' if cycles > 1 else ''} ({source})"
     bl.run(bl.harness_argv("build", "--kernel-src", source, "--json",
                            *(["--config", "leak"] if cycles > 1 else [])),
