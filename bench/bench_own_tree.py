@@ -25,7 +25,10 @@ plain copy of Debian's 6.12 source, the way the issue tried it), given with
                                 build dir, primed untimed first) after the same
                                 edit: its incremental rebuild and tests.
 
-Each figure carries its command and ccache's hit count over that step. The
+--edits-only skips the cold run and times the edits in your usual cache (the
+tree's first run untimed; the disk figure then counts whatever else wrote to
+the cache meanwhile). Each figure carries its command and ccache's hit count
+over that step. The
 cache and the tree are temporary (removed at the end; --keep keeps them).
 --ccache-compare instead times two cold builds of the default kernel, each in
 an empty cache: ccache on (its folder empty) and CCACHE_DISABLE=1, the figure
@@ -64,6 +67,15 @@ def parse_args(argv=None):
     p.add_argument("--method", default="probe", help="method of every run (default probe)")
     p.add_argument("--no-kunit", action="store_true",
                    help="skip kunit.py's run of the same edit (saves ~6 min)")
+    p.add_argument("--edits-only", action="store_true",
+                   help="only the edit figures and kunit.py's, in your usual cache: the "
+                        "tree's first run is untimed (a quiet machine's loop without "
+                        "the ~10 min cold run)")
+    p.add_argument("--ccache-files", action="store_true",
+                   help="instead: CPU time to compile four kernel files in the default "
+                        "kernel's O= folder without ccache, as a ccache miss (plain and "
+                        "CCACHE_DEPEND=1) and as a hit; 3 interleaved rounds (~2 min; the "
+                        "default kernel must have been built)")
     p.add_argument("--ccache-compare", action="store_true",
                    help="instead: two cold builds of the default kernel in empty "
                         "caches, ccache on and CCACHE_DISABLE=1 (~10 min)")
@@ -140,7 +152,11 @@ def main(argv=None) -> int:
         seed_cache(cache)
         os.environ["HOTPLUG_HARNESS_CACHE"] = str(cache)   # the runs and cache_bytes
         bl.header("bench_own_tree: a reviewer's own tree, edited")
-        if args.ccache_compare:
+        if args.ccache_files or args.edits_only:
+            os.environ.pop("HOTPLUG_HARNESS_CACHE")     # the usual cache
+        if args.ccache_files:
+            ccache_files(args)
+        elif args.ccache_compare:
             ccache_compare(args, tmp)
         else:
             bench(args, tmp)
@@ -153,23 +169,27 @@ def main(argv=None) -> int:
 
 
 def bench(args, tmp: Path) -> None:
-    r0, extra0 = timed_run(args, "debian", tmp / "r0", "cold run on Debian's source")
-    bl.figure("cold run on Debian's source", r0.wall, None, r0.command, extra0,
-              key="own_tree_debian_cold")
     from harness.build import source
+    if not args.edits_only:
+        r0, extra0 = timed_run(args, "debian", tmp / "r0", "cold run on Debian's source")
+        bl.figure("cold run on Debian's source", r0.wall, None, r0.command, extra0,
+                  key="own_tree_debian_cold")
     pristine = source.pristine_tree(source.resolve_source("debian"))
     tree = tmp / "my-linux"
     bl.note(f"copying {pristine.name} as the reviewer's own tree (untimed)")
     subprocess.run(["cp", "-a", str(pristine), str(tree)], check=True)
 
     r1, extra1 = timed_run(args, str(tree), tmp / "r1", "first run on a new tree")
-    ratio = r1.wall / r0.wall
-    bl.figure("first run on a new tree", r1.wall, None, r1.command,
-              f"{ratio:.2f}x the cold run (target <= {FIRST_RATIO_TARGET}x, "
-              f"{'met' if ratio <= FIRST_RATIO_TARGET else 'MISSED'}); {extra1}",
-              key="own_tree_first_run", readme=True)
-    bl.record("own_tree_first_ratio", "first run on a new tree / cold run on Debian's",
-              ratio, "x", target=FIRST_RATIO_TARGET, command=r1.command)
+    if args.edits_only:
+        bl.note(f"first run on the tree (untimed here): {r1.wall:.1f} s; {extra1}")
+    else:
+        ratio = r1.wall / r0.wall
+        bl.figure("first run on a new tree", r1.wall, None, r1.command,
+                  f"{ratio:.2f}x the cold run (target <= {FIRST_RATIO_TARGET}x, "
+                  f"{'met' if ratio <= FIRST_RATIO_TARGET else 'MISSED'}); {extra1}",
+                  key="own_tree_first_run", readme=True)
+        bl.record("own_tree_first_ratio", "first run on a new tree / cold run on Debian's",
+                  ratio, "x", target=FIRST_RATIO_TARGET, command=r1.command)
 
     kt = None
     if not args.no_kunit:
@@ -204,6 +224,10 @@ def bench(args, tmp: Path) -> None:
           f"[{', '.join(f'{g:.1f} MB' for g in grown)}]", flush=True)
     bl.record("own_tree_disk_per_state", "disk per tree state", worst, "MB",
               target=DISK_TARGET_MB, readme=True)
+    if args.edits_only and not args.keep:   # the temporary tree's work copy (1.7 GB)
+        shutil.rmtree(source.tree_base(source.resolve_source(str(tree))), ignore_errors=True)
+        if kt is not None:
+            shutil.rmtree(kt.home, ignore_errors=True)
 
 
 def ccache_compare(args, tmp: Path) -> None:
@@ -234,6 +258,49 @@ def ccache_compare(args, tmp: Path) -> None:
           f"(CPU time is the figure to trust on a busy machine)", flush=True)
     bl.record("own_tree_ccache_cold_ratio", "cold build with ccache / without (CPU)",
               cpu_on / cpu_off, "x", extra=f"wall {on / off:.2f}x")
+
+
+CCACHE_FILES = ("mm/memory", "arch/arm64/mm/mmu", "kernel/sched/core", "fs/namei")
+CCACHE_MODES = {"no ccache": {"CCACHE_DISABLE": "1"},
+                "ccache miss": {"CCACHE_RECACHE": "1", "CCACHE_DEPEND": "0"},
+                "ccache miss, depend mode": {"CCACHE_RECACHE": "1", "CCACHE_DEPEND": "1"},
+                "ccache hit": {"CCACHE_DEPEND": "0"},
+                "ccache hit, depend mode": {"CCACHE_DEPEND": "1"}}
+
+
+def ccache_files(args, rounds: int = 3) -> None:
+    """The price of a ccache miss and the gain of a hit, file by file: CPU
+    time (user+sys), which a busy machine disturbs far less than wall time.
+    Each file's source is touched in the work copy so make compiles it."""
+    from harness.build import kernel, source
+    from harness.build.kernel import FIXED_ENV, ccache_env
+    inputs = kernel.gather_inputs(kernel.BuildRequest())
+    tree = source.work_tree(inputs.source)
+    out = kernel.outdir_path(tree, inputs)
+    if not (out / "vmlinux").is_file():
+        bl.die(f"{out} holds no built kernel: run 'hotplug-harness build' first")
+    maker = kernel.Make(tree, out, kernel.BuildRequest(), progress=False)
+    base = dict(FIXED_ENV, **ccache_env())
+    cpu = {mode: [] for mode in CCACHE_MODES}
+    with kernel.locked(f"source-{inputs.source.tree_key}"):
+        for _ in range(rounds):
+            for mode, extra in CCACHE_MODES.items():
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                for f in CCACHE_FILES:
+                    os.utime(tree / f"{f}.c")
+                    subprocess.run(maker.argv([f"{f}.o"]), env=dict(os.environ, **base, **extra),
+                                   check=True, stdout=subprocess.DEVNULL)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu[mode].append(after.ru_utime - before.ru_utime
+                                 + after.ru_stime - before.ru_stime)
+    plain = sorted(cpu["no ccache"])[rounds // 2]
+    command = bl.command_text(maker.argv(["FILE.o"]))
+    for mode, values in cpu.items():
+        median = sorted(values)[rounds // 2]
+        bl.figure(f"{', '.join(CCACHE_FILES)}: {mode} (CPU)", median, None, command,
+                  f"{median / plain:.2f}x no ccache; rounds "
+                  + ", ".join(f"{v:.1f}" for v in values),
+                  key=bl.slug(f"ccache files {mode}"))
 
 
 if __name__ == "__main__":
