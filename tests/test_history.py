@@ -312,3 +312,12 @@ def test_cont_groups_from_descriptors():
     plain = order.LeafEntry(0xffff0000a0000000, 2 << 20, "PMD", 0, 0xa0000000, 0xa0000001)
     assert order.cont_groups([leaf, plain], 12) == ((0xffff000080000000,
                                                      0xffff000082000000),)
+
+
+def test_a_beyond_reach_add_cut_short_by_a_kernel_report_fails():
+    run = run_with(HotAddAttempt(kind="beyond-reach", pa=0x800040000000, size=0x8000000,
+                                 reach=REACH, exit_code=None, present=None,
+                                 console=("WARNING: CPU: 1 PID: 94 at arch/arm64/mm/mmu.c:1207 "
+                                          "vmemmap_populate+0x4c/0x54",)))
+    check = checks.check_hotadd_beyond_reach_refused(run)
+    assert check.verdict == "FAIL" and "cut short by a kernel report" in check.evidence

@@ -92,9 +92,28 @@ def try_probe(rec: Recorder, kind: str, pa: int, size: int,
                 time.sleep(0.05)
         finally:
             reader.listeners.remove(listener)
-    rec.step(f"probe {kind} {pa:#x}", attempt)
+    stopped: Optional[HarnessError] = None
+    try:
+        rec.step(f"probe {kind} {pa:#x}", attempt)
+    except HarnessError as e:     # a kernel report ended the step: record what it did
+        if e.blame != KERNEL:
+            raise
+        stopped = e
+    try:
+        present = bool(blocks_in(rec, pa, pa + size))
+    except HarnessError:
+        if stopped is None:
+            raise
+        present = None
+    if stopped is not None:
+        said = [l.strip() for l in lines if "harness: step" not in l and l.strip()]
+        rec.hotadds.append(HotAddAttempt(
+            kind=kind, pa=pa, size=size, reach=reach,
+            exit_code=None if res is None else res.exit_code,
+            output="" if res is None else (res.stdout + res.stderr).strip()[-300:],
+            present=present, console=tuple(said[-10:])))
+        raise stopped
     assert res is not None
-    present = bool(blocks_in(rec, pa, pa + size))
     read = None
     if present:
         pfn = (pa + size) // (rec.geometry.granule or 4096) - 1

@@ -650,8 +650,10 @@ _RANGE_REFUSED = "exceeds maximum addressable range"   # mhp_range_allowed()'s l
 
 def _hotadd_head(h: HotAddAttempt) -> str:
     pa, size = h.pa or 0, h.size or 0
-    return (f"{h.kind} PA {_span(pa, pa + size)}: probe exit code {h.exit_code}, "
-            f"block {'present' if h.present else 'absent'} after")
+    block = {True: "present", False: "absent", None: "unknown"}[h.present]
+    code = ("cut short by a kernel report" if h.exit_code is None
+            else f"probe exit code {h.exit_code}")
+    return f"{h.kind} PA {_span(pa, pa + size)}: {code}, block {block} after"
 
 
 def _hotadd_console(h: HotAddAttempt) -> str:
@@ -721,6 +723,10 @@ def check_hotadd_beyond_reach_refused(run: MethodRun) -> Check:
             return Check(name, FAIL, f"a hot-add beyond the linear map's reach was "
                          f"accepted: {_hotadd_head(h)}{reach}; the kernel must refuse it "
                          f"(arch_get_mappable_range)" + _hotadd_console(h), step)
+        if h.exit_code is None and not any(_RANGE_REFUSED in line for line in h.console):
+            return Check(name, FAIL, f"a hot-add beyond the linear map's reach was not "
+                         f"refused by the range check: {_hotadd_head(h)}{reach} (see "
+                         f"no-kernel-splat)" + _hotadd_console(h), step)
         if not any(_RANGE_REFUSED in line for line in h.console):
             return Check(name, SKIP, f"not exercised: {_hotadd_head(h)}{reach}, refused, "
                          f"but without the range check's line ('{_RANGE_REFUSED}'); "
