@@ -374,3 +374,55 @@ def test_the_gdb_agent_gets_ptdumps_vmemmap_end():
     assert spec.to_dict()["vmemmap_end"] == 0xfffffe0000000000
     # 2^47 of linear map in 4K pages, 64-byte struct pages: exactly that span
     assert (spec.vmemmap_end - spec.vmemmap_start) // ((1 << 47) >> 12) == 64
+
+
+RECORDS_61 = """\
+Page allocated via order 0, mask 0x0(), pid 1, tgid 1 (swapper/0), ts 95847392 ns, free_ts 0 ns
+PFN 262144 type Unmovable Block 256 type Unmovable Flags 0x200(slab|zone=0)
+ register_early_stack+0x20/0x40
+ init_page_owner+0x3c/0x2c8
+
+Page allocated via order 9, mask 0xcc0(GFP_KERNEL), pid 1, tgid 1 (sh), ts 1 ns, free_ts 0 ns
+PFN 524288 type Unmovable Block 1024 type Movable Flags 0x0(zone=1)
+Page has been migrated, last migrate reason: compaction
+ vmemmap_alloc_block+0x9c/0x138
+ vmemmap_populate+0x1a4/0x290
+ __populate_section_memmap+0x4c/0x60
+
+Page allocated via order 0, mask 0x0(), pid 1, tgid 1 (swapper/0), ts 95872352 ns, free_ts 0 ns
+PFN 262145 type Unmovable Block 256 type Unmovable Flags 0x200(slab|zone=0)
+ register_early_stack+0x20/0x40
+ init_page_owner+0x3c/0x2c8
+"""
+
+
+def test_page_owner_records_of_61_become_show_stacks():
+    """6.1 has no page_owner_stacks/show_stacks (6.10): its per-allocation
+    records are summed per stack into show_stacks' form, which the leak check
+    reads as it reads 6.12's."""
+    from harness.inspect import page_owner
+    snap = page_owner.parse(page_owner.from_records(RECORDS_61))
+    assert [(s.frames[0], s.nr_base_pages) for s in snap.stacks] == [
+        ("register_early_stack+0x20/0x40", 2), ("vmemmap_alloc_block+0x9c/0x138", 512)]
+    assert page_owner.category(snap.stacks[1]) == "vmemmap"
+
+
+def test_leakcheck_reads_61s_page_owner_file():
+    from harness.inspect import leakcheck, page_owner
+    assert page_owner.SHOW_STACKS in leakcheck._READ and page_owner.RECORDS in leakcheck._READ
+    assert leakcheck._READ.index(page_owner.SHOW_STACKS) < \
+        leakcheck._READ.index(page_owner.RECORDS + " ]")   # 6.12's when there is one
+
+    class Guest:
+        step = "inspect"
+
+        def __init__(self, out):
+            self.out = out
+
+        def run(self, cmd, deadline):
+            return SimpleNamespace(check=lambda step: SimpleNamespace(stdout=self.out))
+    got = leakcheck.collect(Guest(leakcheck.RECORDS_MARK + "\n" + RECORDS_61))
+    assert got == page_owner.from_records(RECORDS_61)
+    assert leakcheck.collect(Guest("NO-PAGE-OWNER\n")) is None
+    assert leakcheck.collect(Guest(" f+0x1/0x2\nnr_base_pages: 1\n\n")) == \
+        " f+0x1/0x2\nnr_base_pages: 1\n\n"

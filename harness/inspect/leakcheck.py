@@ -30,8 +30,10 @@ KCONFIG = "CONFIG_PAGE_OWNER"
 NAME = "no-leak-across-cycles"
 NOT_ENABLED = (f"page_owner not available (build with --config {CONFIG}: "
                f"{KCONFIG}=y, and boot with {CMDLINE})")
+RECORDS_MARK = "PAGE-OWNER-RECORDS"   # 6.1: no show_stacks, the per-allocation file
 _READ = (f"if [ -r {page_owner.SHOW_STACKS} ]; then cat {page_owner.SHOW_STACKS}; "
-         f"else echo NO-PAGE-OWNER; fi")
+         f"elif [ -r {page_owner.RECORDS} ]; then echo {RECORDS_MARK}; "
+         f"cat {page_owner.RECORDS}; else echo NO-PAGE-OWNER; fi")
 
 
 def for_cycles(cycles: int, configs: Sequence[str], cmdline: Sequence[str]) -> tuple:
@@ -70,6 +72,8 @@ def collect(rec, deadline: float = 60.0) -> Optional[str]:
     out = res.check(getattr(guest, "step", "inspect")).stdout
     if out.strip() == "NO-PAGE-OWNER":
         return None
+    if out.startswith(RECORDS_MARK):     # 6.1: summed per stack here, on the host
+        return page_owner.from_records(out[len(RECORDS_MARK):])
     return out
 
 

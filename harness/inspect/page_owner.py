@@ -37,6 +37,11 @@ from harness.inspect import ParseError
 
 SHOW_STACKS = "/sys/kernel/debug/page_owner_stacks/show_stacks"
 COUNT_THRESHOLD = "/sys/kernel/debug/page_owner_stacks/count_threshold"
+# Before 6.10 (Debian 12's 6.1) there is no show_stacks: page_owner's own file
+# lists one record per live allocation (its head page), which
+# :func:`from_records` sums per stack into show_stacks' form.
+RECORDS = "/sys/kernel/debug/page_owner"
+_RECORD = re.compile(r"^Page allocated via order (\d+),")
 
 _COUNT = re.compile(r"^nr_base_pages: (-?\d+)$")
 
@@ -174,6 +179,26 @@ def parse(text: str) -> Snapshot:
         raise ParseError(f"show_stacks ends inside a stack of {len(frames)} frames "
                          f"(truncated read?), last {frames[-1]!r}")
     return Snapshot(tuple(stacks))
+
+
+def from_records(text: str) -> str:
+    """``/sys/kernel/debug/page_owner`` (6.1, ``print_page_owner``: a record per
+    live allocation, ``Page allocated via order N, ...``, a ``PFN`` line, maybe a
+    migration line, the stack as `` func+off/len`` lines, a blank line) ->
+    show_stacks text: each stack once, ``nr_base_pages`` the sum of ``1 << order``
+    over its records, in order of first appearance."""
+    counts: dict = {}
+    order, frames = -1, []
+    for raw in text.splitlines() + [""]:
+        m = _RECORD.match(raw)
+        if m or not raw.strip():
+            if order >= 0 and frames:
+                key = tuple(frames)
+                counts[key] = counts.get(key, 0) + (1 << order)
+            order, frames = (int(m.group(1)) if m else -1), []
+        elif raw.startswith(" ") and order >= 0:
+            frames.append(raw.strip())
+    return render(Snapshot(tuple(Stack(f, n) for f, n in counts.items())))
 
 
 def render(snap: Snapshot) -> str:
