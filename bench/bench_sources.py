@@ -49,7 +49,8 @@ def parse_args(argv=None):
                    help="also a cold build of each in a fresh temporary cache "
                         "(~5-10 min each on 2 CPUs; ~2-3 GiB of disk each)")
     p.add_argument("--runs", type=int, default=3, metavar="N",
-                   help="warm runs per source (median; default 3)")
+                   help="warm runs per source (median; default 3; 0: none, the cold "
+                        "builds only)")
     p.add_argument("--guests", type=int, default=None, metavar="N",
                    help="passed to run --guests (default: the harness's, two side by side)")
     p.add_argument("--cycles", action="store_true",
@@ -102,7 +103,7 @@ def warm_runs(args, source: str, cycles: int = 1) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench-sources-run-"))
     walls, verdicts, command = [], [], ""
     try:
-        for i in range(max(1, args.runs) + 1):      # the first one saves snapshots
+        for i in range(args.runs + 1):      # the first one saves snapshots
             r = bl.run(bl.harness_argv("run", "--kernel-src", source, "--method", "all",
                                        *extra_args, "--json", "--report", tmp / f"r{i}"),
                        ok=(0, 1), verbose=args.verbose, what=f"{label} {i}")
@@ -153,8 +154,9 @@ def main(argv=None) -> int:
         if args.cold:
             got = cold_build(args, source)
             row.update(cold=got["wall"], objects=got["objects"], release=got["release"])
-        row["warm"] = warm_runs(args, source)["wall"]
-        if args.cycles:
+        if args.runs > 0:
+            row["warm"] = warm_runs(args, source)["wall"]
+        if args.cycles and args.runs > 0:
             row["cycles"] = warm_runs(args, source, cycles=2)["wall"]
     table(rows)
     return 0
