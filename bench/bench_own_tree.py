@@ -150,10 +150,9 @@ def main(argv=None) -> int:
     cache.mkdir()
     try:
         seed_cache(cache)
-        os.environ["HOTPLUG_HARNESS_CACHE"] = str(cache)   # the runs and cache_bytes
+        if not (args.ccache_files or args.edits_only):   # else: the usual cache
+            os.environ["HOTPLUG_HARNESS_CACHE"] = str(cache)   # the runs, cache_bytes
         bl.header("bench_own_tree: a reviewer's own tree, edited")
-        if args.ccache_files or args.edits_only:
-            os.environ.pop("HOTPLUG_HARNESS_CACHE")     # the usual cache
         if args.ccache_files:
             ccache_files(args)
         elif args.ccache_compare:
@@ -262,9 +261,9 @@ def ccache_compare(args, tmp: Path) -> None:
 
 CCACHE_FILES = ("mm/memory", "arch/arm64/mm/mmu", "kernel/sched/core", "fs/namei")
 CCACHE_MODES = {"no ccache": {"CCACHE_DISABLE": "1"},
-                "ccache miss": {"CCACHE_RECACHE": "1", "CCACHE_DEPEND": "0"},
+                "ccache miss": {"CCACHE_RECACHE": "1", "CCACHE_NODEPEND": "1"},
                 "ccache miss, depend mode": {"CCACHE_RECACHE": "1", "CCACHE_DEPEND": "1"},
-                "ccache hit": {"CCACHE_DEPEND": "0"},
+                "ccache hit": {"CCACHE_NODEPEND": "1"},
                 "ccache hit, depend mode": {"CCACHE_DEPEND": "1"}}
 
 
@@ -288,8 +287,12 @@ def ccache_files(args, rounds: int = 3) -> None:
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 for f in CCACHE_FILES:
                     os.utime(tree / f"{f}.c")
-                    subprocess.run(maker.argv([f"{f}.o"]), env=dict(os.environ, **base, **extra),
-                                   check=True, stdout=subprocess.DEVNULL)
+                    env = {**os.environ, **base}
+                    env.pop("CCACHE_DEPEND" if "CCACHE_NODEPEND" in extra
+                            else "CCACHE_NODEPEND", None)
+                    env.update(extra)
+                    subprocess.run(maker.argv([f"{f}.o"]), env=env, check=True,
+                                   stdout=subprocess.DEVNULL)
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 cpu[mode].append(after.ru_utime - before.ru_utime
                                  + after.ru_stime - before.ru_stime)

@@ -593,11 +593,12 @@ def ccache_env() -> dict:
     in every work copy. ``CCACHE_DEPEND``: a miss runs the compiler once
     (kbuild's ``-Wp,-MMD`` gives ccache the headers), not the preprocessor
     and then the compiler. Measured on 4 kernel files (CPU seconds, median
-    of 3, bench/README.md): no ccache 11.0, a miss 14.7 (13.1 with
-    CCACHE_DEPEND), a hit 3.5 (3.4). So ccache costs ~19 % on a file never
-    compiled before and saves ~69 % on one compiled before anywhere: it pays
-    once more than a quarter of a build hits (a second tree, CI with a
-    restored ccache, a bisect, a geometry built again after ``cache prune``).
+    of 3, ``bench/bench_own_tree.py --ccache-files``, docs/building.md): no
+    ccache 11.1, a miss 13.9 (12.3 in depend mode), a hit 3.4. So ccache
+    costs ~11-19 % on a file never compiled before and saves ~70 % on one
+    compiled before anywhere: it pays once more than a sixth to a quarter of
+    a build hits (a second tree, CI with a restored ccache, a bisect, a
+    geometry built again after ``cache prune``).
     The user's own ``CCACHE_*`` settings win (``CCACHE_DISABLE=1`` too)."""
     env = {"CCACHE_DIR": str(cache_root() / "ccache"),
            "CCACHE_BASEDIR": str(cache_root()),
