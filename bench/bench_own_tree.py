@@ -149,8 +149,8 @@ def main(argv=None) -> int:
     cache = tmp / "cache"
     cache.mkdir()
     try:
-        seed_cache(cache)
         if not (args.ccache_files or args.edits_only):   # else: the usual cache
+            seed_cache(cache)
             os.environ["HOTPLUG_HARNESS_CACHE"] = str(cache)   # the runs, cache_bytes
         bl.header("bench_own_tree: a reviewer's own tree, edited")
         if args.ccache_files:
