@@ -12,7 +12,13 @@
 #                 built. Leaves reports/repro/ (matrix.json, each run's report,
 #                 JUnit: REPRO_JUNIT); `hotplug-harness repro --markdown
 #                 reports/repro/matrix.json --update-readme patches/repro/README.md`
-#                 writes its table into that README
+#                 writes its table into that README; and the real git bisect
+#                 run (tests/test_bisect_real.py)
+# make test-history  the kernel's own hot-plug fix history reverted on 6.12
+#                 (repro --history) and Debian 12's 6.1 as a second kernel
+#                 (tests marked history): more cold builds than CI's 90
+#                 minutes hold beside make test and make test-repro, so a
+#                 target (and a CI job) of their own
 # make test-qemu  deps, build the default kernel, run every scenario, verdict
 # make test-matrix  every page-table geometry x every method (6 kernel builds)
 # make bench      benchmarks: build, boot, walker, run, each beside kunit.py
@@ -30,8 +36,9 @@ MATRIX_ARGS ?=
 TEST_JUNIT ?= reports/suite/junit.xml
 UNIT_JUNIT ?= reports/unit/junit.xml
 REPRO_JUNIT ?= reports/repro/junit.xml
+HISTORY_JUNIT ?= reports/history/junit.xml
 
-.PHONY: deps venv test test-unit test-repro test-qemu test-matrix bench build clean-cache lint
+.PHONY: deps venv test test-unit test-repro test-history test-qemu test-matrix bench build clean-cache lint
 
 deps:
 	VENV=$(VENV) sh ./scripts/install-deps
@@ -49,7 +56,10 @@ test-unit: venv
 	$(PY) scripts/run_tests.py $(UNIT_JUNIT) -q -ra -m "not kernel and not qemu" tests
 
 test-repro: deps
-	$(PY) scripts/run_tests.py $(REPRO_JUNIT) -v -ra -m repro tests
+	$(PY) scripts/run_tests.py $(REPRO_JUNIT) -v -ra -m "repro and not history" tests
+
+test-history: deps
+	$(PY) scripts/run_tests.py $(HISTORY_JUNIT) -v -ra -m history tests
 
 lint: venv
 	$(PY) -m ruff check .

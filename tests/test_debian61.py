@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.kernel, pytest.mark.qemu, pytest.mark.repro]
+pytestmark = [pytest.mark.kernel, pytest.mark.qemu, pytest.mark.repro,
+              pytest.mark.history]
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "reports" / "debian-6.1"
 LIMIT_S = 45 * 60

@@ -27,7 +27,8 @@ import pytest
 
 from harness.verdict import repro
 
-pytestmark = [pytest.mark.kernel, pytest.mark.qemu, pytest.mark.repro]
+pytestmark = [pytest.mark.kernel, pytest.mark.qemu, pytest.mark.repro,
+              pytest.mark.history]
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "reports" / "history"
 LIMIT_S = 3 * 3600       # KASAN and KASLR kernels of their own, one build per fix

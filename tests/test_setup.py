@@ -258,12 +258,14 @@ def _make_n(target: str) -> list:
 
 
 @pytest.mark.skipif(not shutil.which("make"), reason="no make")
-@pytest.mark.parametrize("target", ["test", "test-unit", "test-repro", "test-qemu", "bench",
+@pytest.mark.parametrize("target", ["test", "test-unit", "test-repro", "test-history",
+                                    "test-qemu", "bench",
                                     "build", "clean-cache"])
 def test_make_targets_use_the_venv(target):
     lines = _make_n(target)
     assert lines[0].endswith("sh ./scripts/install-deps" + ("" if target in (
-        "test", "test-repro", "test-qemu", "bench", "build") else " --venv"))
+        "test", "test-repro", "test-history", "test-qemu", "bench", "build")
+        else " --venv"))
     python = [line for line in lines[1:] if "python" in line]
     assert python, lines
     for line in python:
