@@ -138,8 +138,9 @@ def entries(sizes: bool = True) -> list:
     for folder in sorted((root / "trees").glob("*")):
         if not folder.is_dir():
             continue
-        origin = _first_line(folder / "source") or \
-            f"tarball:{_first_line(root / 'src' / folder.name / '.complete') or '?'}"
+        origin = _first_line(folder / "source") or (
+            "a tree (being copied)" if folder.name.startswith("p") else
+            f"tarball:{_first_line(root / 'src' / folder.name / '.complete') or '?'}")
         paths = [folder]
         unpacked = root / "src" / folder.name
         if unpacked.is_dir():

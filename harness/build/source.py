@@ -367,6 +367,7 @@ def work_tree(source: Source) -> Path:
     if base.exists():
         shutil.rmtree(base)
     base.mkdir(parents=True)
+    (base / "source").write_text(f"{source.kind}:{source.path}\n")   # for 'cache list'
     if source.kind == "tarball":  # our own unpacked copy: hard links are safe
         run(["cp", "-al", pristine, tree])
     else:
@@ -375,7 +376,6 @@ def work_tree(source: Source) -> Path:
                       f"later runs copy only the files that changed)", "source")
         sync_work_copy(pristine, tree, base / SYNC_FILE, skip=())
     _write_json(base / "state.json", {"files": {}})
-    (base / "source").write_text(f"{source.kind}:{source.path}\n")
     (base / ".complete").write_text("")
     return tree
 
