@@ -372,3 +372,26 @@ def test_one_inspection_command_split_byte_for_byte():
     assert phases.INSPECT_CMD.count(" && ") == 7 and "cat /proc/iomem" in phases.INSPECT_CMD
     with pytest.raises(HarnessError, match="no iomem, ptdump section"):
         phases.split_sections(answer.split(phases.SECTION + "iomem")[0])
+
+
+class _QmpOnly:
+    def __init__(self, state, fail=False):
+        self.state, self.fail, self.sent = state, fail, []
+
+    def qmp_cmd(self, name, **args):
+        self.sent.append(name)
+        if self.fail:
+            raise OSError("QMP gone")
+        if name == "cont":
+            self.state = "running"
+            return {}
+        return {"status": self.state, "running": self.state == "running"}
+
+
+def test_a_guest_left_stopped_after_gdb_is_resumed_and_said():
+    from harness.drive.steps import _resume_if_stopped
+    m = _QmpOnly("debug")
+    assert _resume_if_stopped(m) == "debug" and m.sent == ["query-status", "cont"]
+    m = _QmpOnly("running")
+    assert _resume_if_stopped(m) == "" and m.sent == ["query-status"]
+    assert _resume_if_stopped(_QmpOnly("debug", fail=True)) == ""

@@ -136,8 +136,12 @@ class StepRunner:
         finally:
             session = held.get("session")
             if session is not None:
+                stats = dict(session.stats)
+                left = _resume_if_stopped(machine)
+                if left:
+                    stats["resumed_after_gdb"] = left
                 record = replace(record, events=tuple(e.to_dict() for e in session.events),
-                                 stats=dict(session.stats))
+                                 stats=stats)
                 self.order[index] = record
                 self.order_progress(record)
 
@@ -155,6 +159,23 @@ class StepRunner:
         """A guest command that must succeed; returns stdout. ``blame="kernel"``
         for hotplug operations the kernel must carry out."""
         return self.guest.check(command, deadline, blame=blame)
+
+
+def _resume_if_stopped(machine: Any) -> str:
+    """After gdb has gone: a guest QEMU still holds stopped (gdb gave up on a
+    slow target and its rescue ``D`` did not reach the stub; seen once under
+    a load of 8 on 2 cores, the next SSH command then timed out) is resumed
+    over QMP. Returns the state it was left in, "" when it was running (or
+    QMP cannot say: QEMU's own death is reported where it is noticed)."""
+    try:
+        status = machine.qmp_cmd("query-status")
+        state = str(status.get("status", ""))
+        if state in ("debug", "paused"):
+            machine.qmp_cmd("cont")
+            return state
+    except Exception:  # noqa: BLE001 - QEMU gone or QMP busy: not this function's news
+        return ""
+    return ""
 
 
 def _detail(result: Any) -> str:
