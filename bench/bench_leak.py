@@ -109,13 +109,13 @@ def one_run(art, args, out: Path, record: Path | None) -> dict:
                 text = leakcheck.collect(rec)
                 if text is not None:
                     (record / "page-owner-added.txt").write_text(text)
-            for name, addr, size in dimms:
-                blocks = blocks_in(rec, addr, addr + size)
-                rec.step(f"online {name}",
+            for dimm in dimms:
+                blocks = blocks_in(rec, dimm.addr, dimm.end)
+                rec.step(f"online {dimm.name}",
                          lambda b=blocks: set_state(rec, b, opts.online_type))
             rec.step("use memory", lambda: acpi_dimm.fill(rec, opts.fill_mb))
-            for name, addr, size in dimms:
-                acpi_dimm.unplug(rec, name, addr, size)
+            for n, dimm in enumerate(dimms, 1):
+                acpi_dimm.unplug(rec, dimm, f"removed-{n}{suffix}")
             rec.step("free memory", lambda: rec.sh("rm -f /tmp/harness-fill"))
             cycles.append(take(f"cycle-{cycle}"))
         res["crashes"] = len(guest.watcher.reports)

@@ -171,10 +171,10 @@ def test_real_guest_add_holds_vmemmap_and_remove_returns_it(tmp_path):
     with boot(art, opts, tmp_path, progress=False) as guest:
         rec = Recorder(guest, art, walk=False)
         before = leakcheck.snapshot(leakcheck.collect(rec))
-        name, addr, size = acpi_dimm.plug(rec, 1, acpi_dimm.Options(dimms=1), "")
+        dimm = acpi_dimm.plug(rec, 1, acpi_dimm.Options(dimms=1), "")
         added = leakcheck.snapshot(leakcheck.collect(rec))
-        set_state(rec, blocks_in(rec, addr, addr + size), "online_movable")
-        acpi_dimm.unplug(rec, name, addr, size)
+        set_state(rec, blocks_in(rec, dimm.addr, dimm.end), "online_movable")
+        acpi_dimm.unplug(rec, dimm, "removed")
         removed = leakcheck.snapshot(leakcheck.collect(rec))
         assert not guest.watcher.reports
     verdict, evidence = leakcheck.check(before, added, "added")
