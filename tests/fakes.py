@@ -12,6 +12,7 @@ session lifecycle, the runner and ``cli.main`` run in unit tests.
 """
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import threading
@@ -380,3 +381,32 @@ class FakeGuest:
     def mark(self, step):
         self.step = step
         self.marks.append(step)
+
+
+def shm_left_behind(before: set, settle: float = 3.0) -> set:
+    """Run folders on /dev/shm that appeared since ``before`` and that no live
+    process uses: what a finished run left behind. On a machine where other
+    runs start meanwhile, their folders are new too, but a live QEMU names
+    its own folder on its command line; a folder made a moment before its
+    QEMU starts is given ``settle`` seconds to be used or to go."""
+    import glob
+
+    def in_use() -> set:
+        used = set()
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                argv = open(f"/proc/{pid}/cmdline", "rb").read()
+            except OSError:
+                continue
+            used.update(m.decode() for m in re.findall(rb"/dev/shm/hotplug-harness-[\w.-]+", argv))
+        return used
+
+    end = time.monotonic() + settle
+    while True:
+        new = set(glob.glob("/dev/shm/hotplug-harness-*")) - set(before)
+        left = {p for p in new if p not in in_use()}
+        if not left or time.monotonic() >= end:
+            return left
+        time.sleep(0.2)

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fakes import FakeGuest
+from fakes import FakeGuest, shm_left_behind
 from harness import cli, progress, runner, signals
 from harness.cli import run as cli_run
 from harness.drive.method import Method
@@ -499,7 +499,7 @@ def test_signal_during_a_real_run(kernel, tmp_path, sig, code):
     time.sleep(0.5)
     assert qemu_processes(run_dir) == [], "QEMU outlived the harness"
     assert not os.path.exists(run_dir)
-    assert our_shm() - before == set()
+    assert shm_left_behind(before) == set()
 
 
 @pytest.mark.kernel
@@ -512,7 +512,7 @@ def test_boot_exec_uname(kernel, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout == kernel.kernel_release + "\n"
     assert "HARNESS-READY" in (tmp_path / "o" / "console.log").read_text(errors="replace")
-    assert our_shm() - before == set()
+    assert shm_left_behind(before) == set()
     assert qemu_processes(str(tmp_path)) == []
 
 
@@ -560,4 +560,4 @@ def test_folder_of_a_killed_run_is_swept_at_the_next_start(kernel, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"removed {left}, left by a run that died" in again.stderr
     assert not os.path.exists(left)
-    assert our_shm() - before == set()
+    assert shm_left_behind(before) == set()

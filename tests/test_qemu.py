@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from test_recorded import assert_named_checks_fail
 
+from fakes import shm_left_behind  # noqa: E402
 from harness.build import kernel as build
 from harness.errors import MachineError
 from harness.machine.crashwatch import KernelCrash
@@ -109,7 +110,7 @@ def test_no_leftovers_after_sigint(kernel, tmp_path, sig):
     time.sleep(0.5)
     assert not os.path.exists(f"/proc/{qemu_pid}"), "QEMU outlived the harness"
     assert not os.path.exists(run_dir), "run folder left behind"
-    assert our_shm() - before == set()
+    assert shm_left_behind(before) == set()
 
 
 def test_ctrl_c_with_two_guests_side_by_side(kernel, tmp_path):
@@ -139,7 +140,7 @@ def test_ctrl_c_with_two_guests_side_by_side(kernel, tmp_path):
     assert proc.returncode == 130, said
     time.sleep(0.5)
     assert not [p for p in qemus if os.path.exists(f"/proc/{p}")], "QEMU outlived the run"
-    assert our_shm() - before == set(), said
+    assert shm_left_behind(before) == set(), said
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["interrupted"] is True and data["not_run"] == ["virtio-mem"], said
     assert [m["method"] for m in data["methods"]] == ["acpi-dimm", "probe"], said
