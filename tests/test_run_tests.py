@@ -89,11 +89,14 @@ def test_summarise_a_saved_file_and_a_clean_run(tmp_path):
 def test_make_targets_run_through_it():
     text = (ROOT / "Makefile").read_text()
     assert '$(PY) scripts/run_tests.py $(TEST_JUNIT) -v -ra -m "not repro" tests' in text
-    assert "$(PY) scripts/run_tests.py $(REPRO_JUNIT) -v -ra -m repro tests" in text
+    assert ('$(PY) scripts/run_tests.py $(REPRO_JUNIT) -v -ra -m "repro and not history" '
+            'tests') in text
+    assert "$(PY) scripts/run_tests.py $(HISTORY_JUNIT) -v -ra -m history tests" in text
     assert "TEST_JUNIT ?= reports/suite/junit.xml" in text
     assert "UNIT_JUNIT ?= reports/unit/junit.xml" in text
     assert "REPRO_JUNIT ?= reports/repro/junit.xml" in text
+    assert "HISTORY_JUNIT ?= reports/history/junit.xml" in text
     # the workflow uploads those folders
     ci = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
-    for folder in ("suite", "unit", "repro"):
+    for folder in ("suite", "unit", "repro", "history"):
         assert f"path: reports/{folder}" in ci, folder
