@@ -3,10 +3,11 @@ debian-6.1`` (``linux-source-6.1``, installed with apt when missing) builds with
 its own series (``patches/6.1/series``) and passes ``run --method all`` and
 ``run --method all --cycles 2``.
 
-Marked ``repro`` as well as ``kernel`` and ``qemu``: the first run is two cold
-6.1 builds (the default configuration and the ``leak`` one ``--cycles 2``
+Marked ``history`` (and ``repro``, ``kernel``, ``qemu``): the first run is two
+cold 6.1 builds (the default configuration and the ``leak`` one ``--cycles 2``
 adds: 25 and 14 min on a 2-core machine busy with other builds, 2026-12-07),
-which ``make test`` does not pay; ``make test-repro`` runs it (CI's suite job).
+which neither ``make test`` nor ``make test-repro`` pays; ``make test-history``
+runs it (CI's history job).
 Cached, the two runs take a few minutes (3.7 min for both, measured with two
 guests side by side; the test runs one at a time). The report folders stay in
 ``reports/debian-6.1/``.
