@@ -126,8 +126,8 @@ def warm_runs(args, source: str, cycles: int = 1) -> dict:
 def table(rows: dict) -> None:
     sources = list(rows)
     first = rows[sources[0]]
-    print(f"\n{'source':14} {'release':14} {'cold build':>12} {'objects':>8} "
-          f"{'warm run':>10} {'--cycles 2':>11}")
+    print(f"\n{'source':14} {'release':14} {'cold build':>16} {'objects':>12} "
+          f"{'warm run':>14} {'--cycles 2':>14}")
 
     def cell(src: str, name: str, fmt) -> str:
         v = rows[src].get(name)
@@ -138,8 +138,8 @@ def table(rows: dict) -> None:
         return fmt(v) + ratio
     for src in sources:
         print(f"{src:14} {rows[src].get('release') or '-':14} "
-              f"{cell(src, 'cold', bl.fmt_s):>12} {cell(src, 'objects', str):>8} "
-              f"{cell(src, 'warm', bl.fmt_s):>10} {cell(src, 'cycles', bl.fmt_s):>11}")
+              f"{cell(src, 'cold', bl.fmt_s):>16} {cell(src, 'objects', str):>12} "
+              f"{cell(src, 'warm', bl.fmt_s):>14} {cell(src, 'cycles', bl.fmt_s):>14}")
 
 
 def main(argv=None) -> int:
