@@ -221,7 +221,7 @@ def bench(args, tmp: Path) -> None:
     print(f"disk per tree state: {worst:.1f} MB (target <= {DISK_TARGET_MB:g} MB, "
           f"{'met' if worst <= DISK_TARGET_MB else 'MISSED'})  "
           f"[{', '.join(f'{g:.1f} MB' for g in grown)}]", flush=True)
-    bl.record("own_tree_disk_per_state", "disk per tree state", worst, "MB",
+    bl.record("own_tree_disk_per_state", "disk per tree state", round(worst, 1), "MB",
               target=DISK_TARGET_MB, readme=True)
     if args.edits_only and not args.keep:   # the temporary tree's work copy (1.7 GB)
         shutil.rmtree(source.tree_base(source.resolve_source(str(tree))), ignore_errors=True)
