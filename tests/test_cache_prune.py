@@ -30,7 +30,8 @@ def filled(private_cache):
     entry(private_cache / "artifacts" / "old", 4 << 20, 3000, meta)
     entry(private_cache / "artifacts" / "new", 4 << 20, 10, meta)
     tree = entry(private_cache / "trees" / "pabc", 8 << 20, 2000)
-    (tree / "source").write_text("dir:/src/linux\n")
+    (private_cache.parent / "linux").mkdir(exist_ok=True)
+    (tree / "source").write_text(f"dir:{private_cache.parent / 'linux'}\n")
     (tree / "linux" / ".harness-o-1234").mkdir(parents=True)
     t = time.time() - 2000
     os.utime(tree, (t, t))
@@ -57,7 +58,7 @@ def test_entries_say_what_they_hold_newest_first(filled):
     assert kernel_entry.size >= 4 << 20
     assert "6.12.0 [base+4k-48] from /src/linux" in kernel_entry.holds
     assert "0001-x.patch" in kernel_entry.holds
-    assert "work copy of dir:/src/linux, 1 O= folder(s)" in found[2].holds
+    assert f"work copy of dir:{filled.parent / 'linux'}, 1 O= folder(s)" in found[2].holds
 
 
 def test_prune_removes_least_recently_used_until_under_the_cap(filled):
@@ -111,7 +112,7 @@ def test_cache_cli_list_and_prune(filled):
     cli = [sys.executable, "-m", "harness.cli", "cache"]
     out = subprocess.run(cli + ["list"], capture_output=True, text=True, env=env,
                          cwd=ROOT, check=True).stdout
-    assert "kernel   new" in out and "work copy of dir:/src/linux" in out
+    assert "kernel   new" in out and f"work copy of dir:{filled.parent / 'linux'}" in out
     assert "cap 20.0 GiB (HOTPLUG_HARNESS_CACHE_MAX)" in out
     out = subprocess.run(cli + ["prune", "--max-size", "9M"], capture_output=True,
                          text=True, env=env, cwd=ROOT, check=True).stdout
@@ -125,3 +126,14 @@ def test_split_series_are_entries(private_cache):
     (e,) = cache.entries()
     assert (e.kind, e.key) == ("series", "abc")
     assert e.holds == "a series split into 1 patch(es): 0001-x.patch..."
+
+
+def test_a_work_copy_whose_tree_is_gone_is_pruned_first(filled, tmp_path):
+    gone = filled / "trees" / "pgone"
+    (gone / "linux").mkdir(parents=True)
+    (gone / "source").write_text(f"dir:{tmp_path / 'deleted-tree'}\n")
+    (e,) = [e for e in cache.entries() if e.key == "pgone"]
+    assert e.orphan and "(that tree is gone: pruned first)" in e.holds
+    removed = cache.prune(limit=1 << 40)           # far under the cap: only the orphan
+    assert [x.key for x in removed] == ["pgone"] and not gone.exists()
+    assert (filled / "trees" / "pabc").exists()    # its tree is there

@@ -44,6 +44,7 @@ class Entry:
     size: int            # bytes on disk
     last_used: float     # epoch seconds
     holds: str           # one line: what it is
+    orphan: bool = False  # a work copy whose tree is gone
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "key": self.key, "paths": [str(p) for p in self.paths],
@@ -146,10 +147,12 @@ def entries(sizes: bool = True) -> list:
         if unpacked.is_dir():
             paths.append(unpacked)
         outdirs = sorted((folder / "linux").glob(".harness-o-*"))
+        gone = origin.startswith("dir:") and not Path(origin[4:]).is_dir()
         holds = (f"work copy of {origin}, {len(outdirs)} O= folder(s)"
-                 + (", and its unpacked copy" if unpacked.is_dir() else ""))
+                 + (", and its unpacked copy" if unpacked.is_dir() else "")
+                 + (" (that tree is gone: pruned first)" if gone else ""))
         found.append(Entry("tree", folder.name, tuple(paths), size(paths),
-                           _mtime(folder), holds))
+                           _mtime(folder), holds, orphan=gone))
     tree_keys = {e.key for e in found if e.kind == "tree"}
     for folder in sorted((root / "src").glob("*")):
         if folder.is_dir() and folder.name not in tree_keys:
@@ -206,18 +209,21 @@ def _patch_names(patches) -> str:
 
 
 def prune(limit: int | None = None, dry_run: bool = False, keep=()) -> list:
-    """Remove least recently used entries until the cache fits ``limit``
-    bytes (default: the configured cap). ccache is never removed here (it
-    has its own cap). An entry whose lock another run holds, and ``keep``
-    (folders), are skipped. Returns the entries removed (or that would be)."""
+    """Remove work copies whose tree is gone, then least recently used
+    entries until the cache fits ``limit`` bytes (default: the configured
+    cap). ccache is never removed here (it has its own cap). An entry whose
+    lock another run holds, and ``keep`` (folders), are skipped. Returns the
+    entries removed (or that would be)."""
     from harness.build.kernel import locked_nowait
     limit = max_bytes() if limit is None else limit
     found = entries()
     total = sum(e.size for e in found)
     keep = {Path(k) for k in keep}
     removed = []
-    for entry in reversed([e for e in found if e.kind != "ccache"]):
-        if total <= limit:
+    order = [e for e in found if e.orphan] + \
+        [e for e in reversed(found) if e.kind != "ccache" and not e.orphan]
+    for entry in order:
+        if total <= limit and not entry.orphan:
             break
         if any(p in keep for p in entry.paths):
             continue
