@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,15 +209,17 @@ def _patch_names(patches) -> str:
     return "patches: " + ", ".join(parts) if parts else "no patches"
 
 
-def prune(limit: int | None = None, dry_run: bool = False, keep=()) -> list:
+def prune(limit: int | None = None, dry_run: bool = False, keep=(),
+          found: list | None = None) -> list:
     """Remove work copies whose tree is gone, then least recently used
     entries until the cache fits ``limit`` bytes (default: the configured
     cap). ccache is never removed here (it has its own cap). An entry whose
-    lock another run holds, and ``keep`` (folders), are skipped. Returns the
-    entries removed (or that would be)."""
-    from harness.build.kernel import locked_nowait
+    lock another run holds, and ``keep`` (folders), are skipped. ``found``:
+    ``entries()`` when the caller took it already. Returns the entries
+    removed (or that would be)."""
+    from harness.build.kernel import locked
     limit = max_bytes() if limit is None else limit
-    found = entries()
+    found = entries() if found is None else found
     total = sum(e.size for e in found)
     keep = {Path(k) for k in keep}
     removed = []
@@ -228,8 +231,9 @@ def prune(limit: int | None = None, dry_run: bool = False, keep=()) -> list:
         if any(p in keep for p in entry.paths):
             continue
         if not dry_run:
-            lock = f"source-{entry.key}" if entry.kind == "tree" else None
-            with locked_nowait(lock) as got:
+            lock = locked(f"source-{entry.key}", wait=False) if entry.kind == "tree" \
+                else nullcontext(True)
+            with lock as got:
                 if not got:
                     continue
                 for path in entry.paths:

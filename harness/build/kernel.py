@@ -261,35 +261,22 @@ def check_file(path: Path, record, label: str):
 
 
 @contextmanager
-def locked_nowait(name):
-    """Yield True holding lock ``name`` (as ``locked``), False if another run
-    holds it; None: no lock, True."""
-    if name is None:
-        yield True
-        return
+def locked(name: str, wait: bool = True):
+    """An exclusive lock shared by every harness process on this machine.
+    Yields True once held; with ``wait=False`` it yields False at once (the
+    lock not taken) when another run holds it."""
     path = cache_root() / "locks" / f"{name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
-        yield True
-
-
-@contextmanager
-def locked(name: str):
-    """An exclusive lock shared by every harness process on this machine."""
-    path = cache_root() / "locks" / f"{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            if not wait:
+                yield False
+                return
             progress_mod.warn(f"waiting for another run holding {path}", "build")
             fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+        yield True
 
 
 # -------------------------------------------------------------- build -------

@@ -109,11 +109,12 @@ def cmd_cache(args) -> int:
     if args.action == "prune":
         limit = cache_mod.parse_size(args.max_size) if args.max_size is not None \
             else cache_mod.max_bytes()
-        gone = cache_mod.prune(limit, dry_run=args.dry_run)
+        found = cache_mod.entries()
+        gone = cache_mod.prune(limit, dry_run=args.dry_run, found=found)
         verb = "would remove" if args.dry_run else "removed"
         for e in gone:
             print(f"{verb} {e.kind:8s} {e.key:24s} {cache_mod.human(e.size):>10s}  {e.holds}")
-        left = sum(e.size for e in cache_mod.entries())
+        left = sum(e.size for e in found) - sum(e.size for e in gone)
         print(f"{len(gone)} entr{'y' if len(gone) == 1 else 'ies'} {verb}; the cache "
               f"holds {cache_mod.human(left)} (cap {cache_mod.human(limit)})")
         return 0
