@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from harness import progress
 from harness.build import series, versions
@@ -59,6 +60,9 @@ class Source:
     kind: str        # "tarball" | "dir"
     path: Path
     identity: str    # sha256 hex of what decides the content
+    # a plain tree's files as its identity was taken from them (tree_files):
+    # the work copy is synced from the same listing, not from a second walk
+    listing: Optional[dict] = field(default=None, compare=False, repr=False)
 
     @property
     def short(self) -> str:
@@ -90,7 +94,7 @@ def resolve_source(spec: str = "debian") -> Source:
         if not (path / "Makefile").is_file() or not (path / "arch" / "arm64").is_dir():
             raise HarnessError(f"{path} does not look like a kernel source tree "
                                "(no Makefile or arch/arm64)", step="source")
-        return Source("dir", path, _dir_identity(path))
+        return Source("dir", path, *_dir_identity(path))
     if path.is_file():
         return Source("tarball", path, _file_identity(path))
     raise HarnessError(f"--kernel-src {spec}: no such file or directory "
@@ -115,8 +119,9 @@ def _file_identity(path: Path) -> str:
     return memo[stamp]
 
 
-def _dir_identity(path: Path) -> str:
-    """A git tree: HEAD + its uncommitted changes; otherwise every file's stat."""
+def _dir_identity(path: Path) -> tuple:
+    """(identity, listing). A git tree: HEAD + its uncommitted changes (no
+    listing); otherwise every file's stat, and the listing it was taken from."""
     h = hashlib.sha256(str(path).encode())
     if (path / ".git").exists() and shutil.which("git"):
         git = ["git", "-C", str(path)]
@@ -130,10 +135,11 @@ def _dir_identity(path: Path) -> str:
                 capture_output=True).stdout
             for name in sorted(filter(None, untracked.split(b"\0"))):
                 h.update(name + _hash_file(path / name.decode()).encode())
-            return h.hexdigest()
-    for name, (size, mtime, _link) in sorted(tree_files(path).items()):
+            return h.hexdigest(), None
+    listing = tree_files(path)
+    for name, (size, mtime, _link) in sorted(listing.items()):
         h.update(f"{name}:{size}:{mtime}\n".encode())
-    return h.hexdigest()
+    return h.hexdigest(), listing
 
 
 def _hash_file(path: Path) -> str:
@@ -374,7 +380,7 @@ def work_tree(source: Source) -> Path:
         tree.mkdir()
         progress.info(f"copying {pristine} into a work copy (once per tree path; "
                       f"later runs copy only the files that changed)", "source")
-        sync_work_copy(pristine, tree, base / SYNC_FILE, skip=())
+        sync_work_copy(pristine, tree, base / SYNC_FILE, skip=(), files=source.listing)
     _write_json(base / "state.json", {"files": {}})
     (base / ".complete").write_text("")
     return tree
@@ -455,7 +461,8 @@ def _scan(root: Path, prefix: str, out: dict) -> None:
             out[rel] = (st.st_size, st.st_mtime_ns, entry.is_symlink())
 
 
-def sync_work_copy(pristine: Path, tree: Path, record: Path, skip=()) -> SyncResult:
+def sync_work_copy(pristine: Path, tree: Path, record: Path, skip=(),
+                   files: dict | None = None) -> SyncResult:
     """Make ``tree`` hold ``pristine``'s files, writing only what changed.
 
     ``record`` keeps each file's (size, mtime) as last synced: a file whose
@@ -464,10 +471,10 @@ def sync_work_copy(pristine: Path, tree: Path, record: Path, skip=()) -> SyncRes
     back and forth, ``touch``: nothing rebuilds). Written files get the current
     time (never the source's: a file restored to an older version must still
     look newer than its objects). ``skip``: files the patches own (``prepare``
-    rewrites those)."""
+    rewrites those). ``files``: ``tree_files(pristine)`` when already taken."""
     start = time.monotonic()
     result = SyncResult()
-    files = tree_files(pristine)
+    files = tree_files(pristine) if files is None else files
     result.listed = len(files)
     old = _read_json(record, {})
     skip = set(skip)
@@ -562,7 +569,8 @@ def prepare(source: Source, patches: list) -> PreparedTree:
     applied = _read_json(state_file, {"files": {}})["files"]
     synced: tuple = ()
     if source.kind == "dir":
-        result = sync_work_copy(pristine, tree, tree.parent / SYNC_FILE, skip=applied)
+        result = sync_work_copy(pristine, tree, tree.parent / SYNC_FILE, skip=applied,
+                                files=source.listing)
         synced = tuple(result.copied + result.removed)
         if synced:
             shown = ", ".join(synced[:3]) + (f" and {len(synced) - 3} more"
