@@ -20,7 +20,7 @@ cache) once first, so no boot waits for a build.
 QEMU memory (not through the CLI): the Python API boots the same default
 guest in-process, with
 
-  art = harness.build.kernel.build(BuildRequest())
+  art = harness.kernel.kernel.build(BuildRequest())
   with harness.session.boot(art, BootOptions(), out_dir) as guest: ...
 
 and reads /proc/<guest.machine.proc.pid>/status (VmRSS, VmHWM, and the split
@@ -142,7 +142,7 @@ def status_text(values: dict) -> str:
 
 
 def qemu_memory(args, mode: str, tmp: Path) -> None:
-    from harness.build.kernel import BuildRequest, build
+    from harness.kernel.kernel import BuildRequest, build
     from harness.session import BootOptions, boot
     command = "$ " + " ".join([sys.executable, "bench/bench_boot.py", "--rss-only"]
                               + (["--dt"] if args.dt else []))

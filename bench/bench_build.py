@@ -233,7 +233,7 @@ def noop_builds(args) -> None:
 
 def base_mmu_c() -> tuple:
     """(text of mmu.c after patches/series, where it came from)."""
-    from harness.build import source
+    from harness.kernel import source
     src = source.resolve_source("debian")
     pristine = source.pristine_tree(src)
     series = source.read_series()

@@ -39,11 +39,11 @@ sys.path.insert(0, str(HERE))
 
 import benchlib as bl  # noqa: E402
 
-from harness.build import kernel as build  # noqa: E402
 from harness.drive import acpi_dimm  # noqa: E402
 from harness.drive.common import Recorder, blocks_in, set_state  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.inspect import leakcheck, page_owner, sysfs  # noqa: E402
+from harness.kernel import kernel as build  # noqa: E402
 from harness.records import FAIL, PASS, SKIP  # noqa: E402
 from harness.session import BootOptions, boot  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 Reads an existing build tree; builds nothing, boots nothing. For the harness's
 reused ``O=`` tree of the default kernel (the one ``build --json`` would use:
-``harness.build.kernel.gather_inputs(BuildRequest())``) it prints:
+``harness.kernel.kernel.gather_inputs(BuildRequest())``) it prints:
 
 * objects per directory (``*.o`` under the ``O=`` tree, host tools and link
   products included, as the issue's 1136 counts them), their share, an estimate
@@ -949,8 +949,8 @@ def format_rows(rows: Sequence[Row], by: str, top: int, kunit: bool) -> list[str
 def default_tree() -> tuple[Path, Path, dict[str, str], Path, str]:
     """(O= tree, pristine source, requested options, cache root) of the
     default kernel, without building."""
-    from harness.build import kernel, source
     from harness.host import cache_root
+    from harness.kernel import kernel, source
     inputs = kernel.gather_inputs(kernel.BuildRequest())
     outdir = kernel.outdir_path(source.work_tree(inputs.source), inputs)
     return outdir, source.pristine_tree(inputs.source), dict(inputs.requested), \

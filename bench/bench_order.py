@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.build import kernel as build  # noqa: E402
 from harness.inspect import gdb, order, ptdump, sysfs  # noqa: E402
 from harness.inspect import walker as walk_mod  # noqa: E402
+from harness.kernel import kernel as build  # noqa: E402
 from harness.machine.qemu import RAM_BASE, free_port  # noqa: E402
 from harness.session import BootOptions, boot  # noqa: E402
 

@@ -96,12 +96,12 @@ def edit(tree: Path, nops: int) -> str:
 
 
 def cache_bytes() -> int:
-    from harness.build import cache
+    from harness.kernel import cache
     return sum(e.size for e in cache.entries())
 
 
 def ccache_stats() -> dict:
-    from harness.build.kernel import ccache_env
+    from harness.kernel.kernel import ccache_env
     env = dict(os.environ, **ccache_env())
     try:
         out = subprocess.run(["ccache", "--print-stats"], capture_output=True, text=True,
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
 
 
 def bench(args, tmp: Path) -> None:
-    from harness.build import source
+    from harness.kernel import source
     if not args.edits_only:
         r0, extra0 = timed_run(args, "debian", tmp / "r0", "cold run on Debian's source")
         bl.figure("cold run on Debian's source", r0.wall, None, r0.command, extra0,
@@ -271,8 +271,8 @@ def ccache_files(args, rounds: int = 3) -> None:
     """The price of a ccache miss and the gain of a hit, file by file: CPU
     time (user+sys), which a busy machine disturbs far less than wall time.
     Each file's source is touched in the work copy so make compiles it."""
-    from harness.build import kernel, source
-    from harness.build.kernel import FIXED_ENV, ccache_env
+    from harness.kernel import kernel, source
+    from harness.kernel.kernel import FIXED_ENV, ccache_env
     inputs = kernel.gather_inputs(kernel.BuildRequest())
     tree = source.work_tree(inputs.source)
     out = kernel.outdir_path(tree, inputs)

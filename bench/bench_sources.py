@@ -145,7 +145,7 @@ def table(rows: dict) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     bl.start_results_for(args, __file__, argv)
-    from harness.build import versions
+    from harness.kernel import versions
     sources = versions.parse_sources(args.kernel_src)
     bl.header("bench_sources: kernel sources side by side (cold build, warm run)")
     rows: dict = {}

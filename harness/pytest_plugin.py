@@ -515,7 +515,7 @@ def report_folder(config, nodeid: str) -> Path:
 @pytest.fixture(scope="session")
 def hh_kernel(request):
     """The kernel from --hh-kernel-src, --hh-patch and --hh-config (cached by content)."""
-    from harness.build.kernel import BuildRequest, build
+    from harness.kernel.kernel import BuildRequest, build
     config = request.config
     req = BuildRequest(kernel_src=hh_option(config, "kernel_src"),
                        configs=tuple(hh_option(config, "config")),
@@ -553,7 +553,7 @@ class _FreshLine:
 @contextmanager
 def build_output(config) -> Iterator[Callable[[str], None]]:
     """While a kernel is built or checked: pytest's capture suspended, so the
-    build's progress lines (harness.build.kernel.BuildProgress: live on a
+    build's progress lines (harness.kernel.kernel.BuildProgress: live on a
     terminal, else a line every few seconds) reach stderr; yields a printer
     for lines of the fixture's own."""
     capman = config.pluginmanager.getplugin("capturemanager")

@@ -14,13 +14,13 @@ from typing import Any, Optional
 
 from harness import progress as ui
 from harness import signals
-from harness.build import source as src
-from harness.build.kernel import KernelArtifacts
 from harness.drive import method as registry
 from harness.drive.common import Recorder
 from harness.drive.method import Method
 from harness.errors import HarnessError
 from harness.host import cache_root
+from harness.kernel import source as src
+from harness.kernel.kernel import KernelArtifacts
 from harness.machine.crashwatch import KernelCrash
 from harness.records import (
     CheckOptions,

@@ -21,9 +21,9 @@ from typing import Any, Optional, Union
 
 from harness import progress
 from harness import progress as ui
-from harness.build.kernel import KernelArtifacts
 from harness.errors import HarnessError, MachineError
 from harness.host import Deadline
+from harness.kernel.kernel import KernelArtifacts
 from harness.machine import guest_image, snapshot
 from harness.machine.console import SETTLE_S, ConsoleReader, CrashGate, SerialConsole
 from harness.machine.crashwatch import CrashReport, CrashWatcher

@@ -15,7 +15,7 @@ HARNESS = ROOT / "harness"
 LAYERS = (
     ("base", ("harness", "harness.errors", "harness.progress", "harness.paths",
               "harness.host", "harness.signals")),
-    ("build", ("harness.build",)),
+    ("build", ("harness.kernel",)),
     ("machine", ("harness.machine",)),
     ("inspect", ("harness.inspect",)),
     ("records", ("harness.records",)),
@@ -26,7 +26,7 @@ LAYERS = (
     ("cli", ("harness.cli", "harness.pytest_plugin")),
 )
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
-STAGE_PACKAGES = ("build", "machine", "inspect", "drive", "verdict", "cli")
+STAGE_PACKAGES = ("kernel", "machine", "inspect", "drive", "verdict", "cli")
 
 
 def layer(module: str) -> str:

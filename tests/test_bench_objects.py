@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_objects as bo  # noqa: E402
 
-from harness.build import kconfig  # noqa: E402
+from harness.kernel import kconfig  # noqa: E402
 
 
 def entries(text):

@@ -107,7 +107,7 @@ def commit(repo: Path, message: str, n: int) -> str:
 
 
 def history_stamp(pristine_identity: str) -> str:
-    from harness.build import source as src
+    from harness.kernel import source as src
     h = hashlib.sha256(f"{HISTORY_VERSION}\n{pristine_identity}\n".encode())
     for p in [*src.read_series(), REPRO_BAD]:
         h.update(p.read_bytes())
@@ -117,7 +117,7 @@ def history_stamp(pristine_identity: str) -> str:
 
 def make_history(repo: Path, pristine: Path) -> dict:
     """The commits above, as {name: sha}; the timings on stdout."""
-    from harness.build import source as src
+    from harness.kernel import source as src
     if repo.exists():
         shutil.rmtree(repo)
     repo.parent.mkdir(parents=True, exist_ok=True)
@@ -150,8 +150,8 @@ def make_history(repo: Path, pristine: Path) -> dict:
 def history():
     """The tree at its fixed place, made once (``HISTORY_VERSION`` and the
     inputs in its stamp), checked out at its last commit with no bisect on."""
-    from harness.build import source as src
     from harness.host import cache_root
+    from harness.kernel import source as src
     if shutil.which("git") is None:
         pytest.skip("git not installed")
     source = src.resolve_source("debian")

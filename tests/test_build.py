@@ -2,9 +2,9 @@
 import json
 from pathlib import Path
 
-from harness.build import kconfig
-from harness.build import kernel as build
-from harness.build import source as src
+from harness.kernel import kconfig
+from harness.kernel import kernel as build
+from harness.kernel import source as src
 
 
 def inputs(tmp_path, patch_text="a", config=None, toolchain="gcc 12", llvm=False):
@@ -62,7 +62,7 @@ def test_make_argv_uses_cross_compiler_and_ccache(tmp_path):
 
 
 def test_config_stamp_tracks_config_and_kconfig_patches(tmp_path):
-    from harness.build.source import PreparedTree
+    from harness.kernel.source import PreparedTree
     inp = inputs(tmp_path)
     src_ = inp.source
     plain = PreparedTree(src_, tmp_path, (), (), (("arch/arm64/mm/mmu.c", "aa"),))
@@ -80,7 +80,7 @@ def test_lock_serialises_two_processes(private_cache):
     import time
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import time, sys; from harness.build import kernel as build\n"
+         "import time, sys; from harness.kernel import kernel as build\n"
          "with build.locked('source-x'):\n"
          "    print('held', flush=True); time.sleep(1.0)\n"],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)

@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-from harness.build import kernel as build
 from harness.errors import BuildError
+from harness.kernel import kernel as build
 
 FAKE_MAKE = """#!/bin/sh
 # fake make: six kbuild lines, 0.1 s apart, then a silent stretch, then the link

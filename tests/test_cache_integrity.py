@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from harness import cli
-from harness.build import kconfig
-from harness.build import kernel as build
-from harness.build import source as src
-from harness.build.source import PreparedTree
+from harness.kernel import kconfig
+from harness.kernel import kernel as build
+from harness.kernel import source as src
+from harness.kernel.source import PreparedTree
 from harness.machine import guest_image as gi
 
 DATA = Path(__file__).parent / "data"

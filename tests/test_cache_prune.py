@@ -1,4 +1,4 @@
-"""The cache's entries, their sizes and LRU pruning (harness.build.cache)."""
+"""The cache's entries, their sizes and LRU pruning (harness.kernel.cache)."""
 import json
 import os
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.build import cache, kernel
+from harness.kernel import cache, kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 

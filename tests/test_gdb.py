@@ -195,7 +195,7 @@ def test_real_guest_removal_with_gdb(tmp_path):
     sys.path.insert(0, str(ROOT / "bench"))
     import bench_order
 
-    from harness.build import kernel as build
+    from harness.kernel import kernel as build
     art = build.build(build.BuildRequest())
     res = bench_order.one_run(art, rodata_full=False, use_gdb=True, flush_check=True,
                               out=tmp_path, say=lambda l: None)
@@ -229,7 +229,7 @@ def test_real_guest_survives_a_killed_gdb(tmp_path):
     sys.path.insert(0, str(ROOT / "bench"))
     import bench_order
 
-    from harness.build import kernel as build
+    from harness.kernel import kernel as build
     from harness.machine.qemu import RAM_BASE, free_port
     from harness.session import BootOptions, boot
     art = build.build(build.BuildRequest())

@@ -442,7 +442,7 @@ def qemu_processes(needle: str) -> list:
 
 @pytest.fixture(scope="module")
 def kernel():
-    from harness.build import kernel as build
+    from harness.kernel import kernel as build
     return build.build(build.BuildRequest())
 
 

@@ -1,7 +1,7 @@
 import pytest
 
-from harness.build import kconfig
 from harness.errors import ConfigError, HarnessError
+from harness.kernel import kconfig
 
 
 def test_parse_set_unset_and_comments():

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.build import kernel as build
 from harness.errors import ConfigError, PatchError
+from harness.kernel import kernel as build
 
 pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,10 +16,10 @@ from types import SimpleNamespace
 import pytest
 
 from harness import cli, progress, runner
-from harness.build import source as src
 from harness.cli import run as cli_run
 from harness.drive import acpi_dimm, kselftest, method, probe, race, reach, split_leaf, virtio_mem
 from harness.errors import HarnessError
+from harness.kernel import source as src
 from harness.records import REMOVAL_CHECKS, MethodRun
 from harness.session import BootOptions
 

@@ -63,7 +63,7 @@ CONFTEST = """\
 import json
 from pathlib import Path
 
-import harness.build.kernel as kernel
+import harness.kernel.kernel as kernel
 
 
 class Art:

@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from harness.build import source as src
 from harness.host import cache_root
+from harness.kernel import source as src
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu]
 

@@ -160,9 +160,9 @@ def test_real_guest_add_holds_vmemmap_and_remove_returns_it(tmp_path):
     """Kernel with --config leak, page_owner=on, one 512 MiB DIMM: right after
     the add the check FAILs naming vmemmap_alloc_block (the signal is real);
     after the remove it PASSes (the clean kernel gives every page back)."""
-    from harness.build import kernel as build
     from harness.drive import acpi_dimm
     from harness.drive.common import Recorder, blocks_in, set_state
+    from harness.kernel import kernel as build
     from harness.session import BootOptions, boot
 
     art = build.build(build.BuildRequest(configs=(leakcheck.CONFIG,)))

@@ -49,7 +49,7 @@ def test_printer_formats_one_way():
 def test_modules_report_through_it(recording, tmp_path):
     """build's cache messages and lock waits, the source unpack note and the
     machine's stale-folder note all reach the installed printer."""
-    from harness.build import kernel as build
+    from harness.kernel import kernel as build
     build.cache_message("x/Image is missing: rebuilding")
     assert recording.lines[-1] == (progress.QUIET, "cache", "x/Image is missing: rebuilding")
 

@@ -104,10 +104,10 @@ import os
 import time
 from pathlib import Path
 
-from harness.build import kconfig
-from harness.build import kernel as build
-from harness.build import source as src
-from harness.build.source import PreparedTree
+from harness.kernel import kconfig
+from harness.kernel import kernel as build
+from harness.kernel import source as src
+from harness.kernel.source import PreparedTree
 
 HERE = Path(__file__).parent
 (HERE / "x.patch").write_text("a")

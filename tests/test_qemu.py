@@ -12,8 +12,8 @@ import pytest
 from test_recorded import assert_named_checks_fail
 
 from fakes import shm_left_behind  # noqa: E402
-from harness.build import kernel as build
 from harness.errors import MachineError
+from harness.kernel import kernel as build
 from harness.machine.crashwatch import KernelCrash
 from harness.records import Check
 from harness.session import BootOptions, boot
@@ -91,7 +91,7 @@ def test_no_leftovers_after_sigint(kernel, tmp_path, sig):
     """boot() used as a library (no CLI handler): SIGINT and SIGTERM both unwind."""
     before = our_shm()
     script = ("import sys, time\n"
-              "from harness.build import kernel as build\n"
+              "from harness.kernel import kernel as build\n"
               "from pathlib import Path\n"
               "from harness.session import boot, BootOptions\n"
               "art = build.build()\n"

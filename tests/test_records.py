@@ -11,9 +11,9 @@ import pytest
 from test_walker import tiny_elf
 
 from harness import runner
-from harness.build import layout
 from harness.errors import HARNESS, INFRA, KERNEL, Blame, HarnessError, MachineError
 from harness.inspect import walker
+from harness.kernel import layout
 from harness.machine import crashwatch
 from harness.machine.crashwatch import classify_file
 from harness.records import (

@@ -12,9 +12,9 @@ import pytest
 from conftest import ROOT
 
 from harness import progress
-from harness.build import series
-from harness.build import source as src
 from harness.errors import HarnessError, PatchError
+from harness.kernel import series
+from harness.kernel import source as src
 
 LONG = ("arm64/mm: a subject long enough to be folded, with a non-ASCII "
         "character (é) so that git encodes it")
@@ -123,7 +123,7 @@ def test_load_patches_splits_a_series_in_order(private_cache, mbox):
 
 
 def test_cache_clean_all_removes_the_split_mails(private_cache, mbox):
-    from harness.build.kernel import clean_cache
+    from harness.kernel.kernel import clean_cache
     src.load_patches([series.SeriesFile(str(mbox))])
     assert (private_cache / "series").is_dir()
     assert str(private_cache / "series") in clean_cache(everything=True)
@@ -198,8 +198,8 @@ def test_series_and_patch_keep_the_command_line_order(command):
 
 
 def test_the_report_shows_the_series(private_cache):
-    from harness.build.kernel import KernelArtifacts
     from harness.cli.run import kernel_identity
+    from harness.kernel.kernel import KernelArtifacts
     from harness.verdict import report
     fields = dict(image="I", vmlinux="V", system_map="S", config="C", build_log="L",
                   cache_key="k" * 64, source="tarball:x@y", fragments=("base",),

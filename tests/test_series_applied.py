@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from harness import progress
-from harness.build import applied
-from harness.build import kernel as build_mod
-from harness.build import source as src
+from harness.kernel import applied
+from harness.kernel import kernel as build_mod
+from harness.kernel import source as src
 
 needs_patch = pytest.mark.skipif(shutil.which("patch") is None, reason="no patch")
 

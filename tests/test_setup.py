@@ -299,7 +299,7 @@ def test_data_resolves_in_the_checkout():
 
 
 def test_constants_come_from_paths():
-    from harness.build import kconfig, source
+    from harness.kernel import kconfig, source
     from harness.machine import guest_image
     assert source.PATCH_DIR == paths.PATCH_DIR
     assert source.SERIES_FILE == paths.PATCH_DIR / "series"
@@ -371,7 +371,7 @@ def _copy_source(dest: Path) -> Path:
                                   ".pytest_cache", "reports", "runs")
 
     def ignore(folder: str, names: list) -> set:
-        # setuptools' build/ output only at the top: harness/build/ is a package
+        # setuptools' build/ output only at the top: harness/kernel/ is a package
         top = {"build"} if Path(folder) == ROOT else set()
         return set(junk(folder, names)) | (top & set(names))
     shutil.copytree(ROOT, dest, symlinks=True, ignore=ignore)
@@ -399,8 +399,8 @@ def test_pip_install_non_editable_ships_the_data(tmp_path):
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert r.returncode == 0, r.stdout
     shutil.rmtree(src)   # nothing may point back at the source tree
-    probe = ("import json, harness, harness.paths as p, harness.build.source as s, "
-             "harness.build.kconfig as k, harness.machine.guest_image as g\n"
+    probe = ("import json, harness, harness.paths as p, harness.kernel.source as s, "
+             "harness.kernel.kconfig as k, harness.machine.guest_image as g\n"
              "print(json.dumps({'version': harness.__version__, "
              "'checkout': str(p.source_checkout()), 'patch_dir': str(p.PATCH_DIR), "
              "'series': [x.name for x in s.read_series()], "
@@ -416,7 +416,7 @@ def test_pip_install_non_editable_ships_the_data(tmp_path):
     assert got["version"] == harness.__version__
     assert got["checkout"] == "None"
     assert got["patch_dir"].startswith(str(venv)) and "site-packages" in got["patch_dir"]
-    from harness.build import source
+    from harness.kernel import source
     assert got["series"] == [x.name for x in source.read_series()]
     assert len(got["repro"]) >= 1
     assert {"base", "4k-48", "64k-42"} <= set(got["fragments"])

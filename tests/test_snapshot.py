@@ -167,7 +167,7 @@ def test_a_restored_console_shows_the_saved_boot(tmp_path):
 
 
 def test_cache_clean_removes_snapshots_with_the_kernels(cache):
-    from harness.build import kernel
+    from harness.kernel import kernel
     make_entry(cache, "k")
     removed = kernel.clean_cache()
     assert str(cache / "snapshots") in removed and not (cache / "snapshots").exists()

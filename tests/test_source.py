@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from harness.build import source as src
 from harness.errors import HarnessError, PatchError
+from harness.kernel import source as src
 
 PATCH_OK = """\
 From: Someone <a@b>
@@ -217,7 +217,7 @@ def test_git_tree_copies_what_git_lists_not_build_products(private_cache, fake_t
 
 
 def test_outdir_is_a_child_of_the_work_copy(private_cache, fake_tree):
-    from harness.build import kernel
+    from harness.kernel import kernel
     inputs = kernel.Inputs(src.resolve_source(str(fake_tree)), (), (), {}, "gcc", False)
     tree = src.work_tree(inputs.source)
     out = kernel.outdir_path(tree, inputs)

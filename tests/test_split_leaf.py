@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from harness import runner
-from harness.build import kernel as build
 from harness.drive import split_leaf
 from harness.inspect import ptdump
+from harness.kernel import kernel as build
 from harness.session import BootOptions
 
 ROOT = Path(__file__).resolve().parent.parent

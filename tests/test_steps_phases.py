@@ -16,13 +16,13 @@ from typing import Optional
 import pytest
 from test_walker import Tables, kernel_attrs
 
-from harness.build.layout import Geometry as WalkGeometry
-from harness.build.layout import KernelLayout
 from harness.drive.common import Recorder
 from harness.drive.phases import RAM_BASE, PhaseCollector
 from harness.drive.steps import StepRunner
 from harness.errors import HarnessError
 from harness.inspect import gdb
+from harness.kernel.layout import Geometry as WalkGeometry
+from harness.kernel.layout import KernelLayout
 from harness.machine.transport import CommandResult
 from harness.records import Geometry, OrderRecord, Step
 

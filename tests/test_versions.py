@@ -1,4 +1,4 @@
-"""Kernel versions (harness/build/versions.py): Debian's sources by name, a
+"""Kernel versions (harness/kernel/versions.py): Debian's sources by name, a
 tree's own version, the per-version series and fragments, what cannot work on
 a version, and the source axis of matrix and repro. No kernel, no QEMU."""
 import io
@@ -11,10 +11,10 @@ from types import SimpleNamespace
 import pytest
 
 from harness import progress
-from harness.build import kconfig, kernel, versions
-from harness.build import source as src
 from harness.cli import main
 from harness.errors import HarnessError, PatchError, ToolMissing
+from harness.kernel import kconfig, kernel, versions
+from harness.kernel import source as src
 from harness.paths import CONFIG_DIR, PATCH_DIR
 from harness.verdict import geomatrix, repro
 
@@ -351,8 +351,8 @@ def test_kernel_code_starts_at_text_in_612_and_stext_in_61():
     """/proc/iomem's "Kernel code" is [__pa(_text), __pa(__init_begin)) in 6.12
     and [__pa(_stext), ...) in 6.1: the walker pairs the right symbol's VA with
     it (else swapper_pg_dir is read 64 KiB off)."""
-    from harness.build.layout import Geometry, KernelLayout
     from harness.drive.phases import kernel_code_va
+    from harness.kernel.layout import Geometry, KernelLayout
     syms = {"_text": 0xffff800008000000, "_stext": 0xffff800008010000,
             "__init_begin": 0xffff800008470000}
     lay = KernelLayout(Geometry(4096, 48, 4), 128, syms)

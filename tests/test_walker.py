@@ -14,7 +14,6 @@ import subprocess
 
 import pytest
 
-from harness.build.layout import KernelLayout, LayoutError
 from harness.inspect.walker import (
     BufferPhysMem,
     FileBackedPhysMem,
@@ -27,6 +26,7 @@ from harness.inspect.walker import (
     table_counts,
     walk,
 )
+from harness.kernel.layout import KernelLayout, LayoutError
 
 AF, SH, RDONLY, PXN, UXN = 1 << 10, 3 << 8, 1 << 7, 1 << 53, 1 << 54
 RAM = 0x4000_0000
@@ -483,7 +483,7 @@ def _elftools_symbols(path, names=None, types=None):
 def test_read_symtab_reads_what_pyelftools_reads(tmp_path):
     """The bulk reader of .symtab against pyelftools' own symbol objects, on an
     aarch64 ELF linked here (names that are tails of others included)."""
-    from harness.build.layout import read_symtab
+    from harness.kernel.layout import read_symtab
     src = tmp_path / "s.c"
     src.write_text("unsigned long swapper_pg_dir[512];\nunsigned long my_swapper_pg_dir[4];\n"
                    "static int bar(int x) { return x + 1; }\n"

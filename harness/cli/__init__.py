@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from harness import progress, signals
-from harness.build import kconfig, series
-from harness.build import kernel as build_mod
 from harness.errors import HarnessError
+from harness.kernel import kconfig, series
+from harness.kernel import kernel as build_mod
 
 EPILOG = """\
 the flow: build -> boot -> drive (add/online/offline/remove) -> inspect -> verdict
@@ -98,7 +98,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from harness.build import cache as cache_mod
+    from harness.kernel import cache as cache_mod
     if args.action == "clean":
         removed = build_mod.clean_cache(everything=args.all)
         for path in removed:

@@ -106,7 +106,7 @@ def _positive(text: str) -> int:
 
 
 def register(sub: Any) -> None:
-    from harness.build import kconfig, series
+    from harness.kernel import kconfig, series
     p = sub.add_parser(BISECT_COMMAND, help="one 'git bisect run' step: build this tree, "
                                           "run, exit 0 good / 1 bad / 125 skip / 128 abort",
                        description="Build the kernel tree as checked out, run the chosen "
@@ -321,8 +321,8 @@ def usage_problem(args: argparse.Namespace, tree: Path) -> Optional[str]:
     """What is wrong with how bisect-run was called (None: nothing); checked
     before anything is built, so a misuse aborts the bisect at once."""
     from harness import runner
-    from harness.build import kconfig
-    from harness.build import source as src
+    from harness.kernel import kconfig
+    from harness.kernel import source as src
     from harness.verdict import checks
     if not tree.is_dir():
         return f"--kernel-src {tree}: no such folder"

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from harness import progress as ui
-from harness.build import series, versions
 from harness.cli.run import add_matrix_outputs
+from harness.kernel import series, versions
 from harness.verdict import geomatrix
 
 EPILOG = """\
@@ -20,7 +20,7 @@ the add, at online and after the last removal.
 
 A geometry that does not build or boot is a row with the reason, not dropped;
 one the kernel version cannot have (4k-52 on 6.1) is a row of N/A with why
-(harness/build/versions.py NOT_APPLICABLE), which does not fail the matrix.
+(harness/kernel/versions.py NOT_APPLICABLE), which does not fail the matrix.
 --kernel-src takes several sources, comma-separated: each geometry runs on
 each (rows "GEOMETRY @SOURCE", folders SOURCE/GEOMETRY).
 Results known to fail on the stock kernel are XFAIL with the reason

@@ -9,8 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness import progress as ui
-from harness.build import versions
 from harness.cli.run import add_matrix_outputs
+from harness.kernel import versions
 from harness.verdict import repro
 from harness.verdict.geomatrix import source_folder
 
@@ -211,9 +211,9 @@ def update_readmes(files, rows) -> None:
 
 
 def _runner(kernel_src: str, series: bool = True):
-    from harness.build import source as src
     from harness.cli.run import run_to_report
     from harness.errors import HarnessError
+    from harness.kernel import source as src
 
     def run(configs, patches, append, methods, cycles, folder: Path) -> dict:
         try:

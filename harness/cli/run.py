@@ -18,10 +18,10 @@ from pathlib import Path
 
 from harness import progress as ui
 from harness import signals
-from harness.build import kernel as build_mod
 from harness.drive import method as method_mod
 from harness.errors import HarnessError
 from harness.inspect import leakcheck
+from harness.kernel import kernel as build_mod
 from harness.session import BootOptions, boot
 from harness.verdict import mail
 

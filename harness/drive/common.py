@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterable
 from typing import Any, Callable, Generic, Optional, TypeVar, Union, cast, overload
 
-from harness.build.kernel import KernelArtifacts
 from harness.drive.phases import (  # noqa: F401  (re-exported: methods and tests import them from here)
     PTDUMP,
     RAM_BASE,
@@ -22,6 +21,7 @@ from harness.drive.steps import StepRunner
 from harness.errors import HarnessError
 from harness.inspect import sysfs
 from harness.inspect.sysfs import MemoryBlock
+from harness.kernel.kernel import KernelArtifacts
 from harness.machine.qemu import Machine
 from harness.records import (  # noqa: F401  (REMOVAL_CHECKS: methods import it from here)
     REMOVAL_CHECKS,
@@ -164,7 +164,7 @@ def check_section_size(rec: Recorder, want_mb: int) -> int:
     if bs != want_mb << 20:
         raise HarnessError(f"the memory layout was sized for {want_mb} MiB blocks, "
                            f"but the kernel's block_size_bytes is {bs >> 20} MiB "
-                           "(harness.build.layout.section_mb is out of date for "
+                           "(harness.kernel.layout.section_mb is out of date for "
                            "this kernel)", step="layout")
     return bs
 

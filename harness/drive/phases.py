@@ -18,12 +18,12 @@ import time
 from dataclasses import replace
 from typing import Any, Callable, Optional
 
-from harness.build.kernel import KernelArtifacts
-from harness.build.layout import Geometry as WalkGeometry
-from harness.build.layout import KernelLayout
 from harness.errors import HarnessError
 from harness.inspect import leakcheck, ptdump, sysfs
 from harness.inspect import walker as walk_mod
+from harness.kernel.kernel import KernelArtifacts
+from harness.kernel.layout import Geometry as WalkGeometry
+from harness.kernel.layout import KernelLayout
 from harness.records import Geometry, Leaf, Phase, Step, WalkSummary
 from harness.session import Guest
 

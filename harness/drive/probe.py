@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from harness.build.layout import section_mb
 from harness.drive.common import (
     MEMROOT,
     REMOVAL_CHECKS,
@@ -27,6 +26,7 @@ from harness.drive.common import (
 )
 from harness.drive.method import Method, register
 from harness.errors import HarnessError
+from harness.kernel.layout import section_mb
 from harness.session import BootOptions
 
 MODE = "dt"

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Callable, Optional, Protocol
 
-from harness.build.kernel import KernelArtifacts
-from harness.build.layout import Geometry as WalkGeometry
 from harness.errors import HarnessError
+from harness.kernel.kernel import KernelArtifacts
+from harness.kernel.layout import Geometry as WalkGeometry
 from harness.records import Geometry, OrderRecord, Step
 from harness.session import Guest
 

@@ -33,8 +33,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeVar, Union
 
-from harness.build.layout import Geometry
 from harness.inspect import InspectError
+from harness.kernel.layout import Geometry
 
 _U64 = (1 << 64) - 1
 

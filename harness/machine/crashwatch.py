@@ -465,8 +465,8 @@ class Addr2lineResolver:
 
 def load_function_symbols(elf_path: Path) -> SymbolTable:
     """name -> [(address, size)] for the functions in an ELF's .symtab (read by
-    harness.build.layout's ELF reader, the harness's only one)."""
-    from harness.build.layout import LayoutError, read_symtab
+    harness.kernel.layout's ELF reader, the harness's only one)."""
+    from harness.kernel.layout import LayoutError, read_symtab
     try:
         return read_symtab(elf_path, types=("STT_FUNC", "STT_NOTYPE"))
     except LayoutError as e:

@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness import progress
-from harness.build.kernel import cache_message, check_file, file_record
 from harness.errors import INFRA, HarnessError
 from harness.host import cache_root, require_tool, run
+from harness.kernel.kernel import cache_message, check_file, file_record
 
 BUILDER_VERSION = 1
 ARCH = "arm64"

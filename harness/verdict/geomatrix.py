@@ -26,15 +26,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-from harness.build import kconfig
-from harness.build.versions import NotApplicable
 from harness.drive.method import default_order
 from harness.errors import HarnessError
+from harness.kernel import kconfig
+from harness.kernel.versions import NotApplicable
 from harness.records import ERROR, FAIL, PASS, SKIP
 from harness.verdict.checks import NOT_APPLICABLE
 
 XFAIL, XPASS = "XFAIL", "XPASS"
-NA = "N/A"       # cannot work on this kernel version (build/versions.py), with the reason
+NA = "N/A"       # cannot work on this kernel version (kernel/versions.py), with the reason
 DEFAULT_METHODS = default_order()    # the methods of `run --method all` (the registry)
 # (geometry, method) -> why this is known to fail on the stock 6.12 kernel.
 # "*" matches every geometry or every method. Each entry names what would make

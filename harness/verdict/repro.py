@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from harness.build.versions import NotApplicable
 from harness.errors import KERNEL, HarnessError
+from harness.kernel.versions import NotApplicable
 from harness.paths import PATCH_DIR
 from harness.records import Verdict
 

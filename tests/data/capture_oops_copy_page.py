@@ -13,7 +13,7 @@ migrates its pages and copy_page() reads a page whose linear mapping is gone.
 import sys
 from pathlib import Path
 
-from harness.build import kernel as build
+from harness.kernel import kernel as build
 from harness.machine.crashwatch import KernelCrash
 from harness.session import BootOptions, boot
 

@@ -9,7 +9,7 @@ and keeps the raw console.log in OUT_DIR. Run from the repository root:
 import sys
 from pathlib import Path
 
-from harness.build import kernel as build
+from harness.kernel import kernel as build
 from harness.machine.crashwatch import KernelCrash
 from harness.session import BootOptions, boot
 

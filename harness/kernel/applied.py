@@ -29,8 +29,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from harness import progress
-from harness.build import source as src
 from harness.host import cache_root
+from harness.kernel import source as src
 
 CACHE_FILE = "series-applied.json"
 CACHE_ENTRIES = 256            # the most recent answers kept

@@ -29,12 +29,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness import progress as progress_mod
-from harness.build import applied, kconfig, versions
-from harness.build import cache as cache_mod
-from harness.build import source as src
-from harness.build.layout import KernelLayout
 from harness.errors import BuildError, HarnessError
 from harness.host import cache_root, require_tool, show_command
+from harness.kernel import applied, kconfig, versions
+from harness.kernel import cache as cache_mod
+from harness.kernel import source as src
+from harness.kernel.layout import KernelLayout
 
 RECIPE_VERSION = "1"
 ARCH = "arm64"
@@ -100,7 +100,7 @@ class KernelArtifacts:
     @functools.cached_property
     def layout(self) -> KernelLayout:
         """The kernel's layout from its .config and vmlinux symbols, learned once
-        and carried to the stages after the build (harness.build.layout)."""
+        and carried to the stages after the build (harness.kernel.layout)."""
         return KernelLayout.from_files(self.kconfig, self.vmlinux)
 
 
@@ -137,7 +137,7 @@ def _sha(obj) -> str:
 
 def gather_inputs(req: BuildRequest) -> Inputs:
     source = src.resolve_source(req.kernel_src)
-    # the tree's own version picks the series and fragments (build/versions.py)
+    # the tree's own version picks the series and fragments (kernel/versions.py)
     version = versions.tree_version(source)
     versions.check_applicable(version, "geometry", req.configs)
     # the series' patches that the tree already carries are skipped, and said so

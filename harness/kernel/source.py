@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Optional
 
 from harness import progress
-from harness.build import series, versions
 from harness.errors import HarnessError, PatchError
 from harness.host import (
     DEBIAN_SOURCE_PACKAGE,
@@ -48,6 +47,7 @@ from harness.host import (
     require_tool,
     run,
 )
+from harness.kernel import series, versions
 from harness.paths import PATCH_DIR  # noqa: E402  (checkout or shipped copy)
 
 SERIES_FILE = PATCH_DIR / "series"

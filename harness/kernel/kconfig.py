@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.build import versions
 from harness.errors import ConfigError, HarnessError
+from harness.kernel import versions
 from harness.paths import CONFIG_DIR  # noqa: E402  (checkout or shipped copy)
 
 DEFAULT_BASE = "base"
@@ -86,7 +86,7 @@ def resolve_fragments(requested: Iterable[str], config_dir: Path = CONFIG_DIR,
 
     A requested geometry fragment replaces the default one. With the tree's
     ``version`` ("6.1"), a fragment named NAME is read from
-    ``config_dir/VERSION/NAME.config`` when that exists (build/versions.py).
+    ``config_dir/VERSION/NAME.config`` when that exists (kernel/versions.py).
     """
     def load(spec: str) -> Fragment:
         where = versions.fragment_dir(version, spec, config_dir) if version else config_dir

@@ -199,7 +199,7 @@ def _short_source(described: str) -> str:
 def _patch_names(patches) -> str:
     """patches/series' patches as 'series', others by name."""
     try:
-        from harness.build.source import read_series
+        from harness.kernel.source import read_series
         series = {p.name for p in read_series()}
     except Exception:  # noqa: BLE001 - a listing must not fail on a bad series
         series = set()
@@ -217,7 +217,7 @@ def prune(limit: int | None = None, dry_run: bool = False, keep=(),
     lock another run holds, and ``keep`` (folders), are skipped. ``found``:
     ``entries()`` when the caller took it already. Returns the entries
     removed (or that would be)."""
-    from harness.build.kernel import locked
+    from harness.kernel.kernel import locked
     limit = max_bytes() if limit is None else limit
     found = entries() if found is None else found
     total = sum(e.size for e in found)
