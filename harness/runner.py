@@ -48,7 +48,8 @@ class RunOptions:
     dimm_mb: int = 0                  # 0: the method's default
     walk: bool = True
     order_check: str = "on"           # gdb around removals: "on", "full", "sampled", "off"
-    race_seconds: int = 45            # the race method's add/remove loop bound
+    race_seconds: int = 240           # the race method's add/remove loop: its time bound
+    race_iterations: int = 30         # ... and the rounds it aims at
     jobs: int = 1                     # guests side by side (see default_jobs)
 
 
@@ -87,7 +88,7 @@ def method_options(method: Method[Any], ropts: RunOptions,
     the kernel's source tree from the artifacts if it asks for it."""
     values = {"cycles": ropts.cycles, "online_type": ropts.online_type,
               "dimms": ropts.dimms, "dimm_mb": ropts.dimm_mb or None,
-              "seconds": ropts.race_seconds}
+              "seconds": ropts.race_seconds, "iterations": ropts.race_iterations}
     if "kernel_tree" in method.honours:
         if art is None:
             raise HarnessError(f"{method.name} needs the kernel's source tree: no "

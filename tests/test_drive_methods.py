@@ -595,26 +595,49 @@ def test_race_drive_runs_the_loop_and_records_the_end_state():
     def loop(m):            # the loop ends with both blocks removed
         for a in (0x80000000, 0x88000000):
             guest._unplug(a, 128 << 20)
-        return "race-iter 1 ok\nrace-iter 2 ok\nrace-iter 3 ok\nrace-done 3\n", 0
+        return "race-iter 1 ok\nrace-iter 2 ok\nrace-iter 3 ok\nrace-done 3 4\n", 0
     guest = ModelGuest.from_phase(run.phases[0], answers=[
         (r"^rm -rf /tmp/race; mkdir -p /tmp/race; ", lambda m: ("started\n", 0)),
         (r"^cut -d' ' -f1 /proc/uptime$", lambda m: ("41.50\n", 0)),
         (r"^sh /tmp/race-loop\.sh$", loop),
-        (r"^touch /tmp/race/stop; ", lambda m: ("reads 11 13\n", 0))])
+        (r"^touch /tmp/race/stop; ", lambda m: ("reads 11 13 wx 5\n", 0))])
     rec = FakeRecorder(guest, None)
-    race.drive(rec, race.Options(seconds=5))
+    race.drive(rec, race.Options(seconds=5, iterations=3))
     assert names(rec.steps) == [
         "inspect before", "probe 0x80000000", "probe 0x88000000", "inspect added",
         "start load", "online 0x80000000", "online 0x88000000", "inspect online",
-        "copy the loop", "add/remove loop (5 s)", "stop load", "inspect removed-1"]
+        "copy the loop", "add/remove loop (3 rounds, 5 s at most)", "stop load",
+        "inspect removed-1"]
     assert guest.files[race.LOOP] == race.loop_script(
-        [0x80000000, 0x88000000], 128 << 20, 5, "online_movable")
+        [0x80000000, 0x88000000], 128 << 20, 5, "online_movable", 3)
     assert rec.removals == [Removal("removed-1", 0x80000000, 0x90000000, "before")]
     assert rec.removal_steps == []            # the loop is one step, not a removal
     assert rec.notes == ["race: loop started at uptime 41.50 s",
-                         "race: 3 add/remove iteration(s) of 2 blocks in 5 s, under 24 "
-                         "concurrent page-table dump reads (2 readers) and a 64 MiB "
-                         "write/delete loop"]
+                         "race: 3 add/remove iteration(s) of 2 blocks in 4 s, under 24 "
+                         "concurrent page-table dump reads (2 readers), 5 W+X check walks "
+                         "(1 reader) and a 64 MiB write/delete loop"]
+
+
+def test_race_a_loop_the_bound_cut_short_says_so():
+    """SYNTHETIC: 2 of 30 rounds when the 5 s bound came: the note says the
+    bound, not the count, ended it (and a kernel without check_wx_pages)."""
+    run = recorded("recorded-4k-48-probe/probe.json")
+
+    def loop(m):
+        for a in (0x80000000, 0x88000000):
+            guest._unplug(a, 128 << 20)
+        return "race-iter 1 ok\nrace-iter 2 ok\nrace-done 2 5\n", 0
+    guest = ModelGuest.from_phase(run.phases[0], answers=[
+        (r"^rm -rf /tmp/race; ", lambda m: ("started\n", 0)),
+        (r"^cut -d' ' ", lambda m: ("1.0\n", 0)),
+        (r"^sh /tmp/race-loop\.sh$", loop),
+        (r"^touch /tmp/race/stop; ", lambda m: ("reads 4 4 wx 0\n", 0))])
+    rec = FakeRecorder(guest, None)
+    race.drive(rec, race.Options(seconds=5))
+    assert rec.notes[-1] == (
+        "race: 2 add/remove iteration(s) of 2 blocks in 5 s (the 5 s bound came before "
+        "30), under 8 concurrent page-table dump reads (2 readers), 0 W+X check walks "
+        "(1 reader, no check_wx_pages) and a 64 MiB write/delete loop")
 
 
 def test_race_a_failed_iteration_is_the_kernels():

@@ -316,7 +316,8 @@ def test_cli_defaults_never_refuse(fake_run):
     assert [r.methods for r in ropts] == [(m.name,) for m in method.methods()]
     first = ropts[0]
     assert (first.cycles, first.dimms, first.dimm_mb, first.online_type, first.order_check,
-            first.race_seconds) == (1, 2, 0, "online_movable", "on", 45)
+            first.race_seconds, first.race_iterations) == (1, 2, 0, "online_movable", "on",
+                                                           240, 30)
     assert (first.boot.mode, first.boot.mem_mb) == ("acpi", 1024)
 
 
@@ -349,7 +350,8 @@ def test_cli_help_is_generated_from_the_registry(monkeypatch):
         assert f"  {m.name:<11} " in text
         assert squeeze(m.summary) in flat
     assert "[dt boot; --cycles --dimms]" in text            # the stand-in's line
-    assert "[dt boot; --online-type --race-seconds; no --mem; no gdb]" in text
+    assert "[dt boot; --online-type --race-seconds --race-iterations; no --mem; no gdb]" \
+        in text
     assert "('all' is the 4 above; these are asked for by name:)" in text
     assert squeeze("acpi-dimm, probe, virtio-mem, kselftest, split-leaf, fifth, race, reach or "
                    "all (default: all = acpi-dimm, probe, virtio-mem, kselftest)") in flat

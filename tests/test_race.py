@@ -14,9 +14,10 @@ from harness.verdict import checks, report
 
 
 def test_loop_script_starts_from_online_then_cycles_both_blocks():
-    text = race.loop_script([0x80000000, 0x88000000], 0x8000000, 30, "online_movable")
+    text = race.loop_script([0x80000000, 0x88000000], 0x8000000, 30, "online_movable", 25)
     body = text.splitlines()
-    assert body[0] == "end=$(( $(date +%s) + 30 )); n=0"
+    assert body[0] == "start=$(date +%s); end=$(( start + 30 )); n=0"
+    assert body[2] == "while [ $n -lt 25 ] && [ $(date +%s) -lt $end ]; do"
     assert "  if [ $n -gt 1 ]; then     # the first round starts from online" in body
     assert "  if [ $((n % 4)) -eq 1 ]; then   # a full round: online, offline (migration)" \
         in body
@@ -24,7 +25,7 @@ def test_loop_script_starts_from_online_then_cycles_both_blocks():
             "state || fail 'online 0x88000000'") in body
     assert ("  echo 0x80000000 > /sys/devices/system/memory/remove "
             "|| fail 'remove 0x80000000'") in body
-    assert body[-1] == "echo race-done $n"
+    assert body[-1] == "echo race-done $n $(( $(date +%s) - start ))"
 
 
 def test_loop_script_runs_in_a_shell(tmp_path):
@@ -44,6 +45,22 @@ def test_loop_script_runs_in_a_shell(tmp_path):
     assert (root / "remove").read_text().strip() == "0x80000000"
 
 
+def test_loop_script_stops_at_its_rounds_before_its_bound(tmp_path):
+    """A count, not a time: 3 rounds against a fake sysfs end the loop long
+    before its 60 s bound, and race-done says how many and how long."""
+    root = tmp_path / "memory"
+    root.mkdir()
+    (root / "memory16").mkdir()
+    script = race.loop_script([0x80000000], 0x8000000, 60, "online_movable", 3)
+    script = script.replace("/sys/devices/system/memory", str(root))
+    script = script.replace("/tmp/race-iter", str(tmp_path / "iter"))
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:3] == ["race-iter 1 ok", "race-iter 2 ok", "race-iter 3 ok"]
+    n, seconds = lines[-1].split()[1:]
+    assert n == "3" and int(seconds) < 10
+
 @pytest.mark.parametrize("script", [
     race.loop_script([0x80000000, 0x88000000], 0x8000000, 30, "online_movable"),
     race.load_script(), race.stop_script()])
@@ -52,21 +69,50 @@ def test_scripts_are_valid_posix_sh(script):
 
 
 def test_load_records_pids_and_stop_waits_for_them_with_a_bound():
-    load = race.load_script(readers=2, pressure_mb=16)
-    assert load.count("echo $! >> /tmp/race/pids;") == 3
+    load = race.load_script(readers=2, pressure_mb=16, wx_readers=1)
+    assert load.count("echo $! >> /tmp/race/pids;") == 4
     assert "cat /sys/kernel/debug/kernel_page_tables > /dev/null" in load
+    assert ("if [ -e /sys/kernel/debug/check_wx_pages ]; then (n=0; while [ ! -e "
+            "/tmp/race/stop ]; do cat /sys/kernel/debug/check_wx_pages > /dev/null") in load
     assert "bs=1M count=16" in load
-    stop = race.stop_script(readers=2, wait_s=5)
+    stop = race.stop_script(readers=2, wait_s=5, wx_readers=1)
     assert stop.startswith("touch /tmp/race/stop; end=$(( $(date +%s) + 5 ));")
     assert stop.endswith("echo reads $(cat /tmp/race/reads-0 2>/dev/null || echo 0) "
-                         "$(cat /tmp/race/reads-1 2>/dev/null || echo 0)")
+                         "$(cat /tmp/race/reads-1 2>/dev/null || echo 0) "
+                         "wx $(cat /tmp/race/wx-0 2>/dev/null || echo 0)")
+    assert "wx" not in race.stop_script(readers=1, wx_readers=0)
+
+
+@pytest.mark.parametrize("line,counts", [
+    ("reads 11 13 wx 7\n", (24, 7)), ("reads 11 13 wx 0", (24, 0)), ("reads 3 4", (7, 0))])
+def test_reads_and_wx_walks_are_counted_apart(line, counts):
+    assert race.parse_reads(line) == counts
+
+
+def test_the_load_runs_in_a_shell_and_skips_a_missing_wx_file(tmp_path):
+    """The load and its stop in a real sh, the dump a plain file and no
+    check_wx_pages (a kernel without it): the dump readers count, the W+X
+    walker never starts, the stop reports it as 0."""
+    dump = tmp_path / "dump"
+    dump.write_text("x\n")
+    load = race.load_script(readers=1, pressure_mb=1).replace(race.PTDUMP, str(dump))
+    load = load.replace(race.WX, str(tmp_path / "absent")).replace(race.LOAD_DIR,
+                                                                   str(tmp_path / "race"))
+    stop = race.stop_script(readers=1, wait_s=5).replace(race.LOAD_DIR, str(tmp_path / "race"))
+    assert subprocess.run(["sh", "-c", load], capture_output=True, text=True,
+                          timeout=30).stdout.strip() == "started"
+    subprocess.run(["sleep", "0.5"], check=True)
+    out = subprocess.run(["sh", "-c", stop], capture_output=True, text=True, timeout=30)
+    reads, walks = race.parse_reads(out.stdout)
+    assert reads >= 1 and walks == 0, out.stdout
 
 
 def test_race_is_named_only_and_runs_without_gdb():
     assert runner.METHODS["race"] is race.METHOD and "race" not in runner.ORDER
     assert race.METHOD.order_checks is False
-    opts = runner.method_options(race.METHOD, runner.RunOptions(race_seconds=12))
-    assert opts.seconds == 12
+    opts = runner.method_options(race.METHOD, runner.RunOptions(race_seconds=12,
+                                                                race_iterations=5))
+    assert (opts.seconds, opts.iterations) == (12, 5)
 
 
 def test_summary_says_why_order_checks_are_off_for_race():

@@ -359,7 +359,7 @@ def cmd_run(args, build_request) -> int:
                 boot=boot_options(args, slots=max(args.slots, args.dimms), cmdline=cmdline),
                 cycles=args.cycles, online_type=args.online_type, dimms=args.dimms,
                 dimm_mb=args.dimm_size, walk=not args.no_walker, order_check=args.order_check,
-                race_seconds=args.race_seconds,
+                race_seconds=args.race_seconds, race_iterations=args.race_iterations,
                 jobs=args.guests or runner.default_jobs(methods))
             start = time.monotonic()
             runs = runner.run_all(art, ropts, out)
@@ -517,7 +517,8 @@ def cmd_report(args) -> int:
 # key of harness.drive.method.OPTION_FLAGS)
 GIVEN = {"mode": "mode", "mem": "mem_mb", "order_check": "order_check",
          "cycles": "cycles", "online_type": "online_type", "dimms": "dimms",
-         "dimm_size": "dimm_mb", "race_seconds": "seconds"}
+         "dimm_size": "dimm_mb", "race_seconds": "seconds",
+         "race_iterations": "iterations"}
 
 
 def _takers(key: str) -> str:
@@ -558,9 +559,12 @@ def register_run(sub, add_kernel_options, build_request) -> None:
                    help=method_mod.method_choices())
     g.add_argument("--cycles", type=int, default=1,
                    help=f"add->remove cycles (default 1; {_takers('cycles')})")
-    g.add_argument("--race-seconds", type=int, default=45, metavar="S",
-                   help=f"how long the add/remove loop runs (default 45; "
-                        f"{_takers('seconds')})")
+    g.add_argument("--race-iterations", type=int, default=30, metavar="N",
+                   help=f"add/remove rounds the loop makes (default 30; "
+                        f"{_takers('iterations')})")
+    g.add_argument("--race-seconds", type=int, default=240, metavar="S",
+                   help=f"the add/remove loop's time bound: it stops there even short "
+                        f"of --race-iterations (default 240; {_takers('seconds')})")
     g.add_argument("--online-type", default="online_movable",
                    choices=["online", "online_movable", "online_kernel"],
                    help=_takers("online_type"))

@@ -38,6 +38,7 @@ RUN_OPTIONS: dict[str, str] = {
     "dimms": "--dimms",
     "dimm_mb": "--dimm-size",
     "seconds": "--race-seconds",
+    "iterations": "--race-iterations",
     "kernel_tree": "",
 }
 # the options every method is judged against when the user gives them (key ->

@@ -12,23 +12,30 @@ removal frees 64 PTE tables per 128 MiB block: the most frees per removal):
 
 1. phase ``before``;
 2. start the load in the guest, in the background (after the probe, before
-   the online): :data:`READERS` loops reading the page-table dump, one loop
-   writing and deleting 64 MiB files in /tmp (memory pressure: page cache and
-   reclaim next to the hotplug paths);
+   the online): :data:`READERS` loops reading the page-table dump,
+   :data:`WX_READERS` loops reading ``/sys/kernel/debug/check_wx_pages`` (the
+   other caller of ``ptdump_walk_pgd()``: ``ptdump_check_wx()``, a walk of
+   the whole kernel half that prints nothing but its one-line result; where
+   the kernel has the file), one loop writing and deleting 64 MiB files in
+   /tmp (memory pressure: page cache and reclaim next to the hotplug paths);
 3. the first round step by step (probe both hidden blocks, phase ``added``,
    online them under load, phase ``online``: what blocks-lifecycle and
    online-memory-mapped judge), then one guest-side loop (no round trip per
    step, so removals come as fast as the guest can do them): probe both
-   blocks and remove them again, until :attr:`Options.seconds` have passed;
+   blocks and remove them again, until :attr:`Options.iterations` rounds are
+   done or :attr:`Options.seconds` have passed, whichever comes first (a
+   count, not a time: on a loaded host a time-bound loop made 9 rounds in
+   45 s where an idle one made 30, and the race is one chance per removal);
    every :data:`FULL_EVERY`-th round (the first included) onlines and
    offlines them in between (page migration under load), the others go
    straight from add to remove (the linear map and its tables exist from the
    add: every removal frees them, which is what the readers race with); each
    iteration prints one line (``race-iter N ok`` or the failing operation);
 4. stop the load; phase ``removed-1`` against ``before`` (the removal checks
-   then judge the end state as for any method); the number of iterations and
-   of completed dump reads go to the run's notes, so a pass says how much
-   concurrency it was made of.
+   then judge the end state as for any method); the number of iterations, the
+   seconds they took and the completed reads go to the run's notes, so a pass
+   says how much concurrency it was made of (and that the bound cut it short,
+   when it did).
 
 What catches a race is the kernel itself: boot the ``kasan`` and ``debug-vm``
 fragments (KASAN reports a use-after-free of a freed table page in the walker;
@@ -59,6 +66,8 @@ from harness.errors import KERNEL, HarnessError
 from harness.session import BootOptions
 
 READERS = 2                # concurrent page-table dump readers
+WX_READERS = 1             # concurrent readers of check_wx_pages (where it exists)
+WX = "/sys/kernel/debug/check_wx_pages"
 PRESSURE_MB = 64           # written and deleted in a loop by the pressure job
 LOAD_DIR = "/tmp/race"
 LOOP = "/tmp/race-loop.sh"   # outside LOAD_DIR, which load_script recreates
@@ -67,12 +76,16 @@ FULL_EVERY = 4              # every 4th round onlines and offlines; the others
 # its tables), so removals come several times faster under KASAN
 ITER_FILE = "/tmp/race-iter"   # iterations done, for a loop a kernel report ended
 _ITER = re.compile(r"^race-iter (\d+) (ok|FAIL .*)$", re.M)
+_DONE = re.compile(r"^race-done (\d+) (\d+)$", re.M)
+ITERATIONS = 30            # add/remove rounds the loop aims at
+SECONDS = 240              # ... within this bound
 
 
 @dataclass(frozen=True)
 class Options:
     blocks: int = 2
-    seconds: int = 45          # the add/remove loop's time bound
+    seconds: int = SECONDS     # the add/remove loop's time bound
+    iterations: int = ITERATIONS   # ... and the rounds after which it stops
     online_type: str = "online_movable"
 
 
@@ -84,13 +97,19 @@ def boot_options(base: BootOptions, kconfig: Optional[dict] = None) -> BootOptio
     return opts if opts.tcg_thread else replace(opts, tcg_thread="multi")
 
 
-def load_script(readers: int = READERS, pressure_mb: int = PRESSURE_MB) -> str:
-    """Start the background load; each job counts its rounds in a file and
-    its PID goes to ``pids`` (for stop_script)."""
-    jobs = [f"(n=0; while [ ! -e {LOAD_DIR}/stop ]; do cat {PTDUMP} > /dev/null && "
-            f"n=$((n+1)); echo $n > {LOAD_DIR}/reads-{i}; done) "
-            f"</dev/null >/dev/null 2>&1 & echo $! >> {LOAD_DIR}/pids;"
-            for i in range(readers)]
+def load_script(readers: int = READERS, pressure_mb: int = PRESSURE_MB,
+                wx_readers: int = WX_READERS) -> str:
+    """Start the background load; each reader counts its rounds in a file
+    (``reads-I``, ``wx-I``) and each job's PID goes to ``pids`` (for
+    stop_script). The W+X walkers start only where the kernel has the file."""
+    def reader(path: str, count: str) -> str:
+        return (f"(n=0; while [ ! -e {LOAD_DIR}/stop ]; do cat {path} > /dev/null && "
+                f"n=$((n+1)); echo $n > {LOAD_DIR}/{count}; done) "
+                f"</dev/null >/dev/null 2>&1 & echo $! >> {LOAD_DIR}/pids;")
+    jobs = [reader(PTDUMP, f"reads-{i}") for i in range(readers)]
+    if wx_readers:
+        jobs.append(f"if [ -e {WX} ]; then "
+                    + " ".join(reader(WX, f"wx-{i}") for i in range(wx_readers)) + " fi;")
     jobs.append(f"(while [ ! -e {LOAD_DIR}/stop ]; do dd if=/dev/zero "
                 f"of={LOAD_DIR}/fill bs=1M count={pressure_mb} 2>/dev/null; "
                 f"rm -f {LOAD_DIR}/fill; done) </dev/null >/dev/null 2>&1 & "
@@ -98,24 +117,38 @@ def load_script(readers: int = READERS, pressure_mb: int = PRESSURE_MB) -> str:
     return f"rm -rf {LOAD_DIR}; mkdir -p {LOAD_DIR}; " + " ".join(jobs) + " echo started"
 
 
-def stop_script(readers: int = READERS, wait_s: int = 60) -> str:
-    """Stop the load, wait (bounded) for its jobs, print each reader's reads."""
-    counts = " ".join(f"$(cat {LOAD_DIR}/reads-{i} 2>/dev/null || echo 0)"
-                      for i in range(readers))
+def stop_script(readers: int = READERS, wait_s: int = 60, wx_readers: int = WX_READERS) -> str:
+    """Stop the load, wait (bounded) for its jobs, print each reader's reads
+    (``reads A B [wx C]``; a W+X walker that never started counts 0)."""
+    def count(name: str) -> str:
+        return f"$(cat {LOAD_DIR}/{name} 2>/dev/null || echo 0)"
+    counts = " ".join(count(f"reads-{i}") for i in range(readers))
+    if wx_readers:
+        counts += " wx " + " ".join(count(f"wx-{i}") for i in range(wx_readers))
     return (f"touch {LOAD_DIR}/stop; end=$(( $(date +%s) + {wait_s} )); "
             f"for p in $(cat {LOAD_DIR}/pids); do while kill -0 $p 2>/dev/null && "
             f"[ $(date +%s) -lt $end ]; do sleep 0.2; done; done; "
             f"rm -f {LOAD_DIR}/fill; echo reads {counts}")
 
 
-def loop_script(addrs: list, bs: int, seconds: int, online_type: str) -> str:
-    """The add/remove loop, run in the guest as one command."""
+def parse_reads(stopped: str) -> tuple[int, int]:
+    """(dump reads, W+X walks) from stop_script's line."""
+    dump, _, wx = stopped.strip().removeprefix("reads").partition(" wx ")
+    return (sum(int(x) for x in dump.split() if x.isdigit()),
+            sum(int(x) for x in wx.split() if x.isdigit()))
+
+
+def loop_script(addrs: list, bs: int, seconds: int, online_type: str,
+                iterations: int = ITERATIONS) -> str:
+    """The add/remove loop, run in the guest as one command: ``iterations``
+    rounds, or fewer if ``seconds`` run out first; its last line says how many
+    and in how many seconds (``race-done N S``)."""
     def blocks(a: int) -> str:       # one block per address (bs apart)
         return f"memory{a // bs}"
 
-    lines = [f"end=$(( $(date +%s) + {seconds} )); n=0",
+    lines = [f"start=$(date +%s); end=$(( start + {seconds} )); n=0",
              "fail() { echo \"race-iter $n FAIL $1\"; exit 1; }",
-             "while [ $(date +%s) -lt $end ]; do",
+             f"while [ $n -lt {iterations} ] && [ $(date +%s) -lt $end ]; do",
              "  n=$((n+1))",
              "  if [ $n -gt 1 ]; then     # the first round starts from online"]
     for a in addrs:
@@ -133,7 +166,7 @@ def loop_script(addrs: list, bs: int, seconds: int, online_type: str) -> str:
     for a in addrs:
         lines.append(f"  echo {a:#x} > {MEMROOT}/remove || fail 'remove {a:#x}'")
     lines += ["  echo \"race-iter $n ok\"", f"  echo $n > {ITER_FILE}", "done",
-              "echo race-done $n"]
+              "echo race-done $n $(( $(date +%s) - start ))"]
     return "\n".join(lines)
 
 
@@ -142,13 +175,14 @@ def _note_progress(rec: Recorder, seconds: int) -> None:
     (the guest may be past answering; then nothing is added)."""
     try:
         done = rec.guest.run(f"cat {ITER_FILE} 2>/dev/null || echo 0", 5).stdout.strip()
-        reads = rec.guest.run(f"cat {LOAD_DIR}/reads-* 2>/dev/null", 5).stdout.split()
+        reads = rec.guest.run(f"cat {LOAD_DIR}/reads-* {LOAD_DIR}/wx-* 2>/dev/null",
+                               5).stdout.split()
     except Exception:
         return
     total = sum(int(r) for r in reads if r.isdigit())
     rec.notes.append(f"race: {done or '?'} add/remove iteration(s) finished before the "
                      f"loop was cut short (bound {seconds} s), {total} page-table dump "
-                     "reads meanwhile")
+                     "reads and W+X walks meanwhile")
 
 
 def drive(rec: Recorder, opts: Options) -> None:
@@ -171,35 +205,41 @@ def drive(rec: Recorder, opts: Options) -> None:
         rec.step(f"online {a:#x}", lambda a=a: set_state(
             rec, blocks_in(rec, a, a + bs), opts.online_type))
     rec.phase("online")                  # under load already
-    script = loop_script(addrs, bs, opts.seconds, opts.online_type)
+    script = loop_script(addrs, bs, opts.seconds, opts.online_type, opts.iterations)
     rec.step("copy the loop", lambda: rec.guest.put_text(LOOP, script))
     # the kernel's clock at the loop's start: a report's console timestamp minus
     # this is how long the race took to show (bench/bench_race.py)
     uptime = rec.sh("cut -d' ' -f1 /proc/uptime").strip()
+    loop_step = f"add/remove loop ({opts.iterations} rounds, {opts.seconds} s at most)"
     rec.notes.append(f"race: loop started at uptime {uptime} s")
     try:
-        result = rec.step(f"add/remove loop ({opts.seconds} s)",
-                          lambda: rec.guest.run(f"sh {LOOP}", opts.seconds + 120))
+        result = rec.step(loop_step, lambda: rec.guest.run(f"sh {LOOP}", opts.seconds + 120))
     except HarnessError:          # e.g. a kernel report ended the step: say how far
         _note_progress(rec, opts.seconds)
         raise
     stopped = rec.step("stop load", lambda: rec.sh(stop_script(), 90))
-    reads = [int(x) for x in stopped.split()[1:] if x.isdigit()]
+    reads, walks = parse_reads(stopped)
     done = _ITER.findall(result.stdout)
     ok = sum(1 for _, what in done if what == "ok")
-    rec.notes.append(f"race: {ok} add/remove iteration(s) of {len(addrs)} blocks in "
-                     f"{opts.seconds} s, under {sum(reads)} concurrent page-table dump "
-                     f"reads ({READERS} readers) and a {PRESSURE_MB} MiB write/delete loop")
+    took = _DONE.search(result.stdout)
+    span = (f"in {took[2]} s" if took else f"within {opts.seconds} s") + (
+        f" (the {opts.seconds} s bound came before {opts.iterations})"
+        if took and ok < opts.iterations else "")
+    rec.notes.append(f"race: {ok} add/remove iteration(s) of {len(addrs)} blocks {span}, "
+                     f"under {reads} concurrent page-table dump reads ({READERS} readers), "
+                     f"{walks} W+X check walks ({WX_READERS} reader"
+                     f"{'' if walks else ', no check_wx_pages'}) and a {PRESSURE_MB} MiB "
+                     "write/delete loop")
     if not result.ok:
         failed = next((what for _, what in done if what != "ok"), "")
         # leave what is still plugged for the end phase: it shows as a FAIL there
         raise HarnessError(f"add/remove loop stopped at iteration {len(done)}: "
                            f"{failed or 'exit code ' + str(result.exit_code)}",
-                           step=f"add/remove loop ({opts.seconds} s)", blame=KERNEL,
+                           step=loop_step, blame=KERNEL,
                            evidence=(result.stdout + result.stderr)[-2000:])
     if ok == 0:
         raise HarnessError("the add/remove loop ran no iteration: nothing was raced",
-                           step=f"add/remove loop ({opts.seconds} s)",
+                           step=loop_step,
                            evidence=result.stdout[-2000:])
     rec.phase("removed-1")
     for a in addrs:
@@ -211,11 +251,12 @@ def drive(rec: Recorder, opts: Options) -> None:
 
 METHOD = register(Method(
     name="race", mode=probe.MODE, options=Options, drive=drive, boot_options=boot_options,
-    summary="probe-flow add/remove loop for --race-seconds under concurrent page-table "
-            "dump readers and memory pressure; build with --config kasan --config "
-            "debug-vm so a race becomes a kernel report",
+    summary="probe-flow add/remove loop of --race-iterations rounds (within "
+            "--race-seconds) under concurrent page-table dump and W+X check readers and "
+            "memory pressure; build with --config kasan --config debug-vm so a race "
+            "becomes a kernel report",
     required_checks=REMOVAL_CHECKS,
     order_checks=False,        # gdb stops would serialise the race (see above)
-    honours=frozenset({"seconds", "online_type"}),
+    honours=frozenset({"seconds", "iterations", "online_type"}),
     own_memory=probe.METHOD.own_memory,
     rank=60))
