@@ -40,6 +40,7 @@ class BootOptions:
     slots: int = 4
     maxmem_mb: int = 8192
     smp: int = 2
+    cpu: str = "max"                   # QEMU's -cpu (harness.machine.qemu.CPU_MODELS)
     tcg_thread: Optional[str] = None   # single | multi; None: the method's choice,
                                        # else single (harness.machine.qemu.TCG_THREADS)
     cmdline: tuple[str, ...] = ()
@@ -146,7 +147,7 @@ def boot(art: KernelArtifacts, opts: BootOptions, out_dir: Path,
         port = free_port() if opts.ssh else 0
         spec = VmSpec(kernel=art.image, initrd=str(initrd), run_dir=str(run_dir),
                       mode=opts.mode, mem_mb=opts.mem_mb, slots=opts.slots,
-                      maxmem_mb=opts.maxmem_mb, smp=opts.smp,
+                      maxmem_mb=opts.maxmem_mb, smp=opts.smp, cpu=opts.cpu,
                       tcg_thread=opts.tcg_thread or "single", ssh_port=port,
                       cmdline=("printk.time=1",) + tuple(opts.cmdline),
                       devices=tuple(opts.devices),

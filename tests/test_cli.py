@@ -227,3 +227,22 @@ def test_tcg_thread_reaches_the_boot_options(argv, want):
     """None lets the method choose (race: multi; the others: single)."""
     from harness.cli.run import boot_options
     assert boot_options(cli.parser().parse_args(argv)).tcg_thread == want
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["run"], "max"), (["run", "--cpu", "cortex-a57"], "cortex-a57"),
+    (["boot", "--cpu", "cortex-a53"], "cortex-a53")])
+def test_cpu_reaches_the_boot_options_and_qemus_argv(argv, want, tmp_path):
+    from harness.cli.run import boot_options
+    from harness.machine.qemu import VmSpec, qemu_argv
+    assert boot_options(cli.parser().parse_args(argv)).cpu == want
+    argv = qemu_argv(VmSpec(kernel="k", initrd="i", run_dir=str(tmp_path), cpu=want))
+    assert argv[argv.index("-cpu") + 1] == want
+
+
+def test_an_unknown_cpu_is_refused(capsys, tmp_path):
+    from harness.machine.qemu import VmSpec, qemu_argv
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["run", "--cpu", "cortex-a9"])
+    with pytest.raises(HarnessError, match="unknown CPU model 'cortex-a9'"):
+        qemu_argv(VmSpec(kernel="k", initrd="i", run_dir=str(tmp_path), cpu="cortex-a9"))

@@ -321,3 +321,72 @@ def test_a_beyond_reach_add_cut_short_by_a_kernel_report_fails():
                                           "vmemmap_populate+0x4c/0x54",)))
     check = checks.check_hotadd_beyond_reach_refused(run)
     assert check.verdict == "FAIL" and "cut short by a kernel report" in check.evidence
+
+
+def test_repro_cpu_goes_to_the_row_and_its_clean_row(tmp_path):
+    """Repro-Cpu: the shape's own clean row runs on the same model, run_fn is
+    told cpu= only off max, and the matrix says it."""
+    hist = tmp_path / "history"
+    hist.mkdir()
+    write(hist, "ee7febce0519-wrap", upstream='ee7febce0519 ("wrap")', point="wraps",
+          methods="reach", config="kaslr", expect="hotadd-within-reach-accepted",
+          cpu="cortex-a57")
+    write(hist, "8fac67ca236b-maxpfn", upstream='8fac67ca236b ("max_pfn")',
+          point="max_pfn", methods="reach", expect="hotadd-frames-visible", cpu="max")
+    regs = repro.discover((), hist)
+    assert [r.cpu for r in regs] == ["", "cortex-a57"]
+    calls = []
+
+    def fake(configs, patches, append, methods, cycles, folder, **kw):
+        calls.append((configs, kw, folder.name))
+        bad = bool(patches)
+        check = "hotadd-within-reach-accepted" if configs else "hotadd-frames-visible"
+        return report(1 if bad else 0, **{check: "FAIL" if bad else "PASS"})
+    rows = repro.run_matrix(regs, tmp_path / "out", fake)
+    assert calls == [((), {}, "clean-default-reach"),
+                     (("kaslr",), {"cpu": "cortex-a57"}, "clean-kaslr-reach-cortex-a57"),
+                     ((), {}, "8fac67ca236b-maxpfn"),
+                     (("kaslr",), {"cpu": "cortex-a57"}, "ee7febce0519-wrap")]
+    assert [r.status for r in rows] == [repro.CLEAN_PASS, repro.CLEAN_PASS,
+                                        repro.CAUGHT, repro.CAUGHT]
+    assert [repro.run_folder(r.to_dict()) for r in rows] == [c[2] for c in calls]
+    assert rows[1].name == "clean kaslr reach on cortex-a57"
+    assert "reach `--config kaslr` `--cpu cortex-a57`" in repro.matrix_markdown(rows)
+    assert repro.rows_from_json(json.loads(json.dumps(
+        {"rows": [r.to_dict() for r in rows]}))) == rows
+
+
+def test_an_unknown_repro_cpu_is_refused(tmp_path):
+    path = write(tmp_path, "x", point="p", methods="reach", expect="-", why="w",
+                 cpu="pentium")
+    with pytest.raises(HarnessError, match="Repro-Cpu: 'pentium'"):
+        repro.load(path)
+
+
+@pytest.mark.parametrize("cpuinfo,want", [
+    ("processor\t: 0\nCPU part\t: 0xd07\nprocessor\t: 1\nCPU part\t: 0xd07\n", (44, "0xd07")),
+    ("CPU part\t: 0xd03\n", (40, "0xd03")),
+    ("CPU part\t: 0x051\n", (None, "0x051")),      # QEMU's max: 48 bits or more
+    ("", (None, "?"))])
+def test_the_cpus_pa_bits_from_cpuinfo(cpuinfo, want):
+    from harness.drive import reach
+    assert reach.cpu_pa_bits(cpuinfo) == want
+
+
+def test_reach_targets_on_max_and_on_a_44_bit_cpu():
+    """max, not randomised: the top block below 0x800040000000 and the first
+    one past it. A 44-bit CPU with a randomised PHYS_OFFSET (memstart_addr
+    below zero, as the kernel keeps it): what it is owed ends at 2^44, the
+    kernel's reach at memstart + 2^47 (wrapped as u64)."""
+    from harness.drive import reach
+    bs, linear = 0x8000000, 1 << 47
+    owed = (0x40000000, 0x40000000 + linear)
+    assert reach.targets(owed, linear, 0x40000000, None, bs) == (
+        0x800038000000, 0x800040000000, (0x40000000, 0x800040000000))
+    assert reach.targets(owed, linear, None, None, bs)[:2] == (0x800038000000,
+                                                              0x800040000000)
+    memstart = 0x40000000 - 0x3f0000000000           # 1 GiB - 63 TiB
+    top, beyond, actual = reach.targets(owed, linear, memstart, 44, bs)
+    assert top == (1 << 44) - bs
+    assert actual == (memstart & reach.U64, 0x410040000000)
+    assert beyond == 0x410040000000 and beyond > top

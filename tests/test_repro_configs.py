@@ -47,9 +47,9 @@ CONFIGURED = {r.name: r for r in repro.discover() if r.configs}
 
 
 def shape_id(shape: tuple) -> str:
-    configs, append, methods, cycles = shape
+    configs, append, methods, cycles, cpu = shape
     return "-".join(["+".join(configs), *append, ",".join(methods)]
-                    + ([f"x{cycles}"] if cycles > 1 else []))
+                    + ([f"x{cycles}"] if cycles > 1 else []) + ([cpu] if cpu else []))
 
 
 SHAPES = {shape_id(r.shape): r.shape for r in CONFIGURED.values()}
@@ -72,7 +72,7 @@ class Matrix:
 
     def clean(self, shape: tuple) -> repro.MatrixRow:
         found = [r for r in self.rows if r.point == "(clean kernel)"
-                 and (r.configs, r.append, r.methods, r.cycles) == shape]
+                 and (r.configs, r.append, r.methods, r.cycles, r.cpu) == shape]
         assert found, f"no clean row for {shape_id(shape)}\n{self.log[-3000:]}"
         return found[0]
 

@@ -120,6 +120,7 @@ def cmd_repro(args) -> int:
             print(f"{r.name}\n" + (f"    upstream {r.upstream}\n" if r.upstream else "")
                   + f"    {r.point}\n    run: {', '.join(r.methods)}"
                   f"{' --config ' + '+'.join(r.configs) if r.configs else ''}"
+                  f"{' --cpu ' + r.cpu if r.cpu else ''}"
                   f"{' ' + ' '.join(r.append) if r.append else ''}\n    expect: {expect}")
         return 0
     _readmes(args.update_readme)        # a file without the markers: refused now, not after
@@ -215,10 +216,10 @@ def _runner(kernel_src: str, series: bool = True):
     from harness.errors import HarnessError
     from harness.kernel import source as src
 
-    def run(configs, patches, append, methods, cycles, folder: Path) -> dict:
+    def run(configs, patches, append, methods, cycles, folder: Path, cpu: str = "max") -> dict:
         try:
             return run_to_report(kernel_src, configs, patches, append, methods, cycles,
-                                 folder, series=series)
+                                 folder, series=series, cpu=cpu)
         except HarnessError as e:   # a 6.12 patch that another version cannot take: n/a
             na = versions.foreign_patch(
                 versions.tree_version(src.resolve_source(kernel_src)), e, patches) \

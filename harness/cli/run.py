@@ -22,6 +22,7 @@ from harness.drive import method as method_mod
 from harness.errors import HarnessError
 from harness.inspect import leakcheck
 from harness.kernel import kernel as build_mod
+from harness.machine.qemu import CPU_MODELS
 from harness.session import BootOptions, boot
 from harness.verdict import mail
 
@@ -55,6 +56,10 @@ def add_boot_options(p) -> None:
     g.add_argument("--slots", type=int, default=4, help="DIMM slots (default 4)")
     g.add_argument("--maxmem", type=int, default=8192, metavar="MIB",
                    help="maximum memory in MiB (default 8192)")
+    g.add_argument("--cpu", choices=list(CPU_MODELS), default="max", metavar="MODEL",
+                   help="QEMU's CPU model: " + ", ".join(CPU_MODELS) + " (default max; "
+                        "cortex-a57/a72 address 44 bits of PA and cortex-a53 40, so a "
+                        "KASLR kernel randomises its linear region there, never on max)")
     g.add_argument("--tcg-thread", choices=["single", "multi"], default=None,
                    help="how QEMU's TCG runs the guest's vCPUs: single = all on one "
                         "host thread, in turns (the default; two guests side by side "
@@ -79,7 +84,7 @@ def boot_options(args, **overrides) -> BootOptions:
     opts = dict(mode=args.mode, transport=args.transport, mem_mb=args.mem,
                 slots=args.slots, maxmem_mb=args.maxmem, cmdline=tuple(args.append),
                 boot_timeout=args.boot_timeout, snapshot=getattr(args, "snapshot", True),
-                tcg_thread=getattr(args, "tcg_thread", None))
+                tcg_thread=getattr(args, "tcg_thread", None), cpu=getattr(args, "cpu", "max"))
     opts.update(overrides)
     return BootOptions(**opts)
 
@@ -396,11 +401,13 @@ def cmd_run(args, build_request) -> int:
 
 
 def run_to_report(kernel_src: str, configs, patches, append, methods, cycles: int,
-                  folder: Path, order_check: str = "on", series: bool = True) -> dict:
+                  folder: Path, order_check: str = "on", series: bool = True,
+                  cpu: str = "max") -> dict:
     """Build, run ``methods`` and write a report folder; returns report.json.
     For the commands that run many kernels (repro, matrix): no signal handling
     or folder swap of their own, the caller's folder is used as it is.
-    ``series=False``: without patches/series (--no-series)."""
+    ``series=False``: without patches/series (--no-series); ``cpu``: QEMU's
+    -cpu."""
     from harness import runner
     from harness.verdict import checks, report
     configs, append, note = leakcheck.for_cycles(cycles, configs, append)
@@ -410,7 +417,7 @@ def run_to_report(kernel_src: str, configs, patches, append, methods, cycles: in
                                                  patches=tuple(patches), series=series),
                           progress=False if ui.quiet() else None)
     ropts = runner.RunOptions(methods=runner.resolve_methods(",".join(methods)),
-                              boot=BootOptions(cmdline=append), cycles=cycles,
+                              boot=BootOptions(cmdline=append, cpu=cpu), cycles=cycles,
                               order_check=order_check)
     folder.mkdir(parents=True, exist_ok=True)
     keep_build_log(art, folder)

@@ -6,15 +6,20 @@ Three blocks are added through ``/sys/devices/system/memory/probe``
 * ``top-of-reach``: the last block below PHYS_OFFSET + the linear region's
   size (``linear_end - page_offset`` from ptdump's markers), PHYS_OFFSET as
   the boot memory gives it (its first System RAM address, rounded down to
-  1 GiB: 0x40000000 on ``virt``). The platform may put memory there, so the
-  kernel must accept it; it is never onlined (no RAM behind it), only removed
-  again. A linear region randomised for the boot memory only (upstream
-  97d6786e0669 undone) or a range check that wraps (ee7febce0519 undone)
-  refuses it;
-* ``beyond-reach``: the first block past that: arm64 must refuse it
-  (``arch_get_mappable_range()``; mhp_range_allowed()'s "exceeds maximum
-  addressable range", E2BIG), or it would be mapped past PAGE_END (upstream
-  58284a901b42 undone). Accepted anyway, it is removed again at once;
+  1 GiB: 0x40000000 on ``virt``), and below the end of the CPU's physical
+  address range when that comes first (:data:`CPU_PA_BITS`: a Cortex-A57's
+  44 bits end before a 47-bit linear region does). The platform may put
+  memory there, so the kernel must accept it; it is never onlined (no RAM
+  behind it), only removed again. A linear region randomised for the boot
+  memory only (upstream 97d6786e0669 undone) or a range check that wraps
+  (ee7febce0519 undone) refuses it;
+* ``beyond-reach``: the first block past the linear map's actual reach
+  (PHYS_OFFSET as ``memstart_addr`` says, read from guest RAM: randomised
+  with KASLR when the linear region exceeds the CPU's PA range; else as the
+  boot memory gives it): arm64 must refuse it (``arch_get_mappable_range()``;
+  mhp_range_allowed()'s "exceeds maximum addressable range", E2BIG), or it
+  would be mapped past PAGE_END (upstream 58284a901b42 undone). Accepted
+  anyway, it is removed again at once;
 * ``after-boot-memory``: the block right after the boot memory (RAM hidden
   with ``mem=``, as the probe method does), onlined, offlined and removed: a
   whole cycle the removal checks judge against ``before``.
@@ -50,6 +55,13 @@ from harness.session import BootOptions
 
 MODE = "dt"
 GIB = 1 << 30
+U64 = (1 << 64) - 1
+# The physical address bits (ID_AA64MMFR0_EL1.PARange) of QEMU's CPU models
+# with fewer than 48, by the part number /proc/cpuinfo shows ("CPU part"):
+# cortex-a53 40, cortex-a57 and cortex-a72 44 (QEMU target/arm/cpu64.c).
+# 'max' (48 bits or more) and any other part: no bound below the linear
+# region's own (47 bits at most here).
+CPU_PA_BITS = {0xd03: 40, 0xd07: 44, 0xd08: 44}
 CHECKS = ("hotadd-frames-visible", "hotadd-within-reach-accepted",
           "hotadd-beyond-reach-refused")
 
@@ -71,6 +83,32 @@ def reach_of(phase, page_offset: int, linear_end: int) -> tuple[int, int]:
     ram = min(start for start, _end in phase.system_ram)
     base = ram - ram % GIB
     return base, base + (linear_end - page_offset)
+
+
+def targets(reach: tuple[int, int], linear_size: int, memstart: Optional[int],
+            pa_bits: Optional[int], bs: int) -> tuple[int, int, tuple[int, int]]:
+    """(top-of-reach PA, beyond-reach PA, the linear map's actual reach).
+    ``reach`` is what the platform is owed from the boot memory's start
+    (:func:`reach_of`), cut at the CPU's PA range; the actual reach starts at
+    ``memstart`` (PHYS_OFFSET; a randomised one lies below zero and wraps, as
+    the kernel's own u64 arithmetic does) when it is known."""
+    owed_end = min(reach[1], 1 << pa_bits) if pa_bits else reach[1]
+    start = reach[0] if memstart is None else memstart & U64
+    actual = (start, (start + linear_size) & U64)
+    return owed_end - bs, actual[1], actual
+
+
+def cpu_pa_bits(cpuinfo: str) -> tuple[Optional[int], str]:
+    """(PA bits or None, the part as read) from /proc/cpuinfo's text."""
+    parts = {p.strip() for line in cpuinfo.splitlines() if line.startswith("CPU part")
+             for p in line.split(":", 1)[1:]}
+    if len(parts) != 1:
+        return None, "/".join(sorted(parts)) or "?"
+    part = parts.pop()
+    try:
+        return CPU_PA_BITS.get(int(part, 16)), part
+    except ValueError:
+        return None, part
 
 
 def try_probe(rec: Recorder, kind: str, pa: int, size: int,
@@ -139,13 +177,22 @@ def drive(rec: Recorder, opts: Options) -> None:
         raise HarnessError("the linear map's bounds are unknown (no ptdump markers)",
                            step="reach", blame=HARNESS)
     reach = reach_of(before, geo.page_offset, geo.linear_end)
+    pa_bits, part = cpu_pa_bits(rec.sh("cat /proc/cpuinfo"))
+    top, beyond, actual = targets(reach, geo.linear_end - geo.page_offset, geo.memstart,
+                                  pa_bits, bs)
     if geo.memstart is not None and geo.memstart != reach[0]:
-        rec.notes.append(f"reach: PHYS_OFFSET (memstart_addr) is {geo.memstart:#x}, not "
-                         f"{reach[0]:#x}: the linear region was randomised")
+        rec.notes.append(f"reach: PHYS_OFFSET (memstart_addr) is {geo.memstart & U64:#x}, "
+                         f"not {reach[0]:#x}: the linear region was randomised; it reaches "
+                         f"PA {actual[1]:#x}")
+    if pa_bits and (1 << pa_bits) < reach[1]:
+        rec.notes.append(f"reach: the CPU (part {part}) addresses {pa_bits} bits of PA, "
+                         f"less than the linear region: what it is owed ends at "
+                         f"{1 << pa_bits:#x}")
+        reach = (reach[0], 1 << pa_bits)
     rec.notes.append(f"reach: the linear map must cover PA {reach[0]:#x}-{reach[1]:#x} "
                      f"({(reach[1] - reach[0]) >> 30} GiB from the boot memory's start)")
-    for kind, pa in (("top-of-reach", reach[1] - bs), ("beyond-reach", reach[1])):
-        h = try_probe(rec, kind, pa, bs, reach)
+    for kind, pa, span in (("top-of-reach", top, reach), ("beyond-reach", beyond, actual)):
+        h = try_probe(rec, kind, pa, bs, span)
         if h.present:      # never onlined: nothing behind it; removed as it came
             rec.step(f"remove {kind} {pa:#x}", lambda pa=pa: rec.sh(
                 f"echo {pa:#x} > {MEMROOT}/remove", 60, blame=KERNEL))

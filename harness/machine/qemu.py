@@ -45,6 +45,7 @@ class VmSpec:
     slots: int = 4
     maxmem_mb: int = 8192
     smp: int = 2
+    cpu: str = "max"                   # -cpu: one of CPU_MODELS
     # TCG's vCPU threads: "single" runs every vCPU on one host thread, round
     # robin; "multi" gives each vCPU its own (MTTCG, QEMU's default for arm64
     # on x86). See TCG_THREADS.
@@ -82,6 +83,10 @@ class VmSpec:
 # too (probe 5.3 s against 5.7 s). The guest still has -smp CPUs; only the race
 # method, whose readers must run truly alongside the removals, asks for "multi".
 TCG_THREADS = ("single", "multi")
+# -cpu: 'max' (every feature TCG has, 48-bit PA or more) by default; the
+# others are older cores whose smaller physical address range (cortex-a53 40
+# bits, cortex-a57/a72 44) makes a KASLR kernel randomise its linear region
+CPU_MODELS = ("max", "cortex-a57", "cortex-a72", "cortex-a53")
 
 
 def qemu_argv(spec: VmSpec) -> list[str]:
@@ -91,8 +96,11 @@ def qemu_argv(spec: VmSpec) -> list[str]:
     if spec.tcg_thread not in TCG_THREADS:
         raise HarnessError(f"unknown TCG threading {spec.tcg_thread!r} "
                            f"({' or '.join(TCG_THREADS)})", step="boot")
+    if spec.cpu not in CPU_MODELS:
+        raise HarnessError(f"unknown CPU model {spec.cpu!r} ({', '.join(CPU_MODELS)})",
+                           step="boot")
     argv = [spec.qemu, "-M", "virt,gic-version=3,memory-backend=ram0",
-            "-cpu", "max", "-accel", f"tcg,thread={spec.tcg_thread}", "-smp", str(spec.smp),
+            "-cpu", spec.cpu, "-accel", f"tcg,thread={spec.tcg_thread}", "-smp", str(spec.smp),
             "-m", f"{spec.mem_mb}M,slots={spec.slots},maxmem={spec.maxmem_mb}M",
             "-object", f"memory-backend-file,id=ram0,size={spec.mem_mb}M,"
                        f"mem-path={spec.ram_path},share=on",

@@ -9,6 +9,9 @@ Each regression is one patch whose header carries trailers the harness reads::
     Repro-Expect: no-table-freed-while-linked, no-kernel-splat
     Repro-Cycles: 2                 # optional
 
+``Repro-Cpu: cortex-a57`` (optional) boots it on that QEMU CPU model instead
+of ``max`` (harness.machine.qemu.CPU_MODELS; its clean row too).
+
 ``Repro-Expect: -`` marks a regression no scenario of the harness catches yet;
 ``Repro-Why:`` then says why. It is run and shown, and does not count against
 the exit code. Adding a regression is adding one patch file.
@@ -66,6 +69,7 @@ class Regression:
     upstream: str = ""            # 'SHA ("title")' of the upstream fix it undoes
     stock: bool = False           # the stock kernel is the regression (Repro-Kernel: stock)
     clean_patches: tuple = ()     # what the clean row of its shape carries
+    cpu: str = ""                 # QEMU's -cpu when not max (Repro-Cpu)
 
     @property
     def upstream_sha(self) -> str:
@@ -79,7 +83,7 @@ class Regression:
     @property
     def shape(self) -> tuple:
         """What the clean baseline must share with it."""
-        return (self.configs, self.append, self.methods, self.cycles)
+        return (self.configs, self.append, self.methods, self.cycles, self.cpu)
 
 
 def _split(value: str) -> tuple:
@@ -119,12 +123,19 @@ def load(path: Path) -> Regression:
     for c in clean:
         if not Path(c).is_file():
             raise HarnessError(f"{path}: Repro-Clean-Patch {c} does not exist", step="repro")
+    cpu = t.get("cpu", "").strip()
+    if cpu == "max":
+        cpu = ""
+    from harness.machine.qemu import CPU_MODELS
+    if cpu and cpu not in CPU_MODELS:
+        raise HarnessError(f"{path}: Repro-Cpu: {cpu!r} is not one of "
+                           f"{', '.join(CPU_MODELS)}", step="repro")
     return Regression(name=path.stem, path=str(path), point=t["point"],
                       methods=_split(t["methods"]), expect=expect,
                       configs=_split(t.get("config", "")), append=_split(t.get("append", "")),
                       cycles=int(t.get("cycles", "1")), why=t.get("why", ""),
                       upstream=t.get("upstream", ""), stock=kernel == "stock",
-                      clean_patches=clean)
+                      clean_patches=clean, cpu=cpu)
 
 
 def discover(names: Iterable[str] = (), folder: Path = REPRO_DIR) -> list[Regression]:
@@ -189,6 +200,7 @@ class MatrixRow:
     upstream: str = ""            # the upstream fix a history row undoes
     patches: tuple = ()           # the row's patches beyond patches/series (file names)
     source: str = ""              # its --kernel-src, on a source axis (repro --kernel-src A,B)
+    cpu: str = ""                 # QEMU's -cpu when not max
 
     @property
     def label(self) -> str:
@@ -250,7 +262,7 @@ def matrix_exit_code(rows: list[MatrixRow]) -> int:
 
 # ---------------------------------------------------------------- running
 
-RunFn = Callable[[tuple, tuple, tuple, tuple, int, Path], dict]
+RunFn = Callable[..., dict]    # (configs, patches, append, methods, cycles, folder[, cpu=])
 
 
 def run_matrix(regs: list[Regression], out: Path, run_fn: RunFn,
@@ -258,24 +270,27 @@ def run_matrix(regs: list[Regression], out: Path, run_fn: RunFn,
                clean: bool = True) -> list[MatrixRow]:
     """Run each regression and (``clean``) the clean kernel once per shape.
     ``run_fn(configs, patches, append, methods, cycles, out_dir) -> report dict``
-    builds and runs one kernel (the CLI passes the real thing; tests a fake)."""
+    builds and runs one kernel (the CLI passes the real thing; tests a fake);
+    a shape on another CPU model than max adds ``cpu=MODEL``."""
     import time
     rows: list[MatrixRow] = []
     shapes = list(dict.fromkeys((r.shape, r.clean_patches) for r in regs)) if clean else []
     todo = [(None, s, cp) for s, cp in shapes] + [(r, r.shape, r.patches) for r in regs]
-    for reg, (configs, append, methods, cycles), patches in todo:
+    for reg, (configs, append, methods, cycles, cpu), patches in todo:
         names = tuple(Path(p).stem for p in patches)
         name = reg.name if reg else "clean " + _shape_name(configs, append, methods, cycles,
-                                                           names)
+                                                           names, cpu)
         progress(f"[repro] {name}: {', '.join(methods)}"
                  + (f" ({'+'.join(configs)})" if configs else "")
-                 + (f" [{' '.join(append)}]" if append else ""))
+                 + (f" [{' '.join(append)}]" if append else "")
+                 + (f" on {cpu}" if cpu else ""))
         start = time.monotonic()
         folder = Path(out) / (reg.name if reg else "clean-" + _shape_slug(configs, append,
-                                                                          methods, names))
+                                                                          methods, names, cpu))
         error, blame = "", ""
         try:
-            report = run_fn(configs, patches, append, methods, cycles, folder)
+            report = run_fn(configs, patches, append, methods, cycles, folder,
+                            **({"cpu": cpu} if cpu else {}))
         except HarnessError as e:      # e.g. the kernel does not build
             report, error, blame = {"exit_code": e.exit_code, "methods": []}, e.message, e.blame
             blame = "n/a" if isinstance(e, NotApplicable) else blame
@@ -290,17 +305,17 @@ def run_matrix(regs: list[Regression], out: Path, run_fn: RunFn,
                         seconds=round(time.monotonic() - start, 1),
                         why=reg.why if reg else "", cycles=cycles,
                         upstream=reg.upstream if reg else "",
-                        patches=tuple(Path(p).name for p in patches))
+                        patches=tuple(Path(p).name for p in patches), cpu=cpu)
         progress(f"[repro] {name}: {row.status} in {row.seconds:.0f}s")
         rows.append(row)
     return rows
 
 
 def _shape_name(configs: tuple, append: tuple, methods: tuple = (), cycles: int = 1,
-                patches: tuple = ()) -> str:
+                patches: tuple = (), cpu: str = "") -> str:
     parts = ["+".join(configs) or "4k-48"] + list(append) + [",".join(methods)]
     return (" ".join(p for p in parts if p) + (f" x{cycles}" if cycles > 1 else "")
-            + "".join(f" + {_short(p)}" for p in patches))
+            + (f" on {cpu}" if cpu else "") + "".join(f" + {_short(p)}" for p in patches))
 
 
 def _short(patch: str) -> str:
@@ -310,9 +325,11 @@ def _short(patch: str) -> str:
     return stem if len(stem) <= 24 else stem[:24]
 
 
-def _shape_slug(configs: tuple, append: tuple, methods: tuple, patches: tuple = ()) -> str:
+def _shape_slug(configs: tuple, append: tuple, methods: tuple, patches: tuple = (),
+                cpu: str = "") -> str:
     return re.sub(r"[^A-Za-z0-9.+-]", "_", "-".join(
-        ["+".join(configs) or "default", *append, *methods, *map(_short, patches)]))
+        ["+".join(configs) or "default", *append, *methods, *([cpu] if cpu else []),
+         *map(_short, patches)]))
 
 
 def run_folder(row: dict) -> str:
@@ -324,7 +341,8 @@ def run_folder(row: dict) -> str:
     if row.get("point") != "(clean kernel)":
         return str(row.get("name", ""))
     return "clean-" + _shape_slug(tuple(row.get("configs", ())), tuple(row.get("append", ())),
-                                  tuple(row.get("methods", ())), tuple(row.get("patches", ())))
+                                  tuple(row.get("methods", ())), tuple(row.get("patches", ())),
+                                  row.get("cpu", ""))
 
 
 # ---------------------------------------------------------------- output
@@ -365,7 +383,8 @@ def matrix_text(rows: list[MatrixRow]) -> str:
             lines.append(f"{r.name}: undoes upstream {r.upstream}")
         lines.append(f"{r.label} ({r.point}; {', '.join(r.methods)}"
                      + (f"; {'+'.join(r.configs)}" if r.configs else "")
-                     + (f"; {' '.join(r.append)}" if r.append else "") + "):")
+                     + (f"; {' '.join(r.append)}" if r.append else "")
+                     + (f"; -cpu {r.cpu}" if r.cpu else "") + "):")
         if r.why:
             lines.append(f"    not expected to be caught: {r.why}")
         if r.error:
@@ -403,6 +422,8 @@ def matrix_markdown(rows: list[MatrixRow]) -> str:
             run += f" `{' '.join(r.append)}`"
         if r.cycles > 1:
             run += f" `--cycles {r.cycles}`"
+        if r.cpu:
+            run += f" `--cpu {r.cpu}`"
         first = next((r.cells[c] for c in r.expect if c in r.cells), None)
         if first is None:
             first = next((c for c in r.cells.values() if c.verdict in _BAD),
