@@ -271,8 +271,11 @@ def _pdeathsig() -> None:
 
 
 @contextmanager
-def attach(spec: GdbSpec, progress: Optional[Callable[[str], None]] = None):
-    """Attach gdb for the duration of the block; yields a :class:`Session`."""
+def attach(spec: GdbSpec, progress: Optional[Callable[[str], None]] = None,
+           watch: Optional[Callable[[], None]] = None):
+    """Attach gdb for the duration of the block; yields a :class:`Session`.
+    ``watch()`` is called while gdb is waited for and raises (QEMU's fault,
+    harness.machine.qemu) to end the wait at once."""
     from harness import progress as ui
     from harness.host import require_tool
     from harness.inspect.order import events_from_lines
@@ -295,7 +298,7 @@ def attach(spec: GdbSpec, progress: Optional[Callable[[str], None]] = None):
             session.proc = subprocess.Popen(session.argv, stdin=subprocess.DEVNULL,
                                             stdout=out, stderr=err, cwd=spec.out_dir,
                                             start_new_session=True, preexec_fn=_pdeathsig)
-        _wait_for(session, "ready", READY_TIMEOUT_S, "attaching")
+        _wait_for(session, "ready", READY_TIMEOUT_S, "attaching", watch)
         session.attach_s = time.monotonic() - start
         attached = time.monotonic()
         try:
@@ -305,13 +308,15 @@ def attach(spec: GdbSpec, progress: Optional[Callable[[str], None]] = None):
             # without breakpoints, briefly, then the finally kills gdb by PID
             session.attached_s = time.monotonic() - attached
             try:
+                if watch is not None:
+                    watch()        # QEMU is gone: nothing to detach from
                 _detach(session, timeout=5.0)
-            except (GdbError, OSError):
+            except (HarnessError, OSError):
                 pass
             raise
         session.attached_s = time.monotonic() - attached
         _wait_for_deferred_frees(session)
-        _detach(session)
+        _detach(session, watch=watch)
     finally:
         _kill(session)
         lines = session._read()
@@ -328,9 +333,12 @@ def attach(spec: GdbSpec, progress: Optional[Callable[[str], None]] = None):
                              detach_s=round(session.detach_s, 3))
 
 
-def _wait_for(session: Session, kind: str, timeout: float, doing: str) -> None:
+def _wait_for(session: Session, kind: str, timeout: float, doing: str,
+              watch: Optional[Callable[[], None]] = None) -> None:
     end = time.monotonic() + timeout
     while True:
+        if watch is not None:
+            watch()
         kinds = session._kinds()
         if kind in kinds:
             return
@@ -366,7 +374,8 @@ def _wait_for_deferred_frees(session: Session, wait: Optional[float] = None) -> 
         session.stats["unfreed_at_detach"] = len(left)
 
 
-def _detach(session: Session, timeout: Optional[float] = None) -> None:
+def _detach(session: Session, timeout: Optional[float] = None,
+            watch: Optional[Callable[[], None]] = None) -> None:
     """Interrupt the target (SIGINT to gdb), let the agent clean up and detach."""
     Path(session.spec.detach_path).write_text("detach\n")
     start = time.monotonic()
@@ -376,6 +385,8 @@ def _detach(session: Session, timeout: Optional[float] = None) -> None:
     next_sig = 0.0
     sigints = 0
     while True:
+        if watch is not None:
+            watch()
         exited = proc.poll() is not None
         kinds = session._kinds()      # read after poll(): an exited gdb wrote everything
         if exited and ("detached" in kinds or "disconnected" in kinds):
