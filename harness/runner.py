@@ -133,8 +133,11 @@ def run_method(name: str, art: KernelArtifacts, ropts: RunOptions,
             try:
                 method.drive(rec, opts)
             except HarnessError as e:
-                state["error"] = e
+                state["error"] = true_cause(guest, e)
             finally:
+                ssh = getattr(guest, "ssh", None)
+                if ssh is not None:       # transient faults retried: in the report
+                    rec.notes.extend(r.note() for r in ssh.retries)
                 _settle(guest)
                 if guest.watcher.open_kind is not None:   # a report still arriving
                     guest.watcher.flush()
@@ -169,6 +172,13 @@ def _recorded_options(method: Method[Any], ropts: RunOptions) -> dict:
     return {"walker": ropts.walk,
             "cycles": ropts.cycles if "cycles" in method.honours else 1,
             "order_check": ropts.order_check}
+
+
+def true_cause(guest: Any, error: HarnessError) -> HarnessError:
+    """``error``, or QEMU's own fault (it exited or froze) when there was one:
+    that comes first, whatever wait noticed it (``Machine.explain``)."""
+    explain = getattr(guest.machine, "explain", None)
+    return explain(error) if explain is not None else error
 
 
 def _settle(guest) -> None:

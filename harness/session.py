@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Optional, Union
 
-from harness import progress
+from harness import faults, progress
 from harness import progress as ui
 from harness.errors import HarnessError, MachineError
 from harness.host import Deadline
@@ -168,9 +168,15 @@ def boot(art: KernelArtifacts, opts: BootOptions, out_dir: Path,
                 if progress:    # the parameter (show the command line), not the module
                     ui.info("$ " + " ".join(machine.argv), "machine")
                 stack.enter_context(machine)
-                guest = _bring_up(machine, key, opts, out_dir,
-                                  save_as=snap_key if snapshots else None,
-                                  key_over_console=snapshots)
+                try:
+                    guest = _bring_up(machine, key, opts, out_dir,
+                                      save_as=snap_key if snapshots else None,
+                                      key_over_console=snapshots)
+                except HarnessError as e:      # QEMU's own fault first
+                    cause = machine.explain(e)
+                    if cause is e:
+                        raise
+                    raise cause from e
             try:
                 yield guest
             finally:
@@ -203,7 +209,12 @@ def _restored(stack: ExitStack, snap: snapshot.Snapshot, spec: VmSpec, key: KeyP
         restore_s = snapshot.restore(machine, snap)
         guest = _bring_up(machine, key, opts, out_dir, key_over_console=True)
     except MachineError as e:
+        fault = machine.fault
         inner.close()
+        if fault is not None and fault.signal not in (None, signal.SIGABRT) \
+                or fault is not None and fault.kind == "frozen":
+            # killed or stopped from outside: not a stale snapshot
+            raise machine.explain(e) from e
         ui.warn(f"snapshot {snap.key} did not restore ({e.message}): booting instead",
                 "machine")
         snap.remove()
@@ -230,8 +241,10 @@ def _bring_up(machine: Machine, key: KeyPair, opts: BootOptions, out_dir: Path,
     try:
         ready = console.wait_ready(deadline)
     except MachineError as e:
-        raise MachineError("the guest never became ready: " + e.message,
-                           step="boot", evidence=machine.console_tail()) from e
+        raise machine.explain(MachineError("the guest never became ready: " + e.message,
+                                           step="boot", evidence=machine.console_tail())
+                              ) from e
+    faults.point("ready", "boot", machine=machine, console=reader)
     times["boot_to_ready_s"] = time.monotonic() - machine.times.launched
     words = ready.split()
     if "uptime" in words[:-1]:   # the guest's own clock: kernel + init time
@@ -239,6 +252,7 @@ def _bring_up(machine: Machine, key: KeyPair, opts: BootOptions, out_dir: Path,
     guest = Guest(machine, console, None, reader.watcher, console, out_dir, times)
     gate = CrashGate(reader, settle=SETTLE_S, step_of=lambda: guest.step)
     machine.crash_check = gate     # QMP waits end at a crash too
+    machine.step_of = lambda: guest.step    # a QEMU fault names the step
     if save_as is not None:
         try:
             start = time.monotonic()
@@ -253,7 +267,8 @@ def _bring_up(machine: Machine, key: KeyPair, opts: BootOptions, out_dir: Path,
     if opts.ssh:
         ssh = SshTransport(machine.spec.ssh_port, key, crash_check=gate,
                            alive_check=lambda: machine.check_alive(
-                               f"running step {guest.step!r}", grace=1.0))
+                               f"running step {guest.step!r}", grace=1.0),
+                           gone=lambda: machine.fault is not None)
         ssh.connect(deadline, alive=lambda: machine.check_alive("connecting SSH"))
         times["boot_to_ssh_s"] = time.monotonic() - machine.times.launched
         guest.ssh = ssh

@@ -206,7 +206,7 @@ def fake_gdb(monkeypatch, kinds) -> list:
                         classmethod(lambda cls, vmlinux, **kw: specs.append(kw) or kw))
 
     @contextlib.contextmanager
-    def attach(spec, progress=None):
+    def attach(spec, progress=None, watch=None):
         yield FakeSession(kinds)
     monkeypatch.setattr(gdb, "attach", attach)
     return specs
@@ -253,7 +253,7 @@ def test_a_gdb_failure_is_kept_in_the_order_record(tmp_path, monkeypatch):
     fake_gdb(monkeypatch, [])
 
     @contextlib.contextmanager
-    def attach(spec, progress=None):
+    def attach(spec, progress=None, watch=None):
         raise gdb.GdbError("gdb exited with code 1")
         yield
     monkeypatch.setattr(gdb, "attach", attach)

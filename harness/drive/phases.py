@@ -18,6 +18,8 @@ import time
 from dataclasses import replace
 from typing import Any, Callable, Optional
 
+from harness import faults
+from harness.drive.steps import doing
 from harness.errors import HarnessError
 from harness.inspect import leakcheck, ptdump, sysfs
 from harness.inspect import walker as walk_mod
@@ -102,7 +104,7 @@ class PhaseCollector:
         snap = ptdump.parse(dump_text)
         self.save(f"ptdump-{name}.txt", dump_text)
         self.learn_geometry(snap, iomem)
-        walks = self.walk_tables(snap) if self.walk else ()
+        walks = self.walk_tables(snap, name) if self.walk else ()
         owners = self.page_owner() if leak else None
         phase = Phase(name, blocks, meminfo, ram, snap, walks, note, owners)
         self.phases.append(phase)
@@ -177,15 +179,24 @@ class PhaseCollector:
         self.geometry = replace(self.geometry, page_offset=page_offset, memstart=memstart,
                                 linear_offset=page_offset - memstart)
 
-    def walk_tables(self, snap: ptdump.Snapshot) -> tuple[WalkSummary, ...]:
+    def walk_tables(self, snap: ptdump.Snapshot, phase: str = "") -> tuple[WalkSummary, ...]:
         """Pause the guest, walk each region from the shared RAM files, resume."""
         machine = self.guest.machine
         geo, root = self.walk_geometry, self._root_pa
         assert geo is not None and root is not None, "walk before the geometry"
-        summaries = []
+        with doing(machine, f"in the host-side walk of phase {phase!r} (the guest "
+                            "paused over QMP)"):
+            summaries = self._walk_paused(machine, snap, geo, root)
+        self.learn_linear_offset(summaries)
+        return tuple(summaries)
+
+    def _walk_paused(self, machine: Any, snap: ptdump.Snapshot, geo: WalkGeometry,
+                     root: int) -> list[WalkSummary]:
+        summaries: list[WalkSummary] = []
         machine.qmp_cmd("stop")
         try:
             with walk_mod.FileBackedPhysMem(self.backings) as mem:
+                faults.point("walk", self.guest.step, machine=machine)
                 for region in REGIONS:
                     span = region_span(snap, region)
                     if span is None:
@@ -195,8 +206,7 @@ class PhaseCollector:
                     summaries.append(summarise(region, result, time.monotonic() - start))
         finally:
             machine.qmp_cmd("cont")
-        self.learn_linear_offset(summaries)
-        return tuple(summaries)
+        return summaries
 
     def learn_linear_offset(self, summaries: list[WalkSummary]) -> None:
         """The linear offset from the walk's first linear-map leaf: learned

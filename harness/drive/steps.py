@@ -13,9 +13,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from typing import Any, Callable, Optional, Protocol
 
+from harness import faults
 from harness.errors import HarnessError
 from harness.kernel.kernel import KernelArtifacts
 from harness.kernel.layout import Geometry as WalkGeometry
@@ -67,6 +69,8 @@ class StepRunner:
         start = time.monotonic()
         ok, detail = False, ""
         try:
+            if (transport or self.guest.transport.name) == "ssh":
+                self._fault_point("ssh", name)
             result = action()
             ok = True
             detail = _detail(result)
@@ -79,6 +83,15 @@ class StepRunner:
         finally:
             self.record(Step(name, round(time.monotonic() - start, 3),
                              transport or self.guest.transport.name, ok, detail))
+
+    def _fault_point(self, point: str, name: str) -> None:
+        """A point fault injection may strike at (harness.faults; off unless
+        asked for in the environment)."""
+        if not faults.armed():
+            return
+        machine = self.guest.machine
+        faults.point(point, name, machine=machine, console=self.guest.reader,
+                     qemu=getattr(machine.proc, "pid", None))
 
     def record(self, step: Step, summary: str = "") -> None:
         """Keep a step timed elsewhere (a phase's inspection) and print its
@@ -126,8 +139,13 @@ class StepRunner:
         self.order.append(record)
         held: dict[str, Any] = {}
         try:
-            with gdb.attach(spec, progress=progress.detail) as session:
+            self.guest.step = name         # a fault while gdb attaches is this step's
+            self._fault_point("gdb-attach", name)
+            with doing(machine, "with gdb attached"), \
+                    gdb.attach(spec, progress=progress.detail, watch=self._qemu_watch) \
+                    as session:
                 held["session"] = session
+                self._fault_point("removal", name)
                 return self.step(name, action, transport)
         except gdb.GdbError as e:
             record = replace(record, error=e.message)
@@ -145,6 +163,13 @@ class StepRunner:
                 self.order[index] = record
                 self.order_progress(record)
 
+    def _qemu_watch(self) -> None:
+        """For gdb's waits: raise QEMU's fault (it exited or froze) at once."""
+        fault_error = getattr(self.guest.machine, "fault_error", None)
+        cause = fault_error("gdb was waiting on QEMU's gdbstub") if fault_error else None
+        if cause is not None:
+            raise cause
+
     def order_progress(self, record: OrderRecord) -> None:
         """One progress line for a watched removal: its stops by kind."""
         if not self.progress:
@@ -159,6 +184,13 @@ class StepRunner:
         """A guest command that must succeed; returns stdout. ``blame="kernel"``
         for hotplug operations the kernel must carry out."""
         return self.guest.check(command, deadline, blame=blame)
+
+
+def doing(machine: Any, what: str) -> AbstractContextManager[Any]:
+    """``machine.doing(what)``: a QEMU fault meanwhile names it (a stand-in
+    machine without it: nothing)."""
+    named = getattr(machine, "doing", None)
+    return named(what) if named is not None else nullcontext()
 
 
 def _resume_if_stopped(machine: Any) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from harness import faults
 from harness.drive.common import (
     MEMROOT,
     REMOVAL_CHECKS,
@@ -21,6 +22,7 @@ from harness.drive.common import (
     wait_for,
 )
 from harness.drive.method import Method, register
+from harness.drive.steps import doing
 from harness.inspect import sysfs
 from harness.session import BootOptions
 
@@ -104,8 +106,11 @@ def shrink_to(rec: Recorder, addr: int, old: int, new: int, phase: str,
 def resize(rec: Recorder, size: int) -> int:
     machine = rec.guest.machine
     machine.qmp_cmd("qom-set", path=DEVICE, property="requested-size", value=size)
-    wait_for(lambda: machine.qmp_cmd("qom-get", path=DEVICE, property="size") == size,
-             60, f"virtio-mem {DEVICE} to reach {size >> 20} MiB")
+    what = f"virtio-mem {DEVICE} to reach {size >> 20} MiB"
+    faults.point("qmp-wait", what, machine=machine, console=rec.guest.reader)
+    with doing(machine, f"waiting over QMP for {what}"):
+        wait_for(lambda: machine.qmp_cmd("qom-get", path=DEVICE, property="size") == size,
+                 60, what)
     return size
 
 

@@ -8,11 +8,20 @@ connects; the console pipeline itself lives there). Leaving the ``with``
 block, normally or by exception, SIGINT or SIGTERM, shuts QEMU down (QMP
 ``quit``, then SIGKILL), closes the console and removes the folder. QEMU also
 gets PR_SET_PDEATHSIG, so it cannot outlive a harness that is killed outright.
+
+The QEMU process is watched from launch to shutdown (:class:`QemuWatch`: a
+pidfd for its exit, its process state for a freeze). Its first fault is kept
+as a :class:`QemuFault` naming the guest's step and what the harness was doing
+(``Machine.doing``), and every wait reaches it: a frozen QEMU (stopped by
+SIGSTOP or a debugger for ``FREEZE_S``) is killed, so every socket it holds
+closes and each wait (SSH, QMP, console, gdb) ends at once; whatever noticed
+first, ``Machine.explain`` turns its error into the fault, the true cause.
 """
 from __future__ import annotations
 
 import ctypes
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -20,13 +29,16 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from harness import progress
-from harness.errors import HarnessError, MachineError
+from harness.errors import GuestCrash, HarnessError, MachineError
 from harness.host import FIRMWARE, FIRMWARE_PACKAGE, Deadline, require_file, require_tool
 from harness.machine.console import ConsoleReader, SocketStream
 
@@ -214,6 +226,165 @@ def sweep_run_dirs(base: Path = SHM, prefix: str = RUN_PREFIX) -> list[Path]:
     return removed
 
 
+# ------------------------------------------------------------ the watch -----
+
+# A QEMU whose process stays stopped (state T: SIGSTOP, SIGTSTP; t: a
+# debugger's stop) this long is taken for frozen, and killed: a stopped
+# process never answers, and every wait would sit until its own timeout.
+# Nothing in the harness stops QEMU's process (the guest is paused over QMP,
+# which leaves the process running).
+FREEZE_S = float(os.environ.get("HOTPLUG_HARNESS_FREEZE_S", "1.0"))
+WATCH_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class QemuFault:
+    """The first thing that happened to the QEMU process on its own: it
+    exited (``signal`` or ``code``) or froze, during ``step`` while ``doing``."""
+    kind: str                  # "exited" or "frozen"
+    at: float                  # time.monotonic() when the watch saw it
+    step: str = "boot"
+    doing: str = ""            # e.g. "with gdb attached"
+    code: Optional[int] = None       # exit code (exited normally)
+    signal: Optional[int] = None     # the signal that killed it
+    state: str = ""                  # process state when frozen (T or t)
+
+    @property
+    def how(self) -> str:
+        if self.kind == "frozen":
+            what = "a debugger's stop" if self.state == "t" else "SIGSTOP"
+            return (f"its process stopped by {what}, state {self.state}, for "
+                    f"{FREEZE_S:g}s; the harness killed it")
+        if self.signal is not None:
+            return f"killed by signal {self.signal}, {_signame(self.signal)}"
+        return f"exit code {self.code}"
+
+    def message(self) -> str:
+        """The cause, first: 'QEMU exited (killed by signal 9, SIGKILL) during
+        step 'remove 0x80000000' with gdb attached'."""
+        verb = "froze" if self.kind == "frozen" else "exited"
+        text = f"QEMU {verb} ({self.how}) during step {self.step!r}"
+        return text + (f" {self.doing}" if self.doing else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "step": self.step, "doing": self.doing,
+                "code": self.code, "signal": self.signal, "state": self.state,
+                "message": self.message()}
+
+
+def _signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return "?"
+
+
+def _proc_state(pid: int) -> str:
+    """The one-letter state of /proc/PID/stat ("" if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return ""
+    return data[data.rfind(b")") + 2:][:1].decode(errors="replace")
+
+
+class QemuWatch:
+    """One thread watching the QEMU process until ``stop()``: its exit through
+    a pidfd (woken the moment it exits), a freeze through its process state.
+    ``fault`` is the first fault seen (None while QEMU is well); listeners
+    (``on_fault``) are called once with it, from the watch's thread."""
+
+    def __init__(self, proc: subprocess.Popen[bytes],
+                 step_of: Callable[[], str] = lambda: "boot",
+                 doing_of: Callable[[], str] = lambda: "",
+                 freeze_s: Optional[float] = None):
+        self.proc = proc
+        self.step_of, self.doing_of = step_of, doing_of
+        self.freeze_s = FREEZE_S if freeze_s is None else freeze_s
+        self.fault: Optional[QemuFault] = None
+        self.listeners: list[Callable[[QemuFault], object]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        try:
+            self._pidfd: Optional[int] = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):     # an old kernel: poll the PID
+            self._pidfd = None
+        self.thread = threading.Thread(target=self._watch, daemon=True,
+                                       name="qemu-watch")
+
+    def start(self) -> QemuWatch:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """The harness shuts QEMU down itself from now on: not a fault."""
+        self._stop.set()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout=1.0)
+        if self._pidfd is not None:
+            try:
+                os.close(self._pidfd)
+            except OSError:
+                pass
+            self._pidfd = None
+
+    def check(self) -> None:
+        """Look now (the thread looks every WATCH_POLL_S): an exit is seen at
+        once, whoever waits."""
+        if self.fault is None and not self._stop.is_set():
+            self._look(time.monotonic(), None)
+
+    def _watch(self) -> None:
+        stopped_since: Optional[float] = None
+        poller = select.poll()
+        if self._pidfd is not None:
+            poller.register(self._pidfd, select.POLLIN)
+        while not self._stop.is_set() and self.fault is None:
+            try:
+                poller.poll(int(WATCH_POLL_S * 1000)) if self._pidfd is not None \
+                    else self._stop.wait(WATCH_POLL_S)
+            except (OSError, ValueError):   # the pidfd was closed by stop()
+                return
+            if self._stop.is_set():
+                return
+            stopped_since = self._look(time.monotonic(), stopped_since)
+
+    def _look(self, now: float, stopped_since: Optional[float]) -> Optional[float]:
+        with self._lock:
+            if self.fault is not None or self._stop.is_set():
+                return None
+            code = self.proc.poll()
+            if code is not None:
+                self._record(QemuFault("exited", now, self.step_of(), self.doing_of(),
+                                       code=code if code >= 0 else None,
+                                       signal=-code if code < 0 else None))
+                return None
+            state = _proc_state(self.proc.pid)
+            if state not in ("T", "t"):
+                return None
+            if stopped_since is None:
+                return now
+            if now - stopped_since < self.freeze_s:
+                return stopped_since
+            self._record(QemuFault("frozen", now, self.step_of(), self.doing_of(),
+                                   state=state))
+        try:   # every socket it holds closes: SSH, QMP, console, gdb waits end
+            self.proc.kill()
+        except OSError:
+            pass
+        return None
+
+    def _record(self, fault: QemuFault) -> None:
+        self.fault = fault
+        progress.warn(fault.message(), "machine")
+        for listener in list(self.listeners):
+            try:
+                listener(fault)
+            except Exception:   # a listener must not stop the watch
+                pass
+
+
 # ------------------------------------------------------------ machine -------
 
 def _pdeathsig() -> None:  # runs in the child, before exec
@@ -254,6 +425,10 @@ class Machine:
         # console shows one, so a QMP wait ends at once with blame on the kernel
         # (not at its timeout)
         self.crash_check: Callable[[], None] | None = None
+        # set by the session: the guest's current step, named by a QemuFault
+        self.step_of: Callable[[], str] = lambda: "boot"
+        self._doing: list[str] = []        # what the harness is doing (doing())
+        self.watch: QemuWatch | None = None
 
     # -- launch ------------------------------------------------------------
     def __enter__(self) -> Machine:
@@ -319,6 +494,13 @@ class Machine:
                                          stdout=err, stderr=err,
                                          start_new_session=True,
                                          preexec_fn=_pdeathsig)
+        if self.watch is not None:      # a relaunch (a port was taken)
+            self.watch.stop()
+        self.watch = QemuWatch(self.proc, step_of=lambda: self.step_of(),
+                               doing_of=lambda: self._doing[-1] if self._doing else ""
+                               ).start()
+        from harness import faults
+        faults.point("launched", qemu=self.proc.pid)
 
     def _accept(self, listener: socket.socket) -> None:
         listener.settimeout(0.1)
@@ -352,13 +534,63 @@ class Machine:
         """Give a QEMU that is on its way out up to ``seconds`` to exit."""
         end = time.monotonic() + seconds
         while self.alive() and time.monotonic() < end:
+            if self.proc is not None and _proc_state(self.proc.pid) in ("T", "t"):
+                end = max(end, time.monotonic() + FREEZE_S + 0.5)   # the watch kills it
             time.sleep(0.05)
 
+    @contextmanager
+    def doing(self, what: str) -> Iterator[None]:
+        """Name what the harness does meanwhile ("with gdb attached"): a fault
+        in the block names it after the step."""
+        self._doing.append(what)
+        try:
+            yield
+        finally:
+            self._doing.remove(what)
+
+    @property
+    def fault(self) -> Optional[QemuFault]:
+        """The QEMU process's first fault (exit or freeze), None while well."""
+        if self.watch is None:
+            return None
+        self.watch.check()
+        return self.watch.fault
+
+    def fault_error(self, then: str = "") -> Optional[MachineError]:
+        """The fault as the error to report (the cause first; ``then``: what
+        noticed it), or None."""
+        fault = self.fault
+        if fault is None:
+            return None
+        evidence = (f"then: {then}\n" if then else "") + self._stderr_tail() \
+            + "\n--- console tail ---\n" + self.console_tail()
+        err = MachineError(fault.message(), step=fault.step, evidence=evidence)
+        err.fault = fault       # type: ignore[attr-defined]
+        return err
+
+    def explain(self, error: HarnessError) -> HarnessError:
+        """The true cause of ``error``: a kernel crash stays the kernel's; else
+        a QEMU fault (exit or freeze) comes first, ``error`` kept as what
+        noticed it; else ``error`` itself."""
+        if isinstance(error, GuestCrash) or getattr(error, "fault", None) is not None:
+            return error
+        if self.crash_check is not None and self.fault is not None:
+            try:               # QEMU exited after a panic: the kernel's doing
+                self.crash_check()
+            except GuestCrash as crash:
+                return crash
+        cause = self.fault_error(then=f"[{error.step}] {error.message}" if error.step
+                                 else error.message)
+        return cause if cause is not None else error
+
     def check_alive(self, doing: str, step: str = "boot", grace: float = 0.0) -> None:
-        """MachineError with QEMU's exit code, stderr and console tail if QEMU
-        exited; waits up to ``grace`` s for it to exit (a connection may drop
-        just before QEMU does)."""
+        """MachineError naming QEMU's fault (how it exited or froze, the step),
+        its stderr and console tail, if QEMU exited; waits up to ``grace`` s
+        for it to exit (a connection may drop just before QEMU does)."""
         self.wait_exit(grace)
+        cause = self.fault_error(then=doing)
+        if cause is not None:
+            raise cause
         if self.proc is not None and self.proc.poll() is not None:
             raise MachineError(
                 f"QEMU exited with code {self.proc.returncode} while {doing}",
@@ -414,8 +646,16 @@ class Machine:
     def wait_event(self, name: str, match: dict[str, Any] | None = None,
                    deadline: Deadline | float = 10.0) -> dict[str, Any]:
         """Wait for a QMP event whose data contains ``match`` (partial dict)."""
+        with self.doing(f"waiting for QMP event {name}"):
+            return self._wait_event(name, match, deadline)
+
+    def _wait_event(self, name: str, match: dict[str, Any] | None,
+                    deadline: Deadline | float) -> dict[str, Any]:
         if not isinstance(deadline, Deadline):
             deadline = Deadline(deadline)
+        from harness import faults
+        faults.point("qmp-wait", name, machine=self, console=self.reader,
+                     qemu=getattr(self.proc, "pid", None))
         while not deadline.expired():
             self._guard(f"waiting for QMP event {name}")
             try:
@@ -435,6 +675,9 @@ class Machine:
             return
         self._closed = True
         start = time.monotonic()
+        if self.watch is not None:
+            self.watch.check()       # a fault before the shutdown is still one
+            self.watch.stop()
         try:
             self._stop_qemu()
         finally:
@@ -450,6 +693,10 @@ class Machine:
 
     def _stop_qemu(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
+            return
+        if _proc_state(self.proc.pid) in ("T", "t"):    # stopped: it cannot quit
+            self.proc.kill()
+            self.proc.wait()
             return
         try:
             if self.qmp is not None:

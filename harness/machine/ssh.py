@@ -4,6 +4,13 @@ Keys are per run: an ed25519 key pair is generated in the run's private folder
 and its public half goes into the guest image's key overlay. The guest's host
 key is created by dropbear at boot, so it is accepted on first sight within a
 run (the forward is bound to 127.0.0.1 and lives as long as the run).
+
+A channel that fails to open (paramiko's "Timeout opening channel": dropbear
+slow to answer on a loaded host) is a transient fault when QEMU still runs
+and the console shows no crash: the command never reached the guest, so it is
+opened again, at most ``RETRIES`` times per command and ``RETRY_BUDGET`` times
+per connection. Each retry is kept in ``SshTransport.retries`` (the report
+lists them in the method's notes).
 """
 from __future__ import annotations
 
@@ -46,9 +53,33 @@ def generate_key(folder: Path) -> KeyPair:
     return KeyPair(path, public.decode() + " hotplug-harness\n")
 
 
+# a channel that would not open is opened again this often per command, and
+# this often in all per connection (a method's run)
+RETRIES = 2
+RETRY_BUDGET = 6
+RETRY_PAUSE_S = 0.5
+# how long one channel open may take (paramiko's default is 10 s too)
+OPEN_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Retry:
+    """One transient SSH fault retried: what was run, what failed, which try."""
+    what: str
+    error: str
+    attempt: int          # the try that failed (1 = the first)
+    at: float             # seconds since the connection was made
+
+    def note(self) -> str:
+        return (f"ssh retried: opening a channel for {self.what!r} failed "
+                f"({self.error}) on try {self.attempt}, {self.at:.1f}s into the run; "
+                "QEMU was running and the console showed no crash")
+
+
 class _Watchdog:
-    """Closes the SSH connection when the deadline passes or the console shows
-    a crash, so that no paramiko call can block a step forever."""
+    """Closes the SSH connection when the deadline passes, the console shows
+    a crash or QEMU exited or froze, so that no paramiko call can block a step
+    forever."""
 
     def __init__(self, ssh: SshTransport, deadline: Deadline):
         self.ssh, self.deadline = ssh, deadline
@@ -58,11 +89,14 @@ class _Watchdog:
 
     def _watch(self) -> None:
         gate = self.ssh.crash_check
+        gone = self.ssh.gone
         while not self.stop.wait(0.1):
             if self.deadline.expired():
                 self.reason = "timeout"
             elif gate is not None and getattr(gate, "pending", lambda: False)():
                 self.reason = "crash"
+            elif gone is not None and gone():
+                self.reason = "qemu"
             if self.reason:
                 transport = self.ssh.client and self.ssh.client.get_transport()
                 if transport:
@@ -83,13 +117,17 @@ class SshTransport(Transport):
 
     def __init__(self, port: int, key: KeyPair, host: str = "127.0.0.1",
                  crash_check: Optional[Callable[[], None]] = None,
-                 alive_check: Optional[Callable[[], None]] = None):
+                 alive_check: Optional[Callable[[], None]] = None,
+                 gone: Optional[Callable[[], bool]] = None):
         self.port, self.key, self.host = port, key, host
         # raises GuestCrash; a console.CrashGate also has pending() and wait()
         self.crash_check = crash_check
         self.alive_check = alive_check   # raises MachineError if QEMU died
+        self.gone = gone                 # True once QEMU exited or froze
         self.client: Any = None          # a paramiko.SSHClient once connected
         self._kmsg: Optional[KmsgChannel] = None
+        self.retries: list[Retry] = []   # transient faults retried (the report's)
+        self.connected_at = time.monotonic()
 
     def connect(self, deadline: Deadline,
                 alive: Callable[[], None] = lambda: None) -> float:
@@ -108,6 +146,7 @@ class SshTransport(Transport):
                                banner_timeout=3, auth_timeout=3,
                                allow_agent=False, look_for_keys=False)
                 self.client = client
+                self.connected_at = time.monotonic()
                 return time.monotonic() - start
             except (paramiko.SSHException, OSError, EOFError) as e:
                 last = e
@@ -124,6 +163,7 @@ class SshTransport(Transport):
             gate()
         if self.client is None or not self.client.get_transport() \
                 or not self.client.get_transport().is_active():
+            self._explain_failure()
             raise MachineError("the SSH connection is gone (the guest died or "
                                "an earlier command timed out)", step="ssh")
         start = time.monotonic()
@@ -132,7 +172,7 @@ class SshTransport(Transport):
         failure: object = None
         with _Watchdog(self, deadline) as dog:
             try:
-                code = self._exchange(command, out, err)
+                code = self._exchange(command, out, err, deadline)
             except (paramiko.SSHException, OSError, EOFError) as e:
                 code = None
                 failure = e
@@ -154,8 +194,45 @@ class SshTransport(Transport):
                              stderr=err.decode(errors="replace"), exit_code=code,
                              seconds=time.monotonic() - start, transport=self.name)
 
-    def _exchange(self, command: str, out: bytearray, err: bytearray) -> int:
-        chan = self.client.get_transport().open_session(timeout=10)
+    def open_channel(self, what: str, deadline: Optional[Deadline] = None) -> Any:
+        """A new session channel; one that fails to open is opened again while
+        the fault is transient (see the module docstring), each retry kept in
+        ``retries``."""
+        attempt = 1
+        while True:
+            transport = self.client and self.client.get_transport()
+            if not transport or not transport.is_active():
+                raise EOFError("the SSH connection is gone")
+            left = OPEN_TIMEOUT_S if deadline is None else deadline.remaining()
+            try:
+                return transport.open_session(timeout=max(0.5, min(OPEN_TIMEOUT_S, left)))
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                if not self._transient(attempt, deadline):
+                    raise
+                self.retries.append(Retry(what, f"{type(e).__name__}: {e}".rstrip(": "),
+                                          attempt, time.monotonic() - self.connected_at))
+                attempt += 1
+                time.sleep(RETRY_PAUSE_S)
+
+    def _transient(self, attempt: int, deadline: Optional[Deadline]) -> bool:
+        """Is a channel that did not open worth another try: tries and budget
+        left, time left, QEMU running, no crash on the console, the connection
+        still up?"""
+        if attempt > RETRIES or len(self.retries) >= RETRY_BUDGET:
+            return False
+        if deadline is not None and deadline.remaining() < RETRY_PAUSE_S + 1.0:
+            return False
+        if self.gone is not None and self.gone():
+            return False
+        gate = self.crash_check
+        if gate is not None and getattr(gate, "pending", lambda: False)():
+            return False
+        transport = self.client and self.client.get_transport()
+        return bool(transport and transport.is_active())
+
+    def _exchange(self, command: str, out: bytearray, err: bytearray,
+                  deadline: Optional[Deadline] = None) -> int:
+        chan = self.open_channel(command, deadline)
         chan.settimeout(0.2)
         chan.exec_command(command)
         while not chan.exit_status_ready() or chan.recv_ready() or chan.recv_stderr_ready():
@@ -182,7 +259,11 @@ class SshTransport(Transport):
 
     def put_text(self, remote: str, text: str, deadline: float = 30.0) -> None:
         """Write ``text`` to ``remote`` through ``cat`` on an exec channel."""
-        chan = self.client.get_transport().open_session()
+        try:
+            chan = self.open_channel(f"cat > {remote}", Deadline(deadline))
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            self._explain_failure()
+            raise MachineError(f"writing {remote} over ssh failed: {e}", step="ssh") from e
         chan.settimeout(deadline)
         chan.exec_command(f"cat > '{remote}'")
         chan.sendall(text.encode())
@@ -227,7 +308,7 @@ class SshTransport(Transport):
             self.alive_check()
 
     def _kmsg_channel(self) -> KmsgChannel:
-        return KmsgChannel(self.client.get_transport())
+        return KmsgChannel(self.open_channel("the /dev/kmsg writer", Deadline(OPEN_TIMEOUT_S)))
 
     def close(self) -> None:
         if self._kmsg is not None:
@@ -245,8 +326,8 @@ class KmsgChannel:
 
     SCRIPT = 'while IFS= read -r l; do echo "$l" > /dev/kmsg; echo .; done'
 
-    def __init__(self, transport: Any) -> None:
-        self.chan = transport.open_session(timeout=10)
+    def __init__(self, chan: Any) -> None:
+        self.chan = chan          # a session channel, opened by the caller
         self.chan.exec_command(self.SCRIPT)
         self.buf = b""
 

@@ -220,19 +220,21 @@ def _method_lines(method: Json) -> list[str]:
 
 
 def _detail_blocks(method: Json) -> list[str]:
-    """Full evidence of FAIL and ERROR checks, ready to paste into a mail."""
+    """Full evidence of FAIL and ERROR checks, ready to paste into a mail;
+    the error that stopped the run first (the cause: checks that could not
+    look are its consequences)."""
     out = []
-    for c in method["checks"]:
-        if c["verdict"] in (FAIL, ERROR):
-            step = f", step {c['step']}" if c["step"] else ""
-            out.append(f"{c['verdict']}: method {method['method']}{step}, "
-                       f"check {c['name']}:\n" + _indent_all(c["evidence"]))
     error = method["run"].get("error")
     if error:
         evidence = error.get("evidence")
         out.append(f"ERROR: method {method['method']}, step {error.get('step')}, run "
                    f"stopped ({error.get('blame')}): {error.get('message')}"
                    + ("\n" + _indent_all(evidence) if evidence else ""))
+    for c in method["checks"]:
+        if c["verdict"] in (FAIL, ERROR):
+            step = f", step {c['step']}" if c["step"] else ""
+            out.append(f"{c['verdict']}: method {method['method']}{step}, "
+                       f"check {c['name']}:\n" + _indent_all(c["evidence"]))
     return out
 
 
