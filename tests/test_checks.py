@@ -900,3 +900,19 @@ def test_a_kasan_report_line_names_the_address_it_is_about():
              "step": "add/remove loop (45 s)", "first_line_no": 812}
     line = checks.crash_line(crash)
     assert "(Read of size 8 at addr ffff000001e84c08)" in line and "step add/remove" in line
+
+
+def test_bootmem_vetoed_without_the_rules_report_fails():
+    """The kernel before upstream 9fb3d4a30338 (patches/history): the notifier
+    still refuses (EPERM) but prints nothing; with the console watched, that
+    silence is the bug. Without a console record it stays not exercised."""
+    silent = {"block": 14, "exit_code": 1, "state_after": "online", "zones": ["Movable"],
+              "hole_free": True, "output": "sh: write error: Operation not permitted",
+              "console": [], "range": [0x70000000, 0x78000000]}
+    c = checks.check_bootmem_not_removable(make_run(bootmem_offline=silent))
+    assert c.verdict == FAIL and "memory notifier's veto (EPERM" in c.evidence
+    assert "no 'Boot memory [...] offlining attempted' line" in c.evidence
+    assert "memory14" in c.evidence and "0x70000000-0x78000000" in c.evidence
+    unwatched = {k: v for k, v in silent.items() if k != "console"}
+    c = checks.check_bootmem_not_removable(make_run(bootmem_offline=unwatched))
+    assert c.verdict == SKIP and "no console record" in c.evidence

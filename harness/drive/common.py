@@ -245,7 +245,7 @@ def try_bootmem_offline(rec: Recorder, boot_phase: Phase) -> BootmemAttempt:
     try:
         res = rec.guest.run(f"echo offline > {MEMROOT}/memory{block.index}/state", 60)
         after = rec.sh(f"cat {MEMROOT}/memory{block.index}/state").strip()
-        end = time.monotonic() + 2.0     # the console may lag the shell
+        end = time.monotonic() + 5.0     # the console may lag the shell (a loaded host)
         while time.monotonic() < end and not any(BOOTMEM_RULE_TEXT in l for l in lines):
             if res.exit_code == 0:
                 break

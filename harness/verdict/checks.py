@@ -601,14 +601,22 @@ def check_contiguous_groups_whole(run: MethodRun) -> Check:
 # ---------------------------------------------------------------- bootmem, crashes
 
 _BOOTMEM_RULE = re.compile(r"Boot memory \[([0-9a-f]+) ([0-9a-f]+)\] offlining attempted")
+# EPERM from a write of "offline" to a block's state: in 6.12 only a memory
+# notifier's veto of MEM_GOING_OFFLINE gives it (offline_pages(): NOTIFY_BAD
+# through notifier_to_errno(); holes give EINVAL, unmovable pages EBUSY)
+_NOTIFIER_VETO = "Operation not permitted"
 
 
 def check_bootmem_not_removable(run: MethodRun) -> Check:
     """arm64's rule (prevent_bootmem_remove_notifier): offlining boot memory is
-    refused, *by that rule*. PASS needs the refusal and the rule's console line;
-    a refusal for another reason (holes, unmovable pages) did not test the rule:
-    SKIP "not exercised", which a method that requires the check turns into an
-    error. Offlining that succeeds is a FAIL."""
+    refused, *by that rule*, which says so ("Boot memory [...] offlining
+    attempted", upstream 9fb3d4a30338). PASS needs the refusal and the rule's
+    console line. A notifier's veto (EPERM) with the console watched and no
+    such line is a FAIL: the rule refused without its report (the kernel
+    before 9fb3d4a30338). A refusal for another reason (holes, unmovable
+    pages) did not test the rule: SKIP "not exercised", which a method that
+    requires the check turns into an error. Offlining that succeeds is a
+    FAIL."""
     name, attempt = "bootmem-not-removable", run.bootmem_offline
     if attempt is None:
         return Check(name, SKIP, "no boot-memory offline attempt recorded")
@@ -632,6 +640,11 @@ def check_bootmem_not_removable(run: MethodRun) -> Check:
         return Check(name, PASS, f"{head}: refused by arm64's boot-memory rule; "
                                  f"console: {rule[0].strip()}{tail}", step)
     zones = ",".join(attempt.zones or ()) or "?"
+    if attempt.console is not None and _NOTIFIER_VETO in output:
+        return Check(name, FAIL, f"boot memory refused by a memory notifier's veto (EPERM: "
+                     f"MEM_GOING_OFFLINE answered NOTIFY_BAD) without the report arm64's "
+                     f"rule makes: no 'Boot memory [...] offlining attempted' line on the "
+                     f"console (zones {zones}): {head}{tail}", step)
     why = [f"zones {zones}"]
     if attempt.hole_free is False:
         why.append("the block has firmware holes (not one System RAM range)")
