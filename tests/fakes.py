@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -39,7 +40,12 @@ class ReplayStream:
     command's own (``HHMARK-<token>-S``), or to the end if there is none or the
     token is not in the recording; any other ``send`` releases everything.
     ``recv`` returns b"" at the end of the recording (QEMU exited), or with
-    ``hold_open`` waits there until ``shutdown`` (a guest gone quiet)."""
+    ``hold_open`` waits there until ``shutdown`` (a guest gone quiet).
+
+    The console reads a descriptor (pexpect): ``fileno()`` is one end of a
+    socket pair, the other end served by two threads, one writing what
+    ``recv`` gives (closing at its end), one passing what the harness writes
+    to ``send``."""
 
     def __init__(self, data: bytes, chunk: int = 37, hold_open: bool = False):
         self.data, self.chunk, self.hold_open = data, chunk, hold_open
@@ -49,6 +55,34 @@ class ReplayStream:
         self.sent: list = []
         self._cond = threading.Condition()
         self._stop = False
+        self._ends: Optional[tuple] = None    # (the harness's, the guest's)
+
+    def fileno(self) -> int:
+        if self._ends is None:
+            self._ends = socket.socketpair()
+            for target in (self._serve, self._listen):
+                threading.Thread(target=target, daemon=True).start()
+        return self._ends[0].fileno()
+
+    def _serve(self) -> None:
+        guest = self._ends[1]
+        try:
+            while data := self.recv():
+                guest.sendall(data)
+            guest.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _listen(self) -> None:
+        line = b""
+        try:
+            while data := self._ends[1].recv(65536):
+                line += data
+                if line.endswith(b"\n") or not line.startswith(b"echo"):
+                    self.send(line)
+                    line = b""
+        except OSError:
+            pass
 
     @classmethod
     def of(cls, name: str, **kw) -> ReplayStream:
@@ -93,6 +127,13 @@ class ReplayStream:
 
     def close(self) -> None:
         self.shutdown()
+        if self._ends is not None:
+            for end in self._ends:
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                end.close()
 
 
 def replay_reader(data: Union[bytes, str], log_path=None, **kw) -> ConsoleReader:

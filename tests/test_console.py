@@ -456,3 +456,35 @@ def test_crash_gate_wait_ends_when_the_console_closes():
         assert time.monotonic() - start < 2.0
     finally:
         reader.close()
+
+
+def test_kernel_lines_cutting_the_markers(monkeypatch):
+    """printk shares the UART: a kernel line may land inside a marker, even in
+    the exit code; the markers are still found, the exit code read whole."""
+    data = (b"HARNESS-READY\r\n"
+            b"HHMARK-0badc0de-S\r\nout\r\n"
+            b"HHMA[    1.000000] one\r\nRK-0badc0de-E 1[    1.100000] two\r\n2\r\n# ")
+    monkeypatch.setattr(console_module.secrets, "token_hex", lambda n: "0badc0de")
+    console = SerialConsole(ConsoleReader(ReplayStream(data, hold_open=True)).start(),
+                            quiet=0.05, own_reader=True)
+    try:
+        console.wait_ready(T)
+        result = console.run("anything", T)
+        assert (result.stdout, result.exit_code) == ("out\n", 12)
+        assert console.kernel_log == ["[    1.000000] one", "[    1.100000] two"]
+    finally:
+        console.close()
+
+
+def test_commands_and_the_pump_share_one_reader(console, tmp_path):
+    """Output printed between commands (read by the pump) and during them (read
+    by pexpect's expect) reaches console.log once, in order, numbered once."""
+    console.run("(sleep 0.3; echo between-commands) &", T)
+    assert console.reader.wait_for(lambda: any(
+        line.endswith("between-commands") for line in console.reader.tail(5).split("\n")), T)
+    console.run("echo during-a-command", T)
+    log = log_text(tmp_path)
+    printed = ("between-commands\r\n", "during-a-command\r\n")   # not the echo
+    assert [log.count(text) for text in printed] == [1, 1]
+    assert log.index(printed[0]) < log.index(printed[1])
+    assert console.reader.lines_seen == len(log.split("\n")) - 1

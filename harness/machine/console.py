@@ -1,15 +1,37 @@
 """The guest's serial console: one pipeline, and what is built on it.
 
-**The pipeline** (``ConsoleReader``). One thread reads the console stream (the
-QEMU serial socket, or any ``ConsoleStream``) and, for each chunk, tees the
-bytes to ``console.log``; for each line, numbers it once (from 1: line N is
-line N of console.log), drops the terminal's echo of a line the harness typed,
-feeds the one ``CrashWatcher``, calls the listeners (``-v`` printing, steps
-that keep the kernel's words) and queues it for the serial transport. Lines
-are split at ``\\n``, trailing ``\\r`` dropped, decoded as UTF-8 (bad bytes
-replaced); a last line without a newline counts at end of file, when the
-watcher is also flushed. ``read``/``send`` give the raw bytes to an interactive
-shell (``boot --transport serial``).
+**The pipeline** (``ConsoleReader``). The console (QEMU's serial socket, or
+any descriptor: ``ConsoleStream``) is read by pexpect, as labgrid reads its
+consoles: a ``pexpect.fdpexpect.fdspawn`` on the descriptor, the one reader.
+Its read tee (``logfile_read``) gets every byte it reads, whoever asked (an
+``expect`` of the serial transport, or the pump below), and for each chunk
+writes the bytes to ``console.log``; for each line, numbers it once (from 1:
+line N is line N of console.log), drops the terminal's echo of a line the
+harness typed, feeds the one ``CrashWatcher``, calls the listeners (``-v``
+printing, steps that keep the kernel's words) and keeps it for
+``wait_ready``. Lines are split at ``\\n``, trailing ``\\r`` dropped, decoded
+as UTF-8 (bad bytes replaced); a last line without a newline counts at end of
+file, when the watcher is also flushed. ``read``/``send`` give the raw bytes
+to an interactive shell (``boot --transport serial``).
+
+What pexpect does not do stays here, hand-written:
+
+* reading while nobody expects. pexpect reads only inside a call (``expect``,
+  ``read_nonblocking``), but the crash watcher must see a panic during an SSH
+  step or a QMP wait. The pump thread waits (``select``) until the descriptor
+  has bytes and nobody holds the child (``exclusive()``), then reads them with
+  ``read_nonblocking``, so they pass through the same tee;
+* lines: pexpect has no line events. Numbering, the echo filter, the watcher
+  and the listeners work on the tee's bytes; ``wait_ready`` waits for a line
+  the tee numbered (possibly before it was called: the boot is read by the
+  pump, which leaves nothing in pexpect's buffer);
+* a crash during a command: an ``expect`` ends only on its patterns, a
+  timeout or end of file, so the transport expects in slices of ``POLL_S``
+  and looks at the watcher between them;
+* kernel messages interleaved with a command's output (printk shares the
+  UART): the markers' patterns allow a kernel line between any two of their
+  bytes, and the output (pexpect's ``before``) is cleaned line by line;
+* commands longer than the shell's line (the base64 upload below).
 
 Built on it:
 
@@ -19,7 +41,8 @@ Built on it:
 * ``SerialConsole``: the serial transport (framed commands), and the
   readiness wait (``wait_ready``).
 
-Framing (labgrid style). For command CMD and a fresh random id, one line is sent::
+Framing (labgrid style). For command CMD and a fresh random id, one line is
+sent (``sendline``) and the two markers are awaited with ``expect``::
 
     echo 'HHM''ARK-<id>-S'; eval 'CMD' </dev/null 2>&1; echo "HHM""ARK-<id>-E $?"
 
@@ -79,10 +102,14 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from re import Pattern
 from typing import Callable, NamedTuple, Optional, Protocol, Union
+
+import pexpect
+from pexpect import fdpexpect
 
 from harness import progress
 from harness.errors import MachineError
@@ -103,26 +130,27 @@ QUEUE_LINES = 20000      # lines kept for the serial transport until it reads th
 TAIL_LINES = 200         # lines kept for error evidence
 RAW_KEEP = 1 << 20       # bytes kept for an interactive shell (read())
 SETTLE_S = 1.5           # after a crash signature, let the report finish
+READ_SIZE = 4096         # bytes per read (pexpect's maxread)
+WINDOW = 16384           # bytes an expect searches (searchwindowsize; > READ_SIZE
+                         # plus the longest marker match)
+POLL_S = 0.05            # an expect's slice: crash reports are looked at between
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # ------------------------------------------------------------ streams -------
 
 class ConsoleStream(Protocol):
-    """Where the console's bytes come from and go to."""
+    """The console's file descriptor, which pexpect reads and writes; the
+    stream owns it."""
 
-    def recv(self) -> bytes:
-        """The next bytes (blocking); b"" at end of file."""
-        ...
-
-    def send(self, data: bytes) -> None: ...
+    def fileno(self) -> int: ...
 
     def shutdown(self) -> None:
-        """Make a blocked ``recv`` return b"" (from another thread)."""
+        """Make the far end see the console go (optional courtesy)."""
         ...
 
     def close(self) -> None:
-        """Release the stream (after the reading thread ended)."""
+        """Release the descriptor (after the reading stopped)."""
         ...
 
 
@@ -132,11 +160,8 @@ class SocketStream:
     def __init__(self, sock: socket.socket):
         self.sock = sock
 
-    def recv(self) -> bytes:
-        return self.sock.recv(65536)
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+    def fileno(self) -> int:
+        return self.sock.fileno()
 
     def shutdown(self) -> None:
         try:
@@ -154,27 +179,14 @@ class FdStream:
 
     def __init__(self, fd: int):
         self.fd = os.dup(fd)
-        self._stop = False
 
-    def recv(self) -> bytes:
-        while not self._stop:
-            if select.select([self.fd], [], [], 0.1)[0]:
-                try:
-                    return os.read(self.fd, 65536)
-                except OSError:        # EIO: the other side of the pty closed
-                    return b""
-        return b""
-
-    def send(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
+    def fileno(self) -> int:
+        return self.fd
 
     def shutdown(self) -> None:
-        self._stop = True
+        pass
 
     def close(self) -> None:
-        self._stop = True
         try:
             os.close(self.fd)
         except OSError:
@@ -192,9 +204,24 @@ class ConsoleLine(NamedTuple):
                  # the crash watcher was fed)
 
 
+class _ReadTee:
+    """pexpect's ``logfile_read``: every byte pexpect reads, whoever asked for
+    it (the pump or an ``expect``), goes into the pipeline once."""
+
+    def __init__(self, reader: ConsoleReader):
+        self.reader = reader
+
+    def write(self, data: bytes) -> None:
+        self.reader._tee(data)
+
+    def flush(self) -> None:
+        pass
+
+
 class ConsoleReader:
-    """The console pipeline (see the module docstring). ``start()`` it; the
-    thread ends at end of file or ``close()``."""
+    """The console pipeline (see the module docstring): ``child``, a pexpect
+    ``fdspawn`` on the stream's descriptor, whose read tee feeds it. ``start()``
+    the pump; it ends at end of file or ``close()``."""
 
     def __init__(self, stream: ConsoleStream, log_path: Union[str, Path, None] = None, *,
                  watcher: Optional[CrashWatcher] = None, queue_lines: int = QUEUE_LINES,
@@ -216,6 +243,12 @@ class ConsoleReader:
         self._partial = b""
         self._raw: Optional[bytearray] = None  # bytes kept for read(), once asked
         self._closed = False
+        # bytes mode; no timeout of its own (every expect passes one); the
+        # stream keeps the descriptor (fdspawn never closes it here)
+        self.child = fdpexpect.fdspawn(stream, timeout=None, maxread=READ_SIZE)
+        self.child.logfile_read = _ReadTee(self)
+        self._turn = threading.Lock()      # held by whoever reads through child
+        self._wake_r, self._wake_w = os.pipe()   # close() wakes the pump's wait
         self._thread = threading.Thread(target=self._pump, daemon=True,
                                         name="console-reader")
 
@@ -227,26 +260,46 @@ class ConsoleReader:
         """Take ``data`` as if the console had shown it (before ``start()``): a
         guest restored from a snapshot shows its boot this way (console.log, the
         line numbers, the crash watcher)."""
-        if self.log is not None:
-            self.log.write(data)
-        self._take(data)
+        self._tee(data)
 
-    # -- the reading thread ----------------------------------------------------
+    @contextmanager
+    def exclusive(self) -> Iterator[fdpexpect.fdspawn]:
+        """The pexpect child, for ``expect``: the pump stands aside meanwhile
+        (what the caller's expects read is teed into the pipeline as usual)."""
+        with self._turn:
+            yield self.child
+
+    # -- the reading ---------------------------------------------------------------
     def _pump(self) -> None:
-        while True:
+        """Read while nobody expects: wait until the console has bytes (pexpect
+        reads only when asked), then take them through ``child``, whose read
+        tee feeds the pipeline."""
+        fd = self.stream.fileno()
+        while not self._closed and not self.eof:
             try:
-                data = self.stream.recv()
+                select.select([fd, self._wake_r], [], [])
             except (OSError, ValueError):
-                data = b""
-            if not data:
                 break
-            if self.log is not None:
+            if self._closed:
+                break
+            with self._turn:
+                if self.eof:
+                    break
                 try:
-                    self.log.write(data)
-                except (OSError, ValueError):
+                    self.child.read_nonblocking(READ_SIZE, timeout=0)
+                except pexpect.TIMEOUT:    # an expect took the bytes meanwhile
                     pass
-            self._take(data)
-        self._finish()
+                except (pexpect.EOF, OSError, ValueError):
+                    break
+        self.at_eof()
+
+    def _tee(self, data: bytes) -> None:
+        if self.log is not None:
+            try:
+                self.log.write(data)
+            except (OSError, ValueError):
+                pass
+        self._take(data)
 
     def _take(self, data: bytes) -> None:
         chunks = (self._partial + data).split(b"\n")
@@ -260,8 +313,12 @@ class ConsoleReader:
             self._cond.notify_all()
         self._tell(lines)
 
-    def _finish(self) -> None:
+    def at_eof(self) -> None:
+        """The console ended (pexpect saw end of file, or ``close()``): count the
+        unfinished line, flush the watcher, wake every waiter. Idempotent."""
         with self._cond:
+            if self.eof:
+                return
             lines = [self._number(self._partial)] if self._partial else []
             self._partial = b""
             self.watcher.flush()
@@ -301,7 +358,7 @@ class ConsoleReader:
         the console is gone."""
         with self._cond:
             self._sent.append(text)
-        self.stream.send((text + "\n").encode())
+        self.send((text + "\n").encode())
 
     def next_line(self, timeout: float) -> Optional[ConsoleLine]:
         """The oldest unread line (waiting up to ``timeout`` s); None on timeout;
@@ -375,17 +432,23 @@ class ConsoleReader:
             return b""
 
     def send(self, data: bytes) -> None:
-        self.stream.send(data)
+        """Write ``data`` whole (pexpect's ``send`` writes once)."""
+        while data:
+            data = data[self.child.send(data):]
 
     # -- end -------------------------------------------------------------------------
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        os.write(self._wake_w, b"x")
         self.stream.shutdown()
         if self._thread.is_alive():
             self._thread.join(timeout=2)
+        self.at_eof()
         self.stream.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
         if self.log is not None:
             self.log.close()
 
@@ -463,6 +526,27 @@ def frame_command(token: str, body: str, *, null_stdin: bool = True) -> str:
             f"echo \"{MARKER[:3]}\"\"{MARKER[3:]}-{token}-E $?\"")
 
 
+# kernel messages printed into the middle of a marker line ("HHMA[ 1.0] msg\r\nRK-...")
+_KMSG_LINE = rb"\[\s*\d+\.\d{6}\](?:\[\s*[TC]\d+\])?[^\n]*\n"
+_KMSG = rb"(?:" + _KMSG_LINE + rb")*"
+
+
+def _marker(text: str) -> bytes:
+    """A regex for ``text`` as printed, kernel messages allowed between its bytes."""
+    return _KMSG.join(re.escape(bytes([c])) for c in text.encode())
+
+
+def start_pattern(token: str) -> Pattern[bytes]:
+    """The start marker's line (its rest included)."""
+    return re.compile(_marker(f"{MARKER}-{token}-S") + rb"[^\n]*\n")
+
+
+def end_pattern(token: str) -> Pattern[bytes]:
+    """The end marker and the exit code (group 1, kernel messages and all)."""
+    return re.compile(_marker(f"{MARKER}-{token}-E ") + rb"(\d(?:" + _KMSG + rb"\d)*)"
+                      + _KMSG + rb"\r*\n")
+
+
 def _short(command: str, limit: int = 80) -> str:
     text = " ".join(command.split())
     return repr(text if len(text) <= limit else text[:limit - 3] + "...")
@@ -472,10 +556,34 @@ def _needs_script(command: str, max_line: int) -> bool:
     return bool(_CONTROL.search(command)) or len(frame_command("0" * 8, command)) > max_line
 
 
+def _output(before: bytes, strip_kernel: bool) -> str:
+    """A command's output from the bytes between its markers: line ends
+    ``\\r*\\n`` made ``\\n``, kernel messages left out (or kept as lines of
+    their own), a shell line they cut joined again."""
+    *lines, last = before.decode("utf-8", "replace").split("\n")
+    out: list[str] = []
+    cut = ""
+    for raw in lines:
+        line = raw.rstrip("\r")
+        split = split_kernel_line(line)
+        if split.message is None:
+            out.append(cut + line + "\n")
+            cut = ""
+            continue
+        cut += split.prefix
+        if not strip_kernel:
+            out.append(line[len(split.prefix):] + "\n")
+    return "".join(out) + cut + last
+
+
+class _CrashShown(Exception):
+    """A fatal crash report showed while a command was expected."""
+
+
 class SerialConsole(Transport):
-    """Transport over the guest's serial console (see the module docstring),
-    reading the lines of a ``ConsoleReader``. The reader stays the caller's
-    unless ``own_reader``."""
+    """Transport over the guest's serial console (see the module docstring):
+    commands through the ``ConsoleReader``'s pexpect child, ``wait_ready``
+    on its numbered lines. The reader stays the caller's unless ``own_reader``."""
 
     name = "serial"
 
@@ -563,8 +671,19 @@ class SerialConsole(Transport):
     def _exchange(self, body: str, deadline: Deadline, *, what: str,
                   strip_kernel: bool = True, null_stdin: bool = True) -> tuple[str, int]:
         token = secrets.token_hex(4)
-        self._send(frame_command(token, body, null_stdin=null_stdin), what)
-        return self._collect(token, deadline, what, strip_kernel)
+        try:
+            with self.reader.exclusive() as child:
+                self._send(frame_command(token, body, null_stdin=null_stdin), what)
+                self._expect(child, start_pattern(token), deadline, what)
+                end = self._expect(child, end_pattern(token), deadline, what)
+                before = child.before
+        except _CrashShown:
+            self._raise_if_crashed(deadline, what)
+            raise self._failure(f"a crash report vanished while {what}") from None
+        finally:
+            self._skip_unread()
+        code = int(re.sub(_KMSG_LINE, b"", end.group(1)))
+        return _output(before, strip_kernel), code
 
     def _send(self, line: str, what: str) -> None:
         if not self.reader.eof:
@@ -575,23 +694,26 @@ class SerialConsole(Transport):
                 pass
         raise self._failure(f"serial console closed (QEMU exited?) before {what}")
 
-    def _collect(self, token: str, deadline: Deadline, what: str,
-                 strip_kernel: bool) -> tuple[str, int]:
-        start = f"{MARKER}-{token}-S"
-        end = re.compile(re.escape(f"{MARKER}-{token}-E ") + r"(\d+)")
+    def _expect(self, child: fdpexpect.fdspawn, pattern: Pattern[bytes],
+                deadline: Deadline, what: str) -> re.Match[bytes]:
+        """pexpect's ``expect`` in slices of ``POLL_S``, looking at the crash
+        watcher between them (an expect ends only on its patterns)."""
+        patterns = [pattern, pexpect.TIMEOUT, pexpect.EOF]
         while True:
-            line = self._next_line(deadline, what)
-            if not line.kernel and start in line.text:
-                break
-        out: list[str] = []
-        while True:
-            line = self._next_line(deadline, what)
-            found = None if line.kernel else end.search(line.text)
-            if found:
-                text = "".join(s + "\n" for s in out) + line.text[:found.start()]
-                return text, int(found.group(1))
-            if not (line.kernel and strip_kernel):
-                out.append(line.text)
+            if self.gate.pending():
+                raise _CrashShown
+            index = child.expect_list(patterns, searchwindowsize=WINDOW,
+                                      timeout=max(0.0, min(deadline.remaining(), POLL_S)))
+            if index == 0:
+                match: re.Match[bytes] = child.match
+                return match
+            if index == 2:
+                self.reader.at_eof()
+                if self.gate.pending():
+                    raise _CrashShown
+                raise self._failure(f"serial console closed (QEMU exited?) while {what}")
+            if deadline.expired():
+                raise self._failure(f"no answer within {deadline.seconds:.1f}s while {what}")
 
     def _upload(self, command: str, deadline: Deadline) -> str:
         """Write ``command`` to a script in the guest that deletes itself when
