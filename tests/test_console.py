@@ -488,3 +488,12 @@ def test_commands_and_the_pump_share_one_reader(console, tmp_path):
     assert [log.count(text) for text in printed] == [1, 1]
     assert log.index(printed[0]) < log.index(printed[1])
     assert console.reader.lines_seen == len(log.split("\n")) - 1
+
+
+def test_a_command_gets_through_a_flood(console):
+    """The pump stands aside for a command even while output never stops."""
+    console.run("(i=0; while [ $i -lt 20000 ]; do echo flood-$i; i=$((i+1)); done) &", T)
+    start = time.monotonic()
+    result = console.run("echo through", T)
+    assert result.exit_code == 0 and "through\n" in result.stdout
+    assert time.monotonic() - start < 5

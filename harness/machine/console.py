@@ -248,6 +248,7 @@ class ConsoleReader:
         self.child = fdpexpect.fdspawn(stream, timeout=None, maxread=READ_SIZE)
         self.child.logfile_read = _ReadTee(self)
         self._turn = threading.Lock()      # held by whoever reads through child
+        self._wanted = 0                   # callers of exclusive() waiting for it
         self._wake_r, self._wake_w = os.pipe()   # close() wakes the pump's wait
         self._thread = threading.Thread(target=self._pump, daemon=True,
                                         name="console-reader")
@@ -266,8 +267,17 @@ class ConsoleReader:
     def exclusive(self) -> Iterator[fdpexpect.fdspawn]:
         """The pexpect child, for ``expect``: the pump stands aside meanwhile
         (what the caller's expects read is teed into the pipeline as usual)."""
-        with self._turn:
+        with self._cond:
+            self._wanted += 1
+        try:
+            self._turn.acquire()
+        finally:
+            with self._cond:
+                self._wanted -= 1
+        try:
             yield self.child
+        finally:
+            self._turn.release()
 
     # -- the reading ---------------------------------------------------------------
     def _pump(self) -> None:
@@ -282,6 +292,9 @@ class ConsoleReader:
                 break
             if self._closed:
                 break
+            if self._wanted:         # let an expect take the turn (and the bytes)
+                time.sleep(0.001)
+                continue
             with self._turn:
                 if self.eof:
                     break
@@ -536,15 +549,17 @@ def _marker(text: str) -> bytes:
     return _KMSG.join(re.escape(bytes([c])) for c in text.encode())
 
 
-def start_pattern(token: str) -> Pattern[bytes]:
-    """The start marker's line (its rest included)."""
-    return re.compile(_marker(f"{MARKER}-{token}-S") + rb"[^\n]*\n")
+# any command's markers (compiled once: a pattern per token cost 2.5 ms a
+# command); group 1 is the token, kernel messages and all (``marker_token``)
+_TOKEN = rb"([0-9a-f](?:" + _KMSG + rb"[0-9a-f]){7})"
+START = re.compile(_marker(f"{MARKER}-") + _TOKEN + _KMSG + _marker("-S") + rb"[^\n]*\n")
+END = re.compile(_marker(f"{MARKER}-") + _TOKEN + _KMSG + _marker("-E ")
+                 + rb"(\d(?:" + _KMSG + rb"\d)*)" + _KMSG + rb"\r*\n")
 
 
-def end_pattern(token: str) -> Pattern[bytes]:
-    """The end marker and the exit code (group 1, kernel messages and all)."""
-    return re.compile(_marker(f"{MARKER}-{token}-E ") + rb"(\d(?:" + _KMSG + rb"\d)*)"
-                      + _KMSG + rb"\r*\n")
+def marker_text(match: re.Match[bytes], group: int) -> str:
+    """A group of a marker's match without the kernel messages inside it."""
+    return re.sub(_KMSG_LINE, b"", match.group(group)).decode()
 
 
 def _short(command: str, limit: int = 80) -> str:
@@ -674,15 +689,14 @@ class SerialConsole(Transport):
         try:
             with self.reader.exclusive() as child:
                 self._send(frame_command(token, body, null_stdin=null_stdin), what)
-                self._expect(child, start_pattern(token), deadline, what)
-                end = self._expect(child, end_pattern(token), deadline, what)
-                before = child.before
+                self._expect(child, START, token, deadline, what)
+                end, before = self._expect(child, END, token, deadline, what)
         except _CrashShown:
             self._raise_if_crashed(deadline, what)
             raise self._failure(f"a crash report vanished while {what}") from None
         finally:
             self._skip_unread()
-        code = int(re.sub(_KMSG_LINE, b"", end.group(1)))
+        code = int(marker_text(end, 2))
         return _output(before, strip_kernel), code
 
     def _send(self, line: str, what: str) -> None:
@@ -694,11 +708,15 @@ class SerialConsole(Transport):
                 pass
         raise self._failure(f"serial console closed (QEMU exited?) before {what}")
 
-    def _expect(self, child: fdpexpect.fdspawn, pattern: Pattern[bytes],
-                deadline: Deadline, what: str) -> re.Match[bytes]:
-        """pexpect's ``expect`` in slices of ``POLL_S``, looking at the crash
-        watcher between them (an expect ends only on its patterns)."""
+    def _expect(self, child: fdpexpect.fdspawn, pattern: Pattern[bytes], token: str,
+                deadline: Deadline, what: str) -> tuple[re.Match[bytes], bytes]:
+        """pexpect's ``expect`` of ``pattern`` with ``token``, in slices of
+        ``POLL_S``, looking at the crash watcher between them (an expect ends
+        only on its patterns); the match and the bytes before it. Another
+        token's marker (a stale command's, or printed by the command) is
+        passed over and kept in those bytes."""
         patterns = [pattern, pexpect.TIMEOUT, pexpect.EOF]
+        passed: list[bytes] = []
         while True:
             if self.gate.pending():
                 raise _CrashShown
@@ -706,7 +724,10 @@ class SerialConsole(Transport):
                                       timeout=max(0.0, min(deadline.remaining(), POLL_S)))
             if index == 0:
                 match: re.Match[bytes] = child.match
-                return match
+                if marker_text(match, 1) == token:
+                    return match, b"".join(passed) + child.before
+                passed += [child.before, child.after]
+                continue
             if index == 2:
                 self.reader.at_eof()
                 if self.gate.pending():
