@@ -262,6 +262,7 @@ class FakeRecorder:
         self.bootmem = None
         self.kselftest = None
         self.removal_steps: list = []
+        self.console_commands: list = []
         self.leak_phases: list = []
 
     def step(self, name: str, action: Callable, transport: Optional[str] = None):
@@ -280,7 +281,9 @@ class FakeRecorder:
         self.removal_steps.append((name, pa_start, pa_end))
         return self.step(name, action, transport)
 
-    def sh(self, command: str, deadline: float = 30.0, blame=None) -> str:
+    def sh(self, command: str, deadline: float = 30.0, blame=None, console=False) -> str:
+        if console:
+            self.console_commands.append(command)
         return self.guest.check(command, deadline, blame=blame)
 
     def phase(self, name: str, note: str = "", leak: bool = False) -> Phase:
@@ -416,6 +419,9 @@ def test_probe_replays_a_recorded_run(name, kconfig, bs):
     first = run.removals[0].pa_start
     assert rec.removal_steps == [(f"remove {first:#x}", first, first + bs),
                                  (f"remove {first + bs:#x}", first + bs, first + 2 * bs)]
+    # typed into the console's shell: no process exits while gdb follows a removal
+    assert rec.console_commands == [f"echo {pa:#x} > /sys/devices/system/memory/remove"
+                                    for pa in (first, first + bs)]
     got = rec.bootmem.to_dict()      # a records.BootmemAttempt, as report.json saves it
     assert {k: got[k] for k in want} == want
     assert got["hole_free"] is True and got["console"] == []
@@ -448,7 +454,7 @@ def test_probe_a_failed_remove_is_the_kernels():
     with pytest.raises(HarnessError) as e:
         probe.drive(rec, probe.Options())
     assert e.value.blame == "kernel" and e.value.step == "remove 0x80000000"
-    assert rec.steps[-1] == Step("remove 0x80000000", 0.0, "ssh", ok=False)
+    assert rec.steps[-1] == Step("remove 0x80000000", 0.0, "serial", ok=False)
     assert rec.removals == []
 
 

@@ -126,10 +126,12 @@ class Recorder:
         ordering checks are on (``StepRunner.removal_step``)."""
         return self.runner.removal_step(name, pa_start, pa_end, action, transport)
 
-    def sh(self, command: str, deadline: float = 30.0, blame: Optional[str] = None) -> str:
+    def sh(self, command: str, deadline: float = 30.0, blame: Optional[str] = None,
+           console: bool = False) -> str:
         """A guest command that must succeed; returns stdout. ``blame="kernel"``
-        for hotplug operations the kernel must carry out."""
-        return self.runner.sh(command, deadline, blame=blame)
+        for hotplug operations the kernel must carry out; ``console``: typed
+        into the serial console's shell (``StepRunner.sh``)."""
+        return self.runner.sh(command, deadline, blame=blame, console=console)
 
     # -- phases --------------------------------------------------------------
     def phase(self, name: str, note: str = "", leak: bool = False) -> Phase:

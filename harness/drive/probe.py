@@ -111,7 +111,8 @@ def remove_block(rec: Recorder, addr: int, size: int, phase: str,
     what is still online first), watched through gdb when the ordering checks
     are on; then phase ``phase`` and the removal of ``[addr, addr + size)``."""
     rec.removal_step(f"remove {addr:#x}", addr, addr + size,
-                     lambda: rec.sh(f"echo {addr:#x} > {MEMROOT}/remove", blame="kernel"))
+                     lambda: rec.sh(f"echo {addr:#x} > {MEMROOT}/remove", blame="kernel",
+                                    console=True), transport="serial")
     removed_phase(rec, phase, addr, addr + size, baseline)
 
 

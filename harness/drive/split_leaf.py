@@ -347,7 +347,8 @@ def _after_removal(rec: Recorder, opts: Options, name: str, addr: int, size: int
         pa = b.phys_start(bs)
         rec.step(f"offline {pa:#x}", lambda b=b: set_state(rec, [b], "offline"))
         rec.removal_step(f"remove {pa:#x}", pa, pa + bs, lambda pa=pa: rec.sh(
-            f"echo {pa:#x} > {MEMROOT}/remove", 120, blame=KERNEL))
+            f"echo {pa:#x} > {MEMROOT}/remove", 120, blame=KERNEL, console=True),
+            transport="serial")
     rec.removed("removed-2", addr, addr + size, baseline="before")
     rec.phase("removed-2")
 

@@ -10,6 +10,8 @@ geometry, ``swapper_pg_dir``'s PA, the RAM-file backings, the kernel's
 """
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -25,6 +27,9 @@ from harness.records import Geometry, OrderRecord, Step
 from harness.session import Guest
 
 Progress = Callable[[str], None]
+# what an error raised by a transport or a wait names as its step; a step
+# names itself instead
+TRANSPORT_STEPS = ("ssh", "qmp", "serial", "wait")
 
 
 class TableView(Protocol):
@@ -65,10 +70,10 @@ class StepRunner:
              transport: Optional[str] = None) -> Any:
         """Run ``action()`` as a named step; record its duration either way."""
         self.step_lines.append((self.guest.console_line(), name))
-        self.guest.mark(name)
         start = time.monotonic()
         ok, detail = False, ""
         try:
+            self.guest.mark(name)
             if (transport or self.guest.transport.name) == "ssh":
                 self._fault_point("ssh", name)
             result = action()
@@ -76,7 +81,7 @@ class StepRunner:
             detail = _detail(result)
             return result
         except HarnessError as e:
-            if not e.step:
+            if not e.step or e.step in TRANSPORT_STEPS:   # the step, not the means
                 e.step = name
             detail = e.message
             raise
@@ -145,9 +150,16 @@ class StepRunner:
                     gdb.attach(spec, progress=progress.detail, watch=self._qemu_watch) \
                     as session:
                 held["session"] = session
-                self._fault_point("removal", name)
-                return self.step(name, action, transport)
+                with GdbDeathWatch(session) as died:
+                    self._fault_point("removal", name)
+                    held["died"] = died
+                    return self.step(name, action, transport)
         except gdb.GdbError as e:
+            died: Optional[GdbDeathWatch] = held.get("died")
+            if died is not None and died.code is not None:    # the cause, first
+                e.message = (f"gdb exited ({_exit_how(died.code)}) during step {name!r} "
+                             "with the guest attached; its stub was detached so the "
+                             f"guest went on ({e.message})")
             record = replace(record, error=e.message)
             self.order[index] = record
             raise
@@ -180,10 +192,65 @@ class StepRunner:
                       f"{record.step}: {seen}"
                       f"{' (flush order watched)' if record.flush_check else ''}")
 
-    def sh(self, command: str, deadline: float = 30.0, blame: Optional[str] = None) -> str:
+    def sh(self, command: str, deadline: float = 30.0, blame: Optional[str] = None,
+           console: bool = False) -> str:
         """A guest command that must succeed; returns stdout. ``blame="kernel"``
-        for hotplug operations the kernel must carry out."""
+        for hotplug operations the kernel must carry out. ``console``: typed
+        into the serial console's login shell, where a builtin (``echo X >
+        /sys/...``) runs without a process being created or exiting; so a
+        removal gdb follows sees the kernel's own frees only (over SSH the
+        shell running the command exits inside the step: about 35 more
+        allocator stops in a probe removal, docs/ordering.md "Cost")."""
+        if console:
+            return self.guest.run(command, deadline, via=self.guest.console).check(
+                self.guest.step, blame=blame).stdout
         return self.guest.check(command, deadline, blame=blame)
+
+
+class GdbDeathWatch:
+    """While a watched step runs: a gdb that dies (killed, crashed) leaves
+    QEMU's breakpoints in place and the guest stopped at the next one, so the
+    step would sit until its timeout. Seen within 0.1 s, QEMU's stub is
+    detached (``gdb.rsp_detach``: the guest runs on) and ``code`` is kept for
+    the error the driver raises when the block ends."""
+
+    def __init__(self, session: Any):
+        self.session = session
+        self.code: Optional[int] = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="gdb-watch")
+
+    def __enter__(self) -> GdbDeathWatch:
+        if getattr(self.session, "proc", None) is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        from harness.inspect import gdb
+        while not self._stop.wait(0.1):
+            code = self.session.proc.poll()
+            if code is not None:
+                self.code = code
+                # the stub may still hold the dead client's connection a moment
+                for _ in range(10):
+                    if gdb.rsp_detach(self.session.spec.host, self.session.spec.port,
+                                      timeout=1.0) or self._stop.wait(0.2):
+                        return
+                return
+
+
+def _exit_how(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by signal {-code}, {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def doing(machine: Any, what: str) -> AbstractContextManager[Any]:
