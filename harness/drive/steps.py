@@ -155,9 +155,9 @@ class StepRunner:
                     held["died"] = died
                     return self.step(name, action, transport)
         except gdb.GdbError as e:
-            died: Optional[GdbDeathWatch] = held.get("died")
-            if died is not None and died.code is not None:    # the cause, first
-                e.message = (f"gdb exited ({_exit_how(died.code)}) during step {name!r} "
+            watcher: Optional[GdbDeathWatch] = held.get("died")
+            if watcher is not None and watcher.code is not None:    # the cause, first
+                e.message = (f"gdb exited ({_exit_how(watcher.code)}) during step {name!r} "
                              "with the guest attached; its stub was detached so the "
                              f"guest went on ({e.message})")
             record = replace(record, error=e.message)
