@@ -74,6 +74,7 @@ class ModelGuest:
     addrs: dict = field(default_factory=dict)
     answers: list = field(default_factory=list)
     console: list = field(default_factory=list)
+    console_commands: list = field(default_factory=list)   # run with via= (the console)
     run_dir: str = "/run/fake"
     commands: list = field(default_factory=list)
     files: dict = field(default_factory=dict)
@@ -95,8 +96,10 @@ class ModelGuest:
                    [tuple(r) for r in before.system_ram], t.auto_online or "offline", **kw)
 
     # -- what the drive calls ---------------------------------------------
-    def run(self, command: str, deadline: float = 30.0) -> CommandResult:
+    def run(self, command: str, deadline: float = 30.0, via=None) -> CommandResult:
         self.commands.append(command)
+        if via is not None:
+            self.console_commands.append(command)
         for regex, lines in self.console:
             if re.search(regex, command):
                 for listener in list(self.reader.listeners):
@@ -201,7 +204,7 @@ class ModelGuest:
             return self._listing(), 0
         if command == f"cat {MEMROOT}/block_size_bytes":
             return f"{self.block_size:x}\n", 0
-        if command == "cat /proc/iomem":
+        if command in ("cat /proc/iomem", sysfs.IOMEM_BUILTIN_CMD):
             return "".join(f"{s:08x}-{e - 1:08x} : System RAM\n" for s, e in self.ram), 0
         if command.startswith("test -e "):
             return "", 0
@@ -232,7 +235,7 @@ class ModelGuest:
         if m:
             self.auto_online = m[1]
             return "", 0
-        m = re.match(r"for b in ([\w ]+); do \[ -e ", command)
+        m = re.match(r"g=0; for b in ([\w ]+); do \[ -e ", command)
         if m:
             present = any(int(n[len("memory"):]) in self.blocks for n in m[1].split())
             return "", 1 if present else 0
@@ -370,6 +373,9 @@ def test_acpi_dimm_replays_a_recorded_run(name, kconfig):
     assert guest.qmp[0][1]["mem-path"] == "/run/fake/mem1"
     assert rec.backings == [(0x40000000, "ram")]    # each DIMM's file dropped on removal
     assert rec.bootmem is None and rec.leak_phases == []
+    # the wait for the blocks to go: builtins in the console's shell (no process)
+    assert guest.console_commands and all(
+        c.startswith("g=0; for b in memory") for c in guest.console_commands)
 
 
 def test_acpi_dimm_two_cycles_name_phases_per_cycle_and_take_leak_snapshots():
@@ -476,6 +482,7 @@ def test_virtio_mem_replays_a_recorded_run(name):
     assert [(c, a.get("value")) for c, a in guest.qmp if c == "qom-set"] == [
         ("qom-set", 512 << 20), ("qom-set", 0)]
     assert rec.backings[-1] == (addr, "/run/fake/vmem0")
+    assert rec.console_commands and set(rec.console_commands) == {sysfs.IOMEM_BUILTIN_CMD}
 
 
 # ------------------------------------------------------------ kselftest -----

@@ -124,7 +124,8 @@ def shrink(rec: Recorder, addr: int, size: int, target: int = 0) -> int:
     resize(rec, target)
 
     def gone() -> bool:
-        ram = sysfs.system_ram(rec.sh("cat /proc/iomem"))
+        # builtins in the console's shell: no process exits while gdb follows
+        ram = sysfs.system_ram(rec.sh(sysfs.IOMEM_BUILTIN_CMD, console=True))
         return not any(s < addr + size and addr < e for s, e in ram)
     wait_for(gone, 30, f"System RAM at {addr:#x} to leave /proc/iomem")
     return target

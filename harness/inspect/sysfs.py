@@ -48,6 +48,9 @@ def memory_blocks_cmd(root: str = MEMORY_ROOT) -> str:
 
 
 MEMORY_BLOCKS_CMD = memory_blocks_cmd()
+# /proc/iomem read by shell builtins only (no cat): typed into the serial
+# console's shell, it creates no process, so none exits inside a removal gdb follows
+IOMEM_BUILTIN_CMD = 'while IFS= read -r l; do echo "$l"; done < /proc/iomem'
 
 _BLOCK = re.compile(r"memory(?P<index>\d+) state=(?P<state>\S+) phys_index=(?P<phys>\S+) "
                     r"valid_zones=(?P<zones>\S+) removable=(?P<removable>\S+)")
