@@ -437,18 +437,24 @@ def _kill(session: Session) -> None:
 
 def rsp_detach(host: str, port: int, timeout: float = 3.0) -> bool:
     """Connect to the gdbstub and send a remote-protocol ``D`` (detach): QEMU
-    removes every breakpoint and watchpoint and resumes the guest."""
+    removes every breakpoint and watchpoint and resumes the guest. QEMU 7.2
+    keeps the multiprocess mode the vanished gdb asked for, and answers a
+    plain ``D`` with ``E22`` then: ``D;1`` (process 1) is sent next."""
     import socket
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(b"$D#44")
-            reply, end = b"", time.monotonic() + timeout
-            while b"OK" not in reply and time.monotonic() < end:
-                chunk = sock.recv(256)
-                if not chunk:
-                    break
-                reply += chunk
-            sock.sendall(b"+")
-            return b"OK" in reply
+            for packet in (b"$D#44", b"$D;1#b0"):
+                sock.sendall(packet)
+                reply, end = b"", time.monotonic() + timeout
+                while b"OK" not in reply and b"$E" not in reply \
+                        and time.monotonic() < end:
+                    chunk = sock.recv(256)
+                    if not chunk:
+                        break
+                    reply += chunk
+                sock.sendall(b"+")
+                if b"OK" in reply:
+                    return True
+            return False
     except OSError:
         return False
