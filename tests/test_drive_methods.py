@@ -627,8 +627,8 @@ def test_race_drive_runs_the_loop_and_records_the_end_state():
     assert rec.removal_steps == []            # the loop is one step, not a removal
     assert rec.notes == ["race: loop started at uptime 41.50 s",
                          "race: 3 add/remove iteration(s) of 2 blocks in 4 s, under 24 "
-                         "concurrent page-table dump reads (2 readers), 5 W+X check walks "
-                         "(1 reader) and a 64 MiB write/delete loop"]
+                         "concurrent page-table dump reads (1 reader), 5 W+X check walks "
+                         "(2 readers) and a 64 MiB write/delete loop"]
 
 
 def test_race_a_loop_the_bound_cut_short_says_so():
@@ -649,8 +649,8 @@ def test_race_a_loop_the_bound_cut_short_says_so():
     race.drive(rec, race.Options(seconds=5))
     assert rec.notes[-1] == (
         "race: 2 add/remove iteration(s) of 2 blocks in 5 s (the 5 s bound came before "
-        "30), under 8 concurrent page-table dump reads (2 readers), 0 W+X check walks "
-        "(1 reader, no check_wx_pages) and a 64 MiB write/delete loop")
+        "30), under 8 concurrent page-table dump reads (1 reader), 0 W+X check walks "
+        "(2 readers, no check_wx_pages) and a 64 MiB write/delete loop")
 
 
 def test_race_a_failed_iteration_is_the_kernels():
