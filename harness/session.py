@@ -31,6 +31,10 @@ from harness.machine.qemu import Machine, VmSpec, free_port, make_run_dir, with_
 from harness.machine.ssh import KeyPair, SshTransport, generate_key
 from harness.machine.transport import CommandResult, Transport
 
+# how long SSH may take to answer once the guest said it is ready (its init
+# starts dropbear and checks it listens first)
+SSH_CONNECT_S = 20.0
+
 
 @dataclass(frozen=True)
 class BootOptions:
@@ -212,7 +216,8 @@ def _restored(stack: ExitStack, snap: snapshot.Snapshot, spec: VmSpec, key: KeyP
         fault = machine.fault
         inner.close()
         if fault is not None and fault.signal not in (None, signal.SIGABRT) \
-                or fault is not None and fault.kind == "frozen":
+                or fault is not None and fault.kind == "frozen" \
+                or "refuses connections" in e.message:
             # killed or stopped from outside: not a stale snapshot
             raise machine.explain(e) from e
         ui.warn(f"snapshot {snap.key} did not restore ({e.message}): booting instead",
@@ -267,9 +272,12 @@ def _bring_up(machine: Machine, key: KeyPair, opts: BootOptions, out_dir: Path,
     if opts.ssh:
         ssh = SshTransport(machine.spec.ssh_port, key, crash_check=gate,
                            alive_check=lambda: machine.check_alive(
-                               f"running step {guest.step!r}", grace=1.0),
+                               f"running step {guest.step!r}", grace=0.5),
                            gone=lambda: machine.fault is not None)
-        ssh.connect(deadline, alive=lambda: machine.check_alive("connecting SSH"))
+        # dropbear listens before the guest says it is ready: SSH answers in
+        # well under a second then; SSH_CONNECT_S bounds a forward that never does
+        ssh.connect(deadline.sub(SSH_CONNECT_S),
+                    alive=lambda: machine.check_alive("connecting SSH"))
         times["boot_to_ssh_s"] = time.monotonic() - machine.times.launched
         guest.ssh = ssh
         if opts.transport == "ssh":

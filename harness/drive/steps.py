@@ -157,9 +157,9 @@ class StepRunner:
         except gdb.GdbError as e:
             watcher: Optional[GdbDeathWatch] = held.get("died")
             if watcher is not None and watcher.code is not None:    # the cause, first
-                e.message = (f"gdb exited ({_exit_how(watcher.code)}) during step {name!r} "
-                             "with the guest attached; its stub was detached so the "
-                             f"guest went on ({e.message})")
+                e.message = (f"gdb exited ({_exit_how(watcher.code)}) during step "
+                             f"{name!r}; QEMU's gdbstub was detached so the guest ran on "
+                             f"(then: {e.message})")
             record = replace(record, error=e.message)
             self.order[index] = record
             raise

@@ -60,6 +60,11 @@ RETRY_BUDGET = 6
 RETRY_PAUSE_S = 0.5
 # how long one channel open may take (paramiko's default is 10 s too)
 OPEN_TIMEOUT_S = 10.0
+# after a lost exchange: how long a crash is given to show on the console
+LOST_WAIT_S = 1.0
+# connecting: how long the forward may refuse connections before it counts as
+# gone (QEMU listens on it from its start: a refusal is never a slow guest)
+REFUSED_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,15 @@ class _Watchdog:
         self.thread.join()
 
 
+def _refused(e: BaseException) -> bool:
+    """Was the TCP connection refused (paramiko wraps the refusal)?"""
+    if isinstance(e, ConnectionRefusedError):
+        return True
+    errors = getattr(e, "errors", None) or {}  # paramiko's NoValidConnectionsError
+    return bool(errors) and all(isinstance(x, ConnectionRefusedError)
+                                for x in errors.values())
+
+
 class SshTransport(Transport):
     name = "ssh"
 
@@ -136,6 +150,7 @@ class SshTransport(Transport):
         pkey = paramiko.Ed25519Key.from_private_key(
             io.StringIO(self.key.private_path.read_text()))
         last = None
+        refused_since: Optional[float] = None
         while not deadline.expired():
             alive()
             client = paramiko.SSHClient()
@@ -151,6 +166,15 @@ class SshTransport(Transport):
             except (paramiko.SSHException, OSError, EOFError) as e:
                 last = e
                 client.close()
+                if _refused(e):
+                    refused_since = refused_since or time.monotonic()
+                    if time.monotonic() - refused_since >= REFUSED_S:
+                        raise MachineError(
+                            f"the SSH forward {self.host}:{self.port} refuses connections "
+                            f"(for {REFUSED_S:g}s): QEMU's host forward is gone", step="boot"
+                        ) from e
+                else:
+                    refused_since = None
                 time.sleep(0.1)
         raise MachineError(f"no SSH answer on 127.0.0.1:{self.port} within "
                            f"{deadline.seconds:.0f}s: {last}", step="boot")
@@ -184,6 +208,8 @@ class SshTransport(Transport):
         elif gate and dog.reason == "crash":
             gate()
         if dog.reason == "timeout" or code is None:
+            if isinstance(failure, BaseException) and not str(failure):
+                failure = f"{type(failure).__name__} (the connection closed)"
             why = (f"timed out after {deadline.seconds:.0f}s" if dog.reason == "timeout"
                    else f"failed: {failure}")
             raise MachineError(f"command {why} over ssh: {command}", step="ssh",
@@ -292,8 +318,8 @@ class SshTransport(Transport):
             self._explain_failure()
             if isinstance(e, MachineError):
                 raise
-            raise MachineError(f"writing to /dev/kmsg over ssh failed: {e}",
-                               step="ssh") from e
+            raise MachineError(f"writing to /dev/kmsg over ssh failed: "
+                               f"{e or type(e).__name__}", step="ssh") from e
 
     def _explain_failure(self) -> None:
         """A lost exchange: a crash the console shows (waited for a moment) or a
@@ -301,11 +327,36 @@ class SshTransport(Transport):
         MachineError); returns if neither does."""
         gate = self.crash_check
         if gate and hasattr(gate, "wait"):
-            gate.wait(2.0)
+            gate.wait(LOST_WAIT_S)
         if gate:
             gate()
         if self.alive_check:
             self.alive_check()
+        if self.gone is not None and not self.gone():
+            why = self.banner_missing()
+            if why:
+                raise MachineError(
+                    f"the guest's SSH server no longer answers on {self.host}:{self.port} "
+                    f"({why}) while QEMU runs and the console shows no crash: "
+                    + ("the guest is held stopped or far too slow" if why.startswith("no banner")
+                       else "sshd died or was killed, or the forward is gone"), step="ssh")
+
+    def banner_missing(self, timeout: float = 1.0) -> str:
+        """"" if an SSH server greets on the forward within ``timeout``, else
+        what happened instead (refused, closed, silent)."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+                sock.settimeout(timeout)
+                data = sock.recv(64)
+        except ConnectionRefusedError:
+            return "connection refused"
+        except socket.timeout:
+            return f"no banner within {timeout:g}s"
+        except OSError as e:
+            return f"{type(e).__name__}: {e}"
+        if not data:
+            return "the connection closed without a banner"
+        return "" if data.startswith(b"SSH-") else f"an answer that is no SSH banner: {data!r}"
 
     def _kmsg_channel(self) -> KmsgChannel:
         return KmsgChannel(self.open_channel("the /dev/kmsg writer", Deadline(OPEN_TIMEOUT_S)))
