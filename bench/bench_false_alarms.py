@@ -36,7 +36,8 @@ TARGET = 1.0
 
 def one(folder: Path, args) -> tuple:
     argv = bl.harness_argv("run", "-q", "--method", args.method, "--cycles",
-                           str(args.cycles), "--report", folder)
+                           str(args.cycles), "--report", folder,
+                           *(["--guests", str(args.guests)] if args.guests else []))
     res = bl.run(argv, ok=(0, 1, 2), verbose=args.verbose, what="clean run")
     path = folder / "report.json"
     if not path.exists():
@@ -50,6 +51,8 @@ def main() -> int:
     p.add_argument("--cycles", type=int, default=2)
     p.add_argument("--method", default="all")
     p.add_argument("--max-minutes", type=float, default=0.0)
+    p.add_argument("--guests", type=int, default=0,
+                   help="guests side by side per run (run --guests; default: run's own)")
     p.add_argument("--keep", metavar="DIR", type=Path,
                    help="keep the report folder of every run that did not PASS under DIR "
                         "(console log, gdb-*.events.jsonl with the agent's traceback)")
