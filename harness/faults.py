@@ -30,8 +30,9 @@ Faults: ``qemu-kill`` (SIGKILL), ``qemu-stop`` (SIGSTOP: a hang), ``gdb-kill``
 (SIGKILL to gdb), ``panic`` (``echo c > /proc/sysrq-trigger`` typed on the
 serial console), ``sshd-kill`` (``kill -9`` every dropbear, on the serial
 console), ``forward-refuse`` (QEMU's SSH forward removed over QMP: connections
-to it are refused), ``fill`` (the report folder's filesystem filled up to its
-last byte), ``sigint`` (Ctrl-C to the harness itself).
+to it are refused), ``fill`` (the filesystem of the report folder, or of
+``HOTPLUG_HARNESS_FAULT_FILL``, filled to its last byte: only one of at most
+512 MiB, a tmpfs made for it), ``sigint`` (Ctrl-C to the harness itself).
 
 When ``HOTPLUG_HARNESS_FAULT_LOG`` names a file, a line ``<monotonic time>
 <fault>@<point> <what>`` is appended to it when the fault strikes, for the
@@ -52,6 +53,7 @@ from harness import progress
 
 ENV = "HOTPLUG_HARNESS_FAULT"
 LOG_ENV = "HOTPLUG_HARNESS_FAULT_LOG"
+FILL_ENV = "HOTPLUG_HARNESS_FAULT_FILL"     # the folder ``fill`` fills where no path is known
 FAULTS = ("qemu-kill", "qemu-stop", "gdb-kill", "panic", "sshd-kill", "forward-refuse",
           "fill", "sigint")
 POINTS = ("build", "launched", "ready", "ssh", "qmp-wait", "gdb-attach", "removal", "walk",
@@ -146,7 +148,9 @@ def _strike(p: Plan, what: str, ctx: dict[str, Any]) -> None:
             machine.qmp_cmd("human-monitor-command", **{
                 "command-line": f"hostfwd_remove tcp:127.0.0.1:{machine.spec.ssh_port}"})
     elif p.fault == "fill":
-        fill(Path(ctx.get("path") or "."))
+        path = ctx.get("path") or os.environ.get(FILL_ENV)
+        if path:
+            fill(Path(path))
 
 
 def _qemu_of(ctx: dict[str, Any]) -> Optional[int]:
@@ -175,9 +179,19 @@ def _kill_gdb() -> None:
         time.sleep(0.05)
 
 
+FILL_MAX_BYTES = 512 << 20
+
+
 def fill(folder: Path) -> int:
     """Fill the filesystem of ``folder`` to its last byte (a file
-    ``.fault-fill`` in it); returns the bytes written."""
+    ``.fault-fill`` in it); returns the bytes written. Only a small filesystem
+    (at most FILL_MAX_BYTES: the bench's tmpfs), never the machine's disk."""
+    st = os.statvfs(folder)
+    if st.f_blocks * st.f_frsize > FILL_MAX_BYTES:
+        progress.warn(f"fault fill: {folder} is on a filesystem of "
+                      f"{st.f_blocks * st.f_frsize >> 20} MiB, over "
+                      f"{FILL_MAX_BYTES >> 20} MiB: not filled", "faults")
+        return 0
     written = 0
     chunk = b"\0" * (1 << 20)
     try:
