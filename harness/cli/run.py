@@ -16,8 +16,8 @@ import tty
 from contextlib import contextmanager
 from pathlib import Path
 
+from harness import faults, signals
 from harness import progress as ui
-from harness import signals
 from harness.drive import method as method_mod
 from harness.errors import HarnessError
 from harness.inspect import leakcheck
@@ -358,6 +358,7 @@ def cmd_run(args, build_request) -> int:
         start = time.monotonic()
         try:
             req = dataclasses.replace(build_request(args), configs=configs)
+            faults.point("build", path=out)
             art = build_mod.build(req, progress=build_progress())
             ropts = runner.RunOptions(
                 methods=methods,
@@ -389,6 +390,7 @@ def cmd_run(args, build_request) -> int:
                          not_run=list(getattr(stopped, "not_run", methods)))
             print(f"hotplug-harness: interrupted by {extra['signal']} during the "
                   f"{extra['stopped_in']}; writing a partial report", file=sys.stderr)
+        faults.point("report", path=out)
         report.write_report(out, kernel, runs, judged, extra)
     data = json.loads((final / "report.json").read_text())
     if args.mail:
