@@ -30,12 +30,16 @@ def _spec(tmp_path, **kw):
 
 
 def test_argv_is_a_pure_function_of_the_spec(tmp_path):
-    spec = _spec(tmp_path)
+    spec = _spec(tmp_path, gdb=gdb.GDB)
     argv = gdb.gdb_argv(spec)
-    assert argv == gdb.gdb_argv(_spec(tmp_path))
+    assert argv == gdb.gdb_argv(_spec(tmp_path, gdb=gdb.GDB))
     assert argv[:4] == ["gdb-multiarch", "-q", "-nx", "-batch"] and argv[-1] == "/k/vmlinux"
     assert any(spec.config_path in a and "agent_main" in a for a in argv)
     assert not Path(spec.config_path).exists()          # no I/O
+    # the default client: no gdb, this Python running harness.inspect.rsp_gdb
+    rsp = gdb.gdb_argv(_spec(tmp_path))
+    assert rsp[0] == sys.executable and rsp[-1] == spec.config_path
+    assert "rsp_gdb.main" in rsp[2]
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.port = 1                                    # frozen
 
@@ -373,6 +377,26 @@ def test_store_range_decodes_general_purpose_stores():
     assert all(a64.is_barrier_or_hint(w) for w in (0xd5033b9f, 0xd5033fdf, 0xd503201f,
                                                    0xd5033a9f))
     assert not a64.is_barrier_or_hint(0x9240ac00)
+
+
+def test_store_effect_says_what_a_store_is_about_to_write():
+    """Before the store runs (QEMU's watch stop): address, bytes, write-back.
+    The same words as store_range's, assembled by aarch64-linux-gnu-as."""
+    r = {1: 0x1122334455667788, 2: 0x1000, 3: 0x10, 11: 0xB, 12: 0xC, 28: ENTRY_VA, 31: SP}
+    reg = r.__getitem__
+    x1 = (0x1122334455667788).to_bytes(8, "little")
+    assert a64.store_effect(0xf900039f, reg) == (ENTRY_VA, bytes(8), None)   # str xzr,[x28]
+    assert a64.store_effect(0xa90633eb, reg) == (
+        SP + 96, (0xB).to_bytes(8, "little") + (0xC).to_bytes(8, "little"), None)
+    assert a64.store_effect(0xf81f8041, reg) == (0x1000 - 8, x1, None)      # stur x1,[x2,#-8]
+    assert a64.store_effect(0xf8010c41, reg) == (0x1010, x1, (2, 0x1010))   # str x1,[x2,#16]!
+    assert a64.store_effect(0xf8010441, reg) == (0x1000, x1, (2, 0x1010))   # str x1,[x2],#16
+    assert a64.store_effect(0xf8237841, reg) == (0x1000 + (0x10 << 3), x1, None)
+    assert a64.store_effect(0xb9000441, reg) == (0x1004, x1[:4], None)      # str w1,[x2,#4]
+    assert a64.store_effect(0xa9bf0861, reg) == (                           # stp x1,x2,[x3,#-16]!
+        0x0, x1 + (0x1000).to_bytes(8, "little"), (3, 0x0))
+    for word in (0xf9400041, 0xd5033b9f, 0xb4000000, 0xf8e18041):     # ldr, dsb, cbz, swpal
+        assert a64.store_effect(word, reg) is None
 
 
 def test_late_window_finds_the_store_and_the_tlbi_that_ran_before_the_stop():

@@ -324,6 +324,55 @@ def store_range(word: int, reg: Callable[[int], int]) -> Optional[tuple]:
     return None
 
 
+def store_effect(word: int, reg: Callable[[int], int]) -> Optional[tuple]:
+    """What an AArch64 general-purpose register store is about to do, from the
+    registers before it runs (``reg(n)``: Xn, 31 = SP):
+    ``(address, data, writeback)``, ``data`` the little-endian bytes written,
+    ``writeback`` ``(n, value)`` for a pre/post-indexed form, else None. For
+    STR/STUR of any size (unsigned offset, pre/post-indexed, register offset)
+    and STP/STNP of W or X registers; None for anything else (STTR, atomics,
+    exclusives, SIMD), which the caller steps instead of carrying out."""
+    size, v = word >> 30, (word >> 26) & 1
+
+    def data(t: int, nbytes: int) -> bytes:
+        return (0 if t == 31 else reg(t) & ((1 << (8 * nbytes)) - 1)).to_bytes(nbytes, "little")
+    n = (word >> 5) & 31
+    if (word >> 24) & 0x3B == 0x39 and (word >> 22) & 3 == 0 and not v:     # unsigned imm
+        addr = (reg(n) + (((word >> 10) & 0xFFF) << size)) & _U64
+        return addr, data(word & 31, 1 << size), None
+    if (word >> 24) & 0x3B == 0x38 and (word >> 22) & 3 == 0 and not v:
+        base = reg(n)
+        if (word >> 21) & 1 == 0:                                   # imm9 forms
+            imm, idx = _sext((word >> 12) & 0x1FF, 9), (word >> 10) & 3
+            if idx == 2:                                            # STTR: unprivileged
+                return None
+            addr = (base if idx == 1 else base + imm) & _U64
+            wb = (n, (base + imm) & _U64) if idx in (1, 3) else None
+            return addr, data(word & 31, 1 << size), wb
+        if (word >> 10) & 3 == 2:                                   # register offset
+            m, option, s = (word >> 16) & 31, (word >> 13) & 7, (word >> 12) & 1
+            xm = 0 if m == 31 else reg(m)
+            if option == 2:
+                xm &= 0xFFFFFFFF
+            elif option == 6:
+                xm = _sext(xm & 0xFFFFFFFF, 32)
+            elif option not in (3, 7):
+                return None
+            addr = (base + (xm << (size if s else 0))) & _U64
+            return addr, data(word & 31, 1 << size), None
+        return None
+    if (word >> 27) & 7 == 0b101 and not v and (word >> 22) & 1 == 0 and size in (0, 2):
+        scale = 2 + (size >> 1)                                     # STP/STNP W or X
+        imm = _sext((word >> 15) & 0x7F, 7) << scale
+        base = reg(n)
+        kind = (word >> 23) & 3
+        addr = (base if kind == 1 else base + imm) & _U64
+        wb = (n, (base + imm) & _U64) if kind in (1, 3) else None
+        width = 1 << scale
+        return addr, data(word & 31, width) + data((word >> 10) & 31, width), wb
+    return None
+
+
 def is_branch(word: int) -> bool:
     return (word & 0x7C000000 == 0x14000000 or word & 0xFF000000 == 0x54000000
             or word & 0x7E000000 in (0x34000000, 0x36000000)

@@ -1,14 +1,22 @@
 """Free-time ordering checks over QEMU's gdbstub: the driver.
 
 QEMU runs with ``-gdb tcp:127.0.0.1:PORT`` (``VmSpec.gdb_port``). Around one
-removal step only, the harness attaches Debian's ``gdb-multiarch`` with
-``vmlinux`` (symbols only, no DWARF needed); boot and every other step run
-without gdb. Three modules share the work:
+removal step only, the harness attaches a client to QEMU's gdbstub; boot and
+every other step run without one. The client is, by default,
+:mod:`harness.inspect.rsp_gdb`: the agent below in a Python process that
+speaks the remote protocol itself and carries out a watched store instead of
+stepping it (a stop then flushes no translated code: about half the cost of a
+followed removal, docs/ordering.md "Cost"). With ``HOTPLUG_HARNESS_GDB=gdb-multiarch``
+the same agent runs inside Debian's ``gdb-multiarch`` with ``vmlinux`` instead
+(symbols only, no DWARF needed). "gdb" below is whichever client runs. Four
+modules share the work:
 
-* this one, the **driver**: the spec and gdb's command line, starting gdb,
-  waiting for it to be ready, waiting for deferred frees after the step,
-  detaching, and never leaving gdb or a breakpoint behind;
-* :mod:`harness.inspect.gdb_agent`, the **agent** gdb imports: what it breaks
+* this one, the **driver**: the spec and the client's command line, starting
+  it, waiting for it to be ready, waiting for deferred frees after the step,
+  detaching, and never leaving a client or a breakpoint behind;
+* :mod:`harness.inspect.rsp_gdb`, the **client** without gdb: the part of
+  gdb's Python API the agent uses, over the remote protocol;
+* :mod:`harness.inspect.gdb_agent`, the **agent** the client imports: what it breaks
   on (the page allocator's sinks, writes to the removed range's table entries
   and vmemmap leaves, every broadcast ``tlbi`` and its completing ``dsb``,
   ``arch_remove_memory()``) and the events it records into
@@ -63,6 +71,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -74,6 +83,15 @@ from harness.inspect import a64
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 GDB = "gdb-multiarch"
+RSP = "rsp"                 # no gdb: harness.inspect.rsp_gdb speaks to the gdbstub itself
+CLIENT_ENV = "HOTPLUG_HARNESS_GDB"  # "gdb-multiarch" (or a path): the agent inside gdb
+
+
+def client() -> str:
+    """Who speaks to QEMU's gdbstub: ``rsp`` (the default: the agent over the
+    remote protocol, harness.inspect.rsp_gdb) or, with HOTPLUG_HARNESS_GDB set
+    to it, a gdb binary whose Python runs the same agent."""
+    return os.environ.get(CLIENT_ENV) or RSP
 GDB_PACKAGE = "gdb-multiarch"
 READY_TIMEOUT_S = 60.0
 DETACH_TIMEOUT_S = 30.0
@@ -115,7 +133,7 @@ class GdbSpec:
     memstart: Optional[int] = None        # default: read memstart_addr from the guest
     vmemmap_end: Optional[int] = None     # ptdump's "vmemmap end" (default: 6.12's -1 GiB)
     tag: str = "order"
-    gdb: str = GDB
+    gdb: str = RSP                        # or a gdb binary (GDB)
     host: str = "127.0.0.1"
     max_stops: int = 20000                # a runaway stream ends the recording
 
@@ -135,6 +153,7 @@ class GdbSpec:
         tag = tag or "order-" + "".join(c if c.isalnum() else "-" for c in step).strip("-")
         if occurrence > 1:
             tag += f"-{occurrence}"
+        kw.setdefault("gdb", client())
         # absolute: gdb runs in out_dir, and reads its config from there
         return cls(str(vmlinux), int(port), str(Path(out_dir).resolve()), step,
                    int(pa_start), int(pa_end),
@@ -168,7 +187,13 @@ class GdbSpec:
 
 
 def gdb_argv(spec: GdbSpec) -> list:
-    """The gdb command line for a spec. Pure: no I/O."""
+    """The gdb command line for a spec. Pure: no I/O. ``spec.gdb == "rsp"``:
+    the agent over the gdbstub without gdb (harness.inspect.rsp_gdb)."""
+    if spec.gdb == RSP:
+        return [sys.executable, "-c",
+                f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+                "from harness.inspect import rsp_gdb; sys.exit(rsp_gdb.main(sys.argv))",
+                spec.config_path]
     boot = (f"python import sys; sys.path.insert(0, {str(ROOT)!r}); "
             f"import harness.inspect.gdb_agent as _h; _h.agent_main({spec.config_path!r})")
     return [spec.gdb, "-q", "-nx", "-batch",
@@ -282,7 +307,8 @@ def attach(spec: GdbSpec, progress: Optional[Callable[[str], None]] = None,
     say = progress or ui.stage("gdb")
     require_tool_pkg = GDB_PACKAGE
     try:
-        require_tool(spec.gdb)
+        if spec.gdb != RSP:
+            require_tool(spec.gdb)
     except HarnessError as e:
         e.message = f"{spec.gdb} not found: install the Debian package '{require_tool_pkg}'"
         raise
