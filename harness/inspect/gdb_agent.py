@@ -1,4 +1,6 @@
-"""The in-gdb agent of the ordering checks: runs inside gdb-multiarch's Python.
+"""The agent of the ordering checks: runs in harness.inspect.rsp_gdb's Python
+(the default: gdb's API over the remote protocol, no gdb) or inside
+gdb-multiarch's Python (``HOTPLUG_HARNESS_GDB=gdb-multiarch``).
 
 :mod:`harness.inspect.gdb` starts gdb with ``vmlinux`` and a spec file; gdb
 imports this module and calls :func:`agent_main`, which connects to QEMU's
@@ -51,7 +53,7 @@ CALIBRATION = ("free_pages", "__free_pages")
 
 
 def agent_main(config_path: str) -> None:
-    """Entry point inside gdb-multiarch's Python (see ``gdb.gdb_argv``)."""
+    """Entry point inside the client's Python (see ``gdb.gdb_argv``)."""
     spec = json.loads(Path(config_path).read_text())
     out = open(spec["out_dir"] + f"/gdb-{spec['tag']}.events.jsonl", "a", buffering=1)
     agent = None
