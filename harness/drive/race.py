@@ -15,8 +15,9 @@ removal frees 64 PTE tables per 128 MiB block: the most frees per removal):
    the online): :data:`READERS` loops reading the page-table dump,
    :data:`WX_READERS` loops reading ``/sys/kernel/debug/check_wx_pages`` (the
    other caller of ``ptdump_walk_pgd()``: ``ptdump_check_wx()``, a walk of
-   the whole kernel half that prints nothing but its one-line result; where
-   the kernel has the file; one dump reader and two W+X walkers caught
+   the whole kernel half that prints nothing but its one-line result, read
+   with the shell's ``read``, no process per walk; where the kernel has the
+   file; one dump reader and two W+X walkers caught
    upstream 59305202c67f undone 5 times in 5, two and one once in 5), one
    loop writing and deleting 64 MiB files in /tmp (memory pressure: page
    cache and reclaim next to the hotplug paths);
@@ -104,14 +105,15 @@ def load_script(readers: int = READERS, pressure_mb: int = PRESSURE_MB,
     """Start the background load; each reader counts its rounds in a file
     (``reads-I``, ``wx-I``) and each job's PID goes to ``pids`` (for
     stop_script). The W+X walkers start only where the kernel has the file."""
-    def reader(path: str, count: str) -> str:
-        return (f"(n=0; while [ ! -e {LOAD_DIR}/stop ]; do cat {path} > /dev/null && "
+    def reader(read: str, count: str) -> str:
+        return (f"(n=0; while [ ! -e {LOAD_DIR}/stop ]; do {read} && "
                 f"n=$((n+1)); echo $n > {LOAD_DIR}/{count}; done) "
                 f"</dev/null >/dev/null 2>&1 & echo $! >> {LOAD_DIR}/pids;")
-    jobs = [reader(PTDUMP, f"reads-{i}") for i in range(readers)]
-    if wx_readers:
+    jobs = [reader(f"cat {PTDUMP} > /dev/null", f"reads-{i}") for i in range(readers)]
+    if wx_readers:     # the shell's read: its one line without a process per walk
         jobs.append(f"if [ -e {WX} ]; then "
-                    + " ".join(reader(WX, f"wx-{i}") for i in range(wx_readers)) + " fi;")
+                    + " ".join(reader(f"read -r l < {WX}", f"wx-{i}")
+                               for i in range(wx_readers)) + " fi;")
     jobs.append(f"(while [ ! -e {LOAD_DIR}/stop ]; do dd if=/dev/zero "
                 f"of={LOAD_DIR}/fill bs=1M count={pressure_mb} 2>/dev/null; "
                 f"rm -f {LOAD_DIR}/fill; done) </dev/null >/dev/null 2>&1 & "
