@@ -135,7 +135,7 @@ def _strike(p: Plan, what: str, ctx: dict[str, Any]) -> None:
         if pid:
             os.kill(pid, signal.SIGKILL if p.fault == "qemu-kill" else signal.SIGSTOP)
     elif p.fault == "gdb-kill":
-        _after(0.0, _kill_gdb)
+        _kill_gdb()
     elif p.fault in ("panic", "sshd-kill"):
         console = ctx.get("console")
         line = ("echo c > /proc/sysrq-trigger" if p.fault == "panic"
@@ -157,10 +157,6 @@ def _qemu_of(ctx: dict[str, Any]) -> Optional[int]:
     machine = ctx.get("machine")
     proc = getattr(machine, "proc", None)
     return getattr(proc, "pid", None)
-
-
-def _after(delay: float, fn: Any) -> None:
-    threading.Timer(delay, fn).start()
 
 
 def _kill_gdb() -> None:

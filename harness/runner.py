@@ -3,6 +3,7 @@
 progress lines labelled ``[method]``; the report keeps the methods' order)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -31,6 +32,9 @@ from harness.records import (
     RunError,
 )
 from harness.session import BootOptions, boot
+
+# a write that failed for want of room or a writable disk: the machine's fault
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 # name -> Method: the registry itself (harness.drive.method; a test may put a
 # stand-in into it), and what --method all runs
@@ -134,6 +138,12 @@ def run_method(name: str, art: KernelArtifacts, ropts: RunOptions,
                 method.drive(rec, opts)
             except HarnessError as e:
                 state["error"] = true_cause(guest, e)
+            except OSError as e:
+                if e.errno not in DISK_ERRNOS:
+                    raise
+                state["error"] = HarnessError(   # the machine's disk, not the harness
+                    f"{e.strerror} in {e.filename or out} during step {guest.step!r}",
+                    step=guest.step, blame="infra")
             finally:
                 ssh = getattr(guest, "ssh", None)
                 if ssh is not None:       # transient faults retried: in the report

@@ -28,7 +28,7 @@ from harness.machine import guest_image, snapshot
 from harness.machine.console import SETTLE_S, ConsoleReader, CrashGate, SerialConsole
 from harness.machine.crashwatch import CrashReport, CrashWatcher
 from harness.machine.qemu import Machine, VmSpec, free_port, make_run_dir, with_fresh_ports
-from harness.machine.ssh import KeyPair, SshTransport, generate_key
+from harness.machine.ssh import KeyPair, SshTransport, SshUnavailable, generate_key
 from harness.machine.transport import CommandResult, Transport
 
 # how long SSH may take to answer once the guest said it is ready (its init
@@ -217,7 +217,7 @@ def _restored(stack: ExitStack, snap: snapshot.Snapshot, spec: VmSpec, key: KeyP
         inner.close()
         if fault is not None and fault.signal not in (None, signal.SIGABRT) \
                 or fault is not None and fault.kind == "frozen" \
-                or "refuses connections" in e.message:
+                or isinstance(e, SshUnavailable):
             # killed or stopped from outside: not a stale snapshot
             raise machine.explain(e) from e
         ui.warn(f"snapshot {snap.key} did not restore ({e.message}): booting instead",

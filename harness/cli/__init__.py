@@ -6,6 +6,7 @@ Exit codes: 0 pass, 1 the kernel misbehaved, 2 the harness or the machine failed
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import re
 import sys
@@ -273,12 +274,28 @@ def main(argv=None) -> int:
         return e.exit_code
     except KeyboardInterrupt as e:
         return _interrupted(e)
-    except Exception:  # a bug in the harness: say so, exit 2
-        import traceback
-        traceback.print_exc()
-        print("hotplug-harness: internal error (harness): the traceback above is "
-              "a harness bug", file=sys.stderr)
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            return _bug()
+        # the machine's disk, not the harness: the folder is named
+        print(f"hotplug-harness: error (infra): {e.strerror} writing "
+              f"{e.filename or 'a file'}", file=sys.stderr)
         return 2
+    except Exception:  # a bug in the harness: say so, exit 2
+        return _bug()
+
+
+# a write that failed for want of room or a writable disk: the machine's fault
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+
+def _bug() -> int:
+    """A bug in the harness: its traceback, exit 2."""
+    import traceback
+    traceback.print_exc()
+    print("hotplug-harness: internal error (harness): the traceback above is "
+          "a harness bug", file=sys.stderr)
+    return 2
 
 
 def _interrupted(exc) -> int:

@@ -390,8 +390,16 @@ def cmd_run(args, build_request) -> int:
                          not_run=list(getattr(stopped, "not_run", methods)))
             print(f"hotplug-harness: interrupted by {extra['signal']} during the "
                   f"{extra['stopped_in']}; writing a partial report", file=sys.stderr)
-        faults.point("report", path=out)
-        report.write_report(out, kernel, runs, judged, extra)
+        try:
+            faults.point("report", path=out)
+            report.write_report(out, kernel, runs, judged, extra)
+        except KeyboardInterrupt as e:   # Ctrl-C while writing: write it whole, then stop
+            extra.update(interrupted=True, signal=signals.signame(e), stopped_in="report",
+                         not_run=[])
+            report.write_report(out, kernel, runs, judged, extra)
+            raise
+        except OSError as e:
+            raise disk_error(e, out, "writing the report") from e
     data = json.loads((final / "report.json").read_text())
     if args.mail:
         print(mail.render(data, args.tested_by or mail.tested_by()), end="")
@@ -400,6 +408,16 @@ def cmd_run(args, build_request) -> int:
     else:
         print(report.summary(data, final))
     return data["exit_code"]
+
+
+def disk_error(e: OSError, folder: Path, doing: str) -> OSError | HarnessError:
+    """A full (or read-only) disk as the machine's error naming the folder;
+    any other OSError as it is."""
+    from harness.cli import DISK_ERRNOS
+    if e.errno not in DISK_ERRNOS:
+        return e
+    return HarnessError(f"{e.strerror} in {e.filename or folder} while {doing}",
+                        step="report", blame="infra")
 
 
 def run_to_report(kernel_src: str, configs, patches, append, methods, cycles: int,

@@ -117,6 +117,14 @@ class _Watchdog:
         self.thread.join()
 
 
+CLOSED = "the connection closed without a banner"
+
+
+class SshUnavailable(MachineError):
+    """The forward refuses, or nothing answers behind it, once the guest is
+    ready: not a slow guest and not a stale snapshot."""
+
+
 def _refused(e: BaseException) -> bool:
     """Was the TCP connection refused (paramiko wraps the refusal)?"""
     if isinstance(e, ConnectionRefusedError):
@@ -166,13 +174,17 @@ class SshTransport(Transport):
             except (paramiko.SSHException, OSError, EOFError) as e:
                 last = e
                 client.close()
-                if _refused(e):
+                why = "refused" if _refused(e) else self.banner_missing(0.5)
+                if why in ("refused", CLOSED):
                     refused_since = refused_since or time.monotonic()
                     if time.monotonic() - refused_since >= REFUSED_S:
-                        raise MachineError(
+                        raise SshUnavailable(
                             f"the SSH forward {self.host}:{self.port} refuses connections "
-                            f"(for {REFUSED_S:g}s): QEMU's host forward is gone", step="boot"
-                        ) from e
+                            f"(for {REFUSED_S:g}s): QEMU's host forward is gone"
+                            if why == "refused" else
+                            f"the guest's SSH server does not answer on {self.host}:"
+                            f"{self.port} ({why}, for {REFUSED_S:g}s, after the guest was "
+                            "ready): sshd died or was killed", step="boot") from e
                 else:
                     refused_since = None
                 time.sleep(0.1)
@@ -355,7 +367,7 @@ class SshTransport(Transport):
         except OSError as e:
             return f"{type(e).__name__}: {e}"
         if not data:
-            return "the connection closed without a banner"
+            return CLOSED
         return "" if data.startswith(b"SSH-") else f"an answer that is no SSH banner: {data!r}"
 
     def _kmsg_channel(self) -> KmsgChannel:

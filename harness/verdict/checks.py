@@ -1199,8 +1199,24 @@ def judge(run: MethodRun) -> list[Check]:
         if (check.verdict == SKIP and name in required and not stopped
                 and not check.evidence.startswith((NOT_APPLICABLE, SAMPLED))):
             check = _could_not_look(check, run.method)
-        out.append(check)
+        out.append(_cut_short(check, run))
     return out
+
+
+def _cut_short(check: Check, run: MethodRun) -> Check:
+    """A FAIL in the step a run stopped in for a reason not the kernel's (QEMU
+    killed or frozen, gdb killed, Ctrl-C) judged a recording cut short there
+    (a table unlinked whose free never came, a stop the agent never saw): an
+    ERROR naming the stop, not a failure blamed on the kernel. A FAIL in an
+    earlier step stands."""
+    err = run.error
+    if (check.verdict != FAIL or err is None or err.blame == KERNEL or run.crashes
+            or not check.step or check.step != err.step):
+        return check
+    return Check(check.name, ERROR,
+                 f"could not judge: the run stopped in step {err.step} ({err.blame}: "
+                 f"{err.message.splitlines()[0] if err.message else '?'}), so what was "
+                 f"recorded of it is partial; it read: {check.evidence}", check.step)
 
 
 def method_verdict(run: MethodRun, checks: Iterable[Check]) -> Verdict:
