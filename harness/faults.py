@@ -27,8 +27,9 @@ Points (where the harness calls :func:`point`):
 ``MATCH`` is a substring of the step (or the event) the point is reached in.
 
 Faults: ``qemu-kill`` (SIGKILL), ``qemu-stop`` (SIGSTOP: a hang), ``gdb-kill``
-(SIGKILL to gdb), ``panic`` (``echo c > /proc/sysrq-trigger`` typed on the
-serial console), ``sshd-kill`` (``kill -9`` every dropbear, on the serial
+(SIGKILL to the ordering agent's process: gdb-multiarch or the gdbstub
+client), ``panic`` (``echo c > /proc/sysrq-trigger`` typed on the serial
+console), ``sshd-kill`` (``kill -9`` every dropbear, on the serial
 console), ``forward-refuse`` (QEMU's SSH forward removed over QMP: connections
 to it are refused), ``fill`` (the filesystem of the report folder, or of
 ``HOTPLUG_HARNESS_FAULT_FILL``, filled to its last byte: only one of at most
@@ -100,7 +101,8 @@ def armed() -> bool:
 def point(name: str, what: str = "", **ctx: Any) -> None:
     """The run reached point ``name`` (in step or event ``what``): strike if
     the plan says so. ``ctx`` holds what a fault acts on: ``qemu`` (PID),
-    ``console`` (a ConsoleReader), ``machine`` (a Machine), ``path`` (a folder)."""
+    ``console`` (a ConsoleReader), ``machine`` (a Machine), ``path`` (a folder),
+    ``gdb`` (the PID of the ordering agent's process)."""
     if not armed():
         return
     p = plan()
@@ -135,7 +137,10 @@ def _strike(p: Plan, what: str, ctx: dict[str, Any]) -> None:
         if pid:
             os.kill(pid, signal.SIGKILL if p.fault == "qemu-kill" else signal.SIGSTOP)
     elif p.fault == "gdb-kill":
-        _kill_gdb()
+        if ctx.get("gdb"):
+            os.kill(ctx["gdb"], signal.SIGKILL)
+        else:
+            _kill_gdb()
     elif p.fault in ("panic", "sshd-kill"):
         console = ctx.get("console")
         line = ("echo c > /proc/sysrq-trigger" if p.fault == "panic"
@@ -160,16 +165,17 @@ def _qemu_of(ctx: dict[str, Any]) -> Optional[int]:
 
 
 def _kill_gdb() -> None:
-    """SIGKILL the gdb this process started (waiting up to 5 s for it)."""
+    """SIGKILL the gdb (gdb-multiarch, or the agent over the gdbstub without
+    it: harness.inspect.rsp_gdb) this process started, waiting up to 5 s for it."""
     from harness import signals
     end = time.monotonic() + 5.0
     while time.monotonic() < end:
         for pid in signals.descendants():
             try:
-                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if comm.startswith(GDB_COMM[:15]):
+            if argv.startswith(GDB_COMM.encode()) or b"rsp_gdb" in argv:
                 signals.kill(pid, signal.SIGKILL)
                 return
         time.sleep(0.05)

@@ -89,14 +89,15 @@ class StepRunner:
             self.record(Step(name, round(time.monotonic() - start, 3),
                              transport or self.guest.transport.name, ok, detail))
 
-    def _fault_point(self, point: str, name: str) -> None:
+    def _fault_point(self, point: str, name: str, gdb: Any = None) -> None:
         """A point fault injection may strike at (harness.faults; off unless
         asked for in the environment)."""
         if not faults.armed():
             return
         machine = self.guest.machine
         faults.point(point, name, machine=machine, console=self.guest.reader,
-                     qemu=getattr(machine.proc, "pid", None))
+                     qemu=getattr(machine.proc, "pid", None),
+                     gdb=getattr(getattr(gdb, "proc", None), "pid", None))
 
     def record(self, step: Step, summary: str = "") -> None:
         """Keep a step timed elsewhere (a phase's inspection) and print its
@@ -151,7 +152,7 @@ class StepRunner:
                     as session:
                 held["session"] = session
                 with GdbDeathWatch(session) as died:
-                    self._fault_point("removal", name)
+                    self._fault_point("removal", name, gdb=session)
                     held["died"] = died
                     return self.step(name, action, transport)
         except gdb.GdbError as e:
