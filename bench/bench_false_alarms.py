@@ -6,6 +6,9 @@ kernel is cached: with --cycles 2 the harness builds base+4k-48+leak once) and
 prints:
 
   passes/N           runs whose verdict was PASS (target: N/N)
+  infra ERRORs       runs a method of which stopped with an error blamed on the
+                     machine (target: 0), and the transient faults retried on
+                     the way (SSH channels that would not open: the report's notes)
   per check          how many runs each check did not pass, with the first
                      evidence line of each failure, so a flake can be traced to
                      its cause (and fixed there, not retried away)
@@ -61,6 +64,9 @@ def main() -> int:
     bl.header(f"false alarms: clean kernel, run --method {args.method} --cycles {args.cycles}")
     start = time.monotonic()
     verdicts, walls, failed = [], [], Counter()
+    infra = 0                        # runs with a method stopped by an infra error
+    retried: Counter = Counter()     # retries (harness.machine.ssh) per run
+    retry_notes: list = []
     evidence: dict = {}
     command = ""
     with tempfile.TemporaryDirectory(prefix="bench-false-alarms-") as tmp:
@@ -78,7 +84,13 @@ def main() -> int:
                 shutil.copytree(Path(tmp) / f"run-{i}", kept, symlinks=True)
                 bl.note(f"run {i + 1}: {report['verdict']}, folder kept in {kept}")
             walls.append(res.wall)
+            errors = [(m.get("run") or {}).get("error") or {} for m in report["methods"]]
+            infra += any(e.get("blame") == "infra" for e in errors)
             for m in report["methods"]:
+                notes = [x for x in (m.get("run") or {}).get("notes", ())
+                         if str(x).startswith("ssh retried")]
+                retried[i] += len(notes)
+                retry_notes.extend(f"run {i + 1} {m['method']}: {x}" for x in notes)
                 for c in m["checks"]:
                     if c["verdict"] in ("FAIL", "ERROR"):
                         key = f"{m['method']} {c['name']} {c['verdict']}"
@@ -96,6 +108,11 @@ def main() -> int:
     passes = verdicts.count("PASS")
     met = "met" if n and passes / n >= TARGET else "MISSED"
     print(f"passes: {passes}/{n} (target {n}/{n}, {met})  {command}")
+    print(f"infra ERRORs: {infra} in {n} run(s) (target 0, {'met' if not infra else 'MISSED'}); "
+          f"transient faults retried: {sum(retried.values())} in "
+          f"{sum(1 for c in retried.values() if c)} run(s)")
+    for line in retry_notes[:5]:
+        print(f"      {line}")
     for key, count in failed.most_common():
         print(f"  {key}: {count} run(s)")
         for line in evidence[key][:5]:
