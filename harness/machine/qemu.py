@@ -235,6 +235,9 @@ def sweep_run_dirs(base: Path = SHM, prefix: str = RUN_PREFIX) -> list[Path]:
 # which leaves the process running).
 FREEZE_S = float(os.environ.get("HOTPLUG_HARNESS_FREEZE_S", "1.0"))
 WATCH_POLL_S = 0.1
+# a QEMU whose sockets closed is waited for this long to exit (the kernel
+# closes a dying process's files before its parent can wait for it)
+EXIT_GRACE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -550,10 +553,16 @@ class Machine:
 
     @property
     def fault(self) -> Optional[QemuFault]:
-        """The QEMU process's first fault (exit or freeze), None while well."""
+        """The QEMU process's first fault (exit or freeze), None while well. A
+        console at its end means QEMU is on its way out: its sockets close
+        before the process can be waited for, so it is given EXIT_GRACE_S."""
         if self.watch is None:
             return None
         self.watch.check()
+        if self.watch.fault is None and self.reader is not None \
+                and getattr(self.reader, "eof", False):
+            self.wait_exit(EXIT_GRACE_S)
+            self.watch.check()
         return self.watch.fault
 
     def fault_error(self, then: str = "") -> Optional[MachineError]:
