@@ -139,8 +139,8 @@ def _strike(p: Plan, what: str, ctx: dict[str, Any]) -> None:
     elif p.fault == "gdb-kill":
         if ctx.get("gdb"):
             os.kill(ctx["gdb"], signal.SIGKILL)
-        else:
-            _kill_gdb()
+        else:          # not started yet (gdb-attach): killed once it is
+            threading.Thread(target=_kill_gdb, daemon=True).start()
     elif p.fault in ("panic", "sshd-kill"):
         console = ctx.get("console")
         line = ("echo c > /proc/sysrq-trigger" if p.fault == "panic"

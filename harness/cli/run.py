@@ -382,7 +382,10 @@ def cmd_run(args, build_request) -> int:
         extra = {"seconds": round(time.monotonic() - start, 2)}
         if art is not None:
             kernel = kernel_identity(art)
-            keep_build_log(art, out)
+            try:
+                keep_build_log(art, out)
+            except OSError as e:
+                raise disk_error(e, out, "copying the build log into it") from e
             extra.update(build_seconds=art.seconds, rebuilt=art.rebuilt)
         if stopped is not None:
             extra.update(interrupted=True, signal=signals.signame(stopped),
@@ -416,7 +419,7 @@ def disk_error(e: OSError, folder: Path, doing: str) -> OSError | HarnessError:
     from harness.cli import DISK_ERRNOS
     if e.errno not in DISK_ERRNOS:
         return e
-    return HarnessError(f"{e.strerror} in {e.filename or folder} while {doing}",
+    return HarnessError(f"{e.strerror} in the report folder {folder} while {doing}",
                         step="report", blame="infra")
 
 
