@@ -22,7 +22,7 @@ small tmpfs (``fill``: mounted by the bench, root only, else skipped) or a
 private snapshot cache (``cache-corrupt``: the other cache folders are the
 real cache's, linked).
 
-  flock /tmp/hh-qemu-slot1 .venv/bin/python bench/bench_faults.py
+  .venv/bin/python bench/bench_faults.py
   .venv/bin/python bench/bench_faults.py --only qemu-kill,qemu-stop
 
 Exit: 0 whatever the figures; 2 if a cell could not run at all.
