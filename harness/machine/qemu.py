@@ -232,7 +232,8 @@ def sweep_run_dirs(base: Path = SHM, prefix: str = RUN_PREFIX) -> list[Path]:
 # debugger's stop) this long is taken for frozen, and killed: a stopped
 # process never answers, and every wait would sit until its own timeout.
 # Nothing in the harness stops QEMU's process (the guest is paused over QMP,
-# which leaves the process running).
+# which leaves the process running). HOTPLUG_HARNESS_FREEZE_S=0 turns this off
+# (to stop QEMU in a debugger of your own).
 FREEZE_S = float(os.environ.get("HOTPLUG_HARNESS_FREEZE_S", "1.0"))
 WATCH_POLL_S = 0.1
 # a QEMU whose sockets closed is waited for this long to exit (the kernel
@@ -363,7 +364,7 @@ class QemuWatch:
                                        code=code if code >= 0 else None,
                                        signal=-code if code < 0 else None))
                 return None
-            state = _proc_state(self.proc.pid)
+            state = _proc_state(self.proc.pid) if self.freeze_s > 0 else ""
             if state not in ("T", "t"):
                 return None
             if stopped_since is None:
