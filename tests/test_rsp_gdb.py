@@ -130,7 +130,7 @@ def test_a_watched_store_is_carried_out_not_stepped(client):
     assert stub.regs[PC] == 0x5004
     assert not any(p.startswith("vCont;s") for p in stub.log)  # no step: no flush
     assert "Z2,1008,8" in stub.log
-    assert rsp_gdb._TARGET.stats == {"emulated_stores": 1, "stepped_stores": 0}
+    assert rsp_gdb._TARGET.stats == {"emulated_stores": 1, "stepped_stores": 0, "stale_stops": 0}
 
 
 def test_a_pre_indexed_pair_store_writes_both_and_the_base(client):
@@ -156,7 +156,7 @@ def test_a_store_it_cannot_decode_is_stepped_with_its_watchpoint_out(client):
     gdb.execute("continue")
     i = stub.log.index("z2,1000,8")
     assert stub.log[i + 1] == "vCont;s:p1.1" and "Z2,1000,8" in stub.log[i + 2:]
-    assert rsp_gdb._TARGET.stats == {"emulated_stores": 0, "stepped_stores": 1}
+    assert rsp_gdb._TARGET.stats == {"emulated_stores": 0, "stepped_stores": 1, "stale_stops": 0}
 
 
 def test_a_breakpoint_is_stepped_over_with_breakpoints_left_in(client):
@@ -189,3 +189,29 @@ def test_symbols_come_from_system_map(client):
         "free_unref_page in section .text"
     with pytest.raises(gdb.error):
         gdb.parse_and_eval("(unsigned long)&'no_such_symbol'")
+
+
+def test_a_stop_for_a_breakpoint_already_taken_out_is_passed_over(client):
+    """QEMU may report a hit of a breakpoint the agent has just disabled (the
+    other CPU reached it): like gdb's moribund locations, it is not a stop."""
+    stub = FakeStub([("bp", 0x6000), ("bp", 0x6000), ("bp", 0x7000)], {})
+    gdb = client
+    seen = hits(gdb)
+    gdb.execute(f"target remote 127.0.0.1:{stub.port}")
+    first = gdb.Breakpoint("*0x6000", internal=True)
+    second = gdb.Breakpoint("*0x7000", internal=True)
+    gdb.execute("continue")
+    first.enabled = False
+    gdb.execute("continue")               # the stale 0x6000 stop, then 0x7000
+    assert seen == [([first.number], None), ([second.number], None)]
+    assert rsp_gdb._TARGET.stats["stale_stops"] == 1
+
+
+def test_a_stop_at_no_breakpoint_is_reported_as_a_signal(client):
+    stub = FakeStub([("bp", 0x9000)], {})
+    gdb = client
+    seen = hits(gdb)
+    gdb.execute(f"target remote 127.0.0.1:{stub.port}")
+    gdb.Breakpoint("*0x6000", internal=True)
+    gdb.execute("continue")
+    assert seen == [([], "SIG5")]

@@ -833,7 +833,9 @@ class Agent:
             "walk_ms_mean": round(sum(self.walk_ms) / len(self.walk_ms), 3)
             if self.walk_ms else 0.0,
             "walk_ms_max": round(max(self.walk_ms), 3) if self.walk_ms else 0.0,
-            "struct_page_size": self.sp_size, "struct_page_size_from": self.sp_from}})
+            "struct_page_size": self.sp_size, "struct_page_size_from": self.sp_from,
+            # the client's own figures (rsp_gdb: stores carried out or stepped)
+            **(self.gdb.client_stats() if hasattr(self.gdb, "client_stats") else {})}})
 
     def cleanup(self) -> None:
         gdb = self.gdb

@@ -116,6 +116,7 @@ class Breakpoint:
         target = _TARGET
         if self.inserted and target.link is not None:
             target.link.cmd(self.packet(False))
+            target.removed.add((self.watch, self.address))
         self.inserted = False
         target.bps.pop(self.number, None)
 
@@ -140,7 +141,11 @@ class Target:
         self.step_over: Optional[int] = None        # the pc a breakpoint stopped at
         self.symbols: list = []                     # sorted (address, name)
         self.by_name: dict = {}
-        self.stats = {"emulated_stores": 0, "stepped_stores": 0}
+        self.stats = {"emulated_stores": 0, "stepped_stores": 0, "stale_stops": 0}
+        # (watch, address) of breakpoints and watchpoints taken out: a stop QEMU
+        # still reports for one (hit as it was removed) is passed over, as gdb
+        # does with its "moribund" locations
+        self.removed: set = set()
 
     # -- symbols (System.map beside vmlinux)
     def load_symbols(self, vmlinux: str) -> None:
@@ -215,6 +220,8 @@ class Target:
                 reply = self._link().cmd(bp.packet(bp.enabled))
                 if reply != "OK":
                     raise error(f"the gdbstub refused {bp.packet(bp.enabled)}: {reply!r}")
+                if not bp.enabled:
+                    self.removed.add((bp.watch, bp.address))
                 bp.inserted = bp.enabled
 
     def cont(self) -> None:
@@ -231,17 +238,21 @@ class Target:
                 self._report(reply)
                 return
         self.step_over = None
-        self.sync_breakpoints()
-        try:
-            link.send("vCont;c")
-            reply = link.recv()
-        except KeyboardInterrupt:
-            link.interrupt()
-            reply = link.recv()
+        while True:
+            self.sync_breakpoints()
+            try:
+                link.send("vCont;c")
+                reply = link.recv()
+            except KeyboardInterrupt:
+                link.interrupt()
+                reply = link.recv()
+                self._stopped(reply)
+                self._fire(StopEvent([], stop_signal="SIGINT"))
+                return
             self._stopped(reply)
-            self._fire(StopEvent([], stop_signal="SIGINT"))
-            return
-        self._stopped(reply)
+            if not self._stale(reply):
+                break
+            self.stats["stale_stops"] += 1
         self._report(reply)
 
     def _stopped(self, reply: str) -> None:
@@ -253,6 +264,25 @@ class Target:
                 self.thread = f"p{int(pid, 16):x}.{int(t or '1', 16):x}"
             else:
                 self.thread = f"p1.{int(tid, 16):x}"
+
+    def _stale(self, reply: str) -> bool:
+        """A stop for a breakpoint or watchpoint already taken out. A watched
+        store is carried out (or stepped) first; nothing is reported."""
+        if "watch:" in reply:
+            addr = int(reply.split("watch:")[1].split(";")[0], 16)
+            if any(bp.watch and bp.inserted and bp.address <= addr < bp.address + 8
+                   for bp in self.bps.values()):
+                return False
+            if not any(w and a <= addr < a + 8 for w, a in self.removed):
+                return False
+            self._past_store([])
+            return True
+        if not reply.startswith("T05"):
+            return False
+        pc = self.reg(PC)
+        if any(not bp.watch and bp.inserted and bp.address == pc for bp in self.bps.values()):
+            return False
+        return (False, pc) in self.removed
 
     def _report(self, reply: str) -> None:
         if "watch:" in reply:
@@ -386,11 +416,15 @@ class _Events:
 events = _Events()
 
 
+def client_stats() -> dict:
+    return {"client": "rsp", **_TARGET.stats}
+
+
 def as_module() -> types.ModuleType:
     mod = types.ModuleType("gdb")
     for name in ("Breakpoint", "BP_BREAKPOINT", "BP_WATCHPOINT", "BP_HARDWARE_WATCHPOINT",
                  "WP_WRITE", "error", "MemoryError", "parse_and_eval", "execute",
-                 "selected_thread", "selected_inferior", "events"):
+                 "selected_thread", "selected_inferior", "events", "client_stats"):
         setattr(mod, name, globals()[name])
     return mod
 
@@ -406,8 +440,6 @@ def main(argv: list) -> int:
         gdb_agent.agent_main(config)
     except SystemExit as e:
         return int(e.code or 0)
-    finally:
-        print(f"rsp: {json.dumps(_TARGET.stats)}", file=sys.stderr)
     return 0
 
 
