@@ -195,10 +195,14 @@ def _recording_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(self: HotplugGuest, *args: Any, **kw: Any) -> Any:
         from harness.errors import HarnessError
+        from harness.runner import true_cause
         try:
             return fn(self, *args, **kw)
         except HarnessError as e:
-            self.error = self.error or e
+            cause = true_cause(self.guest, e)    # QEMU's own fault (exit, freeze) first
+            self.error = self.error or cause
+            if cause is not e:
+                raise cause from e
             raise
     return wrapper
 
