@@ -57,7 +57,7 @@ def stand_in(name="fifth", mode="dt", **kw) -> method.Method:
 def test_every_module_registers_one_method_and_the_runner_uses_the_registry():
     assert runner.METHODS is method.load()
     assert list(runner.METHODS) == ["acpi-dimm", "probe", "virtio-mem", "kselftest",
-                                    "split-leaf", "race", "reach"]
+                                    "split-leaf", "race", "reach", "subsection"]
     for module in MODULES:
         assert runner.METHODS[module.METHOD.name] is module.METHOD
         assert module.METHOD.drive is module.drive and module.METHOD.options is module.Options
@@ -77,7 +77,9 @@ def test_declarations_as_before():
         "kselftest": ("acpi", REMOVAL_CHECKS + ("kselftest",), True),
         "split-leaf": ("acpi", REMOVAL_CHECKS, True),
         "race": ("dt", REMOVAL_CHECKS, False),
-        "reach": ("dt", REMOVAL_CHECKS + reach.CHECKS, False)}
+        "reach": ("dt", REMOVAL_CHECKS + reach.CHECKS, False),
+        "subsection": ("acpi", ("no-stale-linear-map", "no-stale-vmemmap",
+                                "no-kernel-splat"), False)}
 
 
 def test_lookup_and_unknown_names():
@@ -142,7 +144,7 @@ def test_a_new_method_is_one_new_file(tmp_path):
     assert lines[1] == "exit 2"
     assert "  fifth       a fifth way to remove memory" in proc.stdout
     assert squeeze("acpi-dimm, probe, virtio-mem, kselftest, fifth, split-leaf, race, "
-                   "reach or all") in squeeze(proc.stdout)
+                   "reach, subsection or all") in squeeze(proc.stdout)
     assert "--dimms 3: fifth cannot honour it (fifth takes no --dimms)" in proc.stderr
 
 
@@ -353,6 +355,7 @@ def test_cli_help_is_generated_from_the_registry(monkeypatch):
     assert "[dt boot; --online-type --race-seconds --race-iterations; no --mem; no gdb]" \
         in text
     assert "('all' is the 4 above; these are asked for by name:)" in text
-    assert squeeze("acpi-dimm, probe, virtio-mem, kselftest, split-leaf, fifth, race, reach or "
+    assert squeeze("acpi-dimm, probe, virtio-mem, kselftest, split-leaf, fifth, race, reach, "
+                   "subsection or "
                    "all (default: all = acpi-dimm, probe, virtio-mem, kselftest)") in flat
     assert squeeze("DIMMs to plug (default 2; taken by acpi-dimm, fifth)") in flat
