@@ -29,7 +29,7 @@ def recording_run_to_report(monkeypatch):
     seen = []
 
     def run_to_report(kernel_src, configs, patches, append, methods, cycles, folder,
-                      order_check="on", series=True):
+                      order_check="on", series=True, cpu="max"):
         seen.append(series)
         return {}
     monkeypatch.setattr(cli_run, "run_to_report", run_to_report)

@@ -261,7 +261,7 @@ def test_matrix_over_two_sources(tmp_path, monkeypatch):
     calls = []
 
     def run_to_report(kernel_src, configs, patches, append, methods, cycles, folder,
-                      order_check="on", series=True):
+                      order_check="on", series=True, cpu="max"):
         calls.append((kernel_src, configs, folder.relative_to(tmp_path)))
         if kernel_src == "debian-6.1" and configs == ("4k-52",):
             raise versions.NotApplicable("geometry 4k-52 is not applicable on 6.1: LPA2",
@@ -300,7 +300,7 @@ def test_repro_over_two_sources(tmp_path, monkeypatch):
     monkeypatch.setattr(repro, "discover", lambda names, *a: [repro.load(reg)])
 
     def run_to_report(kernel_src, configs, patches, append, methods, cycles, folder,
-                      series=True):
+                      series=True, cpu="max"):
         if patches and kernel_src == "debian-6.1":
             raise PatchError(f"patch {patches[0]} does not apply: mm/x.c hunk #1",
                              step="patch")
