@@ -324,6 +324,34 @@ def test_a_full_report_filesystem_is_the_machines_error(tmp_path, spec):
     assert "harness bug" not in text
 
 
+def test_a_full_cache_filesystem_at_the_build_is_the_machines_error(tmp_path):
+    """The build phase with the cache on a 64 MiB tmpfs: Debian's source does
+    not fit when it is unpacked. The error names the cache's filesystem and its
+    free space (it was a traceback and 'harness bug'); nothing is left in it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    if not Path("/usr/src/linux-source-6.12.tar.xz").exists():
+        pytest.skip("needs Debian's linux-source-6.12 (make deps)")
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64M", "tmpfs", str(small)]
+                      ).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        env = dict(os.environ, HOTPLUG_HARNESS_CACHE=str(small / "cache"))
+        res = subprocess.run([sys.executable, "-m", "harness.cli", "build"],
+                             cwd=Path(__file__).resolve().parent.parent,
+                             env=env, capture_output=True, text=True, timeout=300)
+        left = sorted(p.name for p in (small / "cache" / "src").iterdir())
+    finally:
+        subprocess.run(["umount", str(small)])
+    text = res.stdout + res.stderr
+    assert res.returncode == 2, text[-3000:]
+    assert "error (infra): [source] unpacking" in text and "MiB free" in text, text[-3000:]
+    assert "No space left on device" in text and "harness bug" not in text
+    assert left == []                                  # the half-unpacked tree is gone
+
+
 def test_a_fail_in_the_step_an_infra_error_cut_short_is_an_error_not_the_kernels():
     from harness.records import Check, MethodRun, RunError
     from harness.verdict import checks

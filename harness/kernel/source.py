@@ -163,6 +163,12 @@ def pristine_tree(source: Source) -> Path:
     progress.info(f"unpacking {source.path} into the cache (once)", "source")
     try:
         run(["tar", "-C", tmp, "-xf", source.path])
+    except subprocess.CalledProcessError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tail = "\n".join((e.stderr or b"").decode(errors="replace").strip().splitlines()[-5:])
+        raise HarnessError(f"unpacking {source.path} into the cache failed (tar exit "
+                           f"{e.returncode}){_space_note(dest.parent)}", step="source",
+                           blame="infra", evidence=tail) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -172,6 +178,20 @@ def pristine_tree(source: Source) -> Path:
     except OSError:  # another run unpacked it first
         shutil.rmtree(tmp, ignore_errors=True)
     return _single_subdir(dest)
+
+
+def _space_note(folder: Path) -> str:
+    """``: no space left in FOLDER's filesystem (N MiB free)`` when that is
+    the likely cause (under 1 GiB free; a 6.12 tree is 1.7 GB), else ""."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    if free >= 1 << 30:
+        return ""
+    return (f": the cache's filesystem ({folder}) has {free >> 20} MiB free, a kernel "
+            "tree needs about 1.7 GB (HOTPLUG_HARNESS_CACHE chooses the cache folder; "
+            "'hotplug-harness cache prune' frees space)")
 
 
 def _single_subdir(folder: Path) -> Path:
@@ -526,7 +546,8 @@ def _copy_all(pristine: Path, tree: Path, names: list) -> None:
     rc_tar, rc_untar = tar.wait(), untar.wait()
     if rc_tar not in (0, 1) or rc_untar != 0:
         raise HarnessError(f"copying {pristine} into the work copy {tree} failed "
-                           f"(tar exit {rc_tar}/{rc_untar})", step="source")
+                           f"(tar exit {rc_tar}/{rc_untar}){_space_note(tree)}",
+                           step="source", blame="infra")
 
 
 def _sync_file(src: Path, dst: Path, is_link: bool) -> bool:
