@@ -720,8 +720,11 @@ class SerialConsole(Transport):
         while True:
             if self.gate.pending():
                 raise _CrashShown
-            index = child.expect_list(patterns, searchwindowsize=WINDOW,
-                                      timeout=max(0.0, min(deadline.remaining(), POLL_S)))
+            try:
+                index = child.expect_list(patterns, searchwindowsize=WINDOW,
+                                          timeout=max(0.0, min(deadline.remaining(), POLL_S)))
+            except OSError:     # the socket reset as QEMU exited: an end of file
+                index = 2
             if index == 0:
                 match: re.Match[bytes] = child.match
                 if marker_text(match, 1) == token:
