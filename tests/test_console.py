@@ -436,6 +436,9 @@ def test_crash_gate_raises_each_report_once_naming_the_step():
         gate()                            # nothing shown yet: HARNESS-READY only
         reader.stream.release_all()
         assert gate.wait(T)
+        end = time.monotonic() + T        # the pump may not have read the oops yet
+        while len(reader.watcher.reports) < 2 and time.monotonic() < end:
+            time.sleep(0.01)
         with pytest.raises(KernelCrash) as info:
             gate()
         assert info.value.step == "remove dimm1" and info.value.blame == "kernel"
