@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import benchlib as bl  # noqa: E402
 
+from harness.inspect.rsp_gdb import Link  # noqa: E402
 from harness.kernel import kernel as build  # noqa: E402
 from harness.machine.qemu import free_port  # noqa: E402
 from harness.session import BootOptions, boot  # noqa: E402
@@ -76,37 +76,8 @@ print("STOP-SECONDS " + " ".join("%.6f" % t for t in times))
 """
 
 
-class Rsp:
-    """The smallest remote-protocol client that can drive QEMU's gdbstub."""
-
-    def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-
-    def send(self, data: str) -> None:
-        self.sock.sendall(b"$%s#%02x" % (data.encode(), sum(data.encode()) & 0xFF))
-
-    def recv(self) -> str:
-        while True:
-            i = self.buf.find(b"$")
-            j = self.buf.find(b"#", i) if i >= 0 else -1
-            if j >= 0 and len(self.buf) >= j + 3:
-                data, self.buf = self.buf[i + 1:j].decode(), self.buf[j + 3:]
-                self.sock.sendall(b"+")
-                return data
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError("the gdbstub closed the connection")
-            self.buf += chunk
-
-    def cmd(self, data: str) -> str:
-        """A request and its reply (stop replies left over are skipped)."""
-        self.send(data)
-        while True:
-            reply = self.recv()
-            if not reply.startswith("T"):
-                return reply
+class Rsp(Link):
+    """harness.inspect.rsp_gdb's connection, plus the waits of this bench."""
 
     def stop(self) -> str:
         """Wait for a stop; the thread id to step ("p1.2")."""
@@ -115,14 +86,6 @@ class Rsp:
             raise RuntimeError(f"expected a stop reply, got {reply!r}")
         pid, tid = reply.split("thread:")[1].split(";")[0][1:].split(".")
         return f"p{int(pid, 16):x}.{int(tid, 16):x}"
-
-    def close(self) -> None:
-        self.sock.sendall(b"\x03")         # stop the guest, clear, let it go
-        self.stop()
-        self.cmd("z0,0,4")
-        self.send("D")
-        self.sock.close()
-
 
 def raw_way(port: int, way: str, addr: int, stops: int) -> list:
     r = Rsp(port)

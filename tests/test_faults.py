@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -303,10 +304,9 @@ def test_other_faults_end_in_seconds_with_their_cause(tmp_path, spec, method, ex
     assert (tmp_path / "report" / method / "console.log").exists()
 
 
-@pytest.mark.kernel
-@pytest.mark.qemu
-@pytest.mark.parametrize("spec", ["fill@report", "fill@ssh~online"])
-def test_a_full_report_filesystem_is_the_machines_error(tmp_path, spec):
+@contextmanager
+def small_tmpfs(tmp_path: Path):
+    """A 64 MiB tmpfs under tmp_path for the full-filesystem cells (root only)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     small = tmp_path / "small"
@@ -315,10 +315,18 @@ def test_a_full_report_filesystem_is_the_machines_error(tmp_path, spec):
                       ).returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     try:
-        code, seconds, _, text = faulted_run(
-            small, spec, extra_env={faults.FILL_ENV: str(small)})
+        yield small
     finally:
         subprocess.run(["umount", str(small)])
+
+
+@pytest.mark.kernel
+@pytest.mark.qemu
+@pytest.mark.parametrize("spec", ["fill@report", "fill@ssh~online"])
+def test_a_full_report_filesystem_is_the_machines_error(tmp_path, spec):
+    with small_tmpfs(tmp_path) as small:
+        code, seconds, _, text = faulted_run(
+            small, spec, extra_env={faults.FILL_ENV: str(small)})
     assert code == 2 and seconds <= BOUND_S, text[-3000:]
     assert "error (infra)" in text and "No space left on device" in text
     assert "harness bug" not in text
@@ -328,23 +336,13 @@ def test_a_full_cache_filesystem_at_the_build_is_the_machines_error(tmp_path):
     """The build phase with the cache on a 64 MiB tmpfs: Debian's source does
     not fit when it is unpacked. The error names the cache's filesystem and its
     free space (it was a traceback and 'harness bug'); nothing is left in it."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
     if not Path("/usr/src/linux-source-6.12.tar.xz").exists():
         pytest.skip("needs Debian's linux-source-6.12 (make deps)")
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64M", "tmpfs", str(small)]
-                      ).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with small_tmpfs(tmp_path) as small:
         env = dict(os.environ, HOTPLUG_HARNESS_CACHE=str(small / "cache"))
-        res = subprocess.run([sys.executable, "-m", "harness.cli", "build"],
-                             cwd=Path(__file__).resolve().parent.parent,
+        res = subprocess.run([sys.executable, "-m", "harness.cli", "build"], cwd=ROOT,
                              env=env, capture_output=True, text=True, timeout=300)
         left = sorted(p.name for p in (small / "cache" / "src").iterdir())
-    finally:
-        subprocess.run(["umount", str(small)])
     text = res.stdout + res.stderr
     assert res.returncode == 2, text[-3000:]
     assert "error (infra): [source] unpacking" in text and "MiB free" in text, text[-3000:]
