@@ -52,6 +52,7 @@ from harness.machine.qemu import free_port  # noqa: E402
 from harness.session import BootOptions, boot  # noqa: E402
 
 WAYS = ("gdb", "raw", "raw-step", "raw-pc", "watch")
+ADDED: list = []                    # uprobes this bench defined
 LOAD = ("(while :; do dd if=/dev/zero of=/dev/null bs=1 count=100000000; done) "
         ">/dev/null 2>&1 </dev/null &")
 PC = 32                      # aarch64 'g' packet: x0-x30, sp, pc (8 bytes each), cpsr
@@ -88,7 +89,7 @@ class Rsp(Link):
         return f"p{int(pid, 16):x}.{int(tid, 16):x}"
 
 def raw_way(port: int, way: str, addr: int, stops: int) -> list:
-    r = Rsp(port)
+    r = Rsp("127.0.0.1", port)
     r.cmd("qSupported:multiprocess+;swbreak+;hwbreak+")
     r.send("?")
     r.recv()
@@ -145,13 +146,17 @@ def flush_counter(qemu_bin: str):
     """A uprobe on QEMU's tb_flush, or None (no perf, not root, no symbol)."""
     if os.geteuid() != 0 or not shutil.which("perf"):
         return None
+    before = subprocess.run(["perf", "probe", "-l"], capture_output=True, text=True).stdout
     probe = subprocess.run(["perf", "probe", "-x", qemu_bin, "-a", "tb_flush"],
                            capture_output=True, text=True)
     listed = subprocess.run(["perf", "probe", "-l"], capture_output=True, text=True).stdout
     if "tb_flush" not in listed:
         bl.note(f"no tb_flush uprobe: {probe.stderr.strip()[-200:]}")
         return None
-    return next(line.split()[0] for line in listed.splitlines() if "tb_flush" in line)
+    event = next(line.split()[0] for line in listed.splitlines() if "tb_flush" in line)
+    if "tb_flush" not in before:
+        ADDED.append(event)            # removed again when the bench ends
+    return event
 
 
 def count_flushes(event: str, pid: int, fn) -> tuple:
@@ -203,7 +208,8 @@ def main() -> int:
         guest.check(LOAD)
         time.sleep(0.5)
         qemu = guest.machine.proc
-        event = flush_counter(guest.machine.argv[0]) if qemu else None
+        qemu_bin = shutil.which(guest.machine.argv[0]) or guest.machine.argv[0]
+        event = flush_counter(qemu_bin) if qemu else None
         for way in ways:
             addr = symbols["jiffies"] if way == "watch" else symbols["vfs_read"]
             if way in ("gdb", "raw", "raw-step"):
@@ -231,6 +237,8 @@ def main() -> int:
                                                "--ways", way]),
                       extra=per.lstrip("; "))
             time.sleep(0.3)
+    for event in ADDED:
+        subprocess.run(["perf", "probe", "-d", event], capture_output=True)
     return 0
 
 
