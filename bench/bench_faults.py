@@ -149,7 +149,10 @@ def first_cause(report: Optional[dict], stdout: str) -> str:
         for m in report.get("methods", ()):
             err = (m.get("run") or {}).get("error")
             if err:
-                return str(err.get("message", "")).splitlines()[0]
+                # the guest command a crash interrupted is not the cause (it can
+                # carry the run's key and guest paths): cut at its quote
+                return str(err.get("message", "")).splitlines()[0].split(
+                    ' (while running "')[0]
     for line in stdout.splitlines():
         if line.startswith(("ERROR:", "FAIL:", "hotplug-harness:")):
             return line
