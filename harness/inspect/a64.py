@@ -287,22 +287,21 @@ LATE_SCAN_INSNS = 16     # how far back from a watch stop the store is looked fo
 
 
 
-def store_range(word: int, reg: Callable[[int], int]) -> Optional[tuple]:
-    """``(address, size)`` written by an AArch64 general-purpose register store
-    (STR/STUR/STTR of any size, pre/post-indexed or register offset; STP/STNP),
-    computed from the registers as they are now (``reg(n)``: Xn, 31 = SP);
-    None for anything else. A write-back form is undone (post-index) or
-    already applied (pre-index), so the address is the one the store used as
-    long as the base register was not written again since."""
-    size, v = word >> 30, (word >> 26) & 1
+def _store_form(word: int, reg: Callable[[int], int]) -> Optional[tuple]:
+    """An AArch64 general-purpose register store decoded against ``reg(n)``
+    (Xn, 31 = SP): ``(n, base, offset, index, width, rts)``: the base register
+    and its value, the immediate or extended register offset, ``index`` one of
+    "offset", "pre", "post", "unpriv" (STTR), the bytes per register and the
+    registers stored (STR/STUR/STTR of any size, register offset; STP/STNP of
+    W or X registers). None for anything else."""
+    size, v, n = word >> 30, (word >> 26) & 1, (word >> 5) & 31
     if (word >> 24) & 0x3B == 0x39 and (word >> 22) & 3 == 0 and not v:     # unsigned imm
-        return (reg((word >> 5) & 31) + (((word >> 10) & 0xFFF) << size)) & _U64, 1 << size
+        return n, reg(n), ((word >> 10) & 0xFFF) << size, "offset", 1 << size, (word & 31,)
     if (word >> 24) & 0x3B == 0x38 and (word >> 22) & 3 == 0 and not v:
-        base = reg((word >> 5) & 31)
         if (word >> 21) & 1 == 0:                                   # imm9 forms
-            imm, idx = _sext((word >> 12) & 0x1FF, 9), (word >> 10) & 3
-            addr = {0: base + imm, 1: base - imm, 2: base + imm, 3: base}[idx]
-            return addr & _U64, 1 << size
+            index = ("offset", "post", "unpriv", "pre")[(word >> 10) & 3]
+            return (n, reg(n), _sext((word >> 12) & 0x1FF, 9), index, 1 << size,
+                    (word & 31,))
         if (word >> 10) & 3 == 2:                                   # register offset
             m, option, s = (word >> 16) & 31, (word >> 13) & 7, (word >> 12) & 1
             xm = 0 if m == 31 else reg(m)
@@ -312,16 +311,30 @@ def store_range(word: int, reg: Callable[[int], int]) -> Optional[tuple]:
                 xm = _sext(xm & 0xFFFFFFFF, 32)
             elif option not in (3, 7):
                 return None
-            return (base + (xm << (size if s else 0))) & _U64, 1 << size
+            return (n, reg(n), xm << (size if s else 0), "offset", 1 << size,
+                    (word & 31,))
         return None
     if (word >> 27) & 7 == 0b101 and not v and (word >> 22) & 1 == 0 and size in (0, 2):
         scale = 2 + (size >> 1)                                     # STP/STNP W or X
-        imm = _sext((word >> 15) & 0x7F, 7) << scale
-        base = reg((word >> 5) & 31)
-        kind = (word >> 23) & 3
-        addr = {0: base + imm, 1: base - imm, 2: base + imm, 3: base}[kind]
-        return addr & _U64, 2 << scale
+        index = ("offset", "post", "offset", "pre")[(word >> 23) & 3]
+        return (n, reg(n), _sext((word >> 15) & 0x7F, 7) << scale, index, 1 << scale,
+                (word & 31, (word >> 10) & 31))
     return None
+
+
+def store_range(word: int, reg: Callable[[int], int]) -> Optional[tuple]:
+    """``(address, size)`` written by an AArch64 general-purpose register store
+    (STR/STUR/STTR of any size, pre/post-indexed or register offset; STP/STNP),
+    computed from the registers as they are now (``reg(n)``: Xn, 31 = SP);
+    None for anything else. A write-back form is undone (post-index) or
+    already applied (pre-index), so the address is the one the store used as
+    long as the base register was not written again since."""
+    form = _store_form(word, reg)
+    if form is None:
+        return None
+    _n, base, offset, index, width, rts = form
+    addr = {"pre": base, "post": base - offset}.get(index, base + offset)
+    return addr & _U64, width * len(rts)
 
 
 def store_effect(word: int, reg: Callable[[int], int]) -> Optional[tuple]:
@@ -332,45 +345,15 @@ def store_effect(word: int, reg: Callable[[int], int]) -> Optional[tuple]:
     STR/STUR of any size (unsigned offset, pre/post-indexed, register offset)
     and STP/STNP of W or X registers; None for anything else (STTR, atomics,
     exclusives, SIMD), which the caller steps instead of carrying out."""
-    size, v = word >> 30, (word >> 26) & 1
-
-    def data(t: int, nbytes: int) -> bytes:
-        return (0 if t == 31 else reg(t) & ((1 << (8 * nbytes)) - 1)).to_bytes(nbytes, "little")
-    n = (word >> 5) & 31
-    if (word >> 24) & 0x3B == 0x39 and (word >> 22) & 3 == 0 and not v:     # unsigned imm
-        addr = (reg(n) + (((word >> 10) & 0xFFF) << size)) & _U64
-        return addr, data(word & 31, 1 << size), None
-    if (word >> 24) & 0x3B == 0x38 and (word >> 22) & 3 == 0 and not v:
-        base = reg(n)
-        if (word >> 21) & 1 == 0:                                   # imm9 forms
-            imm, idx = _sext((word >> 12) & 0x1FF, 9), (word >> 10) & 3
-            if idx == 2:                                            # STTR: unprivileged
-                return None
-            addr = (base if idx == 1 else base + imm) & _U64
-            wb = (n, (base + imm) & _U64) if idx in (1, 3) else None
-            return addr, data(word & 31, 1 << size), wb
-        if (word >> 10) & 3 == 2:                                   # register offset
-            m, option, s = (word >> 16) & 31, (word >> 13) & 7, (word >> 12) & 1
-            xm = 0 if m == 31 else reg(m)
-            if option == 2:
-                xm &= 0xFFFFFFFF
-            elif option == 6:
-                xm = _sext(xm & 0xFFFFFFFF, 32)
-            elif option not in (3, 7):
-                return None
-            addr = (base + (xm << (size if s else 0))) & _U64
-            return addr, data(word & 31, 1 << size), None
+    form = _store_form(word, reg)
+    if form is None or form[3] == "unpriv":
         return None
-    if (word >> 27) & 7 == 0b101 and not v and (word >> 22) & 1 == 0 and size in (0, 2):
-        scale = 2 + (size >> 1)                                     # STP/STNP W or X
-        imm = _sext((word >> 15) & 0x7F, 7) << scale
-        base = reg(n)
-        kind = (word >> 23) & 3
-        addr = (base if kind == 1 else base + imm) & _U64
-        wb = (n, (base + imm) & _U64) if kind in (1, 3) else None
-        width = 1 << scale
-        return addr, data(word & 31, width) + data((word >> 10) & 31, width), wb
-    return None
+    n, base, offset, index, width, rts = form
+    data = b"".join((0 if t == 31 else reg(t) & ((1 << (8 * width)) - 1)).to_bytes(
+        width, "little") for t in rts)
+    addr = (base if index == "post" else base + offset) & _U64
+    wb = (n, (base + offset) & _U64) if index in ("pre", "post") else None
+    return addr, data, wb
 
 
 def is_branch(word: int) -> bool:
