@@ -96,17 +96,9 @@ class Breakpoint:
         self.type = BP_HARDWARE_WATCHPOINT if self.watch else BP_BREAKPOINT
         target.last_number -= 1
         self.number = target.last_number
-        self._enabled = True
+        self.enabled = True              # set by the agent; synced before the target runs
         self.inserted = False
         target.bps[self.number] = self
-
-    @property
-    def enabled(self) -> bool:
-        return self._enabled
-
-    @enabled.setter
-    def enabled(self, value: bool) -> None:
-        self._enabled = bool(value)
 
     def packet(self, insert: bool) -> str:
         kind, length = ("2", 8) if self.watch else ("0", 4)
@@ -269,32 +261,33 @@ class Target:
         """A stop for a breakpoint or watchpoint already taken out. A watched
         store is carried out (or stepped) first; nothing is reported."""
         if "watch:" in reply:
-            addr = int(reply.split("watch:")[1].split(";")[0], 16)
-            if any(bp.watch and bp.inserted and bp.address <= addr < bp.address + 8
-                   for bp in self.bps.values()):
-                return False
-            if not any(w and a <= addr < a + 8 for w, a in self.removed):
+            addr = _watch_address(reply)
+            if self._watch_hits(addr) or not any(
+                    w and a <= addr < a + 8 for w, a in self.removed):
                 return False
             self._past_store([])
             return True
         if not reply.startswith("T05"):
             return False
         pc = self.reg(PC)
-        if any(not bp.watch and bp.inserted and bp.address == pc for bp in self.bps.values()):
-            return False
-        return (False, pc) in self.removed
+        return not self._breakpoint_hits(pc) and (False, pc) in self.removed
+
+    def _watch_hits(self, addr: int) -> list:
+        return [bp for bp in self.bps.values()
+                if bp.watch and bp.inserted and bp.address <= addr < bp.address + 8]
+
+    def _breakpoint_hits(self, pc: int) -> list:
+        return [bp for bp in self.bps.values()
+                if not bp.watch and bp.inserted and bp.address == pc]
 
     def _report(self, reply: str) -> None:
         if "watch:" in reply:
-            addr = int(reply.split("watch:")[1].split(";")[0], 16)
-            hit = [bp for bp in self.bps.values()
-                   if bp.watch and bp.inserted and bp.address <= addr < bp.address + 8]
+            hit = self._watch_hits(_watch_address(reply))
             self._past_store(hit)
             self._fire(StopEvent(hit))
             return
         pc = self.reg(PC)
-        hit = [bp for bp in self.bps.values()
-               if not bp.watch and bp.inserted and bp.address == pc]
+        hit = self._breakpoint_hits(pc)
         if hit:
             self.step_over = pc
             self._fire(StopEvent(hit))
@@ -340,7 +333,17 @@ class Target:
         self.link = None
 
 
+def _watch_address(reply: str) -> int:
+    """The data address of a watchpoint stop reply (``...;watch:ADDR;``)."""
+    return int(reply.split("watch:")[1].split(";")[0], 16)
+
+
 _TARGET = Target()
+
+
+def _watch_address(reply: str) -> int:
+    """The data address of a watchpoint stop reply (``...;watch:ADDR;``)."""
+    return int(reply.split("watch:")[1].split(";")[0], 16)
 
 
 def reset() -> Target:
