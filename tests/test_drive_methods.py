@@ -608,7 +608,7 @@ def test_race_drive_runs_the_loop_and_records_the_end_state():
     def loop(m):            # the loop ends with both blocks removed
         for a in (0x80000000, 0x88000000):
             guest._unplug(a, 128 << 20)
-        return "race-iter 1 ok\nrace-iter 2 ok\nrace-iter 3 ok\nrace-done 3 4\n", 0
+        return "race-iter 1 ok\nrace-iter 2 ok\nrace-iter 3 ok\nrace-done 3 4 2\n", 0
     guest = ModelGuest.from_phase(run.phases[0], answers=[
         (r"^rm -rf /tmp/race; mkdir -p /tmp/race; ", lambda m: ("started\n", 0)),
         (r"^cut -d' ' -f1 /proc/uptime$", lambda m: ("41.50\n", 0)),
@@ -628,7 +628,9 @@ def test_race_drive_runs_the_loop_and_records_the_end_state():
     assert rec.notes == ["race: loop started at uptime 41.50 s",
                          "race: 3 add/remove iteration(s) of 2 blocks in 4 s, under 24 "
                          "concurrent page-table dump reads (1 reader), 5 W+X check walks "
-                         "(2 readers) and a 64 MiB write/delete loop"]
+                         "(2 readers) and a 64 MiB page-cache write/truncate loop; 2 tasks "
+                         "created in the guest meanwhile (kernel threads included: the "
+                         "load itself starts none)"]
 
 
 def test_race_a_loop_the_bound_cut_short_says_so():
@@ -650,7 +652,7 @@ def test_race_a_loop_the_bound_cut_short_says_so():
     assert rec.notes[-1] == (
         "race: 2 add/remove iteration(s) of 2 blocks in 5 s (the 5 s bound came before "
         "30), under 8 concurrent page-table dump reads (1 reader), 0 W+X check walks "
-        "(2 readers, no check_wx_pages) and a 64 MiB write/delete loop")
+        "(2 readers, no check_wx_pages) and a 64 MiB page-cache write/truncate loop")
 
 
 def test_race_a_failed_iteration_is_the_kernels():

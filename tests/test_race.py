@@ -16,8 +16,8 @@ from harness.verdict import checks, report
 def test_loop_script_starts_from_online_then_cycles_both_blocks():
     text = race.loop_script([0x80000000, 0x88000000], 0x8000000, 30, "online_movable", 25)
     body = text.splitlines()
-    assert body[0] == "start=$(date +%s); end=$(( start + 30 )); n=0"
-    assert body[2] == "while [ $n -lt 25 ] && [ $(date +%s) -lt $end ]; do"
+    assert body[2] == "now; start=$t; end=$(( start + 30 )); n=0; tasks; p0=$p"
+    assert body[4] == "while [ $n -lt 25 ] && now && [ $t -lt $end ]; do"
     assert "  if [ $n -gt 1 ]; then     # the first round starts from online" in body
     assert "  if [ $((n % 4)) -eq 1 ]; then   # a full round: online, offline (migration)" \
         in body
@@ -25,7 +25,7 @@ def test_loop_script_starts_from_online_then_cycles_both_blocks():
             "state || fail 'online 0x88000000'") in body
     assert ("  echo 0x80000000 > /sys/devices/system/memory/remove "
             "|| fail 'remove 0x80000000'") in body
-    assert body[-1] == "echo race-done $n $(( $(date +%s) - start ))"
+    assert body[-1] == "now; tasks; echo race-done $n $(( t - start )) $(( p - p0 ))"
 
 
 def test_loop_script_runs_in_a_shell(tmp_path):
@@ -58,8 +58,51 @@ def test_loop_script_stops_at_its_rounds_before_its_bound(tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[:3] == ["race-iter 1 ok", "race-iter 2 ok", "race-iter 3 ok"]
-    n, seconds = lines[-1].split()[1:]
-    assert n == "3" and int(seconds) < 10
+    n, seconds, tasks = lines[-1].split()[1:]
+    assert n == "3" and int(seconds) < 10 and int(tasks) >= 0
+
+
+def test_loop_and_load_start_no_process(tmp_path):
+    """The loop and the load run in shell builtins only (a process exiting
+    while hot-remove rewrites memblock meets the stock kernel's race, see
+    race.STOCK_RACE): with no PATH at all, both still run, and nothing is
+    'not found'. The loop's task count comes from /proc/stat."""
+    root = tmp_path / "memory"
+    root.mkdir()
+    (root / "memory16").mkdir()
+    loop = race.loop_script([0x80000000], 0x8000000, 60, "online_movable", 3)
+    loop = loop.replace("/sys/devices/system/memory", str(root))
+    loop = loop.replace("/tmp/race-iter", str(tmp_path / "iter"))
+    dump, wx, load_dir = tmp_path / "dump", tmp_path / "wx", tmp_path / "race"
+    dump.write_text("a\nb\n")
+    wx.write_text("SUCCESS\n")
+    load_dir.mkdir()
+    load = race.load_script(readers=1, pressure_mb=1).split("mkdir -p /tmp/race; ", 1)[1]
+    load = load.replace(race.PTDUMP, str(dump)).replace(race.WX, str(wx))
+    load = load.replace(race.LOAD_DIR, str(load_dir))
+    empty = {"PATH": str(tmp_path / "no-commands-here")}
+    shell = subprocess.run(["sh", "-c", "command -v sh"], capture_output=True,
+                           text=True).stdout.strip()
+    started = subprocess.run([shell, "-c", load], capture_output=True, text=True,
+                             timeout=30, env=empty)
+    try:
+        assert started.stdout.strip() == "started" and not started.stderr, started
+        out = subprocess.run([shell, "-c", loop], capture_output=True, text=True,
+                             timeout=30, env=empty)
+        assert out.returncode == 0 and not out.stderr, out
+        assert out.stdout.splitlines()[-1].startswith("race-done 3 ")
+        def counted() -> str:
+            count = load_dir / "reads-0"
+            return count.read_text().strip() if count.exists() else ""
+        seen = False
+        for _ in range(100):       # the reader read, the pressure job wrote
+            seen = (load_dir / "fill").exists() and counted().isdigit()
+            if seen:
+                break
+            subprocess.run(["sleep", "0.05"], check=True)
+        assert seen, (list(load_dir.iterdir()), counted())
+    finally:
+        (load_dir / "stop").touch()
 
 @pytest.mark.parametrize("script", [
     race.loop_script([0x80000000, 0x88000000], 0x8000000, 30, "online_movable"),
@@ -71,10 +114,10 @@ def test_scripts_are_valid_posix_sh(script):
 def test_load_records_pids_and_stop_waits_for_them_with_a_bound():
     load = race.load_script(readers=2, pressure_mb=16, wx_readers=1)
     assert load.count("echo $! >> /tmp/race/pids;") == 4
-    assert "cat /sys/kernel/debug/kernel_page_tables > /dev/null" in load
+    assert "while read -r l; do :; done < /sys/kernel/debug/kernel_page_tables" in load
     assert ("if [ -e /sys/kernel/debug/check_wx_pages ]; then (n=0; while [ ! -e "
             "/tmp/race/stop ]; do read -r l < /sys/kernel/debug/check_wx_pages && ") in load
-    assert "bs=1M count=16" in load
+    assert "while [ $j -lt 1024 ]" in load and "cat " not in load and "dd " not in load
     stop = race.stop_script(readers=2, wait_s=5, wx_readers=1)
     assert stop.startswith("touch /tmp/race/stop; end=$(( $(date +%s) + 5 ));")
     assert stop.endswith("echo reads $(cat /tmp/race/reads-0 2>/dev/null || echo 0) "

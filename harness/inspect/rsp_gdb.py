@@ -341,11 +341,6 @@ def _watch_address(reply: str) -> int:
 _TARGET = Target()
 
 
-def _watch_address(reply: str) -> int:
-    """The data address of a watchpoint stop reply (``...;watch:ADDR;``)."""
-    return int(reply.split("watch:")[1].split(";")[0], 16)
-
-
 def reset() -> Target:
     """A fresh client state (one per process normally; tests make several)."""
     global _TARGET
