@@ -52,6 +52,11 @@ KERNEL, INFRA, HARNESS, INTERRUPTED = (Blame.KERNEL, Blame.INFRA, Blame.HARNESS,
                                        Blame.INTERRUPTED)
 
 
+# what an error raised by a transport or a wait names as its step; a step (or
+# the boot) names itself instead
+TRANSPORT_STEPS = ("ssh", "qmp", "serial", "wait")
+
+
 class HarnessError(Exception):
     """Base error. ``step`` names the stage; ``evidence`` is text worth keeping."""
 

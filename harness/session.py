@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 
 from harness import faults, progress
 from harness import progress as ui
-from harness.errors import HarnessError, MachineError
+from harness.errors import TRANSPORT_STEPS, HarnessError, MachineError
 from harness.host import Deadline
 from harness.kernel.kernel import KernelArtifacts
 from harness.machine import guest_image, snapshot
@@ -237,7 +237,18 @@ def _bring_up(machine: Machine, key: KeyPair, opts: BootOptions, out_dir: Path,
               save_as: Optional[str] = None, key_over_console: bool = False) -> Guest:
     """Wait for the guest to be ready; ``save_as``: snapshot it then (under that
     key); ``key_over_console``: write the run's SSH key into it over the serial
-    console (a key-less image); then connect SSH."""
+    console (a key-less image); then connect SSH. A failure on the way names
+    the step 'boot', not the transport it came through."""
+    try:
+        return _ready_guest(machine, key, opts, out_dir, save_as, key_over_console)
+    except HarnessError as e:
+        if not e.step or e.step in TRANSPORT_STEPS:
+            e.step = "boot"
+        raise
+
+
+def _ready_guest(machine: Machine, key: KeyPair, opts: BootOptions, out_dir: Path,
+                 save_as: Optional[str], key_over_console: bool) -> Guest:
     deadline = Deadline(opts.boot_timeout)
     reader = machine.reader
     assert reader is not None, "a launched Machine has a console reader"

@@ -600,20 +600,27 @@ def test_split_leaf_stops_when_nothing_would_be_split():
 
 # ------------------------------------------------------------ race ----------
 
-def test_race_drive_runs_the_loop_and_records_the_end_state():
+def race_guest(loop_out: str, reads: str, code: int = 0, unplug: bool = True):
     """SYNTHETIC: the probe flow's boot memory (recorded 4k-48 probe run's
-    'before' phase), the loop's and the load's outputs written here."""
+    'before' phase); the loop prints ``loop_out`` and exits ``code`` (having
+    removed both blocks if ``unplug``), the load's stop prints ``reads``."""
     run = recorded("recorded-4k-48-probe/probe.json")
 
-    def loop(m):            # the loop ends with both blocks removed
-        for a in (0x80000000, 0x88000000):
+    def loop(m):
+        for a in (0x80000000, 0x88000000) if unplug else ():
             guest._unplug(a, 128 << 20)
-        return "race-iter 1 ok\nrace-iter 2 ok\nrace-iter 3 ok\nrace-done 3 4 2\n", 0
+        return loop_out, code
     guest = ModelGuest.from_phase(run.phases[0], answers=[
         (r"^rm -rf /tmp/race; mkdir -p /tmp/race; ", lambda m: ("started\n", 0)),
         (r"^cut -d' ' -f1 /proc/uptime$", lambda m: ("41.50\n", 0)),
         (r"^sh /tmp/race-loop\.sh$", loop),
-        (r"^touch /tmp/race/stop; ", lambda m: ("reads 11 13 wx 5\n", 0))])
+        (r"^touch /tmp/race/stop; ", lambda m: (reads, 0))])
+    return guest
+
+
+def test_race_drive_runs_the_loop_and_records_the_end_state():
+    guest = race_guest("race-iter 1 ok\nrace-iter 2 ok\nrace-iter 3 ok\nrace-done 3 4 2\n",
+                       "reads 11 13 wx 5\n")
     rec = FakeRecorder(guest, None)
     race.drive(rec, race.Options(seconds=5, iterations=3))
     assert names(rec.steps) == [
@@ -634,20 +641,11 @@ def test_race_drive_runs_the_loop_and_records_the_end_state():
 
 
 def test_race_a_loop_the_bound_cut_short_says_so():
-    """SYNTHETIC: 2 of 30 rounds when the 5 s bound came: the note says the
-    bound, not the count, ended it (and a kernel without check_wx_pages)."""
-    run = recorded("recorded-4k-48-probe/probe.json")
-
-    def loop(m):
-        for a in (0x80000000, 0x88000000):
-            guest._unplug(a, 128 << 20)
-        return "race-iter 1 ok\nrace-iter 2 ok\nrace-done 2 5\n", 0
-    guest = ModelGuest.from_phase(run.phases[0], answers=[
-        (r"^rm -rf /tmp/race; ", lambda m: ("started\n", 0)),
-        (r"^cut -d' ' ", lambda m: ("1.0\n", 0)),
-        (r"^sh /tmp/race-loop\.sh$", loop),
-        (r"^touch /tmp/race/stop; ", lambda m: ("reads 4 4 wx 0\n", 0))])
-    rec = FakeRecorder(guest, None)
+    """2 of 30 rounds when the 5 s bound came: the note says the bound, not
+    the count, ended it (and a kernel without check_wx_pages; a loop that
+    printed no task count says none)."""
+    rec = FakeRecorder(race_guest("race-iter 1 ok\nrace-iter 2 ok\nrace-done 2 5\n",
+                                  "reads 4 4 wx 0\n"), None)
     race.drive(rec, race.Options(seconds=5))
     assert rec.notes[-1] == (
         "race: 2 add/remove iteration(s) of 2 blocks in 5 s (the 5 s bound came before "
@@ -656,13 +654,8 @@ def test_race_a_loop_the_bound_cut_short_says_so():
 
 
 def test_race_a_failed_iteration_is_the_kernels():
-    run = recorded("recorded-4k-48-probe/probe.json")
-    guest = ModelGuest.from_phase(run.phases[0], answers=[
-        (r"^rm -rf /tmp/race; ", lambda m: ("started\n", 0)),
-        (r"^cut -d' ' ", lambda m: ("1.0\n", 0)),
-        (r"^sh /tmp/race-loop\.sh$",
-         lambda m: ("race-iter 1 ok\nrace-iter 2 FAIL remove 0x88000000\n", 1)),
-        (r"^touch /tmp/race/stop; ", lambda m: ("reads 1 1\n", 0))])
+    guest = race_guest("race-iter 1 ok\nrace-iter 2 FAIL remove 0x88000000\n", "reads 1 1\n",
+                       code=1, unplug=False)
     with pytest.raises(HarnessError, match="loop stopped at iteration 2: FAIL remove "
                                            "0x88000000") as e:
         race.drive(FakeRecorder(guest, None), race.Options(seconds=5))

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import paramiko
 import pytest
+from procs import pids_where
 
 from harness import faults
 from harness.machine import qemu
@@ -192,17 +193,8 @@ def test_the_report_prints_the_stopping_error_before_the_checks_that_could_not_l
 
 def marked(mark):
     """Processes of a run (QEMU, gdb: any depth) by the marker in their environment."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"{MARK}={mark}".encode() in env:
-            found.append(pid)
-    return found
+    return [str(pid) for pid in pids_where("environ", lambda env: f"{MARK}={mark}".encode()
+                                           in env)]
 
 
 def shm_of(pid):
@@ -302,6 +294,19 @@ def test_other_faults_end_in_seconds_with_their_cause(tmp_path, spec, method, ex
     assert seconds <= BOUND_S, f"{seconds:.1f}s from the fault to the exit"
     assert stopping_error(data)["message"].startswith(cause), stopping_error(data)
     assert (tmp_path / "report" / method / "console.log").exists()
+
+
+@pytest.mark.kernel
+@pytest.mark.qemu
+def test_a_panic_at_boot_names_the_boot_not_the_console(tmp_path):
+    """The guest panics once ready, before the run's first step: the kernel's
+    (exit 1), and the stopping error's step is 'boot', not 'serial' (the
+    transport the panic was seen through)."""
+    code, seconds, data, text = faulted_run(tmp_path, "panic@ready", "probe")
+    assert code == 1, text[-3000:]
+    assert seconds <= BOUND_S, f"{seconds:.1f}s from the fault to the exit"
+    error = stopping_error(data)
+    assert error["message"].startswith("kernel panic") and error["step"] == "boot", error
 
 
 @contextmanager

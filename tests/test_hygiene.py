@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from procs import pids_where
 
 from fakes import FakeGuest, shm_left_behind
 from harness import cli, progress, runner, signals
@@ -426,18 +427,8 @@ def our_shm() -> set:
 
 def qemu_processes(needle: str) -> list:
     """PIDs of qemu-system-aarch64 processes whose command line has ``needle``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"qemu-system-aarch64") and any(
-                needle.encode() in a for a in argv):
-            found.append(int(name))
-    return found
+    return pids_where("cmdline", lambda argv: argv[0].endswith(b"qemu-system-aarch64")
+                      and any(needle.encode() in a for a in argv))
 
 
 @pytest.fixture(scope="module")

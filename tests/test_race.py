@@ -28,16 +28,21 @@ def test_loop_script_starts_from_online_then_cycles_both_blocks():
     assert body[-1] == "now; tasks; echo race-done $n $(( t - start )) $(( p - p0 ))"
 
 
+def faked_loop(tmp_path, seconds: int, iterations: int = race.ITERATIONS) -> str:
+    """The loop for one block, against a fake sysfs in tmp_path/memory."""
+    root = tmp_path / "memory"
+    (root / "memory16").mkdir(parents=True)
+    script = race.loop_script([0x80000000], 0x8000000, seconds, "online_movable", iterations)
+    script = script.replace("/sys/devices/system/memory", str(root))
+    return script.replace("/tmp/race-iter", str(tmp_path / "iter"))
+
+
 def test_loop_script_runs_in_a_shell(tmp_path):
     """The loop's control flow in a real sh, against a fake sysfs: the first
     round offlines and removes what is online, later rounds probe and remove,
     every 4th onlines and offlines in between."""
     root = tmp_path / "memory"
-    root.mkdir()
-    script = race.loop_script([0x80000000], 0x8000000, 2, "online_movable")
-    script = script.replace("/sys/devices/system/memory", str(root))
-    script = script.replace("/tmp/race-iter", str(tmp_path / "iter"))
-    (root / "memory16").mkdir()
+    script = faked_loop(tmp_path, 2)
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -48,12 +53,7 @@ def test_loop_script_runs_in_a_shell(tmp_path):
 def test_loop_script_stops_at_its_rounds_before_its_bound(tmp_path):
     """A count, not a time: 3 rounds against a fake sysfs end the loop long
     before its 60 s bound, and race-done says how many and how long."""
-    root = tmp_path / "memory"
-    root.mkdir()
-    (root / "memory16").mkdir()
-    script = race.loop_script([0x80000000], 0x8000000, 60, "online_movable", 3)
-    script = script.replace("/sys/devices/system/memory", str(root))
-    script = script.replace("/tmp/race-iter", str(tmp_path / "iter"))
+    script = faked_loop(tmp_path, 60, 3)
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -67,12 +67,7 @@ def test_loop_and_load_start_no_process(tmp_path):
     while hot-remove rewrites memblock meets the stock kernel's race, see
     race.STOCK_RACE): with no PATH at all, both still run, and nothing is
     'not found'. The loop's task count comes from /proc/stat."""
-    root = tmp_path / "memory"
-    root.mkdir()
-    (root / "memory16").mkdir()
-    loop = race.loop_script([0x80000000], 0x8000000, 60, "online_movable", 3)
-    loop = loop.replace("/sys/devices/system/memory", str(root))
-    loop = loop.replace("/tmp/race-iter", str(tmp_path / "iter"))
+    loop = faked_loop(tmp_path, 60, 3)
     dump, wx, load_dir = tmp_path / "dump", tmp_path / "wx", tmp_path / "race"
     dump.write_text("a\nb\n")
     wx.write_text("SUCCESS\n")

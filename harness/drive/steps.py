@@ -20,16 +20,13 @@ from dataclasses import replace
 from typing import Any, Callable, Optional, Protocol
 
 from harness import faults
-from harness.errors import HarnessError
+from harness.errors import TRANSPORT_STEPS, HarnessError
 from harness.kernel.kernel import KernelArtifacts
 from harness.kernel.layout import Geometry as WalkGeometry
 from harness.records import Geometry, OrderRecord, Step
 from harness.session import Guest
 
 Progress = Callable[[str], None]
-# what an error raised by a transport or a wait names as its step; a step
-# names itself instead
-TRANSPORT_STEPS = ("ssh", "qmp", "serial", "wait")
 
 
 class TableView(Protocol):
