@@ -58,7 +58,8 @@ from harness.machine.qemu import free_port  # noqa: E402
 from harness.session import BootOptions, boot  # noqa: E402
 
 MEMROOT = "/sys/devices/system/memory"
-EXITS = ("(while [ ! -e /tmp/stop-exits ]; do sh -c :; done) </dev/null >/dev/null 2>&1 &")
+STOP, COUNT = "/tmp/harness-stop-exits", "/tmp/harness-removals"    # in the guest
+EXITS = f"(while [ ! -e {STOP} ]; do sh -c :; done) </dev/null >/dev/null 2>&1 &"
 # struct memblock: bool bottom_up; phys_addr_t current_limit; struct memblock_type
 # memory {unsigned long cnt, max; phys_addr_t total_size; struct memblock_region *regions}
 MEMORY_CNT, MEMORY_REGIONS = 16, 40
@@ -144,10 +145,9 @@ def cell(art, symbols: dict, hold: bool, exits: bool, seconds: float, tmp: Path)
         if hold:        # one removal, stopped in its window
             guest.run(f"(echo {addr:#x} > {MEMROOT}/remove) </dev/null >/dev/null 2>&1 &", 10)
         else:           # removals and adds back to back, each with its short window
-            guest.run(f"(echo {addr:#x} > {MEMROOT}/remove; n=1; while [ ! -e /tmp/stop-exits ]"
-                      f"; do echo {addr:#x} > {MEMROOT}/probe; echo {addr:#x} > {MEMROOT}/remove"
-                      f" && n=$((n+1)); echo $n > /tmp/removals; done) </dev/null >/dev/null "
-                      "2>&1 &", 10)
+            guest.run(f"(echo {addr:#x} > {MEMROOT}/remove; n=1; while [ ! -e {STOP} ]; do "
+                      f"echo {addr:#x} > {MEMROOT}/probe; echo {addr:#x} > {MEMROOT}/remove "
+                      f"&& n=$((n+1)); echo $n > {COUNT}; done) </dev/null >/dev/null 2>&1 &", 10)
         start = time.monotonic()
         if hold:
             _, remover = rsp.stop()
@@ -173,8 +173,8 @@ def cell(art, symbols: dict, hold: bool, exits: bool, seconds: float, tmp: Path)
         rsp.sock.close()
         if not guest.crashes():       # the guest runs on: did the removal end?
             try:
-                left = guest.run(f"touch /tmp/stop-exits; sleep 2; ls {MEMROOT}; "
-                                 "cat /tmp/removals 2>/dev/null", 60,
+                left = guest.run(f"touch {STOP}; sleep 2; ls {MEMROOT}; "
+                                 f"cat {COUNT} 2>/dev/null", 60,
                                  via=guest.console).stdout.split()
                 got["after"] = ("the removal then finished" if f"memory{addr // bs}"
                                 not in left else "the block is still there")

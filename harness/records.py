@@ -39,8 +39,8 @@ PASS, FAIL, SKIP, ERROR = Verdict.PASS, Verdict.FAIL, Verdict.SKIP, Verdict.ERRO
 # checks every method that removes memory needs; one that cannot look is an
 # error of the run, never a PASS (checks.judge)
 REMOVAL_CHECKS = ("blocks-lifecycle", "no-stale-linear-map", "no-stale-vmemmap",
-                  "tables-freed", "online-memory-mapped", "contiguous-groups-whole",
-                  "no-kernel-splat")
+                  "tables-freed", "online-memory-mapped", "present-struct-pages-mapped",
+                  "contiguous-groups-whole", "no-kernel-splat")
 
 
 # ---------------------------------------------------------------- keyed records
@@ -404,13 +404,21 @@ class Removal:
     pa_start: int
     pa_end: int                        # exclusive
     baseline: str = "before"           # phase to compare tables against
+    # device memory (no memory block: ZONE_DEVICE) still there after this
+    # removal, whose struct pages must stay mapped (half-open PA ranges)
+    kept: tuple[tuple[int, int], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.kept:          # written only where a method says (runs saved before)
+            del d["kept"]
+        else:
+            d["kept"] = [list(k) for k in self.kept]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Removal:
-        return cls(**d)
+        return cls(**{**d, "kept": tuple((a, b) for a, b in d.get("kept", ()))})
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,8 @@ def test_good_run_passes_every_check():
                         "contiguous-groups-whole": PASS,
                         "no-stale-vmemmap": PASS, "tables-freed": PASS,
                         "online-memory-mapped": PASS, "bootmem-not-removable": SKIP,
-                        "no-kernel-splat": PASS, "no-leak-across-cycles": SKIP,
+                        "present-struct-pages-mapped": PASS, "no-kernel-splat": PASS,
+                        "no-leak-across-cycles": SKIP,
                         "walker-agrees-with-ptdump": PASS, "walker-no-bad-entries": PASS}
     assert checks.method_verdict(make_run(), found.values()) == PASS
 
@@ -293,6 +294,40 @@ def test_no_stale_vmemmap_pass_and_skip():
     assert by_name(make_run("removed-stale"))["no-stale-vmemmap"].verdict == PASS
     c = by_name(make_run(geometry=dict(GEOMETRY, memstart=None)))["no-stale-vmemmap"]
     assert could_not_look(c) and "geometry lacks memstart" in c.evidence
+
+
+# ------------------------------------------------------ present-struct-pages-mapped
+
+def test_present_struct_pages_fail_where_a_present_block_lost_them():
+    """SYNTHETIC: the DIMM's blocks are present (online) but the dump is the
+    one from before the add: their struct pages are not in the vmemmap."""
+    run = replace_phase(make_run(), "online", ptdump=snap("before"), walks=())
+    c = by_name(run)["present-struct-pages-mapped"]
+    assert c.verdict == FAIL and c.evidence.startswith(
+        "online: struct pages of memory still there are not in the vmemmap "
+        "(12 present block(s)): VA 0xfffffdffc2000000-")
+    assert "(struct pages of PA 0x80000000-" in c.evidence and c.step == "online dimm1"
+
+
+def test_present_struct_pages_follow_the_device_memory_a_removal_kept():
+    """A removal that says device memory stayed (Removal.kept): its struct
+    pages must be mapped in that removal's phase; the stock dump after the
+    DIMM's removal has none for the DIMM's range, the one from before has."""
+    kept = (Removal(REMOVED, *DIMM, baseline="before", kept=(DIMM,)),)
+    c = by_name(make_run(removals=kept))["present-struct-pages-mapped"]
+    assert c.verdict == FAIL and f"1 device range(s) still there ({DIMM[0]:#x}-" in c.evidence
+    ok = by_name(make_run("added", TABLES["added"], removals=kept))
+    assert ok["present-struct-pages-mapped"].verdict == PASS
+    assert Removal.from_dict(kept[0].to_dict()) == kept[0]
+    assert "kept" not in Removal(REMOVED, *DIMM).to_dict()   # runs saved before: unchanged
+
+
+def test_present_struct_pages_cannot_look_without_a_dump():
+    run = make_run()
+    run = dataclasses.replace(run, phases=tuple(dataclasses.replace(p, ptdump=None)
+                                                for p in run.phases))
+    c = by_name(run)["present-struct-pages-mapped"]      # a removal check: required
+    assert could_not_look(c) and "no ptdump of the vmemmap" in c.evidence
 
 
 # ---------------------------------------------------------------- tables-freed

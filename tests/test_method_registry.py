@@ -79,7 +79,7 @@ def test_declarations_as_before():
         "race": ("dt", REMOVAL_CHECKS, False),
         "reach": ("dt", REMOVAL_CHECKS + reach.CHECKS, False),
         "subsection": ("acpi", ("no-stale-linear-map", "no-stale-vmemmap",
-                                "no-kernel-splat"), False)}
+                                "present-struct-pages-mapped", "no-kernel-splat"), False)}
 
 
 def test_lookup_and_unknown_names():

@@ -105,7 +105,7 @@ def test_junit(written):
     assert list(suites) == ["acpi-dimm", "probe"]
     probe = suites["probe"]
     counts = tuple(probe.get(k) for k in ("tests", "failures", "errors", "skipped"))
-    assert counts == ("11", "2", "0", "2")
+    assert counts == ("12", "2", "0", "2")
     failure = probe.find("testcase[@name='tables-freed']/failure")
     assert failure.get("message") == (
         "removed-dimm1: page tables differ from before: hole at VA 0xffff000080000000-"

@@ -73,4 +73,5 @@ def test_the_method_is_asked_for_by_name_and_runs_without_gdb():
     m = runner.METHODS["subsection"]
     assert m is subsection.METHOD and "subsection" not in runner.ORDER
     assert m.mode == "acpi" and m.order_checks is False
-    assert m.required_checks == ("no-stale-linear-map", "no-stale-vmemmap", "no-kernel-splat")
+    assert m.required_checks == ("no-stale-linear-map", "no-stale-vmemmap",
+                                 "present-struct-pages-mapped", "no-kernel-splat")

@@ -139,10 +139,12 @@ class Recorder:
         page_owner's hotplug-path allocation stacks, for the leak check."""
         return self.collector.phase(name, note, leak)
 
-    def removed(self, phase: str, pa_start: int, pa_end: int, baseline: str = "") -> None:
+    def removed(self, phase: str, pa_start: int, pa_end: int, baseline: str = "",
+                kept: tuple[tuple[int, int], ...] = ()) -> None:
         """Tell the removal checks that ``phase`` follows removing ``[pa_start,
-        pa_end)``, compared with ``baseline``."""
-        self.removals.append(Removal(phase, pa_start, pa_end, baseline))
+        pa_end)``, compared with ``baseline``; ``kept``: device memory (no
+        memory block) still there, whose struct pages must stay mapped."""
+        self.removals.append(Removal(phase, pa_start, pa_end, baseline, tuple(kept)))
 
 
 def wait_for(predicate: Callable[[], T], deadline: float, what: str,

@@ -21,8 +21,9 @@ after a 2 MiB info block); the kernel needs the ``pmem`` fragment
    here would be tested: a harness error, not a PASS);
 2. unbind the lower one from ``nd_pmem``: its half is removed
    (``arch_remove_memory()``, ``vmemmap_free()`` of its struct pages);
-   phase ``removed-1``; the note says whether the other half's struct pages
-   are still mapped;
+   phase ``removed-1``; the other half's struct pages must still be mapped
+   (``present-struct-pages-mapped``, told by ``Removal.kept``; the note says
+   it too);
 3. unbind the other: its removal reads its own struct pages first
    (``page_zone()`` in ``pageunmap_range()``): with the block cleared in
    step 2 that is a fault (``no-kernel-splat``); phase ``removed-2``.
@@ -48,7 +49,8 @@ NVDIMM_MB = 64          # two of them: one 128 MiB section, half each
 NS_ROOT = "/sys/bus/nd/devices"
 UNBIND = "/sys/bus/nd/drivers/nd_pmem/unbind"
 VMEMMAP = "vmemmap"
-CHECKS = ("no-stale-linear-map", "no-stale-vmemmap", "no-kernel-splat")
+CHECKS = ("no-stale-linear-map", "no-stale-vmemmap", "present-struct-pages-mapped",
+          "no-kernel-splat")
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,10 @@ def drive(rec: Recorder, opts: Options) -> None:
     for n, ns in enumerate((first, second), 1):
         unbind(rec, ns[0])
         phase = rec.phase(f"removed-{n}")
-        rec.removed(f"removed-{n}", ns[1], ns[1] + ns[2])
+        # the other half is still there after the first removal: its struct
+        # pages must stay mapped (present-struct-pages-mapped)
+        rec.removed(f"removed-{n}", ns[1], ns[1] + ns[2],
+                    kept=((second[1], second[1] + second[2]),) if n == 1 else ())
         if n == 1:
             gone = unmapped(phase.ptdump, pages[1])
             rec.notes.append(

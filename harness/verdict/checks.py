@@ -535,12 +535,55 @@ def _online_part(run: MethodRun, phase: Phase, size: int) -> Part:
     return Part(PASS, f"{phase.name}: {count} online blocks mapped{how}", phase.name)
 
 
+def _vmemmap_pa(run: MethodRun, va: int) -> int:
+    """The physical address whose struct page sits at vmemmap ``va``."""
+    base, memstart, size, granule = _geo(run, "vmemmap_start", "memstart",
+                                         "struct_page_size", "granule")
+    return memstart + (va - base) // size * granule
+
+
+def _struct_pages_part(run: MethodRun, phase: Phase, size: int) -> Part:
+    """The struct pages of memory still there at ``phase`` are mapped: every
+    memory block present (any state: an offline block keeps its struct pages)
+    and the device memory a removal said stayed (``Removal.kept``)."""
+    if phase.ptdump is None or VMEMMAP not in phase.ptdump.regions:
+        raise _Skip("no ptdump of the vmemmap")
+    blocks = [(b.phys_start(size), b.phys_end(size)) for b in phase.blocks.blocks]
+    kept = [k for r in run.removals if r.phase == phase.name for k in r.kept]
+    want = coalesce(struct_page_range(run, a, b) for a, b in coalesce(blocks + kept))
+    have = [(e.start, e.end) for e in ptdump.mapped(phase.ptdump, VMEMMAP) if e.is_valid]
+    missing = []
+    for a, b in subtract(want, have):
+        pa = _span(_vmemmap_pa(run, a), _vmemmap_pa(run, b))
+        missing.append(f"VA {_span(a, b)} (struct pages of PA {pa}) not mapped")
+    ranges = ", ".join(_span(*k) for k in kept)
+    what = f"{len(blocks)} present block(s)" + (
+        f" and {len(kept)} device range(s) still there ({ranges})" if kept else "")
+    if missing:
+        return Part(FAIL, f"{phase.name}: struct pages of memory still there are not in "
+                    f"the vmemmap ({what}): {missing[0]}" + _more(missing[1:]), phase.name)
+    return Part(PASS, f"{phase.name}: struct pages of {what} mapped (ptdump vmemmap)",
+                phase.name)
+
+
+def check_present_struct_pages_mapped(run: MethodRun) -> Check:
+    """A removal must not unmap the struct pages of memory that stays: a vmemmap
+    block (PMD) shared with a neighbour cleared whole (review point c; upstream
+    d4234d131b0a for sub-sections)."""
+    return _per_phase_with_blocks(run, "present-struct-pages-mapped", _struct_pages_part)
+
+
 def check_online_memory_mapped(run: MethodRun) -> Check:
-    name = "online-memory-mapped"
+    return _per_phase_with_blocks(run, "online-memory-mapped", _online_part)
+
+
+def _per_phase_with_blocks(run: MethodRun, name: str,
+                           part: Callable[[MethodRun, Phase, int], Part]) -> Check:
+    """``part`` of every phase, given the memory block size (SKIP without one)."""
     size = _block_size(run)
     if size is None:
         return Check(name, SKIP, "no phase recorded block_size_bytes")
-    parts = _per_phase(run, lambda run, p: _online_part(run, p, size))
+    parts = _per_phase(run, lambda run, p: part(run, p, size))
     return combine(run, name, parts, "no phases recorded")
 
 
@@ -1129,6 +1172,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("no-stale-vmemmap", check_no_stale_vmemmap),
     ("tables-freed", check_tables_freed),
     ("online-memory-mapped", check_online_memory_mapped),
+    ("present-struct-pages-mapped", check_present_struct_pages_mapped),
     ("contiguous-groups-whole", check_contiguous_groups_whole),
     ("bootmem-not-removable", check_bootmem_not_removable),
     ("hotadd-frames-visible", check_hotadd_frames_visible),
