@@ -143,14 +143,15 @@ class PhaseCollector:
         geo = lay.geometry
         linear = region_span(snap, "Linear Mapping")
         vmemmap = region_span(snap, "vmemmap")
+        sizes = struct_page_geometry(linear, vmemmap, geo.granule)
         self.geometry = Geometry(
             granule=geo.granule, va_bits=geo.va_bits, levels=geo.levels,
             page_offset=linear[0] if linear else None,
             linear_end=linear[1] if linear else None,
-            vmemmap_start=vmemmap[0] if vmemmap else None,
+            vmemmap_start=vmemmap_start(linear, vmemmap, geo.granule,
+                                        sizes["struct_page_size"]),
             vmemmap_end=vmemmap[1] if vmemmap else None,
-            linear_offset=None, memstart=None,
-            **struct_page_geometry(linear, vmemmap, geo.granule))
+            linear_offset=None, memstart=None, **sizes)
         try:
             code = sysfs.kernel_code(iomem)
             text = kernel_code_va(lay, code)
@@ -251,6 +252,24 @@ def region_span(snap: ptdump.Snapshot, name: str) -> Optional[Span]:
     if region is None or not region.entries:
         return None
     return region.entries[0].start, region.entries[-1].end
+
+
+def vmemmap_start(linear: Optional[Span], vmemmap: Optional[Span], granule: int,
+                  struct_page_size: int) -> Optional[int]:
+    """VMEMMAP_START as the kernel defines it: VMEMMAP_END less one struct page
+    per page of the linear region (arch/arm64/include/asm/memory.h, 6.1 and
+    6.12 alike). ptdump's region bounds are only as exact as the entries that
+    cross them: the end (-1 GiB in 6.12) is a block boundary every walk
+    stops at, but the start is not, and where the vmemmap's first pages are
+    unmapped (a randomised linear region moves the struct pages of memory far
+    into it) the region's first entry starts at the next table boundary, 1 GiB
+    past VMEMMAP_START on 4k-48."""
+    if vmemmap is None:
+        return None
+    if linear is None:
+        return vmemmap[0]
+    pages = (linear[1] - linear[0]) // granule
+    return vmemmap[1] - pages * struct_page_size
 
 
 def summarise(region: str, result: walk_mod.WalkResult, seconds: float) -> WalkSummary:
