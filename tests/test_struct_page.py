@@ -41,19 +41,26 @@ def test_no_usable_layout_says_it_assumed(linear, vmemmap):
                                   "recorded-64k-42/probe.json"])
 def test_vmemmap_start_from_the_regions_end_agrees_where_the_dump_starts_it(name):
     g = json.loads((DATA / name).read_text())["geometry"]
-    got = vmemmap_start((g["page_offset"], g["linear_end"]),
-                        (g["vmemmap_start"], g["vmemmap_end"]), g["granule"], 64)
+    got = vmemmap_start(g["page_offset"], (g["vmemmap_start"], g["vmemmap_end"]),
+                        g["granule"], g["va_bits"], 64)
     assert got == g["vmemmap_start"]
 
 
 def test_vmemmap_start_where_the_dump_starts_the_region_late():
     """A randomised linear region (kaslr on cortex-a57, 4k-48): the vmemmap's
     first entry in the dump is at 0xfffffe0000000000, a table boundary 1 GiB
-    past VMEMMAP_START (6.12: -1 GiB less 2 TiB); 6.1's region, unaffected."""
-    linear = (0xffff000000000000, 0xffff800000000000)
-    assert vmemmap_start(linear, (0xfffffe0000000000, 0xffffffffc0000000), 4096,
+    past VMEMMAP_START (6.12: -1 GiB less 2 TiB); 6.1's region, unaffected; a
+    KASAN kernel's linear region ends at its shadow (0xffff600000000000 in
+    the dump), which does not change the vmemmap's size."""
+    base = 0xffff000000000000
+    assert vmemmap_start(base, (0xfffffe0000000000, 0xffffffffc0000000), 4096, 48,
                          64) == 0xfffffdffc0000000
-    assert vmemmap_start(linear, (0xfffffc0000000000, 0xfffffe0000000000), 4096,
+    assert vmemmap_start(base, (0xfffffc0000000000, 0xfffffe0000000000), 4096, 48,
                          64) == 0xfffffc0000000000
-    assert vmemmap_start(None, (1, 2), 4096, 64) == 1 and vmemmap_start(linear, None,
-                                                                         4096, 64) is None
+    assert vmemmap_start(base, (0xfffffdffc0000000, 0xffffffffc0000000), 4096, 48,
+                         64) == 0xfffffdffc0000000
+    assert vmemmap_start(None, (1, 2), 4096, 48, 64) == 1
+    assert vmemmap_start(base, None, 4096, 48, 64) is None
+    # never past the dump's own first entry
+    assert vmemmap_start(0xffff7ffffffff000, (0xfffffe0000000000, 0xffffffffc0000000),
+                         4096, 48, 64) == 0xfffffe0000000000
