@@ -41,8 +41,8 @@ def test_no_usable_layout_says_it_assumed(linear, vmemmap):
                                   "recorded-64k-42/probe.json"])
 def test_vmemmap_start_from_the_regions_end_agrees_where_the_dump_starts_it(name):
     g = json.loads((DATA / name).read_text())["geometry"]
-    got = vmemmap_start(g["page_offset"], (g["vmemmap_start"], g["vmemmap_end"]),
-                        g["granule"], g["va_bits"], 64)
+    got = vmemmap_start((g["vmemmap_start"], g["vmemmap_end"]), g["granule"],
+                        g["va_bits"], 64)
     assert got == g["vmemmap_start"]
 
 
@@ -52,15 +52,18 @@ def test_vmemmap_start_where_the_dump_starts_the_region_late():
     past VMEMMAP_START (6.12: -1 GiB less 2 TiB); 6.1's region, unaffected; a
     KASAN kernel's linear region ends at its shadow (0xffff600000000000 in
     the dump), which does not change the vmemmap's size."""
-    base = 0xffff000000000000
-    assert vmemmap_start(base, (0xfffffe0000000000, 0xffffffffc0000000), 4096, 48,
+    assert vmemmap_start((0xfffffe0000000000, 0xffffffffc0000000), 4096, 48,
                          64) == 0xfffffdffc0000000
-    assert vmemmap_start(base, (0xfffffc0000000000, 0xfffffe0000000000), 4096, 48,
+    assert vmemmap_start((0xfffffc0000000000, 0xfffffe0000000000), 4096, 48,
                          64) == 0xfffffc0000000000
-    assert vmemmap_start(base, (0xfffffdffc0000000, 0xffffffffc0000000), 4096, 48,
+    assert vmemmap_start((0xfffffdffc0000000, 0xffffffffc0000000), 4096, 48,
                          64) == 0xfffffdffc0000000
-    assert vmemmap_start(None, (1, 2), 4096, 48, 64) == 1
-    assert vmemmap_start(base, None, 4096, 48, 64) is None
-    # never past the dump's own first entry
-    assert vmemmap_start(0xffff7ffffffff000, (0xfffffe0000000000, 0xffffffffc0000000),
-                         4096, 48, 64) == 0xfffffe0000000000
+    assert vmemmap_start((1, 2), 4096, None, 64) == 1
+    assert vmemmap_start(None, 4096, 48, 64) is None
+    # 52 bits: VA_BITS_MIN 48 (4K, 64K) or 47 (16K): the range from PAGE_OFFSET(52)
+    assert vmemmap_start((0xffffc20000000000, 0xffffffffc0000000), 4096, 52,
+                         64) == 0xffffffffc0000000 - ((0xffff800000000000 - 0xfff0000000000000)
+                                                      >> 12) * 64
+    # never past the dump's own first entry (a region the formula does not fit)
+    assert vmemmap_start((0xfffff00000000000, 0xffffffffc0000000), 4096, 48,
+                         64) == 0xfffff00000000000

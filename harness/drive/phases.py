@@ -148,8 +148,7 @@ class PhaseCollector:
             granule=geo.granule, va_bits=geo.va_bits, levels=geo.levels,
             page_offset=linear[0] if linear else None,
             linear_end=linear[1] if linear else None,
-            vmemmap_start=vmemmap_start(linear[0] if linear else None, vmemmap,
-                                        geo.granule, geo.va_bits,
+            vmemmap_start=vmemmap_start(vmemmap, geo.granule, geo.va_bits,
                                         sizes["struct_page_size"]),
             vmemmap_end=vmemmap[1] if vmemmap else None,
             linear_offset=None, memstart=None, **sizes)
@@ -255,24 +254,26 @@ def region_span(snap: ptdump.Snapshot, name: str) -> Optional[Span]:
     return region.entries[0].start, region.entries[-1].end
 
 
-def vmemmap_start(page_offset: Optional[int], vmemmap: Optional[Span], granule: int,
-                  va_bits: Optional[int], struct_page_size: int) -> Optional[int]:
+def vmemmap_start(vmemmap: Optional[Span], granule: int, va_bits: Optional[int],
+                  struct_page_size: int) -> Optional[int]:
     """VMEMMAP_START as the kernel defines it (arch/arm64/include/asm/memory.h,
     6.1 and 6.12 alike): VMEMMAP_END less one struct page per page of
-    ``_PAGE_END(VA_BITS_MIN) - PAGE_OFFSET`` (VA_BITS_MIN: 48 for a 52-bit VA,
-    else VA_BITS; not the linear region ptdump shows, which KASAN ends early
-    at its shadow). ptdump's region bounds are only as exact as the entries
-    that cross them: the end (-1 GiB in 6.12) is a block boundary every walk
-    stops at, the start is not: where the vmemmap's first pages are unmapped
-    (a randomised linear region moves the struct pages of memory far into
-    it) the region's first entry starts at the next table boundary, 1 GiB
-    past VMEMMAP_START on 4k-48. The dump never starts a region early, so a
-    value past its first entry falls back to that entry."""
+    ``_PAGE_END(VA_BITS_MIN) - PAGE_OFFSET``, both from VA_BITS (VA_BITS_MIN:
+    47 with 16K pages and 48 with others above 48 bits, else VA_BITS); not
+    the linear region ptdump shows, which KASAN ends early at its shadow.
+    ptdump's region bounds are only as exact as the entries that cross them:
+    the end (-1 GiB in 6.12) is a block boundary every walk stops at, the
+    start is not: where the vmemmap's first pages are unmapped (a randomised
+    linear region moves the struct pages of memory far into it) the region's
+    first entry starts at the next table boundary, 1 GiB past VMEMMAP_START
+    on 4k-48. The dump never starts a region early, so a value past its first
+    entry falls back to that entry."""
     if vmemmap is None:
         return None
-    if page_offset is None or not va_bits:
+    if not va_bits:
         return vmemmap[0]
-    va_min = 48 if va_bits > 48 else va_bits
+    va_min = va_bits if va_bits <= 48 else 47 if granule == 16384 else 48
+    page_offset = (1 << 64) - (1 << va_bits)
     page_end = (1 << 64) - (1 << (va_min - 1))
     start = vmemmap[1] - (page_end - page_offset) // granule * struct_page_size
     return start if start <= vmemmap[0] else vmemmap[0]
