@@ -475,6 +475,21 @@ def test_no_kernel_splat_names_the_range_its_removal_step_was_removing():
         make_run(crashes=tuple(other))).evidence
 
 
+def test_a_report_the_stock_kernel_makes_too_is_said_and_still_fails():
+    """SYNTHETIC (the title and pc CI's clean race row showed): free_pages()'s
+    VM_BUG_ON under hot-remove is a race of the stock kernel; the evidence
+    says so, the verdict stays FAIL; another BUG in page_alloc.c gets no note."""
+    bug = {"kind": "bug", "title": "kernel BUG at mm/page_alloc.c:4958!",
+           "pc_symbol": "free_pages.part.0+0x24/0xa0", "step": "add/remove loop",
+           "call_trace": ["free_pages.part.0+0x24/0xa0", "free_pages+0x1c/0x28"]}
+    c = checks.check_no_kernel_splat(make_run(crashes=(bug,)))
+    assert c.verdict == FAIL
+    assert "    note: the stock kernel makes this report too: free_pages()'s VM_BUG_ON(" \
+        in c.evidence and "'A race of the stock kernel'" in c.evidence
+    other = dict(bug, pc_symbol="__free_one_page+0x1c0/0x3a0")
+    assert "note:" not in checks.check_no_kernel_splat(make_run(crashes=(other,))).evidence
+
+
 # ---------------------------------------------------------------- cycles
 
 def owners(name: str) -> dict:
