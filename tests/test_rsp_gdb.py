@@ -215,3 +215,64 @@ def test_a_stop_at_no_breakpoint_is_reported_as_a_signal(client):
     gdb.Breakpoint("*0x6000", internal=True)
     gdb.execute("continue")
     assert seen == [([], "SIG5")]
+
+
+class RunningStub:
+    """QEMU's stub about a running guest: after ``vCont;c`` no reply comes
+    until a byte arrives; any byte then stops the guest (``T02``) and is
+    dropped, the whole packet it began with it (gdb_read_byte, system mode)."""
+
+    def __init__(self):
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.port = self.server.getsockname()[1]
+        self.log = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def reply(self, conn, text):
+        raw = text.encode()
+        conn.sendall(b"$%s#%02x" % (raw, sum(raw) & 0xFF))
+
+    def serve(self):
+        conn, _ = self.server.accept()
+        running, buf = False, b""
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            buf += chunk
+            while buf:
+                buf = buf.lstrip(b"+")
+                if running and buf:      # the first byte stops it; the rest is dropped
+                    running, buf = False, b""
+                    self.log.append("stopped by a byte")
+                    self.reply(conn, "T02thread:p01.01;")
+                    break
+                i, j = buf.find(b"$"), buf.find(b"#")
+                if i < 0 or j < 0 or len(buf) < j + 3:
+                    break
+                packet, buf = buf[i + 1:j].decode(), buf[j + 3:]
+                conn.sendall(b"+")
+                self.log.append(packet)
+                if packet.startswith("vCont;c"):
+                    running = True
+                elif packet == "?":
+                    self.reply(conn, "T05thread:p01.01;")
+                else:
+                    self.reply(conn, "OK")
+
+
+def test_a_request_to_a_running_guest_stops_it_first():
+    """The agent's loop can end (the driver's SIGINT) after a continue whose
+    stop reply was never read; a packet sent then would be eaten as an
+    interrupt and never answered (the detach hung for 30 s once). cmd()
+    stops the guest and reads its stop reply first."""
+    stub = RunningStub()
+    link = rsp_gdb.Link("127.0.0.1", stub.port)
+    link.send("?")
+    link.recv()
+    link.send("vCont;c")
+    assert link.running
+    assert link.cmd("D;1") == "OK" and not link.running
+    assert stub.log == ["?", "vCont;c", "stopped by a byte", "D;1"]

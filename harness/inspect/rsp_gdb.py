@@ -52,10 +52,13 @@ class Link:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(None)
         self.buf = b""
+        self.running = False     # a vCont sent, its stop reply not read yet
 
     def send(self, data: str) -> None:
         raw = data.encode()
         self.sock.sendall(b"$%s#%02x" % (raw, sum(raw) & 0xFF))
+        if data.startswith(("vCont;c", "vCont;s", "c", "s")):
+            self.running = True
 
     def recv(self) -> str:
         while True:
@@ -64,6 +67,8 @@ class Link:
             if j >= 0 and len(self.buf) >= j + 3:
                 data, self.buf = self.buf[i + 1:j].decode(), self.buf[j + 3:]
                 self.sock.sendall(b"+")
+                if data[:1] in ("T", "S", "W", "X"):
+                    self.running = False
                 return data
             chunk = self.sock.recv(65536)
             if not chunk:
@@ -72,7 +77,15 @@ class Link:
 
     def cmd(self, data: str) -> str:
         """A request and its reply; stop replies met on the way are dropped
-        (the one QEMU sends when a client connects)."""
+        (the one QEMU sends when a client connects). A target still running
+        (an interrupt that cut a continue short before its stop reply was
+        read: the agent's loop ends on the driver's SIGINT) is stopped first:
+        QEMU takes any byte sent to a running guest as an interrupt and drops
+        it, so the request would never be answered."""
+        if self.running:
+            self.interrupt()
+            while self.running:          # the stop reply, pending or caused now
+                self.recv()
         self.send(data)
         while True:
             reply = self.recv()
