@@ -259,6 +259,8 @@ class RunningStub:
                     running = True
                 elif packet == "?":
                     self.reply(conn, "T05thread:p01.01;")
+                elif packet == "g":
+                    self.reply(conn, "00" * (8 * 33 + 4))
                 else:
                     self.reply(conn, "OK")
 
@@ -276,3 +278,24 @@ def test_a_request_to_a_running_guest_stops_it_first():
     assert link.running
     assert link.cmd("D;1") == "OK" and not link.running
     assert stub.log == ["?", "vCont;c", "stopped by a byte", "D;1"]
+
+
+def test_sigint_while_running_ends_the_continue_with_a_sigint_stop():
+    """The driver's SIGINT only sets a flag; the wait for a stop sends the
+    interrupt and the continue ends with a SIGINT stop, the stop reply read
+    whole. A SIGINT that came while the guest was stopped ends the next
+    continue before it resumes anything."""
+    stub = RunningStub()
+    target = rsp_gdb.Target()
+    target.link = rsp_gdb.Link("127.0.0.1", stub.port)
+    target.link.send("?")
+    target._stopped(target.link.recv())
+    events = []
+    target.listeners.append(events.append)
+    timer = threading.Timer(0.2, target._on_sigint, (2, None))
+    timer.start()
+    target.cont()
+    assert [e.stop_signal for e in events] == ["SIGINT"] and not target.link.running
+    assert stub.log[-2:] == ["vCont;c", "stopped by a byte"]
+    target.cont()                          # the flag is still up: no resume
+    assert len(events) == 2 and stub.log.count("vCont;c") == 1

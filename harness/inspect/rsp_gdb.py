@@ -23,8 +23,10 @@ with a SIGINT stop, as gdb's does.
 from __future__ import annotations
 
 import bisect
+import signal
 import socket
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -32,6 +34,8 @@ from typing import Any, Callable, Optional
 from harness.inspect import a64
 
 PC, SP, NREGS = 32, 31, 33          # 'g': x0-x30, sp, pc (8 bytes each), then cpsr
+POLL_S = 0.02                       # how often a wait for a stop looks at SIGINT's flag
+STOP_WAIT_S = 2.0                   # for the stop reply to an interrupt sent before a request
 BP_BREAKPOINT, BP_WATCHPOINT, BP_HARDWARE_WATCHPOINT = 1, 6, 7
 WP_WRITE = 1
 
@@ -60,7 +64,12 @@ class Link:
         if data.startswith(("vCont;c", "vCont;s", "c", "s")):
             self.running = True
 
-    def recv(self) -> str:
+    def recv(self, poll: Optional[Callable[[], None]] = None,
+             timeout: Optional[float] = None) -> str:
+        """The next packet. ``poll``: called every POLL_S while waiting (the
+        interrupt flag is looked at there, never by an exception in the middle
+        of a packet). ``timeout``: give up after so long (TimeoutError)."""
+        end = None if timeout is None else time.monotonic() + timeout
         while True:
             i = self.buf.find(b"$")
             j = self.buf.find(b"#", i) if i >= 0 else -1
@@ -70,7 +79,17 @@ class Link:
                 if data[:1] in ("T", "S", "W", "X"):
                     self.running = False
                 return data
-            chunk = self.sock.recv(65536)
+            if end is not None and time.monotonic() >= end:
+                raise TimeoutError("no packet from the gdbstub")
+            self.sock.settimeout(POLL_S if poll is not None or end is not None else None)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                if poll is not None:
+                    poll()
+                continue
+            finally:
+                self.sock.settimeout(None)
             if not chunk:
                 raise error("Remote connection closed")
             self.buf += chunk
@@ -84,8 +103,11 @@ class Link:
         it, so the request would never be answered."""
         if self.running:
             self.interrupt()
-            while self.running:          # the stop reply, pending or caused now
-                self.recv()
+            try:
+                while self.running:      # the stop reply, pending or caused now
+                    self.recv(timeout=STOP_WAIT_S)
+            except TimeoutError:         # no reply: it was stopped already
+                self.running = False
         self.send(data)
         while True:
             reply = self.recv()
@@ -151,6 +173,13 @@ class Target:
         # still reports for one (hit as it was removed) is passed over, as gdb
         # does with its "moribund" locations
         self.removed: set = set()
+        # SIGINT (the driver's "stop now") only sets this; the wait for a stop
+        # sends the interrupt (an exception raised wherever the signal came
+        # could cut a packet in two and lose the stop reply it carried)
+        self.sigint = False
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.sigint = True
 
     # -- symbols (System.map beside vmlinux)
     def load_symbols(self, vmlinux: str) -> None:
@@ -213,6 +242,10 @@ class Target:
 
     # -- running
     def connect(self, where: str) -> None:
+        try:
+            signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:       # not the main thread (tests): KeyboardInterrupt stays
+            pass
         host, port = where.rsplit(":", 1)
         self.link = Link(host, int(port))
         self.link.cmd("qSupported:multiprocess+;swbreak+;hwbreak+")
@@ -244,17 +277,29 @@ class Target:
                 return
         self.step_over = None
         while True:
+            if self.sigint:              # asked to stop while stopped: stay stopped
+                self._fire(StopEvent([], stop_signal="SIGINT"))
+                return
             self.sync_breakpoints()
+            sent = []
+
+            def poll(sent: list = sent) -> None:
+                if self.sigint and not sent:
+                    link.interrupt()
+                    sent.append(True)
             try:
                 link.send("vCont;c")
-                reply = link.recv()
-            except KeyboardInterrupt:
+                reply = link.recv(poll=poll)
+            except KeyboardInterrupt:    # no handler of ours (not the main thread)
                 link.interrupt()
                 reply = link.recv()
                 self._stopped(reply)
                 self._fire(StopEvent([], stop_signal="SIGINT"))
                 return
             self._stopped(reply)
+            if sent:                     # the interrupt's stop (or one that came first)
+                self._fire(StopEvent([], stop_signal="SIGINT"))
+                return
             if not self._stale(reply):
                 break
             self.stats["stale_stops"] += 1
