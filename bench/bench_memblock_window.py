@@ -75,8 +75,7 @@ def thread(text: str) -> str:
 class Rsp(Link):
     def stop(self, timeout: float = 30.0) -> tuple:
         """Wait for a stop reply: (its text, the thread to resume it by)."""
-        self.sock.settimeout(timeout)
-        reply = self.recv()
+        reply = self.recv(timeout=timeout)
         if not reply.startswith("T"):
             raise RuntimeError(f"expected a stop reply, got {reply!r}")
         return reply, thread(reply.split("thread:")[1].split(";")[0])
