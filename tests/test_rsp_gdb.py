@@ -18,6 +18,15 @@ STP_PRE = 0xA9BA7BFD              # stp x29, x30, [sp, #-96]!
 SWPAL = 0xF8E18041                # swpal x1, x1, [x2]: not carried out, stepped
 
 
+def listen(stub) -> int:
+    """Serve ``stub.serve`` on a loopback port of its own (one connection)."""
+    stub.server = socket.socket()
+    stub.server.bind(("127.0.0.1", 0))
+    stub.server.listen(1)
+    threading.Thread(target=stub.serve, daemon=True).start()
+    return stub.server.getsockname()[1]
+
+
 class FakeStub:
     """QEMU's gdbstub as far as the client uses it. ``stops``: what each
     ``vCont;c`` ends with: ("watch", addr, pc) or ("bp", pc)."""
@@ -29,12 +38,7 @@ class FakeStub:
             self.put(addr, word.to_bytes(4, "little"))
         self.stops = list(stops)
         self.log = []
-        self.server = socket.socket()
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(1)
-        self.port = self.server.getsockname()[1]
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
+        self.port = listen(self)
 
     def put(self, addr, data):
         for i, b in enumerate(data):
@@ -223,12 +227,8 @@ class RunningStub:
     dropped, the whole packet it began with it (gdb_read_byte, system mode)."""
 
     def __init__(self):
-        self.server = socket.socket()
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(1)
-        self.port = self.server.getsockname()[1]
         self.log = []
-        threading.Thread(target=self.serve, daemon=True).start()
+        self.port = listen(self)
 
     def reply(self, conn, text):
         raw = text.encode()
