@@ -242,10 +242,6 @@ class Target:
 
     # -- running
     def connect(self, where: str) -> None:
-        try:
-            signal.signal(signal.SIGINT, self._on_sigint)
-        except ValueError:       # not the main thread (tests): KeyboardInterrupt stays
-            pass
         host, port = where.rsplit(":", 1)
         self.link = Link(host, int(port))
         self.link.cmd("qSupported:multiprocess+;swbreak+;hwbreak+")
@@ -290,7 +286,7 @@ class Target:
             try:
                 link.send("vCont;c")
                 reply = link.recv(poll=poll)
-            except KeyboardInterrupt:    # no handler of ours (not the main thread)
+            except KeyboardInterrupt:    # no handler of ours (used in-process: tests)
                 link.interrupt()
                 reply = link.recv()
                 self._stopped(reply)
@@ -490,6 +486,8 @@ def main(argv: list) -> int:
     config = argv[1]
     spec = json.loads(Path(config).read_text())
     _TARGET.load_symbols(spec["vmlinux"])
+    # the agent's own process: SIGINT sets a flag the waits look at
+    signal.signal(signal.SIGINT, _TARGET._on_sigint)
     sys.modules["gdb"] = as_module()
     from harness.inspect import gdb_agent
     try:
