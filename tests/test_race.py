@@ -65,7 +65,7 @@ def test_loop_script_stops_at_its_rounds_before_its_bound(tmp_path):
 def test_loop_and_load_start_no_process(tmp_path):
     """The loop and the load run in shell builtins only (a process exiting
     while hot-remove rewrites memblock meets the stock kernel's race, see
-    race.STOCK_RACE): with no PATH at all, both still run, and nothing is
+    checks.STOCK_REPORTS): with no PATH at all, both still run, and nothing is
     'not found'. The loop's task count comes from /proc/stat."""
     loop = faked_loop(tmp_path, 60, 3)
     dump, wx, load_dir = tmp_path / "dump", tmp_path / "wx", tmp_path / "race"

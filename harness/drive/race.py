@@ -80,10 +80,6 @@ FULL_EVERY = 4              # every 4th round onlines and offlines; the others
 ITER_FILE = "/tmp/race-iter"   # iterations done, for a loop a kernel report ended
 _ITER = re.compile(r"^race-iter (\d+) (ok|FAIL .*)$", re.M)
 _DONE = re.compile(r"^race-done (\d+) (\d+)(?: (\d+))?$", re.M)
-STOCK_RACE = ("a process exiting on another CPU while hot-remove splits memblock's "
-              "boot region: free_page(pgd) -> virt_addr_valid() -> memblock lookup "
-              "misses boot memory -> kernel BUG at mm/page_alloc.c (DEBUG_VM); in the "
-              "stock 6.12 kernel, not caused by a patch (docs/methods.md, race)")
 ITERATIONS = 30            # add/remove rounds the loop aims at
 SECONDS = 240              # ... within this bound
 
@@ -115,7 +111,8 @@ def load_script(readers: int = READERS, pressure_mb: int = PRESSURE_MB,
     with ``free_page()``, whose ``VM_BUG_ON(!virt_addr_valid())`` looks the
     page up in memblock without a lock; hot-remove's ``memblock_remove()``
     splits the boot region and, for a moment, memblock holds none of boot
-    memory: the stock 6.12 kernel BUGs (see :data:`STOCK_RACE`). That race is
+    memory: the stock 6.12 kernel BUGs (``checks.STOCK_REPORTS``, docs/running.md
+    "A race of the stock kernel"). That race is
     not the one this method is for, so the load does not offer it."""
     def reader(read: str, count: str) -> str:
         return (f"(n=0; while [ ! -e {LOAD_DIR}/stop ]; do {read} && "
