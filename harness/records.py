@@ -151,6 +151,20 @@ class Geometry(Keyed):
     def learned(self) -> bool:
         return self.granule is not None
 
+    def struct_pages(self, pa_start: int, pa_end: int) -> Optional[tuple[int, int]]:
+        """VA range of the struct pages describing physical ``[pa_start,
+        pa_end)`` (a partial last page counts); None while the vmemmap start,
+        PHYS_OFFSET, struct page size or granule is not learned."""
+        base, memstart, size, granule = (self.vmemmap_start, self.memstart,
+                                         self.struct_page_size, self.granule)
+        if base is None or memstart is None or size is None or granule is None:
+            return None
+        shift = granule.bit_length() - 1
+        first_pfn = memstart >> shift
+        last_pfn = -(-pa_end >> shift)                 # round a partial page up
+        return (base + ((pa_start >> shift) - first_pfn) * size,
+                base + (last_pfn - first_pfn) * size)
+
 
 @dataclass(frozen=True)
 class Crash(Keyed):

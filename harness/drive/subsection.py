@@ -96,18 +96,14 @@ LIST = (f"for n in {NS_ROOT}/namespace* {NS_ROOT}/pfn*; do "
 
 
 def struct_pages(rec: Recorder, pa_start: int, pa_end: int) -> tuple[int, int]:
-    """VA range of the struct pages of ``[pa_start, pa_end)`` (the geometry's
-    vmemmap start, PHYS_OFFSET, struct page size, granule)."""
-    geo = rec.geometry
-    if None in (geo.vmemmap_start, geo.memstart, geo.struct_page_size, geo.granule):
+    """VA range of the struct pages of ``[pa_start, pa_end)``
+    (``Geometry.struct_pages``); an error while the geometry does not know it."""
+    span = rec.geometry.struct_pages(pa_start, pa_end)
+    if span is None:
         raise HarnessError("the vmemmap's geometry is unknown (vmemmap start, "
                            "memstart_addr, struct page size)", step="subsection",
                            blame=HARNESS)
-    shift = int(geo.granule or 4096).bit_length() - 1
-    first = int(geo.memstart or 0) >> shift
-    size, base = int(geo.struct_page_size or 64), int(geo.vmemmap_start or 0)
-    return (base + ((pa_start >> shift) - first) * size,
-            base + ((pa_end >> shift) - first) * size)
+    return span
 
 
 def unmapped(dump: Optional[ptdump.Snapshot], va: tuple[int, int]) -> Optional[int]:

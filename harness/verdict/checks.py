@@ -120,14 +120,12 @@ def page_shift(granule: int) -> int:
 
 
 def struct_page_range(run: MethodRun, pa_start: int, pa_end: int) -> Span:
-    """VA range of the struct pages describing physical ``[pa_start, pa_end)``."""
-    base, memstart, size, granule = _geo(run, "vmemmap_start", "memstart",
-                                         "struct_page_size", "granule")
-    shift = page_shift(granule)
-    first_pfn = memstart >> shift
-    last_pfn = -(-pa_end >> shift)                 # round a partial page up
-    return (base + ((pa_start >> shift) - first_pfn) * size,
-            base + (last_pfn - first_pfn) * size)
+    """VA range of the struct pages describing physical ``[pa_start, pa_end)``
+    (``Geometry.struct_pages``); SKIP naming what the geometry lacks."""
+    _geo(run, "vmemmap_start", "memstart", "struct_page_size", "granule")
+    span = run.geometry.struct_pages(pa_start, pa_end)
+    assert span is not None            # _geo raised for anything missing
+    return span
 
 
 def ram_ranges(phase: Phase) -> list[Span]:
