@@ -27,6 +27,20 @@ def listen(stub) -> int:
     return stub.server.getsockname()[1]
 
 
+def take_packet(buf: bytes):
+    """(the first whole packet's text or None, what is left), acks dropped."""
+    buf = buf.lstrip(b"+")
+    i, j = buf.find(b"$"), buf.find(b"#")
+    if i < 0 or j < 0 or len(buf) < j + 3:
+        return None, buf
+    return buf[i + 1:j].decode(), buf[j + 3:]
+
+
+def send_packet(conn, text: str) -> None:
+    raw = text.encode()
+    conn.sendall(b"$%s#%02x" % (raw, sum(raw) & 0xFF))
+
+
 class FakeStub:
     """QEMU's gdbstub as far as the client uses it. ``stops``: what each
     ``vCont;c`` ends with: ("watch", addr, pc) or ("bp", pc)."""
@@ -56,16 +70,13 @@ class FakeStub:
                 return
             buf += chunk
             while True:
-                buf = buf.lstrip(b"+")
-                i, j = buf.find(b"$"), buf.find(b"#")
-                if i < 0 or j < 0 or len(buf) < j + 3:
+                packet, buf = take_packet(buf)
+                if packet is None:
                     break
-                packet, buf = buf[i + 1:j].decode(), buf[j + 3:]
                 conn.sendall(b"+")
                 reply = self.answer(packet)
                 if reply is not None:
-                    raw = reply.encode()
-                    conn.sendall(b"$%s#%02x" % (raw, sum(raw) & 0xFF))
+                    send_packet(conn, reply)
 
     def answer(self, p):
         self.log.append(p)
@@ -230,10 +241,6 @@ class RunningStub:
         self.log = []
         self.port = listen(self)
 
-    def reply(self, conn, text):
-        raw = text.encode()
-        conn.sendall(b"$%s#%02x" % (raw, sum(raw) & 0xFF))
-
     def serve(self):
         conn, _ = self.server.accept()
         running, buf = False, b""
@@ -247,22 +254,21 @@ class RunningStub:
                 if running and buf:      # the first byte stops it; the rest is dropped
                     running, buf = False, b""
                     self.log.append("stopped by a byte")
-                    self.reply(conn, "T02thread:p01.01;")
+                    send_packet(conn, "T02thread:p01.01;")
                     break
-                i, j = buf.find(b"$"), buf.find(b"#")
-                if i < 0 or j < 0 or len(buf) < j + 3:
+                packet, buf = take_packet(buf)
+                if packet is None:
                     break
-                packet, buf = buf[i + 1:j].decode(), buf[j + 3:]
                 conn.sendall(b"+")
                 self.log.append(packet)
                 if packet.startswith("vCont;c"):
                     running = True
                 elif packet == "?":
-                    self.reply(conn, "T05thread:p01.01;")
+                    send_packet(conn, "T05thread:p01.01;")
                 elif packet == "g":
-                    self.reply(conn, "00" * (8 * 33 + 4))
+                    send_packet(conn, "00" * (8 * 33 + 4))
                 else:
-                    self.reply(conn, "OK")
+                    send_packet(conn, "OK")
 
 
 def test_a_request_to_a_running_guest_stops_it_first():
