@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import benchlib as bl  # noqa: E402
 
 from harness.drive import probe  # noqa: E402
-from harness.inspect.rsp_gdb import Link  # noqa: E402
+from harness.inspect.rsp_gdb import Link, thread_id  # noqa: E402
 from harness.kernel import kernel as build  # noqa: E402
 from harness.machine.crashwatch import KernelCrash  # noqa: E402
 from harness.machine.qemu import free_port  # noqa: E402
@@ -66,20 +66,7 @@ MEMORY_CNT, MEMORY_REGIONS = 16, 40
 REGION = 24                  # struct memblock_region: base, size, flags, (nid)
 
 
-def thread(text: str) -> str:
-    """A thread id as the stub gives it ("p01.02") in one spelling ("p1.2")."""
-    pid, tid = text.lstrip("p").split(".")
-    return f"p{int(pid, 16):x}.{int(tid, 16):x}"
-
-
 class Rsp(Link):
-    def stop(self, timeout: float = 30.0) -> tuple:
-        """Wait for a stop reply: (its text, the thread to resume it by)."""
-        reply = self.recv(timeout=timeout)
-        if not reply.startswith("T"):
-            raise RuntimeError(f"expected a stop reply, got {reply!r}")
-        return reply, thread(reply.split("thread:")[1].split(";")[0])
-
     def read(self, addr: int, size: int) -> bytes:
         """Guest memory at a kernel address, through whichever vCPU can see it
         (one stopped at EL0 may not: the stub translates with that CPU's MMU)."""
@@ -96,7 +83,7 @@ class Rsp(Link):
     def threads(self) -> list:
         out, reply = [], self.cmd("qfThreadInfo")
         while reply.startswith("m"):
-            out += [thread(t) for t in reply[1:].split(",")]
+            out += [thread_id(t) for t in reply[1:].split(",")]
             reply = self.cmd("qsThreadInfo")
         return out
 
@@ -149,10 +136,10 @@ def cell(art, symbols: dict, hold: bool, exits: bool, seconds: float, tmp: Path)
                       f"&& n=$((n+1)); echo $n > {COUNT}; done) </dev/null >/dev/null 2>&1 &", 10)
         start = time.monotonic()
         if hold:
-            _, remover = rsp.stop()
+            _, remover = rsp.stop(30)
             rsp.cmd(f"z2,{watched}")
             rsp.send(f"vCont;s:{remover}")           # carry out rgn->base = base
-            rsp.stop()
+            rsp.stop(30)
             got["regions_held"] = shown(regions(rsp, memblock))
             others = [t for t in rsp.threads() if t != remover]
             got["resumed"] = f"{', '.join(others)} (the remover {remover} stays stopped)"

@@ -77,19 +77,8 @@ print("STOP-SECONDS " + " ".join("%.6f" % t for t in times))
 """
 
 
-class Rsp(Link):
-    """harness.inspect.rsp_gdb's connection, plus the waits of this bench."""
-
-    def stop(self) -> str:
-        """Wait for a stop; the thread id to step ("p1.2")."""
-        reply = self.recv()
-        if not reply.startswith("T"):
-            raise RuntimeError(f"expected a stop reply, got {reply!r}")
-        pid, tid = reply.split("thread:")[1].split(";")[0][1:].split(".")
-        return f"p{int(pid, 16):x}.{int(tid, 16):x}"
-
 def raw_way(port: int, way: str, addr: int, stops: int) -> list:
-    r = Rsp("127.0.0.1", port)
+    r = Link("127.0.0.1", port)
     r.cmd("qSupported:multiprocess+;swbreak+;hwbreak+")
     r.send("?")
     r.recv()
@@ -100,7 +89,7 @@ def raw_way(port: int, way: str, addr: int, stops: int) -> list:
     r.send("vCont;c")
     for _ in range(stops):
         t = time.perf_counter()
-        tid = r.stop()
+        _, tid = r.stop()
         if way == "raw":
             r.cmd(f"z0,{addr:x},4")
             r.send(f"vCont;s:{tid}")

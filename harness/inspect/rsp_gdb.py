@@ -117,6 +117,22 @@ class Link:
     def interrupt(self) -> None:
         self.sock.sendall(b"\x03")
 
+    def stop(self, timeout: Optional[float] = None) -> tuple[str, str]:
+        """Wait for a stop reply: (its text, the thread it names)."""
+        reply = self.recv(timeout=timeout)
+        if not reply.startswith("T"):
+            raise error(f"expected a stop reply, got {reply!r}")
+        return reply, thread_id(reply.split("thread:")[1].split(";")[0])
+
+
+def thread_id(text: str) -> str:
+    """A thread id as the stub gives it ("p01.02", or "2" without
+    multiprocess) in one spelling ("p1.2")."""
+    if text.startswith("p"):
+        pid, _, t = text[1:].partition(".")
+        return f"p{int(pid, 16):x}.{int(t or '1', 16):x}"
+    return f"p1.{int(text, 16):x}"
+
 
 class Breakpoint:
     """gdb.Breakpoint for ``*ADDR`` (software) and ``*(unsigned long *)ADDR``
@@ -304,12 +320,7 @@ class Target:
     def _stopped(self, reply: str) -> None:
         self.regs = None
         if "thread:" in reply:
-            tid = reply.split("thread:")[1].split(";")[0]
-            if tid.startswith("p"):
-                pid, _, t = tid[1:].partition(".")
-                self.thread = f"p{int(pid, 16):x}.{int(t or '1', 16):x}"
-            else:
-                self.thread = f"p1.{int(tid, 16):x}"
+            self.thread = thread_id(reply.split("thread:")[1].split(";")[0])
 
     def _stale(self, reply: str) -> bool:
         """A stop for a breakpoint or watchpoint already taken out. A watched
